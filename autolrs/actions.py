@@ -1,0 +1,161 @@
+"""The vocabulary tuners speak: actions for the client and the observations it reports back.
+
+A *plan* is the ordered list of actions in one reply. The client carries them out in order,
+at once, between two optimizer steps; the last action is always ``run`` (train this many steps,
+then report) or ``stop``. Restores come before the ``set_lr`` that follows them, so a restored
+optimizer never trains a step with the LR it was saved with.
+
+Actions are plain dicts so that they go on the wire unchanged:
+
+=============  ===========================================================================
+``set_lr``     ``{"op": "set_lr", "lr": 0.1}``: base LR; param groups keep their initial ratios
+``checkpoint`` ``{"op": "checkpoint", "slot": "stage"}``: copy model + optimizer (+ scaler, RNG)
+``restore``    ``{"op": "restore", "slot": "stage"}``: load that copy back, bitwise
+``discard``    ``{"op": "discard", "slot": "stage"}``: free the copy
+``evaluate``   ``{"op": "evaluate"}``: call ``val_fn`` now; reported at segment position 0
+``run``        ``{"op": "run", "steps": 100, "start_step": 1200, "lrs": [...], "eval_every": 0,
+               "collect": ["loss"]}``: train ``steps`` steps; ``lrs`` (optional) gives the LR of
+               each of them, ``start_step`` the global step the segment starts at (a client that
+               is late skips ahead), ``eval_every`` > 0 calls ``val_fn`` every that many steps
+``stop``       ``{"op": "stop", "reason": "budget"}``: the tuner is done; ``should_stop`` turns true
+=============  ===========================================================================
+
+The report that ends a ``run`` becomes an :class:`Observation` for the tuner's ``tell``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+OPS = ("set_lr", "checkpoint", "restore", "discard", "evaluate", "run", "stop")
+TERMINAL_OPS = ("run", "stop")
+COLLECTABLE = ("loss",)
+
+
+def set_lr(lr: float) -> dict:
+    return {"op": "set_lr", "lr": float(lr)}
+
+
+def checkpoint(slot: str) -> dict:
+    return {"op": "checkpoint", "slot": slot}
+
+
+def restore(slot: str) -> dict:
+    return {"op": "restore", "slot": slot}
+
+
+def discard(slot: str) -> dict:
+    return {"op": "discard", "slot": slot}
+
+
+def evaluate() -> dict:
+    return {"op": "evaluate"}
+
+
+def run(steps: int, start_step: int, *, lrs: list[float] | None = None, eval_every: int = 0,
+        collect: tuple[str, ...] = ("loss",)) -> dict:
+    action: dict[str, Any] = {"op": "run", "steps": int(steps), "start_step": int(start_step),
+                              "eval_every": int(eval_every), "collect": list(collect)}
+    if lrs is not None:
+        action["lrs"] = [float(lr) for lr in lrs]
+    return action
+
+
+def stop(reason: str) -> dict:
+    return {"op": "stop", "reason": reason}
+
+
+def plan_lrs(plan: list[dict]) -> list[float]:
+    """Every LR a plan would apply, in order (for bounds checks and logs)."""
+    lrs: list[float] = []
+    for action in plan:
+        if action["op"] == "set_lr":
+            lrs.append(action["lr"])
+        elif action["op"] == "run" and "lrs" in action:
+            lrs.extend(action["lrs"])
+    return lrs
+
+
+def validate_plan(plan: Any) -> list[dict]:
+    """Check a plan's structure and values; raise ValueError with the first problem found."""
+    if not isinstance(plan, list) or not plan:
+        raise ValueError("a plan must be a non-empty list of actions")
+    for i, action in enumerate(plan):
+        if not isinstance(action, dict) or action.get("op") not in OPS:
+            raise ValueError(f"action {i}: unknown or missing 'op' in {action!r}")
+        op = action["op"]
+        if (op in TERMINAL_OPS) != (i == len(plan) - 1):
+            raise ValueError(f"action {i}: a plan ends with exactly one 'run' or 'stop'")
+        if op == "set_lr":
+            _check_lr(action.get("lr"), f"action {i}")
+        elif op in ("checkpoint", "restore", "discard"):
+            if not isinstance(action.get("slot"), str) or not action["slot"]:
+                raise ValueError(f"action {i}: '{op}' needs a non-empty 'slot'")
+        elif op == "run":
+            steps = action.get("steps")
+            if not _is_int(steps) or steps < 1:
+                raise ValueError(f"action {i}: 'run' needs 'steps' >= 1")
+            if not _is_int(action.get("start_step")) or action["start_step"] < 0:
+                raise ValueError(f"action {i}: 'run' needs 'start_step' >= 0")
+            if not _is_int(action.get("eval_every", 0)) or action.get("eval_every", 0) < 0:
+                raise ValueError(f"action {i}: 'eval_every' must be an integer >= 0")
+            lrs = action.get("lrs")
+            if lrs is not None:
+                if not isinstance(lrs, list) or len(lrs) != steps:
+                    raise ValueError(f"action {i}: 'lrs' must list one LR per step ({steps})")
+                for lr in lrs:
+                    _check_lr(lr, f"action {i}")
+    return plan
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_lr(lr: Any, where: str) -> None:
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"{where}: LR {lr!r} is not a finite non-negative number")
+
+
+@dataclass
+class Observation:
+    """What the client saw during the segment a ``run`` asked for.
+
+    ``step`` is the client's global step count when it reported, ``steps`` how many steps the
+    segment had, ``losses`` the training loss of each (NaN and inf allowed: they mean
+    divergence), ``evals`` the ``[position in segment, value]`` pairs of ``val_fn`` results.
+    """
+
+    step: int
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    evals: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Observation":
+        """Build from a report body; raise ValueError on wrong types (NaN values are fine)."""
+        step = body.get("step")
+        if not _is_int(step) or step < 0:
+            raise ValueError("report needs an integer 'step' >= 0")
+        steps = body.get("steps", 0)
+        if not _is_int(steps) or steps < 0:
+            raise ValueError("'steps' must be an integer >= 0")
+        losses = body.get("losses", [])
+        if not isinstance(losses, list) or not all(_is_number(x) for x in losses):
+            raise ValueError("'losses' must be a list of numbers")
+        evals = body.get("evals", [])
+        if not isinstance(evals, list) or not all(
+                isinstance(e, list) and len(e) == 2 and _is_int(e[0]) and _is_number(e[1]) for e in evals):
+            raise ValueError("'evals' must be a list of [position, value] pairs")
+        return cls(step=step, steps=steps, losses=[float(x) for x in losses],
+                   evals=[(int(p), float(v)) for p, v in evals])
+
+    def to_body(self) -> dict:
+        return {"step": self.step, "steps": self.steps, "losses": list(self.losses),
+                "evals": [[p, v] for p, v in self.evals]}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,183 @@
+"""Protocol v1: one UTF-8 JSON document per ZeroMQ frame.
+
+Every request is an envelope::
+
+    {"v": 1, "type": "report_request", "job_id": "run-1", "client_id": "9f1c...", "seq": 7,
+     "body": {...}}
+
+and every reply mirrors it with ``status`` "ok" or "error"::
+
+    {"v": 1, "type": "report_reply", "job_id": "run-1", "seq": 7, "status": "ok", "body": {...}}
+    {"v": 1, "type": "error_reply", ..., "status": "error",
+     "error": {"code": "bad_request", "message": "..."}}
+
+Standard JSON has no NaN or infinity, so non-finite floats travel as ``{"$float": "nan"}``,
+``{"$float": "inf"}`` or ``{"$float": "-inf"}``. Unknown fields are ignored, so later
+minor additions stay compatible. This module is stdlib-only: both sides import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+#: Request kinds; each ``<kind>_request`` is answered by ``<kind>_reply``.
+REQUEST_KINDS = ("hello", "report", "goodbye", "status", "ping")
+#: Kinds that address one training job and therefore need ``job_id`` and ``seq``.
+JOB_KINDS = ("hello", "report", "goodbye")
+
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ErrorCode:
+    """The error codes a reply may carry (stable strings, part of the protocol)."""
+
+    MALFORMED = "malformed"  # not UTF-8 JSON, or not an object
+    TOO_LARGE = "too_large"  # frame above the server's size limit
+    VERSION = "unsupported_version"
+    BAD_REQUEST = "bad_request"  # well-formed JSON, wrong fields or types
+    UNKNOWN_TYPE = "unknown_type"
+    UNKNOWN_JOB = "unknown_job"  # report/goodbye for a job the server does not hold
+    STALE_SEQ = "stale_seq"  # a sequence number older than the last one applied
+    UNKNOWN_TUNER = "unknown_tuner"
+    BAD_CONFIG = "bad_config"
+    JOB_CONFLICT = "job_conflict"  # hello for a live job with another tuner or config
+    JOB_FINISHED = "job_finished"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A request the server must refuse; carries the code sent back to the client."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- non-finite floats -----------------------------------------------------------------
+
+_FLOAT_TAG = "$float"
+_SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _tag_nonfinite(value: Any) -> Any:
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        if math.isnan(value):
+            return {_FLOAT_TAG: "nan"}
+        return {_FLOAT_TAG: "inf" if value > 0 else "-inf"}
+    if isinstance(value, dict):
+        return {str(k): _tag_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tag_nonfinite(v) for v in value]
+    return value
+
+
+def _untag_nonfinite(obj: dict) -> Any:
+    if len(obj) == 1 and _FLOAT_TAG in obj:
+        tag = obj[_FLOAT_TAG]
+        if tag not in _SPECIAL:
+            raise ValueError(f"unknown {_FLOAT_TAG} value {tag!r}")
+        return _SPECIAL[tag]
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"bare {name} is not valid protocol JSON; use {{\"{_FLOAT_TAG}\": ...}}")
+
+
+def dumps(obj: Any) -> bytes:
+    """Encode a message; raises ValueError/TypeError for values JSON cannot carry."""
+    return json.dumps(_tag_nonfinite(obj), allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
+def loads(frame: bytes) -> Any:
+    """Decode a frame; raises ProtocolError(MALFORMED) for anything that is not valid v1 JSON."""
+    try:
+        text = frame.decode("utf-8")
+        return json.loads(text, object_hook=_untag_nonfinite, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"frame is not valid protocol JSON: {exc}") from None
+
+
+# --- envelopes -------------------------------------------------------------------------
+
+
+def request(kind: str, body: dict | None = None, *, job_id: str | None = None,
+            client_id: str | None = None, seq: int | None = None) -> dict:
+    """Build a request envelope (a dict; ``dumps`` it to send)."""
+    if kind not in REQUEST_KINDS:
+        raise ValueError(f"unknown request kind {kind!r}")
+    msg: dict = {"v": PROTOCOL_VERSION, "type": f"{kind}_request", "body": body or {}}
+    if job_id is not None:
+        msg["job_id"] = job_id
+    if client_id is not None:
+        msg["client_id"] = client_id
+    if seq is not None:
+        msg["seq"] = seq
+    return msg
+
+
+def ok_reply(req: dict, body: dict | None = None) -> dict:
+    kind = req["type"][: -len("_request")]
+    return _reply(f"{kind}_reply", req, status="ok", body=body or {})
+
+
+def error_reply(req: dict | None, code: str, message: str) -> dict:
+    """An error reply; ``req`` may be None or partial when the request could not be parsed."""
+    req = req if isinstance(req, dict) else {}
+    kind = req.get("type")
+    name = f"{kind[: -len('_request')]}_reply" if isinstance(kind, str) and kind.endswith("_request") \
+        and kind[: -len("_request")] in REQUEST_KINDS else "error_reply"
+    return _reply(name, req, status="error", error={"code": code, "message": message})
+
+
+def _reply(name: str, req: dict, **fields: Any) -> dict:
+    msg: dict = {"v": PROTOCOL_VERSION, "type": name}
+    for key in ("job_id", "seq"):
+        if key in req:
+            msg[key] = req[key]
+    msg.update(fields)
+    return msg
+
+
+def validate_request(msg: Any) -> tuple[str, dict]:
+    """Check a decoded request envelope; return ``(kind, body)`` or raise ProtocolError."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "a message must be a JSON object")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(ErrorCode.VERSION,
+                            f"protocol version {msg.get('v')!r} not supported; this side speaks {PROTOCOL_VERSION}")
+    kind_field = msg.get("type")
+    if not isinstance(kind_field, str) or not kind_field.endswith("_request"):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'type' must be '<kind>_request'")
+    kind = kind_field[: -len("_request")]
+    if kind not in REQUEST_KINDS:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {kind_field!r}")
+    body = msg.get("body", {})
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'body' must be an object")
+    if kind in JOB_KINDS:
+        job_id = msg.get("job_id")
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                "field 'job_id' must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        seq = msg.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'seq' must be a non-negative integer")
+        client_id = msg.get("client_id")
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= 64:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'client_id' must be a string of 1-64 characters")
+    return kind, body
+
+
+def is_valid_job_id(job_id: Any) -> bool:
+    return isinstance(job_id, str) and bool(_JOB_ID.match(job_id))

@@ -1,0 +1,118 @@
+"""The tuner contract every algorithm follows.
+
+A tuner is a deterministic state machine built from ``(config, seed)``:
+
+* ``ask()`` returns the plan (list of actions, see :mod:`autolrs.actions`) the client should
+  carry out now. It has no side effects: asking twice gives the same plan.
+* ``tell(observation)`` is the only method that changes state.
+* ``state_dict()`` is JSON-serialisable (non-finite floats allowed: the protocol encodes them)
+  and ``load_state_dict()`` restores it exactly, so a restarted server resumes a job.
+
+A tuner takes no socket, clock or logger. A non-finite loss is an observation, never a crash.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, ClassVar, Mapping
+
+from autolrs.actions import Observation
+
+#: Keys the server fills in from the job's hello; every tuner accepts them.
+JOB_KEYS: dict[str, Any] = {
+    "initial_lr": None,  # the optimizer's LR when the job started (param group 0)
+    "max_steps": None,  # the job's total step budget, when the client knows it
+}
+
+
+class ConfigError(ValueError):
+    """A tuner configuration that cannot be used; the message says which knob and why."""
+
+
+class Tuner(abc.ABC):
+    #: Registry name.
+    name: ClassVar[str] = ""
+    #: Every knob with its default. Keys outside this and JOB_KEYS are rejected.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
+        self.config = resolve_config(self.name, {**JOB_KEYS, **self.defaults}, config or {})
+        self.seed = int(seed)
+        if self.config["max_steps"] is not None:
+            self.config["max_steps"] = require_int(self.config, "max_steps", minimum=1)
+
+    @abc.abstractmethod
+    def ask(self) -> list[dict]:
+        """The plan for the client now (ends with ``run`` or ``stop``)."""
+
+    @abc.abstractmethod
+    def tell(self, observation: Observation) -> None:
+        """Take the report of the segment the last plan asked for."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to continue, JSON-serialisable."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    @abc.abstractmethod
+    def lr_bounds(self) -> tuple[float, float]:
+        """The closed interval every LR this tuner sends lies in."""
+
+    def summary(self) -> dict:
+        """A few numbers for status listings and logs (override to add more)."""
+        return {}
+
+    def base_lr(self) -> float:
+        """The tuner's ``lr`` knob if set, else the optimizer's initial LR."""
+        lr = self.config.get("lr")
+        if lr is None:
+            lr = self.config["initial_lr"]
+        if lr is None:
+            raise ConfigError(f"{self.name}: set 'lr' or start the job with an optimizer LR")
+        return require_positive(lr, "lr")
+
+
+def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
+    """Merge ``config`` over ``defaults``; reject unknown keys and coerce numeric strings."""
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{name}: unknown option(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(defaults))}")
+    merged = dict(defaults)
+    for key, value in config.items():
+        default = defaults[key]
+        # YAML 1.1 reads "1e-3" as a string; accept numeric strings for numeric knobs.
+        if isinstance(value, str) and (isinstance(default, (int, float)) and not isinstance(default, bool)
+                                       or default is None):
+            try:
+                value = float(value) if not value.lstrip("-").isdigit() else int(value)
+            except ValueError:
+                if default is not None:
+                    raise ConfigError(f"{name}: option {key!r} must be a number, got {value!r}") from None
+        merged[key] = value
+    return merged
+
+
+def require_positive(value: Any, key: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"option {key!r} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def require_nonnegative(value: Any, key: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"option {key!r} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def require_int(config: Mapping[str, Any], key: str, minimum: int = 0) -> int:
+    value = config[key]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"option {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value

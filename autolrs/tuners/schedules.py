@@ -1,0 +1,178 @@
+"""Fixed schedules: constant, step (staircase), exponential and cosine with warm restarts.
+
+They need no feedback, so the server sends the LR of every step of a long segment in one
+reply (``chunk`` steps, default 500) instead of talking every step. The arithmetic follows
+``torch.optim.lr_scheduler`` operation for operation (chained multiplication for step and
+exponential decay, the same cosine expression), so a job matches the torch scheduler stepped
+once per optimizer step exactly, not just approximately.
+
+State is the schedule's position: the step the next segment starts at and the recurrence
+variables there. Going back (never needed in practice) replays from step 0.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Mapping
+
+from autolrs import actions
+from autolrs.actions import Observation
+from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnegative, require_positive
+
+
+class ScheduleTuner(Tuner):
+    """A schedule as a recurrence: ``_initial()`` gives step 0's variables, ``_next`` the next."""
+
+    defaults = {"lr": None, "chunk": 500}
+
+    def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
+        super().__init__(config, seed)
+        self.lr0 = self.base_lr()
+        self.chunk = require_int(self.config, "chunk", minimum=1)
+        self._validate()
+        self.step = 0
+        self.vars = self._initial()
+
+    def _validate(self) -> None:
+        """Check the schedule's own knobs (raise ConfigError)."""
+
+    @abc.abstractmethod
+    def _initial(self) -> dict:
+        """Recurrence variables at step 0."""
+
+    @abc.abstractmethod
+    def _next(self, v: dict, step: int) -> dict:
+        """Variables at ``step`` given those at ``step - 1`` (``step`` >= 1)."""
+
+    @abc.abstractmethod
+    def _lr(self, v: dict) -> float:
+        """The LR at a step from its variables."""
+
+    def _advance(self, v: dict, frm: int, to: int) -> dict:
+        for s in range(frm + 1, to + 1):
+            v = self._next(v, s)
+        return v
+
+    def ask(self) -> list[dict]:
+        max_steps = self.config["max_steps"]
+        if max_steps is not None and self.step >= max_steps:
+            return [actions.stop("max_steps")]
+        n = self.chunk if max_steps is None else min(self.chunk, max_steps - self.step)
+        lrs, v = [], self.vars
+        for i in range(n):
+            if i:
+                v = self._next(v, self.step + i)
+            lrs.append(self._lr(v))
+        return [actions.run(n, self.step, lrs=lrs)]
+
+    def tell(self, observation: Observation) -> None:
+        target = observation.step
+        if target < self.step:
+            self.step, self.vars = 0, self._initial()
+        self.vars = self._advance(self.vars, self.step, target)
+        self.step = target
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "vars": dict(self.vars)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.vars = dict(state["vars"])
+
+    def summary(self) -> dict:
+        return {"step": self.step, "lr": self._lr(self.vars)}
+
+
+class ConstantTuner(ScheduleTuner):
+    """One LR for the whole run: ``lr`` (default: the optimizer's)."""
+
+    name = "constant"
+
+    def _initial(self) -> dict:
+        return {}
+
+    def _next(self, v: dict, step: int) -> dict:
+        return v
+
+    def _lr(self, v: dict) -> float:
+        return self.lr0
+
+    def lr_bounds(self) -> tuple[float, float]:
+        return (self.lr0, self.lr0)
+
+
+class StepTuner(ScheduleTuner):
+    """Staircase decay, as ``StepLR``: multiply by ``gamma`` every ``step_size`` steps."""
+
+    name = "step"
+    defaults = {**ScheduleTuner.defaults, "step_size": 1000, "gamma": 0.1}
+
+    def _validate(self) -> None:
+        self.step_size = require_int(self.config, "step_size", minimum=1)
+        self.gamma = require_positive(self.config["gamma"], "gamma")
+
+    def _initial(self) -> dict:
+        return {"lr": self.lr0}
+
+    def _next(self, v: dict, step: int) -> dict:
+        return {"lr": v["lr"] * self.gamma} if step % self.step_size == 0 else v
+
+    def _lr(self, v: dict) -> float:
+        return v["lr"]
+
+    def lr_bounds(self) -> tuple[float, float]:
+        return (0.0, self.lr0) if self.gamma <= 1 else (self.lr0, math.inf)
+
+
+class ExponentialTuner(ScheduleTuner):
+    """Exponential decay, as ``ExponentialLR``: multiply by ``gamma`` every step."""
+
+    name = "exponential"
+    defaults = {**ScheduleTuner.defaults, "gamma": 0.999}
+
+    def _validate(self) -> None:
+        self.gamma = require_positive(self.config["gamma"], "gamma")
+
+    def _initial(self) -> dict:
+        return {"lr": self.lr0}
+
+    def _next(self, v: dict, step: int) -> dict:
+        return {"lr": v["lr"] * self.gamma}
+
+    def _lr(self, v: dict) -> float:
+        return v["lr"]
+
+    def lr_bounds(self) -> tuple[float, float]:
+        return (0.0, self.lr0) if self.gamma <= 1 else (self.lr0, math.inf)
+
+
+class CosineTuner(ScheduleTuner):
+    """SGDR, as ``CosineAnnealingWarmRestarts``: cycles of ``T_0``, ``T_0*T_mult``, ... steps
+    annealing from ``lr`` down towards ``eta_min``."""
+
+    name = "cosine"
+    defaults = {**ScheduleTuner.defaults, "T_0": 1000, "T_mult": 1, "eta_min": 0.0}
+
+    def _validate(self) -> None:
+        self.T_0 = require_int(self.config, "T_0", minimum=1)
+        self.T_mult = require_int(self.config, "T_mult", minimum=1)
+        self.eta_min = require_nonnegative(self.config["eta_min"], "eta_min")
+        if self.eta_min > self.lr0:
+            raise ConfigError(f"cosine: eta_min {self.eta_min} is above the base LR {self.lr0}")
+
+    def _initial(self) -> dict:
+        return {"T_cur": 0, "T_i": self.T_0}
+
+    def _next(self, v: dict, step: int) -> dict:
+        T_cur, T_i = v["T_cur"] + 1, v["T_i"]
+        if T_cur >= T_i:
+            T_cur, T_i = T_cur % T_i, T_i * self.T_mult
+        return {"T_cur": T_cur, "T_i": T_i}
+
+    def _lr(self, v: dict) -> float:
+        # Same expression and order of operations as torch, so the floats agree bit for bit.
+        return self.eta_min + (self.lr0 - self.eta_min) * (1 + math.cos(math.pi * v["T_cur"] / v["T_i"])) / 2
+
+    def lr_bounds(self) -> tuple[float, float]:
+        return (self.eta_min, self.lr0)
