@@ -1,0 +1,216 @@
+"""Train a CIFAR-10 classifier with its learning rate driven by an autolrs server.
+
+    python -m autolrs.server &                       # or: bash run.sh, which does all of this
+    python examples/cifar10.py --tuner autolrs --server tcp://127.0.0.1:5555 --out runs/demo
+
+The training loop is an ordinary PyTorch loop; the tuner adds three lines: build the callback,
+``cb.step(loss)`` after ``optimizer.step()``, ``cb.close()`` (here via ``with``). ``--tuner none``
+trains at a fixed ``--lr`` with no server, as a baseline.
+
+Outputs in ``--out``: ``summary.json`` (test accuracy and loss, steps, wall time, the LR and
+loss of every step, the tuner's stages and candidates as the server reported them) and
+``curves.png`` (LR and training loss against steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar_data import Batches, load_cifar10, resolve_data_dir  # noqa: E402
+from cifar_models import MODELS, default_model  # noqa: E402
+
+# What each tuner gets unless --tuner-config says otherwise: sized for this example's budget.
+EXAMPLE_TUNER_DEFAULTS = {
+    "autolrs": {"min_lr": 1e-3, "max_lr": 1.0},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tuner", default="autolrs",
+                   help="a tuner registered on the server (autolrs, constant, step, exponential, cosine, ...) "
+                        "or 'none' for a fixed --lr without a server")
+    p.add_argument("--tuner-config", default=None,
+                   help="tuner knobs as JSON/YAML text (e.g. '{tau: 200, k: 5}') or a path to a YAML file")
+    p.add_argument("--lr", type=float, default=0.05, help="initial LR (the fixed LR with --tuner none)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--model", choices=sorted(MODELS), default=None,
+                   help="default: small_cnn on CPU, resnet18 on GPU")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=float, default=None, help="training epochs (default 30)")
+    budget.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training set held out for val_fn")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 python batches (default: $CIFAR10_DIR, else ./data)")
+    p.add_argument("--out", default="runs/cifar10", help="folder for summary.json and curves.png")
+    p.add_argument("--server", default="tcp://127.0.0.1:5555")
+    p.add_argument("--job", default=None, help="job id on the server (default: generated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def tuner_config(args: argparse.Namespace) -> dict:
+    config = dict(EXAMPLE_TUNER_DEFAULTS.get(args.tuner, {}))
+    if args.tuner_config:
+        path = Path(args.tuner_config)
+        text = path.read_text() if path.is_file() else args.tuner_config
+        extra = yaml.safe_load(text) or {}
+        if not isinstance(extra, dict):
+            raise SystemExit(f"--tuner-config must be a mapping, got {extra!r}")
+        config.update(extra)
+    return config
+
+
+def split_validation(x, y, fraction: float, seed: int):
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))
+    n_val = max(1, int(len(x) * fraction))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Batches) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over ``batches`` (model left in the mode it was in)."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=batches.device)
+    correct = torch.zeros((), device=batches.device, dtype=torch.long)
+    for xb, yb in batches.epoch():
+        logits = model(xb)
+        total_loss += torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = len(batches.x)
+    return total_loss.item() / n, correct.item() / n
+
+
+def server_job_summary(server: str, job: str) -> dict | None:
+    """The tuner's own account of the job (stages, candidates), from the server's status."""
+    from autolrs.callbacks.client import Client, ServerError, ServerUnavailable
+    client = Client(server, job, timeout=2.0)
+    try:
+        body = client.request("status", {})
+    except (ServerError, ServerUnavailable):
+        return None
+    finally:
+        client.close()
+    for session in body.get("sessions", []):
+        if session.get("job_id") == job:
+            return session
+    return None
+
+
+def plot_curves(path: Path, lrs: list[float], losses: list[float], title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lr, ax_loss) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    ax_lr.plot(lrs, lw=0.8)
+    ax_lr.set_yscale("log")
+    ax_lr.set_ylabel("learning rate")
+    ax_loss.plot(losses, lw=0.5, alpha=0.6)
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite:
+        ax_loss.set_ylim(0, min(max(finite), 3 * sorted(finite)[len(finite) // 2]))
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_xlabel("optimizer step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+
+    data_dir = resolve_data_dir(args.data_dir)
+    train_x, train_y, test_x, test_y = load_cifar10(data_dir)
+    train_x, train_y, val_x, val_y = split_validation(train_x, train_y, args.val_fraction, args.seed)
+    train = Batches(train_x, train_y, args.batch_size, args.seed, train=True, device=device)
+    val = Batches(val_x, val_y, 500, args.seed, train=False, device=device)
+    test = Batches(test_x, test_y, 500, args.seed, train=False, device=device)
+
+    model_name = args.model or default_model(device)
+    model = MODELS[model_name]().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    total_steps = args.max_steps or math.ceil((args.epochs or 30) * len(train))
+
+    def val_fn() -> float:
+        return evaluate(model, val)[0]
+
+    callback = None
+    if args.tuner != "none":
+        from autolrs.callbacks import AutoLRS
+        callback = AutoLRS(model, optimizer, tuner=args.tuner, config=tuner_config(args), server=args.server,
+                           job=args.job, val_fn=val_fn, max_steps=total_steps, seed=args.seed)
+
+    lrs: list[float] = []
+    loss_tensors: list[torch.Tensor] = []
+    started = time.time()
+    model.train()
+    bar = tqdm(total=total_steps, disable=args.no_progress, desc=f"{args.tuner}/{model_name}", unit="step")
+    try:
+        step = 0
+        while step < total_steps and not (callback and callback.should_stop):
+            for xb, yb in train.epoch():
+                lrs.append(float(optimizer.param_groups[0]["lr"]))
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
+                loss.backward()
+                optimizer.step()
+                loss_tensors.append(loss.detach())
+                if callback:
+                    callback.step(loss)
+                step += 1
+                bar.update(1)
+                if step % 25 == 0:
+                    bar.set_postfix(lr=f"{lrs[-1]:.3g}", loss=f"{loss_tensors[-1].item():.3f}")
+                if step >= total_steps or (callback and callback.should_stop):
+                    break
+        bar.close()
+        stages = server_job_summary(args.server, callback.job) if callback else None
+    finally:
+        if callback:
+            callback.close()
+    wall = time.time() - started
+
+    losses = torch.stack(loss_tensors).float().cpu().tolist() if loss_tensors else []
+    test_loss, test_acc = evaluate(model, test)
+    val_loss, val_acc = evaluate(model, val)
+    summary = {
+        "tuner": args.tuner, "tuner_config": tuner_config(args) if callback else None,
+        "model": model_name, "device": str(device), "batch_size": args.batch_size,
+        "steps": len(lrs), "planned_steps": total_steps, "wall_time_s": round(wall, 2),
+        "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc, "val_loss": val_loss,
+        "job": callback.job if callback else None, "server_session": stages,
+        "lrs": lrs, "losses": losses,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, default=float))
+    plot_curves(out / "curves.png", lrs, losses, f"CIFAR-10 {model_name}, tuner {args.tuner}: "
+                                                  f"test accuracy {test_acc:.3f}")
+    print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  steps {len(lrs)}  "
+          f"wall {wall:.1f}s  -> {out}/summary.json, {out}/curves.png")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

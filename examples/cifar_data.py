@@ -1,0 +1,113 @@
+"""CIFAR-10 from the standard python-batch files, with augmentation done on tensors.
+
+No torchvision needed to read or augment: the files are pickles of uint8 arrays. When the
+folder holds no data, torchvision (where it imports and works) downloads the official set;
+otherwise the error says where the data was looked for and how to provide it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def resolve_data_dir(cli_value: str | None) -> Path:
+    """``--data-dir``, else ``$CIFAR10_DIR``, else ``./data``."""
+    return Path(cli_value or os.environ.get("CIFAR10_DIR") or "data")
+
+
+def _batch_folder(root: Path) -> Path | None:
+    for candidate in (root, root / "cifar-10-batches-py"):
+        if (candidate / "data_batch_1").is_file() and (candidate / "test_batch").is_file():
+            return candidate
+    return None
+
+
+def _download(root: Path) -> None:
+    try:
+        import torchvision  # noqa: F401  (may fail with RuntimeError on a mismatched build)
+        from torchvision.datasets import CIFAR10
+    except Exception as exc:  # ImportError, or RuntimeError from a CUDA-only build
+        raise FileNotFoundError(
+            f"no CIFAR-10 python batches in {root} (nor {root / 'cifar-10-batches-py'}) and "
+            f"torchvision cannot download them here ({type(exc).__name__}: {exc}). Put the files "
+            "data_batch_1..5 and test_batch there, or pass --data-dir / set CIFAR10_DIR.") from None
+    CIFAR10(str(root), train=True, download=True)
+
+
+def _read(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    if not images:
+        raise FileNotFoundError(f"none of {names} found in {folder}")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def load_cifar10(root: Path, download: bool = True):
+    """(train_x, train_y, test_x, test_y) as uint8 NCHW tensors and int64 labels."""
+    folder = _batch_folder(root)
+    if folder is None:
+        if not download:
+            raise FileNotFoundError(f"no CIFAR-10 python batches in {root}")
+        _download(root)
+        folder = _batch_folder(root)
+        if folder is None:
+            raise FileNotFoundError(f"download finished but no batches found under {root}")
+    train_x, train_y = _read(folder, TRAIN_FILES)
+    test_x, test_y = _read(folder, ["test_batch"])
+    return (torch.from_numpy(train_x), torch.from_numpy(train_y),
+            torch.from_numpy(test_x), torch.from_numpy(test_y))
+
+
+def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+    return (x_uint8.float().div_(255) - MEAN.to(x_uint8.device)) / STD.to(x_uint8.device)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of 32 from the 4-pixel zero-padded image, and a random horizontal flip."""
+    n = x.shape[0]
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(32)).view(n, 1, 32, 1).expand(n, 3, 32, 32)
+    cols = (dx.view(n, 1) + torch.arange(32)).view(n, 1, 1, 32).expand(n, 3, 32, 32)
+    out = padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(3).view(1, 3, 1, 1), rows, cols]
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(3)
+    return out
+
+
+class Batches:
+    """Shuffled mini-batches of a tensor dataset, forever; augmentation optional."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                 train: bool, device: torch.device):
+        self.x, self.y, self.batch_size, self.train, self.device = x, y, batch_size, train, device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def epoch(self):
+        order = torch.randperm(len(self.x), generator=self.generator) if self.train else torch.arange(len(self.x))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            xb = self.x[idx]
+            if self.train:
+                xb = augment(xb, self.generator)
+            yield normalize(xb.to(self.device, non_blocking=True)), self.y[idx].to(self.device, non_blocking=True)
