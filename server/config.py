@@ -1,0 +1,156 @@
+"""Server configuration: embedded defaults < a YAML file (``--config``) < command-line overrides.
+
+Every layer is checked against the schema of ``defaults.yaml``, so a misspelt key fails at
+start-up with its path instead of being silently ignored. ``tuners:`` holds per-tuner default
+knobs; each entry must name a registered tuner and only that tuner's own knobs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from autolrs.tuners import JOB_KEYS, TUNERS
+
+
+class ConfigError(ValueError):
+    """A server configuration that cannot be used; the message names the key and the source."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    state_dir: str
+    max_message_bytes: int
+    fsync: bool
+    #: tuner name -> default knobs for jobs using that tuner.
+    tuners: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def load_defaults() -> dict:
+    """The embedded ``defaults.yaml`` as a dict (package data, so it works from a wheel too)."""
+    text = resources.files("autolrs.server").joinpath("defaults.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> ServerConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides`` (same nested shape).
+
+    Raises ConfigError naming the offending key and where it came from.
+    """
+    defaults = load_defaults()
+    merged = copy.deepcopy(defaults)
+    if path is not None:
+        merged = _merge(merged, _read_yaml(path), defaults, str(path))
+    if overrides:
+        merged = _merge(merged, overrides, defaults, "command line")
+    return _build(merged)
+
+
+def _read_yaml(path: str | Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:  # an empty file is an empty config
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _merge(base: dict, layer: Mapping[str, Any], schema: Mapping[str, Any], source: str, prefix: str = "") -> dict:
+    """Deep-merge ``layer`` over ``base``; keys must exist in ``schema`` (except under tuners)."""
+    if not isinstance(layer, Mapping):
+        raise ConfigError(f"{source}: '{prefix or '<top>'}' must be a mapping")
+    out = dict(base)
+    for key, value in layer.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in schema:
+            raise ConfigError(f"{source}: unknown key '{where}'; valid: {', '.join(sorted(map(str, schema)))}")
+        if key == "tuners" and not prefix:
+            out[key] = _merge_tuners(out.get(key) or {}, value, source)
+        elif isinstance(schema[key], dict):
+            out[key] = _merge(out.get(key) or {}, value, schema[key], source, where)
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
+    if layer is None:
+        return dict(base)
+    if not isinstance(layer, Mapping):
+        raise ConfigError(f"{source}: 'tuners' must map tuner names to their default knobs")
+    out = {name: dict(knobs) for name, knobs in base.items()}
+    for name, knobs in layer.items():
+        if name not in TUNERS:
+            raise ConfigError(f"{source}: 'tuners.{name}' is not a registered tuner; "
+                              f"registered: {', '.join(sorted(TUNERS))}")
+        knobs = {} if knobs is None else knobs
+        if not isinstance(knobs, Mapping):
+            raise ConfigError(f"{source}: 'tuners.{name}' must be a mapping of knobs")
+        valid = TUNERS[name].defaults
+        for knob in knobs:
+            if knob in JOB_KEYS:
+                # These come from each job's hello (the optimizer, the client's budget).
+                raise ConfigError(f"{source}: 'tuners.{name}.{knob}' is set per job by the client, "
+                                  "not in the server config")
+            if knob not in valid:
+                raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'; "
+                                  f"valid: {', '.join(sorted(valid)) or '(none)'}")
+        out.setdefault(name, {}).update(knobs)
+    return out
+
+
+def _build(merged: Mapping[str, Any]) -> ServerConfig:
+    s = merged["server"]
+    host = s["host"]
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"server.host must be a non-empty string, got {host!r}")
+    port = _int(s["port"], "server.port", 0, 65535)
+    state_dir = s["state_dir"]
+    if not isinstance(state_dir, (str, Path)) or not str(state_dir):
+        raise ConfigError(f"server.state_dir must be a path, got {state_dir!r}")
+    max_bytes = _int(s["max_message_bytes"], "server.max_message_bytes", 1024, 1 << 30)
+    fsync = s["fsync"]
+    if not isinstance(fsync, bool):
+        raise ConfigError(f"server.fsync must be true or false, got {fsync!r}")
+    return ServerConfig(host=host, port=port, state_dir=str(state_dir), max_message_bytes=max_bytes,
+                        fsync=fsync, tuners=copy.deepcopy(dict(merged.get("tuners") or {})))
+
+
+def _int(value: Any, key: str, lo: int, hi: int) -> int:
+    if isinstance(value, str) and value.strip().isdigit():  # from a command line or a quoted YAML value
+        value = int(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(f"{key} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def job_tuner_config(config: ServerConfig, tuner: str, hello_config: Mapping[str, Any] | None,
+                     job: Mapping[str, Any]) -> dict:
+    """The config a job's tuner is built with: server defaults < hello config < job keys.
+
+    Job keys (``JOB_KEYS``: initial_lr, max_steps, has_val_fn) come from the hello body; a key
+    the client sent as null means "unknown" and does not erase a value set by a lower layer.
+    """
+    merged: dict = dict(config.tuners.get(tuner, {}))
+    merged.update(hello_config or {})
+    for key in JOB_KEYS:
+        if job.get(key) is not None:
+            merged[key] = job[key]
+    return merged

@@ -1,0 +1,213 @@
+"""One session per training job, kept on disk so a restarted server resumes every job.
+
+Layout under the state dir::
+
+    jobs/<job_id>/state.json        the whole session, rewritten atomically after every change
+    jobs/<job_id>/decisions.jsonl   one line per applied request (hello/report/goodbye)
+    server.lock                     held while a server uses the dir (two servers would race)
+
+``state.json`` includes the last applied ``(client_id, seq)`` and its reply, so a request
+resent after a crash is still recognised as a duplicate and answered from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from autolrs import protocol
+from autolrs.tuners import Tuner, make_tuner
+
+log = logging.getLogger(__name__)
+
+#: Version of the state.json layout, so a later server can migrate or refuse old files.
+STATE_FORMAT = 1
+
+ACTIVE = "active"
+FINISHED = "finished"
+
+
+class StateDirLocked(RuntimeError):
+    """Another server process already uses this state dir."""
+
+
+@dataclass
+class Session:
+    job_id: str
+    tuner_name: str
+    #: The config the tuner was built with (server defaults < hello config < job keys).
+    config: dict
+    #: The ``config`` field of the hello as sent: a resuming hello must match it.
+    hello_config: dict
+    seed: int
+    tuner: Tuner
+    status: str = ACTIVE
+    owner: str = ""
+    last_client_id: str | None = None
+    last_seq: int | None = None
+    #: The reply (envelope dict) sent for ``(last_client_id, last_seq)``.
+    last_reply: dict | None = None
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    requests: int = 0
+    step: int = 0
+
+    def to_state(self) -> dict:
+        return {
+            "format": STATE_FORMAT, "job_id": self.job_id, "tuner": self.tuner_name,
+            "config": self.config, "hello_config": self.hello_config, "seed": self.seed,
+            "status": self.status, "owner": self.owner,
+            "last": None if self.last_seq is None else
+            {"client_id": self.last_client_id, "seq": self.last_seq, "reply": self.last_reply},
+            "created": self.created, "updated": self.updated, "requests": self.requests,
+            "step": self.step, "tuner_state": self.tuner.state_dict(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "Session":
+        """Rebuild a session (and its tuner) from ``to_state()``; raises on anything missing."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"state format {state.get('format')!r} is not {STATE_FORMAT}")
+        tuner = make_tuner(state["tuner"], state["config"], state["seed"])
+        tuner.load_state_dict(state["tuner_state"])
+        last = state["last"] or {}
+        status = state["status"]
+        if status not in (ACTIVE, FINISHED):
+            raise ValueError(f"unknown session status {status!r}")
+        return cls(job_id=state["job_id"], tuner_name=state["tuner"], config=dict(state["config"]),
+                   hello_config=dict(state["hello_config"]), seed=int(state["seed"]), tuner=tuner,
+                   status=status, owner=state["owner"], last_client_id=last.get("client_id"),
+                   last_seq=last.get("seq"), last_reply=last.get("reply"), created=float(state["created"]),
+                   updated=float(state["updated"]), requests=int(state["requests"]), step=int(state["step"]))
+
+    def snapshot(self) -> bytes:
+        """A deep, serialised copy to roll back to (tuners may alias lists in state_dict)."""
+        return protocol.dumps(self.to_state())
+
+    @classmethod
+    def from_snapshot(cls, snap: bytes) -> "Session":
+        return cls.from_state(protocol.loads(snap))
+
+
+class SessionStore:
+    """The sessions of one server, in memory and under ``state_dir``."""
+
+    def __init__(self, state_dir: str | Path, fsync: bool = False, lock: bool = True):
+        self.state_dir = Path(state_dir).resolve()
+        self.fsync = fsync
+        self.jobs_dir = self.state_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = self._acquire_lock() if lock else None
+        self.sessions: dict[str, Session] = {}
+        self._load_all()
+
+    # --- the in-memory map -------------------------------------------------------------
+
+    def get(self, job_id: str) -> Session | None:
+        return self.sessions.get(job_id)
+
+    def put(self, session: Session) -> None:
+        self.sessions[session.job_id] = session
+
+    def discard(self, job_id: str) -> None:
+        self.sessions.pop(job_id, None)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(sorted(self.sessions.values(), key=lambda s: s.job_id))
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    # --- disk ------------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        # job ids are validated by the protocol (letters, digits, . _ -, no leading dot): path-safe.
+        return self.jobs_dir / job_id
+
+    def save(self, session: Session) -> None:
+        """Write state.json atomically: a reader (or a restart after SIGKILL) sees old or new, never half."""
+        data = protocol.dumps(session.to_state())
+        directory = self.job_dir(session.job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / "state.json"
+        tmp = directory / f"state.json.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+        if self.fsync:  # make the rename itself durable
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def append_log(self, session: Session, record: Mapping[str, Any]) -> None:
+        """Append one JSON line to the job's decisions.jsonl (NaN encoded the protocol's way)."""
+        directory = self.job_dir(session.job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / "decisions.jsonl", "ab") as f:
+            f.write(protocol.dumps(dict(record)) + b"\n")
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _load_all(self) -> None:
+        for directory in sorted(p for p in self.jobs_dir.iterdir() if p.is_dir()):
+            path = directory / "state.json"
+            for stale in directory.glob("state.json.tmp-*"):  # left by a crash mid-write
+                stale.unlink(missing_ok=True)
+            if not path.exists():
+                continue
+            try:
+                session = Session.from_snapshot(path.read_bytes())
+                if session.job_id != directory.name:
+                    raise ValueError(f"holds job {session.job_id!r}, not {directory.name!r}")
+            except Exception as exc:  # noqa: BLE001 - any damage: keep the file, skip the job
+                aside = path.with_name(f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
+                log.warning("cannot load %s (%s: %s); moved it to %s and continue without job %s",
+                            path, type(exc).__name__, exc, aside.name, directory.name)
+                try:
+                    os.replace(path, aside)
+                except OSError as move_exc:
+                    log.warning("could not move %s aside: %s", path, move_exc)
+                continue
+            self.sessions[session.job_id] = session
+        if self.sessions:
+            log.info("loaded %d session(s) from %s", len(self.sessions), self.state_dir)
+
+    def _acquire_lock(self) -> int | None:
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: run without the guard
+            return None
+        fd = os.open(self.state_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateDirLocked(f"state dir {self.state_dir} is in use by another autolrs server") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def close(self) -> None:
+        """Release the state-dir lock (sessions are already on disk: every change is saved)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+
+def observation_summary(losses: list[float], evals: list) -> dict:
+    """A compact account of a report for the decisions log."""
+    finite = [x for x in losses if math.isfinite(x)]
+    return {"n_losses": len(losses), "n_finite": len(finite),
+            "mean_loss": sum(finite) / len(finite) if finite else None,
+            "last_loss": losses[-1] if losses else None, "evals": [list(e) for e in evals]}

@@ -1,0 +1,167 @@
+"""Helpers for the server tests: a dispatcher without sockets, a server process, and a raw REQ
+client speaking ``autolrs.protocol`` (every receive has a timeout)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import zmq
+
+from autolrs import protocol
+from autolrs.server.config import load_config
+from autolrs.server.dispatcher import Dispatcher
+from autolrs.server.sessions import SessionStore
+
+TIMEOUT_S = 5.0
+READY_PREFIX = "autolrs-server listening on "
+
+
+def make_config(state_dir, tuners=None, **server):
+    overrides = {"server": {"port": 0, "state_dir": str(state_dir), **server}}
+    if tuners:
+        overrides["tuners"] = tuners
+    return load_config(overrides=overrides)
+
+
+class DispatcherHarness:
+    """Calls a dispatcher with envelopes built by ``autolrs.protocol``; returns decoded replies."""
+
+    def __init__(self, state_dir: Path, tuners=None):
+        self.state_dir = Path(state_dir)
+        self.config = make_config(state_dir, tuners)
+        self.store = SessionStore(state_dir)
+        self.dispatcher = Dispatcher(self.config, self.store)
+
+    def raw(self, frame: bytes) -> dict:
+        return protocol.loads(self.dispatcher.handle(frame))
+
+    def frame(self, kind, body=None, *, job_id=None, client_id=None, seq=None) -> bytes:
+        return protocol.dumps(protocol.request(kind, body, job_id=job_id, client_id=client_id, seq=seq))
+
+    def call(self, kind, body=None, *, job_id="job-1", client_id="client-a", seq=0) -> dict:
+        if kind in protocol.JOB_KINDS:
+            return self.raw(self.frame(kind, body, job_id=job_id, client_id=client_id, seq=seq))
+        return self.raw(self.frame(kind, body))
+
+    def restart(self) -> "DispatcherHarness":
+        """A fresh dispatcher and store on the same state dir (as after a server restart)."""
+        self.store.close()
+        return DispatcherHarness(self.state_dir, dict(self.config.tuners) or None)
+
+    def decisions(self, job_id="job-1") -> list[dict]:
+        path = self.state_dir / "jobs" / job_id / "decisions.jsonl"
+        return [protocol.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+
+
+def hello_body(tuner="cosine", config=None, *, initial_lr=0.1, max_steps=None, step=0, seed=None,
+               has_val_fn=False):
+    return {"tuner": tuner, "config": {} if config is None else config, "initial_lr": initial_lr,
+            "param_groups": 1, "step": step, "max_steps": max_steps, "has_val_fn": has_val_fn, "seed": seed}
+
+
+def report_body(step, steps, losses=None, evals=None):
+    return {"step": step, "steps": steps, "losses": [1.0] * steps if losses is None else losses,
+            "evals": evals or []}
+
+
+class ReqClient:
+    """One REQ socket with send/receive timeouts; a timeout fails the test instead of hanging."""
+
+    def __init__(self, endpoint: str, timeout: float = TIMEOUT_S, client_id: str | None = None):
+        self.endpoint = endpoint
+        self.client_id = client_id or uuid.uuid4().hex[:16]
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.REQ)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+        self.sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        self.sock.connect(endpoint)
+
+    def send_raw(self, frame: bytes) -> bytes:
+        self.sock.send(frame)
+        return self.sock.recv()
+
+    def call(self, kind, body=None, *, job_id=None, seq=None) -> dict:
+        if kind in protocol.JOB_KINDS:
+            msg = protocol.request(kind, body, job_id=job_id, client_id=self.client_id, seq=seq)
+        else:
+            msg = protocol.request(kind, body)
+        return protocol.loads(self.send_raw(protocol.dumps(msg)))
+
+    def close(self):
+        self.sock.close(0)
+        self.ctx.term()
+
+
+
+
+class ServerProcess:
+    """``python -m autolrs.server`` as a child process; the endpoint comes from its ready line."""
+
+    def __init__(self, state_dir: Path, *args: str, log_path: Path | None = None):
+        self.state_dir = Path(state_dir)
+        self.log_path = log_path or self.state_dir.parent / f"server-{uuid.uuid4().hex[:6]}.log"
+        self.log_file = open(self.log_path, "wb")
+        cmd = [sys.executable, "-m", "autolrs.server", "--port", "0", "--state-dir", str(state_dir), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log_file, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.ready_line = self._wait_ready()
+        self.endpoint = self.ready_line[len(READY_PREFIX):].split()[0]
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def _wait_ready(self, timeout=20.0) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise AssertionError(f"server printed no ready line within {timeout} s; log:\n{self.log()}")
+        if line is None or not line.startswith(READY_PREFIX):
+            self.kill()
+            raise AssertionError(f"unexpected first line {line!r}; log:\n{self.log()}")
+        return line
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout=TIMEOUT_S) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT_S)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log_file.close()
+
+
+
+
+def run_cli(*args, timeout=20.0, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "autolrs.server", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, **kw)
