@@ -1,0 +1,200 @@
+"""``autolrs-server`` / ``python -m autolrs.server``: serve, status, ping.
+
+The only module that configures logging and installs signal handlers, so the rest of the
+package stays importable (and testable) inside other programs without side effects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Sequence
+
+import zmq
+
+import autolrs
+from autolrs import protocol
+
+from autolrs.server.config import ConfigError, load_config
+from autolrs.server.sessions import StateDirLocked
+
+PROG = "autolrs-server"
+COMMANDS = ("serve", "status", "ping")
+DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+
+log = logging.getLogger("autolrs.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="The autolrs learning-rate tuning server.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {autolrs.__version__} "
+                   f"(protocol {protocol.PROTOCOL_VERSION})")
+    sub = p.add_subparsers(dest="command", metavar="{serve,status,ping}")
+
+    serve = sub.add_parser("serve", help="run the server (the default command)")
+    serve.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default from config: 5555)")
+    serve.add_argument("--config", help="YAML file merged over the built-in defaults")
+    serve.add_argument("--state-dir", help="where job state and decision logs are kept")
+    serve.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO)")
+
+    for name, text in (("status", "list the jobs of a running server"), ("ping", "check a server answers")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--server", default=DEFAULT_SERVER, help=f"server endpoint (default {DEFAULT_SERVER})")
+        c.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
+        c.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `serve` is the default: `autolrs-server --port 0` means `autolrs-server serve --port 0`.
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return query(args)
+
+
+# --- serve -----------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {"server": {k: v for k, v in (("host", args.host), ("port", args.port),
+                                                              ("state_dir", args.state_dir)) if v is not None}}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    from autolrs.server.transport import make_server  # after config errors are reported
+
+    try:
+        server = make_server(config)
+    except StateDirLocked as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except zmq.ZMQError as exc:
+        print(f"{PROG}: cannot bind tcp://{config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: cannot use state dir {config.state_dir}: {exc}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        server.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # The one line a launcher waits for (run.sh parses it): flushed at once.
+        print(f"{PROG} listening on {server.endpoint} state_dir={server.dispatcher.store.state_dir}", flush=True)
+        log.info("serving %d job(s) from %s", len(server.dispatcher.store), server.dispatcher.store.state_dir)
+        server.serve_forever()
+    finally:
+        server.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    # Nothing to flush: every change was saved before its reply left.
+    log.info("stopped")
+    return 0
+
+
+# --- status / ping -----------------------------------------------------------------------
+
+
+def request(endpoint: str, kind: str, timeout: float) -> dict:
+    """One request over a fresh REQ socket; raises TimeoutError, never blocks past ``timeout``."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(protocol.dumps(protocol.request(kind, {}, client_id=f"cli-{uuid.uuid4().hex[:12]}")))
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            raise TimeoutError(f"no answer from {endpoint} within {timeout:g} s (is the server running?)")
+        return protocol.loads(sock.recv())
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def query(args: argparse.Namespace) -> int:
+    kind = args.command
+    started = time.monotonic()
+    try:
+        reply = request(args.server, kind, args.timeout)
+    except TimeoutError as exc:
+        print(f"{PROG} {kind}: {exc}", file=sys.stderr)
+        return 1
+    except zmq.ZMQError as exc:
+        print(f"{PROG} {kind}: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 1
+    except protocol.ProtocolError as exc:
+        print(f"{PROG} {kind}: unreadable answer from {args.server}: {exc.message}", file=sys.stderr)
+        return 1
+    elapsed_ms = (time.monotonic() - started) * 1000
+    if args.json:
+        # Raw JSON, non-finite floats kept in the protocol's tagged form.
+        print(json.dumps(json.loads(protocol.dumps(reply)), indent=2))
+    if not isinstance(reply, dict) or reply.get("status") != "ok":
+        err = reply.get("error", {}) if isinstance(reply, dict) else {}
+        print(f"{PROG} {kind}: server replied with error {err.get('code')}: {err.get('message')}", file=sys.stderr)
+        return 1
+    if not args.json:
+        body = reply.get("body", {})
+        if kind == "ping":
+            print(f"{args.server}: autolrs {body.get('version')} protocol {body.get('protocol')} "
+                  f"({elapsed_ms:.1f} ms)")
+        else:
+            print(format_status(body))
+    return 0
+
+
+def format_status(body: dict) -> str:
+    """A readable table of a status reply's sessions."""
+    server = body.get("server", {})
+    lines = [f"autolrs {server.get('version')} protocol {server.get('protocol')}, "
+             f"up {_duration(server.get('uptime_s'))}, {server.get('sessions', 0)} job(s)"]
+    rows = [("JOB", "TUNER", "STATUS", "STEP", "LR", "REQUESTS", "UPDATED")]
+    for s in body.get("sessions", []):
+        rows.append((str(s.get("job_id")), str(s.get("tuner")), str(s.get("status")), str(s.get("step")),
+                     _lr(s.get("lr")), str(s.get("requests")), _when(s.get("updated"))))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _lr(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _when(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
