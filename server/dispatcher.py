@@ -110,7 +110,7 @@ class Dispatcher:
             plan = tuner.ask()
         except UnknownTunerError as exc:
             raise ProtocolError(ErrorCode.UNKNOWN_TUNER, str(exc)) from None
-        except ValueError as exc:  # ConfigError is a ValueError
+        except (ConfigError, ValueError) as exc:  # a bad knob, or a bad job key (e.g. initial_lr)
             raise ProtocolError(ErrorCode.BAD_CONFIG, str(exc)) from None
         _check_plan(plan, job_id)
         now = time.time()

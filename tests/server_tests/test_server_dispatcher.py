@@ -117,6 +117,11 @@ def test_hello_without_any_lr_is_bad_config(harness):
     err(harness.call("hello", hello_body("constant", initial_lr=None)), ErrorCode.BAD_CONFIG)
 
 
+@pytest.mark.parametrize("patch", [{"initial_lr": math.nan}, {"initial_lr": -0.1}, {"max_steps": 0}])
+def test_hello_bad_job_keys_are_bad_config(harness, patch):
+    err(harness.call("hello", {**hello_body(), **patch}), ErrorCode.BAD_CONFIG)
+
+
 @pytest.mark.parametrize("patch", [
     {"tuner": None}, {"tuner": 3}, {"config": [1]}, {"initial_lr": "0.1"}, {"param_groups": 0},
     {"step": -1}, {"step": 1.5}, {"max_steps": "10"}, {"has_val_fn": 1}, {"seed": -1}, {"seed": "x"},

@@ -111,3 +111,16 @@ def test_snapshot_is_a_deep_copy():
     snap = s.snapshot()
     s.tuner.tell(Observation(step=5))
     assert Session.from_snapshot(snap).tuner.step == 0
+
+
+def test_fsync_mode_writes_the_same_files(tmp_path):
+    store = SessionStore(tmp_path / "state", fsync=True)
+    try:
+        s = new_session()
+        store.save(s)
+        store.append_log(s, {"kind": "hello"})
+        d = tmp_path / "state" / "jobs" / "job-1"
+        assert sorted(p.name for p in d.iterdir()) == ["decisions.jsonl", "state.json"]
+        assert protocol.loads((d / "state.json").read_bytes())["job_id"] == "job-1"
+    finally:
+        store.close()
