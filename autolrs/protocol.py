@@ -142,9 +142,11 @@ def error_reply(req: dict | None, code: str, message: str) -> dict:
 
 def _reply(name: str, req: dict, **fields: Any) -> dict:
     msg: dict = {"v": PROTOCOL_VERSION, "type": name}
-    for key in ("job_id", "seq"):
-        if key in req:
-            msg[key] = req[key]
+    # Echo only well-formed identifiers: a bad request's junk is not sent back.
+    if is_valid_job_id(req.get("job_id")):
+        msg["job_id"] = req["job_id"]
+    if type(req.get("seq")) is int and req["seq"] >= 0:
+        msg["seq"] = req["seq"]
     msg.update(fields)
     return msg
 
@@ -153,7 +155,7 @@ def validate_request(msg: Any) -> tuple[str, dict]:
     """Check a decoded request envelope; return ``(kind, body)`` or raise ProtocolError."""
     if not isinstance(msg, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "a message must be a JSON object")
-    if msg.get("v") != PROTOCOL_VERSION:
+    if type(msg.get("v")) is not int or msg["v"] != PROTOCOL_VERSION:  # True == 1 in Python
         raise ProtocolError(ErrorCode.VERSION,
                             f"protocol version {msg.get('v')!r} not supported; this side speaks {PROTOCOL_VERSION}")
     kind_field = msg.get("type")

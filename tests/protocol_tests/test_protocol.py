@@ -82,6 +82,8 @@ def test_bad_frames_raise_malformed(frame):
 @pytest.mark.parametrize("msg, code", [
     ([], P.ErrorCode.MALFORMED),
     ({"v": 2, "type": "ping_request"}, P.ErrorCode.VERSION),
+    ({"v": True, "type": "ping_request"}, P.ErrorCode.VERSION),
+    ({"v": 1.0, "type": "ping_request"}, P.ErrorCode.VERSION),
     ({"v": 1}, P.ErrorCode.BAD_REQUEST),
     ({"v": 1, "type": "dance_request"}, P.ErrorCode.UNKNOWN_TYPE),
     ({"v": 1, "type": "ping_request", "body": []}, P.ErrorCode.BAD_REQUEST),
@@ -131,3 +133,9 @@ def test_observation_rejects_wrong_types_but_keeps_nan():
     obs = A.Observation.from_body({"step": 3, "steps": 1, "losses": [math.nan]})
     assert math.isnan(obs.losses[0])
     assert A.Observation.from_body(obs.to_body()) == A.Observation(step=3, steps=1, losses=obs.losses)
+
+
+def test_error_reply_does_not_echo_junk_identifiers():
+    reply = P.error_reply({"type": "report_request", "job_id": ["x"] * 3, "seq": "9" * 300},
+                          P.ErrorCode.BAD_REQUEST, "bad")
+    assert "job_id" not in reply and "seq" not in reply
