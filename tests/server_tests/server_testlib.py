@@ -17,10 +17,10 @@ import zmq
 from autolrs import protocol
 from autolrs.server.config import load_config
 from autolrs.server.dispatcher import Dispatcher
+from autolrs.server.process import READY_PREFIX, ServerProcess  # noqa: F401  (re-exported for tests)
 from autolrs.server.sessions import SessionStore
 
 TIMEOUT_S = 5.0
-READY_PREFIX = "autolrs-server listening on "
 
 
 def make_config(state_dir, tuners=None, **server):
@@ -100,63 +100,6 @@ class ReqClient:
     def close(self):
         self.sock.close(0)
         self.ctx.term()
-
-
-
-
-class ServerProcess:
-    """``python -m autolrs.server`` as a child process; the endpoint comes from its ready line."""
-
-    def __init__(self, state_dir: Path, *args: str, log_path: Path | None = None):
-        self.state_dir = Path(state_dir)
-        self.log_path = log_path or self.state_dir.parent / f"server-{uuid.uuid4().hex[:6]}.log"
-        self.log_file = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "autolrs.server", "--port", "0", "--state-dir", str(state_dir), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log_file, text=True)
-        self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.ready_line = self._wait_ready()
-        self.endpoint = self.ready_line[len(READY_PREFIX):].split()[0]
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def _wait_ready(self, timeout=20.0) -> str:
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            self.kill()
-            raise AssertionError(f"server printed no ready line within {timeout} s; log:\n{self.log()}")
-        if line is None or not line.startswith(READY_PREFIX):
-            self.kill()
-            raise AssertionError(f"unexpected first line {line!r}; log:\n{self.log()}")
-        return line
-
-    def log(self) -> str:
-        self.log_file.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum):
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout=TIMEOUT_S) -> int:
-        return self.proc.wait(timeout)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(TIMEOUT_S)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log_file.close()
 
 
 
