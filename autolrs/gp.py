@@ -1,0 +1,183 @@
+"""One-dimensional Bayesian optimisation on the unit interval (log LR scaled to [0, 1]).
+
+The surrogate is scikit-learn's :class:`~sklearn.gaussian_process.GaussianProcessRegressor`
+with the kernel scikit-optimize builds for a one-dimensional "GP" optimiser (what the original
+AutoLRS used through ``skopt.Optimizer``), plus explicit Gaussian noise::
+
+    ConstantKernel(1.0, (0.01, 1000)) * Matern(length_scale=1.0, (0.05, 100), nu=2.5)
+        + WhiteKernel(0.01, (1e-6, 1.0))
+
+(skopt's lower length-scale bound is 0.01; see :data:`LENGTH_SCALE_MIN`) with ``normalize_y=True`` and ``n_restarts_optimizer=2`` (seeded), so the same observations and
+seed always give the same suggestion. Acquisitions are computed on the posterior of the
+noise-free function (the fitted white-noise variance is taken out of the predictive variance):
+
+* ``"lcb"``: ``mu - kappa * sigma``, minimised. The original's ``kappa = 1e6`` makes the mean
+  irrelevant: the next point is where the posterior is least certain (space-filling
+  exploration); the caller exploits by picking the best *observed* value.
+* ``"ei"``: expected improvement below the best observed value (``xi`` = 0.01 in the
+  transformed, normalised units), maximised.
+
+The acquisition is minimised over a dense grid (1001 points) and the best few grid minima are
+refined with bounded Brent (``scipy.optimize.minimize_scalar``). A point closer than
+``min_distance`` to an observation is never returned; when the acquisition wants nothing
+else, or all observations are alike (nothing to model), the centre of the largest gap between
+observations (ends included) is returned. Near-ties of the acquisition go to the grid point
+farthest from the observations.
+
+Observations may include failures and absurd values. :func:`transform_objective` maps them to
+something a GP can model: successes ``y`` become ``log1p((y - min) / scale)`` (monotone, so the
+ranking is kept, but a forecast a million times worse than the rest no longer squashes the
+others together), and non-finite values (failures: diverged trials) become the worst success
+plus 1. Only numpy, scipy and scikit-learn are used.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import ndtr
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+ACQUISITIONS = ("lcb", "ei")
+GRID_POINTS = 1001
+MIN_DISTANCE = 0.01
+#: skopt allows 0.01; with the ~10 points of a stage a length scale below half their spacing
+#: cannot be identified and turns the posterior into spikes at the data (flat everywhere else).
+LENGTH_SCALE_MIN = 0.05
+_REFINE = 3  # grid minima refined with Brent
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+def transform_objective(y: Sequence[float]) -> np.ndarray:
+    """Observed values -> GP targets (see the module docstring). Non-finite = failure."""
+    y = np.asarray(y, dtype=float)
+    out = np.zeros_like(y)
+    ok = np.isfinite(y)
+    if not ok.any():
+        return out  # nothing but failures: a flat objective, pure exploration
+    good = y[ok]
+    lo = float(good.min())
+    scale = float(np.median(good - lo))
+    if not scale > 0:
+        scale = float(good.max() - lo)
+    if not (scale > 0 and math.isfinite(scale)):
+        scale = 1.0
+    with np.errstate(over="ignore"):
+        t = np.log1p((good - lo) / scale)
+    t[~np.isfinite(t)] = 700.0  # (good - lo) overflowed: only for values near 1e308
+    out[ok] = t
+    out[~ok] = float(t.max()) + 1.0
+    return out
+
+
+def make_gp(seed: int = 0) -> GaussianProcessRegressor:
+    kernel = (ConstantKernel(1.0, (0.01, 1000.0)) * Matern(length_scale=1.0, length_scale_bounds=(LENGTH_SCALE_MIN, 100.0), nu=2.5)
+              + WhiteKernel(noise_level=0.01, noise_level_bounds=(1e-6, 1.0)))
+    return GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=2,
+                                    random_state=np.random.RandomState(seed % (2 ** 32)))
+
+
+class Posterior:
+    """A GP fitted to ``(x, y)`` (``x`` in [0, 1], ``y`` raw observations, NaN/inf allowed)."""
+
+    def __init__(self, x: Sequence[float], y: Sequence[float], seed: int = 0):
+        self.x = np.asarray(x, dtype=float).ravel()
+        self.y = transform_objective(y)
+        if self.x.size != self.y.size or self.x.size == 0:
+            raise ValueError("need as many x as y, and at least one")
+        self.gp = make_gp(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning at hyper-parameter bounds
+            self.gp.fit(self.x[:, None], self.y)
+        kernel = self.gp.kernel_
+        self._noise = float(kernel.k2.noise_level) * float(np.asarray(self.gp._y_train_std).ravel()[0]) ** 2
+        self.best = float(self.y.min())
+
+    def predict(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of the noise-free function at ``u``."""
+        mu, sd = self.gp.predict(np.asarray(u, dtype=float).reshape(-1, 1), return_std=True)
+        var = np.maximum(sd * sd - self._noise, 0.0)
+        return mu, np.sqrt(var)
+
+    def acquisition(self, u: np.ndarray, kind: str = "lcb", kappa: float = 1e6, xi: float = 0.01) -> np.ndarray:
+        """Acquisition values at ``u``; lower is better for both kinds (EI is negated)."""
+        mu, sigma = self.predict(u)
+        if kind == "lcb":
+            return mu - kappa * sigma
+        if kind == "ei":
+            improvement = self.best - mu - xi
+            with np.errstate(divide="ignore", invalid="ignore"):
+                z = np.where(sigma > 0, improvement / sigma, 0.0)
+            pdf = np.exp(-0.5 * z * z) / _SQRT_2PI
+            ei = np.where(sigma > 0, improvement * ndtr(z) + sigma * pdf, np.maximum(improvement, 0.0))
+            return -ei
+        raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {kind!r}")
+
+
+def largest_gap(x: Sequence[float], grid: int = GRID_POINTS) -> float:
+    """The grid point of [0, 1] farthest from every ``x`` (the centre of the largest gap)."""
+    g = np.linspace(0.0, 1.0, grid)
+    x = np.asarray(x, dtype=float).ravel()
+    if x.size == 0:
+        return 0.5
+    dist = np.abs(g[:, None] - x[None, :]).min(axis=1)
+    return float(g[int(np.argmax(dist))])
+
+
+def suggest(x: Sequence[float], y: Sequence[float], *, acquisition: str = "lcb", kappa: float = 1e6,
+            xi: float = 0.01, seed: int = 0, min_distance: float = MIN_DISTANCE,
+            grid: int = GRID_POINTS) -> float:
+    """The next point in [0, 1] to evaluate, given observations ``y`` at ``x``.
+
+    Deterministic for given arguments. Never within ``min_distance`` of an observed ``x``
+    unless the observations leave no such point (then the largest-gap centre).
+    """
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
+    xs = np.asarray(x, dtype=float).ravel()
+    if xs.size == 0:
+        return 0.5
+    if np.ptp(transform_objective(y)) == 0:
+        return largest_gap(xs, grid)  # all alike (or all failed): nothing to model, fill space
+    post = Posterior(xs, y, seed)
+    g = np.linspace(0.0, 1.0, grid)
+    values = post.acquisition(g, acquisition, kappa, xi)
+    dist = np.abs(g[:, None] - xs[None, :]).min(axis=1)
+    allowed = dist >= min_distance
+    values = np.where(allowed & np.isfinite(values), values, np.inf)
+    if not np.isfinite(values).any():
+        return largest_gap(xs, grid)
+
+    # Near-ties (a flat acquisition: the GP has learnt nothing, or pure exploration far from
+    # all data) go to the grid point farthest from the observations, so that the search stays
+    # space-filling instead of drifting to the first allowed grid point.
+    finite = values[np.isfinite(values)]
+    tol = 1e-6 * (float(finite.max()) - float(finite.min())) + 1e-12 * (abs(float(finite.min())) + 1.0)
+    near = np.flatnonzero(values <= float(finite.min()) + tol)
+    first = int(near[np.argmax(dist[near])])
+    # Then the other local minima of the (masked) grid values, best first.
+    left = np.concatenate(([np.inf], values[:-1]))
+    right = np.concatenate((values[1:], [np.inf]))
+    minima = np.flatnonzero((values <= left) & (values <= right) & np.isfinite(values))
+    minima = minima[np.argsort(values[minima], kind="stable")]
+    minima = [first] + [int(i) for i in minima if int(i) != first][:_REFINE - 1]
+    best_u = float(g[first])
+    best_v = float(values[first])
+    step = 1.0 / (grid - 1)
+
+    def objective(u: float) -> float:
+        return float(post.acquisition(np.array([u]), acquisition, kappa, xi)[0])
+
+    for i in minima:
+        lo, hi = max(0.0, g[i] - step), min(1.0, g[i] + step)
+        res = minimize_scalar(objective, bounds=(lo, hi), method="bounded", options={"xatol": 1e-5})
+        u = float(res.x)
+        if (res.success and math.isfinite(res.fun) and res.fun < best_v - tol
+                and float(np.abs(xs - u).min()) >= min_distance):
+            best_u, best_v = u, float(res.fun)
+    return min(1.0, max(0.0, best_u))
