@@ -25,3 +25,14 @@ def peer():
     yield start
     for p in made:
         p.close()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The models here are tiny: extra intra-op threads only fight over a busy CI box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
