@@ -1,0 +1,50 @@
+"""Fixtures shared by every test folder: real data (scikit-learn's digits), a small model, and
+a real server process on a random loopback port."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autolrs.server.process import ServerProcess
+
+# Tiny models gain nothing from intra-op threads, and spinning OpenMP workers compete with the
+# server process for the two cores.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The 1,797 8x8 digit images of scikit-learn as (x float32 in [0, 1], y int64) tensors."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(data.target, dtype=torch.int64)
+    return x, y
+
+
+def make_mlp(seed: int = 0, hidden: int = 32) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+
+
+@pytest.fixture
+def mlp():
+    return make_mlp
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    """Factory: start ``python -m autolrs.server`` on 127.0.0.1 (random port unless given);
+    every process started is stopped at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(state_dir=None, *args, port=0):
+        proc = ServerProcess(state_dir or tmp_path / "state", *args, port=port)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
