@@ -243,6 +243,8 @@ class AutoLRS:
                     log.info("autolrs job %s: no reply to goodbye; closing anyway", self.job)
                 elif outcome[0] == "error":
                     log.info("autolrs job %s: goodbye answered with %s: %s", self.job, outcome[2], outcome[3])
+        except Exception:  # noqa: BLE001 - closing must not mask the user's exception
+            log.exception("autolrs job %s: goodbye failed", self.job)
         finally:
             self._checkpoints.close()
             self._client.close()
