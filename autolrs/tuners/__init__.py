@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from autolrs.tuners.autolrs_tuner import AutoLRSTuner
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
 from autolrs.tuners.schedules import ConstantTuner, CosineTuner, ExponentialTuner, StepTuner
 
@@ -21,7 +22,7 @@ def register(cls: type[Tuner]) -> type[Tuner]:
     return cls
 
 
-for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner):
+for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTuner):
     register(_cls)
 
 

@@ -1,0 +1,478 @@
+"""AutoLRS (Jin et al., ICLR 2021): a constant LR per training stage, chosen by Bayesian
+optimisation on forecast losses, with the original's bugs fixed.
+
+A *stage* searches, then exploits:
+
+* ``k`` trials. Trial ``i`` trains ``tau'`` steps (``tau' = tau * trial_fraction``) from the
+  stage checkpoint with candidate LR ``c_i``; its losses are forecast ``tau`` steps ahead
+  (:mod:`autolrs.forecast`) and the forecast is told to a 1-D GP over log LR (:mod:`autolrs.gp`)
+  which proposes ``c_{i+1}``. ``c_0`` is a seeded log-uniform draw.
+* The winner is the candidate with the lowest *observed* forecast (not the GP's minimum);
+  training restarts from the stage checkpoint with it for ``tau`` steps.
+* Then ``tau`` and ``tau'`` double up to ``tau_max``. Once a stage with ``tau = tau_max`` has run,
+  trials are judged on validation loss instead (when the client has a ``val_fn``): each trial
+  evaluates every ``tau' / val_points`` steps and the forecast horizon is ``tau`` in evaluation
+  units. With the defaults (``tau = 1000``, ``tau_max = 8000``) stages 1-4 use training loss with
+  ``tau' = 100, 200, 400, 800``, stage 5 on validation loss every 50 steps, exactly as the original.
+
+In the action vocabulary (:mod:`autolrs.actions`) one stage is::
+
+    [checkpoint("stage"), set_lr(c_0), run(tau')]           trial 0
+    [restore("stage"),    set_lr(c_i), run(tau')]           trials 1 .. k-1
+    [restore("stage"),    set_lr(best), run(tau)]           exploitation
+
+The LR is applied in the same plan as the checkpoint/restore, so no step trains with a stale
+LR (the original applied it one message late, and that stale step entered the forecast).
+With ``keep_best_trial`` the trial whose forecast is the best so far has its end weights saved
+in slot ``"best"`` (one extra copy; ``checkpoint("best")`` leads the next plan, before its
+restore), and exploitation continues from there instead of from the stage start
+(``[restore("best"), discard("best"), set_lr(best), run(tau)]``, or just ``set_lr`` when the
+winner was the last trial), so the winner's ``tau'`` steps are not thrown away.
+
+Other fixes: a trial whose window holds NaN/inf (or nothing) gets the numeric ``loss_penalty``
+as its forecast and ranks after every finite forecast (the original stored the string "nan"
+and crashed at ``min``); the BO never repeats an LR within a stage; the validation-mode guard
+of the original (compare validation losses with the first *training* loss) is dropped because
+its units do not match: a rising validation series already extrapolates upwards and ranks last.
+
+Warm-up (``warmup_steps`` > 0): a linear ramp ``lr_i = warmup_lr / warmup_steps * (i + 1)``
+sent as ``run`` segments with per-step ``lrs`` (chunks of 1000), before stage 1.
+
+Budget (``max_steps`` known): see :meth:`AutoLRSTuner._stage_plan`. In short, stages run in
+full while they fit; a stage that would leave less than one first-stage cost (``k * tau'_1 +
+tau_1``) adds the remainder to its exploitation run; a stage that does not fit is shrunk to the
+largest ``tau`` whose cost fits, its exploitation taking the rounding. The job therefore ends
+exactly at ``max_steps``, at the end of an exploitation run, and the tuner then sends ``stop``.
+
+State is plain JSON: counters, the current stage's trials (LR, forecast, status), the pending
+candidate and per-stage records. The random draws are recomputed from ``(seed, stage)`` and
+the GP's from ``(seed, stage, trial)``, so nothing opaque is stored and a reloaded tuner
+continues identically.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autolrs import actions, gp
+from autolrs.actions import Observation
+from autolrs.forecast import fit_forecast
+from autolrs.space import LogSpace
+from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+
+STATE_VERSION = 1
+WARMUP_CHUNK = 1000
+PHASES = ("warmup", "trial", "exploit", "final", "done")
+
+
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+class AutoLRSTuner(Tuner):
+    """Per-stage LR search by Bayesian optimisation on exponential loss forecasts."""
+
+    name = "autolrs"
+    defaults: ClassVar[dict[str, Any]] = {
+        "min_lr": None,  # lower end of the search interval; None: initial_lr / 100, else 1e-3
+        "max_lr": None,  # upper end; None: initial_lr * 10, else 1.0
+        "tau": 1000,  # first stage's exploitation length (steps)
+        "tau_max": 8000,  # cap on tau
+        "k": 10,  # candidate LRs (BO evaluations) per stage
+        "trial_fraction": 0.1,  # tau' = round(tau * trial_fraction), at least 1
+        "acquisition": "lcb",  # "lcb" or "ei"
+        "kappa": 1e6,  # LCB exploration weight (1e6: pure exploration, as the original)
+        "warmup_steps": 0,  # linear warm-up steps before stage 1
+        "warmup_lr": None,  # LR the warm-up ends at; None: initial_lr, else sqrt(min_lr * max_lr)
+        "val_points": 16,  # validation evaluations per trial in validation mode
+        "use_val": True,  # switch to validation loss once tau reaches tau_max (needs has_val_fn)
+        "keep_best_trial": False,  # exploit from the best trial's end weights (one extra copy)
+        "loss_penalty": 1e6,  # forecast recorded for a diverged (NaN/inf) trial
+    }
+
+    def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
+        super().__init__(config, seed)
+        cfg = self.config
+        initial = cfg["initial_lr"]
+        if not (isinstance(initial, (int, float)) and not isinstance(initial, bool)
+                and math.isfinite(initial) and initial > 0):
+            initial = None  # unknown (or an optimizer LR of 0): nothing to derive from
+        min_lr = cfg["min_lr"] if cfg["min_lr"] is not None else (initial / 100 if initial else 1e-3)
+        max_lr = cfg["max_lr"] if cfg["max_lr"] is not None else (initial * 10 if initial else 1.0)
+        self.min_lr = require_positive(min_lr, "min_lr")
+        self.max_lr = require_positive(max_lr, "max_lr")
+        if not self.min_lr < self.max_lr:
+            raise ConfigError(f"autolrs: min_lr ({self.min_lr}) must be below max_lr ({self.max_lr}); "
+                              "unset bounds come from initial_lr (/100 and *10), so set both")
+        self.space = LogSpace(self.min_lr, self.max_lr)
+        self.tau0 = require_int(cfg, "tau", minimum=1)
+        self.tau_max = require_int(cfg, "tau_max", minimum=1)
+        if self.tau_max < self.tau0:
+            raise ConfigError(f"autolrs: tau_max ({self.tau_max}) must be >= tau ({self.tau0})")
+        self.k = require_int(cfg, "k", minimum=1)
+        self.trial_fraction = require_positive(cfg["trial_fraction"], "trial_fraction")
+        if self.trial_fraction > 1:
+            raise ConfigError(f"autolrs: trial_fraction must be in (0, 1], got {self.trial_fraction}")
+        acq = cfg["acquisition"]
+        if not isinstance(acq, str) or acq.lower() not in gp.ACQUISITIONS:
+            raise ConfigError(f"autolrs: acquisition must be one of {', '.join(gp.ACQUISITIONS)}, got {acq!r}")
+        self.acquisition = acq.lower()
+        kappa = cfg["kappa"]
+        if not isinstance(kappa, (int, float)) or isinstance(kappa, bool) or not math.isfinite(kappa) or kappa < 0:
+            raise ConfigError(f"option 'kappa' must be a finite number >= 0, got {kappa!r}")
+        self.kappa = float(kappa)
+        self.warmup_steps = require_int(cfg, "warmup_steps", minimum=0)
+        wlr = cfg["warmup_lr"]
+        if wlr is None:
+            wlr = initial if initial else math.sqrt(self.min_lr * self.max_lr)
+        self.warmup_lr = require_positive(wlr, "warmup_lr")
+        self.val_points = require_int(cfg, "val_points", minimum=1)
+        for key in ("use_val", "keep_best_trial", "has_val_fn"):
+            if not isinstance(cfg[key], bool):
+                raise ConfigError(f"option {key!r} must be true or false, got {cfg[key]!r}")
+        self.use_val = cfg["use_val"] and cfg["has_val_fn"]
+        self.keep_best = cfg["keep_best_trial"]
+        self.penalty = require_positive(cfg["loss_penalty"], "loss_penalty")
+        self.max_steps = cfg["max_steps"]
+        # Exclusion radius around tried points (unit log-LR interval): a quarter of the spacing
+        # k evenly spread points would have, at most 0.05.
+        self.min_distance = min(0.05, 0.25 / self.k)
+        self.min_stage_cost = self._cost(self.tau0)
+        if self.warmup_steps:
+            start_lr = self.warmup_lr
+        elif initial:
+            start_lr = self.space.clamp(initial)
+        else:
+            start_lr = math.sqrt(self.min_lr * self.max_lr)
+        self._init_state(start_lr)
+
+    # ------------------------------------------------------------------ planning helpers
+
+    def _trial_len(self, tau: int) -> int:
+        return max(1, _round_half_up(tau * self.trial_fraction))
+
+    def _cost(self, tau: int) -> int:
+        return self.k * self._trial_len(tau) + tau
+
+    def _stage_plan(self, tau: int, remaining: int | None) -> dict | None:
+        """Trial and exploitation lengths of the next stage, given the steps left.
+
+        Budget rule (``remaining`` = ``max_steps`` minus the client's step):
+
+        1. The stage costs ``k * tau' + tau`` steps. If that fits and leaves at least the cost
+           of a first stage (``k * tau'_1 + tau_1``), it runs as planned.
+        2. If it fits but would leave less than that, the remainder is added to its
+           exploitation run (no stage shorter than the first one is ever started).
+        3. If it does not fit, ``tau`` shrinks to the largest value whose cost fits and the
+           exploitation run takes the rounding slack, so the stage ends exactly at the budget.
+        4. If not even ``tau = 1`` fits (fewer than ``k + 1`` steps), the remaining steps are
+           trained at the current LR without searching (returns None).
+
+        Without ``max_steps`` stages always run as planned.
+        """
+        tp = self._trial_len(tau)
+        if remaining is None:
+            return {"tau": tau, "trial_steps": tp, "exploit_steps": tau}
+        cost = self._cost(tau)
+        if cost <= remaining:
+            left = remaining - cost
+            exploit = tau + left if left < self.min_stage_cost else tau
+            return {"tau": tau, "trial_steps": tp, "exploit_steps": exploit}
+        if self._cost(1) > remaining:
+            return None
+        lo, hi = 1, tau  # cost(lo) fits, cost(hi) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._cost(mid) <= remaining:
+                lo = mid
+            else:
+                hi = mid
+        tp = self._trial_len(lo)
+        return {"tau": tau, "trial_steps": tp, "exploit_steps": remaining - self.k * tp}
+
+    def _remaining(self) -> int | None:
+        return None if self.max_steps is None else self.max_steps - self.step
+
+    def _seed_seq(self, *keys: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence([self.seed % (2 ** 63), *keys])
+
+    def _first_candidate(self, stage: int) -> float:
+        rng = np.random.default_rng(self._seed_seq(stage, 0))
+        return self.space.sample(rng)
+
+    # ------------------------------------------------------------------ state machine
+
+    def _init_state(self, start_lr: float) -> None:
+        self.step = 0
+        self.lr = float(start_lr)
+        self.phase = "warmup"
+        self.warmup_done = 0
+        self.stage = 0  # becomes 1 when the first stage starts
+        self.tau = self.tau0
+        self.val_mode = False
+        self.current: dict | None = None  # the running stage's plan and trials
+        self.stages: list[dict] = []  # finished searches, one record per stage
+        self.search_steps = 0
+        self.train_steps = 0
+        self.warmup_trained = 0
+        self.stop_reason = ""
+        if self._warmup_total() == 0:
+            self._start_stage()
+
+    def _warmup_total(self) -> int:
+        if self.max_steps is None:
+            return self.warmup_steps
+        return min(self.warmup_steps, self.max_steps)
+
+    def _start_stage(self) -> None:
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0:
+            self.phase, self.current, self.stop_reason = "done", None, "max_steps"
+            return
+        plan = self._stage_plan(self.tau, remaining)
+        if plan is None:
+            self.phase, self.current = "final", None
+            return
+        self.stage += 1
+        tp = plan["trial_steps"]
+        eval_every = max(1, tp // self.val_points) if self.val_mode else 0
+        self.current = {
+            **plan,
+            "stage": self.stage,
+            "mode": "val" if self.val_mode else "train",
+            "eval_every": eval_every,
+            "start_step": self.step,
+            "trials": [],  # {"lr", "u", "forecast", "status", "failed"}
+            "next_lr": self._first_candidate(self.stage),
+            "best_slot": None,  # trial index whose end weights are (or will be) in "best"
+            "save_best": False,  # the next plan starts with checkpoint("best")
+            "best_saved": False,  # slot "best" holds something this stage
+            "winner": None,  # trial index once the search is over
+        }
+        self.phase = "trial"
+
+    def _forecast(self, obs: Observation) -> tuple[float, str, bool]:
+        """Forecast of a trial from its report: (value, status, failed)."""
+        cur = self.current
+        losses = list(obs.losses)
+        evals = [(p, v) for p, v in obs.evals if p > 0]
+        if cur["mode"] == "val" and evals:
+            if any(not math.isfinite(v) for v in losses):
+                return self.penalty, "nonfinite", True
+            by_pos: dict[int, float] = {}
+            for p, v in evals:
+                by_pos[int(p)] = float(v)
+            pos = sorted(by_pos)
+            e = cur["eval_every"]
+            fit = fit_forecast([by_pos[p] for p in pos], cur["exploit_steps"] / e, "val",
+                               x=[p / e for p in pos], penalty=self.penalty)
+        else:
+            fit = fit_forecast(losses, cur["exploit_steps"], "train", penalty=self.penalty)
+        return float(fit.value), fit.status, fit.failed
+
+    def _suggest(self) -> float:
+        cur = self.current
+        trials = cur["trials"]
+        us = [t["u"] for t in trials]
+        ys = [math.inf if t["failed"] else t["forecast"] for t in trials]
+        seed = int(self._seed_seq(self.stage, len(trials)).generate_state(1)[0])
+        u = gp.suggest(us, ys, acquisition=self.acquisition, kappa=self.kappa, seed=seed,
+                       min_distance=self.min_distance)
+        lr = self.space.from_unit(u)
+        tried = {t["lr"] for t in trials}
+        if lr in tried:  # only if the interval is exhausted at this resolution
+            lr = self.space.from_unit(gp.largest_gap(us))
+        return lr
+
+    def _pick_winner(self) -> int:
+        trials = self.current["trials"]
+        ok = [i for i, t in enumerate(trials) if not t["failed"]]
+        if ok:
+            return min(ok, key=lambda i: (trials[i]["forecast"], i))
+        return min(range(len(trials)), key=lambda i: (trials[i]["lr"], i))  # all diverged
+
+    def _end_search(self) -> None:
+        cur = self.current
+        w = self._pick_winner()
+        cur["winner"] = w
+        trials = cur["trials"]
+        self.stages.append({
+            "stage": cur["stage"], "start_step": cur["start_step"], "mode": cur["mode"],
+            "tau": cur["tau"], "trial_steps": cur["trial_steps"], "exploit_steps": cur["exploit_steps"],
+            "eval_every": cur["eval_every"],
+            "trials": [{"lr": t["lr"], "forecast": t["forecast"], "status": t["status"]} for t in trials],
+            "winner": trials[w]["lr"], "winner_forecast": trials[w]["forecast"],
+            "all_failed": all(t["failed"] for t in trials),
+        })
+        self.phase = "exploit"
+
+    def _end_stage(self) -> None:
+        if self.tau < self.tau_max:
+            self.tau = min(2 * self.tau, self.tau_max)
+        elif self.use_val:
+            self.val_mode = True
+        self._start_stage()
+
+    # ------------------------------------------------------------------ Tuner API
+
+    def _warmup_chunk(self) -> int:
+        n = min(WARMUP_CHUNK, self._warmup_total() - self.warmup_done)
+        remaining = self._remaining()
+        return n if remaining is None else min(n, remaining)
+
+    def _run(self, steps: int, **kwargs: Any) -> dict:
+        """A ``run`` action, truncated at the budget (only matters if the client's step count
+        jumped ahead of the plan)."""
+        remaining = self._remaining()
+        if remaining is not None:
+            steps = min(steps, remaining)
+        return actions.run(steps, self.step, **kwargs)
+
+    def ask(self) -> list[dict]:
+        remaining = self._remaining()
+        if self.phase == "done" or (remaining is not None and remaining <= 0):
+            return [actions.stop(self.stop_reason or "max_steps")]
+        if self.phase == "warmup":
+            n = self._warmup_chunk()
+            w, lr = self.warmup_steps, self.warmup_lr
+            lrs = [lr / w * (i + 1) for i in range(self.warmup_done, self.warmup_done + n)]
+            return [actions.run(n, self.step, lrs=lrs, collect=())]
+        if self.phase == "final":
+            return [actions.set_lr(self.lr), actions.run(remaining, self.step, collect=())]
+        cur = self.current
+        if self.phase == "trial":
+            plan: list[dict] = []
+            if not cur["trials"]:
+                plan.append(actions.checkpoint("stage"))
+            else:
+                if cur["save_best"]:
+                    plan.append(actions.checkpoint("best"))
+                plan.append(actions.restore("stage"))
+            plan.append(actions.set_lr(cur["next_lr"]))
+            plan.append(self._run(cur["trial_steps"], eval_every=cur["eval_every"]))
+            return plan
+        # exploit
+        w = cur["winner"]
+        lr = cur["trials"][w]["lr"]
+        plan = []
+        if self.keep_best and cur["best_slot"] == w:
+            if w != len(cur["trials"]) - 1:
+                plan += [actions.restore("best"), actions.discard("best")]
+            elif cur["best_saved"]:
+                plan.append(actions.discard("best"))  # an older best; the winner is in place
+        else:
+            plan.append(actions.restore("stage"))
+            if cur["best_saved"]:
+                plan.append(actions.discard("best"))
+        plan.append(actions.set_lr(lr))
+        plan.append(self._run(cur["exploit_steps"], collect=()))
+        return plan
+
+    def tell(self, observation: Observation) -> None:
+        if self.phase == "done":
+            return
+        n = self._warmup_chunk() if self.phase == "warmup" else 0  # what the plan asked for
+        self.step = max(0, int(observation.step))
+        if self.phase == "warmup":
+            self.warmup_done += n
+            self.warmup_trained += n
+            self.lr = self.warmup_lr / self.warmup_steps * self.warmup_done
+            remaining = self._remaining()
+            if self.warmup_done >= self._warmup_total() or (remaining is not None and remaining <= 0):
+                self._start_stage()
+            return
+        if self.phase == "final":
+            self.train_steps += max(0, observation.steps) or 0
+            self.phase, self.stop_reason = "done", "max_steps"
+            return
+        cur = self.current
+        if self.phase == "trial":
+            lr = cur["next_lr"]
+            value, status, failed = self._forecast(observation)
+            i = len(cur["trials"])
+            cur["trials"].append({"lr": lr, "u": self.space.to_unit(lr), "forecast": value,
+                                  "status": status, "failed": failed})
+            self.search_steps += cur["trial_steps"]
+            self.lr = lr
+            if cur["save_best"]:  # the plan just carried out saved the previous best
+                cur["save_best"], cur["best_saved"] = False, True
+            if self.keep_best and not failed:
+                b = cur["best_slot"]
+                if b is None or value < cur["trials"][b]["forecast"]:
+                    cur["best_slot"] = i
+                    cur["save_best"] = i < self.k - 1
+            if len(cur["trials"]) < self.k:
+                cur["next_lr"] = self._suggest()
+            else:
+                cur["next_lr"] = None
+                self._end_search()
+            return
+        # exploit
+        self.train_steps += cur["exploit_steps"]
+        self.lr = cur["trials"][cur["winner"]]["lr"]
+        self._end_stage()
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "step": self.step, "lr": self.lr, "phase": self.phase, "warmup_done": self.warmup_done,
+            "stage": self.stage, "tau": self.tau, "val_mode": self.val_mode,
+            "current": copy.deepcopy(self.current), "stages": copy.deepcopy(self.stages),
+            "search_steps": self.search_steps, "train_steps": self.train_steps,
+            "warmup_trained": self.warmup_trained, "stop_reason": self.stop_reason,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"autolrs: unsupported state version {state.get('version')!r}")
+        if state["phase"] not in PHASES:
+            raise ValueError(f"autolrs: unknown phase {state['phase']!r}")
+        self.step = int(state["step"])
+        self.lr = float(state["lr"])
+        self.phase = state["phase"]
+        self.warmup_done = int(state["warmup_done"])
+        self.stage = int(state["stage"])
+        self.tau = int(state["tau"])
+        self.val_mode = bool(state["val_mode"])
+        self.current = copy.deepcopy(dict(state["current"])) if state["current"] is not None else None
+        self.stages = copy.deepcopy(list(state["stages"]))
+        self.search_steps = int(state["search_steps"])
+        self.train_steps = int(state["train_steps"])
+        self.warmup_trained = int(state["warmup_trained"])
+        self.stop_reason = str(state["stop_reason"])
+
+    def lr_bounds(self) -> tuple[float, float]:
+        """``(min_lr, max_lr)``, widened to include the warm-up ramp when there is one (it
+        starts at ``warmup_lr / warmup_steps`` and ends at ``warmup_lr``)."""
+        lo, hi = self.min_lr, self.max_lr
+        if self.warmup_steps:
+            lo = min(lo, self.warmup_lr / self.warmup_steps)
+            hi = max(hi, self.warmup_lr)
+        return (lo, hi)
+
+    def summary(self) -> dict:
+        cur = self.current
+        total = self.search_steps + self.train_steps
+        out = {
+            "stage": self.stage, "phase": self.phase, "lr": self.lr, "step": self.step,
+            "mode": "val" if self.val_mode else "train", "tau": self.tau,
+            "search_steps": self.search_steps, "train_steps": self.train_steps,
+            "warmup_steps": self.warmup_trained,
+            "overhead": self.search_steps / total if total else 0.0,
+        }
+        if cur is not None:
+            out.update({
+                "trial": len(cur["trials"]), "k": self.k, "trial_steps": cur["trial_steps"],
+                "exploit_steps": cur["exploit_steps"],
+                "trials": [[t["lr"], t["forecast"]] for t in cur["trials"]],
+            })
+            if cur["winner"] is not None:
+                out["winner"] = cur["trials"][cur["winner"]]["lr"]
+        if self.stages:
+            out["last_stage"] = copy.deepcopy(self.stages[-1])
+        return out
