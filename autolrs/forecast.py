@@ -64,8 +64,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy.interpolate import UnivariateSpline
@@ -188,11 +188,11 @@ def _spline(t: np.ndarray, z: np.ndarray, s: float, at: np.ndarray) -> np.ndarra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = UnivariateSpline(t, z, k=_SPLINE_K, s=s)(at)
-        if np.all(np.isfinite(out)):
-            return out
     except Exception:  # noqa: BLE001 - FITPACK input errors; fall back to no smoothing
-        pass
-    return np.interp(at, t, z)
+        out = None
+    if out is None or not np.all(np.isfinite(out)):
+        return np.interp(at, t, z)
+    return out
 
 
 class _Smoother:
@@ -221,7 +221,7 @@ def _filter_and_smooth(t: np.ndarray, z: np.ndarray, kind: str) -> tuple[np.ndar
     rounds = _TRAIN_ROUNDS if kind == "train" else 1
     for _ in range(rounds):
         idx = np.flatnonzero(keep)
-        marks = int(math.floor(_FILTER_RATIO * idx.size + 0.5)) if kind == "train" else 1
+        marks = math.floor(_FILTER_RATIO * idx.size + 0.5) if kind == "train" else 1
         if marks == 0:
             break
         fitted = _spline(t[idx], z[idx], smoother.s(keep), t)

@@ -57,7 +57,7 @@ def test_pure_exploration_fills_the_interval():
 @pytest.mark.parametrize("acquisition,kappa", [("lcb", 1e6), ("lcb", 2.0), ("lcb", 0.0), ("ei", 0.0)])
 def test_never_repeats_a_point(acquisition, kappa):
     # A flat-bottomed function tempts exploitation to resample the same place.
-    f = lambda u: max(0.0, abs(u - 0.5) - 0.1)  # noqa: E731
+    f = lambda u: max(0.0, abs(u - 0.5) - 0.1)
     xs, _ = run_bo(f, k=12, acquisition=acquisition, kappa=kappa, seed=4)
     d = np.abs(np.subtract.outer(xs, xs)) + np.eye(len(xs))
     assert d.min() >= gp.MIN_DISTANCE - 1e-12
