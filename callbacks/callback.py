@@ -233,7 +233,7 @@ class AutoLRS:
         """Say goodbye (briefly), remove checkpoints and close the socket (idempotent)."""
         if self._link == _CLOSED:
             return
-        link, self._link = self._link, _CLOSED
+        self._link = _CLOSED
         self._active = False
         try:
             if self._registered:
