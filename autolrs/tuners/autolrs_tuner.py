@@ -132,10 +132,10 @@ class AutoLRSTuner(Tuner):
             wlr = initial if initial else math.sqrt(self.min_lr * self.max_lr)
         self.warmup_lr = require_positive(wlr, "warmup_lr")
         self.val_points = require_int(cfg, "val_points", minimum=1)
-        for key in ("use_val", "keep_best_trial", "has_val_fn"):
+        for key in ("use_val", "keep_best_trial"):
             if not isinstance(cfg[key], bool):
                 raise ConfigError(f"option {key!r} must be true or false, got {cfg[key]!r}")
-        self.use_val = cfg["use_val"] and cfg["has_val_fn"]
+        self.use_val = cfg["use_val"] and bool(cfg["has_val_fn"])
         self.keep_best = cfg["keep_best_trial"]
         self.penalty = require_positive(cfg["loss_penalty"], "loss_penalty")
         self.max_steps = cfg["max_steps"]
@@ -167,9 +167,12 @@ class AutoLRSTuner(Tuner):
         1. The stage costs ``k * tau' + tau`` steps. If that fits and leaves at least the cost
            of a first stage (``k * tau'_1 + tau_1``), it runs as planned.
         2. If it fits but would leave less than that, the remainder is added to its
-           exploitation run (no stage shorter than the first one is ever started).
+           exploitation run. So after a stage either nothing or at least a first stage's cost
+           is left.
         3. If it does not fit, ``tau`` shrinks to the largest value whose cost fits and the
            exploitation run takes the rounding slack, so the stage ends exactly at the budget.
+           By rule 2 the shrunk ``tau`` is never below ``tau_1``, except when the budget (after
+           warm-up) is smaller than one first stage.
         4. If not even ``tau = 1`` fits (fewer than ``k + 1`` steps), the remaining steps are
            trained at the current LR without searching (returns None).
 

@@ -223,7 +223,7 @@ def test_budget_with_warmup_counts_the_warmup():
     client = FlatClient().drive(tuner)
     assert client.step == 400 and client.stopped
     # 300 left after warm-up: stage 1 (130) leaves 170 >= 130, stage 2 (260) does not fit and
-    # shrinks to tau=130 (3*13+130 = 169) with 131 exploitation steps.
+    # shrinks to tau=131 (tau' = 13, cost 3*13+131 = 170): exactly the budget.
     assert run_lengths(client) == [100] + [10] * 3 + [100] + [13] * 3 + [131]
 
 
