@@ -1,6 +1,7 @@
 """Helpers for the callback tests: a scripted ZeroMQ peer, a scripted tuner, real data.
 
-The scripted peer stands in for the server in unit tests only: it speaks ``autolrs.protocol``
+Imported by the test modules as a plain module (pytest's default ``prepend`` import mode puts
+this folder on ``sys.path``). The scripted peer stands in for the server in unit tests only: it speaks ``autolrs.protocol``
 on a ROUTER socket bound to 127.0.0.1 on a random port, in a daemon thread, and answers each
 request with whatever a handler returns (``None`` drops the request unanswered). The real
 server is tested elsewhere.
@@ -15,6 +16,7 @@ import time
 from functools import lru_cache
 from typing import Callable
 
+import pytest
 import torch
 import zmq
 
@@ -144,6 +146,26 @@ class ScriptedTuner:
 
     def reports(self) -> list[dict]:
         return [r["body"] for r in self.applied if kind_of(r) == "report"]
+
+
+@pytest.fixture
+def peer():
+    """Factory of scripted peers (closed at teardown): ``peer(handler, port=None)``.
+
+    A fixture defined here and imported by the test modules, not in a ``conftest.py``: a
+    folder-level conftest would shadow ``tests/conftest.py`` for modules that import it by
+    its bare name.
+    """
+    made = []
+
+    def start(handler, port=None):
+        p = ScriptedPeer(handler, port=port)
+        made.append(p)
+        return p
+
+    yield start
+    for p in made:
+        p.close()
 
 
 # --- real data: scikit-learn's digits (bundled, no download) -------------------------------

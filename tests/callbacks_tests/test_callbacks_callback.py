@@ -18,6 +18,7 @@ from callbacks_testlib import (
     ScriptedTuner,
     assert_bitwise_equal,
     mlp,
+    peer,  # noqa: F401  (fixture)
     snapshot,
     train_step,
     val_loss,

@@ -13,7 +13,7 @@ import pytest
 from autolrs import protocol
 from autolrs.callbacks import ServerError, ServerUnavailable
 from autolrs.callbacks.client import Client
-from callbacks_testlib import free_port
+from callbacks_testlib import free_port, peer  # noqa: F401  (peer: fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 

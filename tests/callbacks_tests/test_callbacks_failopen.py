@@ -13,6 +13,7 @@ import torch
 from autolrs.actions import run, set_lr
 from autolrs.callbacks import AutoLRS, ServerUnavailableWarning
 from callbacks_testlib import Batches, ScriptedPeer, ScriptedTuner, free_port, mlp, train_step
+from callbacks_testlib import peer  # noqa: F401  (fixture)
 
 TIMEOUT = 0.3
 RETRY = 0.05

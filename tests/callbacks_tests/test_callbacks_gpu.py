@@ -8,7 +8,7 @@ import torch
 from autolrs.actions import run
 from autolrs.callbacks import AutoLRS
 from autolrs.callbacks.state import CheckpointStore
-from callbacks_testlib import ScriptedTuner, assert_bitwise_equal, mlp, snapshot
+from callbacks_testlib import ScriptedTuner, assert_bitwise_equal, mlp, peer, snapshot  # noqa: F401
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
