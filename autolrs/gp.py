@@ -33,6 +33,7 @@ plus 1. Only numpy, scipy and scikit-learn are used.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,11 @@ from scipy.special import ndtr
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
+try:  # a dependency of scikit-learn itself
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover
+    ThreadpoolController = None
+
 ACQUISITIONS = ("lcb", "ei")
 GRID_POINTS = 1001
 MIN_DISTANCE = 0.01
@@ -51,6 +57,21 @@ MIN_DISTANCE = 0.01
 LENGTH_SCALE_MIN = 0.05
 _REFINE = 3  # grid minima refined with Brent
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
+
+
+_controller = None
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager:
+    """Limit BLAS to one thread for the duration of a GP fit. The matrices are tiny (about
+    10 x 10); a threaded OpenBLAS on a machine whose other cores are busy (a training job next
+    to the server, say) spins and made suggestions 5-10 times slower in measurements."""
+    global _controller
+    if ThreadpoolController is None:
+        return contextlib.nullcontext()
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def transform_objective(y: Sequence[float]) -> np.ndarray:
@@ -91,7 +112,7 @@ class Posterior:
         if self.x.size != self.y.size or self.x.size == 0:
             raise ValueError("need as many x as y, and at least one")
         self.gp = make_gp(seed)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), single_threaded_blas():
             warnings.simplefilter("ignore")  # ConvergenceWarning at hyper-parameter bounds
             self.gp.fit(self.x[:, None], self.y)
         kernel = self.gp.kernel_
@@ -144,6 +165,12 @@ def suggest(x: Sequence[float], y: Sequence[float], *, acquisition: str = "lcb",
         return 0.5
     if np.ptp(transform_objective(y)) == 0:
         return largest_gap(xs, grid)  # all alike (or all failed): nothing to model, fill space
+    with single_threaded_blas():
+        return _suggest(xs, y, acquisition, kappa, xi, seed, min_distance, grid)
+
+
+def _suggest(xs: np.ndarray, y: Sequence[float], acquisition: str, kappa: float, xi: float,
+             seed: int, min_distance: float, grid: int) -> float:
     post = Posterior(xs, y, seed)
     g = np.linspace(0.0, 1.0, grid)
     values = post.acquisition(g, acquisition, kappa, xi)
