@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from autolrs.server.process import ServerProcess
+from shared_testlib import make_mlp
 
 # Tiny models gain nothing from intra-op threads, and spinning OpenMP workers compete with the
 # server process for the two cores.
@@ -22,11 +23,6 @@ def digits():
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
     y = torch.tensor(data.target, dtype=torch.int64)
     return x, y
-
-
-def make_mlp(seed: int = 0, hidden: int = 32) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 
 from autolrs.callbacks import AutoLRS, ServerUnavailableWarning
 
-from conftest import make_mlp
+from shared_testlib import make_mlp
 
 STEPS = 120
 SCHEDULES = [
