@@ -7,6 +7,8 @@ from autolrs.actions import Observation
 from autolrs.testing import SimulatedClient
 from autolrs.tuners import ConfigError, make_tuner
 
+from shared_testlib import torch_scheduler_lrs
+
 CASES = [
     ("step", {"step_size": 7, "gamma": 0.3},
      lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.3)),
@@ -19,23 +21,12 @@ CASES = [
 ]
 
 
-def torch_lrs(make_scheduler, lr, n):
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    scheduler = make_scheduler(opt)
-    out = []
-    for _ in range(n):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        scheduler.step()
-    return out
-
-
 @pytest.mark.parametrize("chunk", [1, 11, 500])
 @pytest.mark.parametrize("name, knobs, make_scheduler", CASES)
 def test_schedule_matches_torch_exactly(name, knobs, make_scheduler, chunk):
     tuner = make_tuner(name, {**knobs, "chunk": chunk, "initial_lr": 0.1, "max_steps": 200})
     client = SimulatedClient(initial_lr=0.1).drive(tuner)
-    assert client.lr_history == torch_lrs(make_scheduler, 0.1, 200)
+    assert client.lr_history == torch_scheduler_lrs(make_scheduler, 0.1, 200)
 
 
 def test_late_report_keeps_the_schedule_aligned():
@@ -47,7 +38,7 @@ def test_late_report_keeps_the_schedule_aligned():
     assert plan[-1]["start_step"] == 4
     tuner.tell(Observation(step=9))
     assert tuner.ask()[-1]["start_step"] == 9
-    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=10), 0.1, 13)
+    expected = torch_scheduler_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=10), 0.1, 13)
     assert tuner.ask()[-1]["lrs"] == expected[9:13]
 
 

@@ -10,7 +10,7 @@ import torch
 
 from autolrs.callbacks import AutoLRS, ServerUnavailableWarning
 
-from shared_testlib import make_mlp
+from shared_testlib import make_mlp, torch_scheduler_lrs
 
 STEPS = 120
 SCHEDULES = [
@@ -21,17 +21,6 @@ SCHEDULES = [
     ("exponential", {"gamma": 0.98},
      lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.98)),
 ]
-
-
-def torch_schedule(make_scheduler, lr: float, steps: int) -> list[float]:
-    opt = torch.optim.SGD(make_mlp().parameters(), lr=lr)
-    scheduler = make_scheduler(opt)
-    lrs = []
-    for _ in range(steps):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        scheduler.step()
-    return lrs
 
 
 def train(model, optimizer, digits, steps, callback=None, on_step=None, batch=64):
@@ -62,7 +51,7 @@ def test_server_schedule_equals_torch_scheduler_step_for_step(live_server, digit
     with AutoLRS(model, optimizer, tuner=name, config={**knobs, "chunk": 16}, server=server.endpoint,
                  job=f"sched-{name}") as cb:
         used = train(model, optimizer, digits, STEPS, cb)
-    assert used == torch_schedule(make_scheduler, 0.1, STEPS)
+    assert used == torch_scheduler_lrs(make_scheduler, 0.1, STEPS)
 
 
 def test_param_groups_keep_their_ratio(live_server, digits):
@@ -94,7 +83,7 @@ def test_server_killed_and_restarted_mid_run_resumes_the_job(live_server, digits
                  job="crash-test", timeout=10.0) as cb:
         used = train(model, optimizer, digits, 100, cb, on_step=crash_and_restart)
         assert cb.online
-    expected = torch_schedule(
+    expected = torch_scheduler_lrs(
         lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=30), 0.1, 100)
     assert used == expected
     log = (state_dir / "jobs" / "crash-test" / "decisions.jsonl").read_text().splitlines()
@@ -137,6 +126,6 @@ def test_server_dying_mid_run_never_stops_training(live_server, digits):
     assert len([w for w in caught if issubclass(w.category, ServerUnavailableWarning)]) == 1
     assert len(used) == 150
     # The schedule ran until the server died, then the LR stayed where it was.
-    assert used[:40] == torch_schedule(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.99), 0.1, 40)
+    assert used[:40] == torch_scheduler_lrs(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.99), 0.1, 40)
     assert len(set(used[40:])) == 1
     assert time.monotonic() - started < 20
