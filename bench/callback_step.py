@@ -1,6 +1,6 @@
 """Micro-benchmark of ``AutoLRS.step`` inside a long run segment (not collected by pytest).
 
-    python tests/callbacks_tests/bench_step_overhead.py [--device cuda]
+    python bench/callback_step.py [--device cuda]
 
 Prints the time of 10,000 ``cb.step(loss)`` calls against an empty loop, for a segment without
 ``lrs``, with a constant ``lrs`` list and with an LR that changes every step, and the overhead
@@ -10,6 +10,7 @@ on a real training step of about 2 ms (a small MLP on the digits, interleaved bl
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+# The scripted peer (a fake server answering with fixed plans) lives with the callback tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "callbacks_tests"))
 
 from autolrs.actions import run  # noqa: E402
 from autolrs.callbacks import AutoLRS  # noqa: E402
@@ -35,7 +37,7 @@ def per_call(fn, n=N, repeats=7) -> float:
     return min(best)
 
 
-def bench_calls(device: str) -> None:
+def bench_calls(device: str) -> dict:
     model = torch.nn.Linear(4, 4).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     w = torch.ones((), device=device, requires_grad=True)
@@ -46,6 +48,7 @@ def bench_calls(device: str) -> None:
             pass
 
     empty = per_call(nothing)
+    results = {"empty_loop_ns": empty * 1e9}
     print(f"empty loop: {empty * 1e9:8.1f} ns per iteration")
     steps = N * 8 * 2
     cases = {
@@ -64,11 +67,13 @@ def bench_calls(device: str) -> None:
                 if device == "cuda":
                     torch.cuda.synchronize()
             print(f"{name:38s}: {t * 1e6:6.2f} us per step() ({(t - empty) * 1e6:5.2f} us above the empty loop)")
+            results[name] = {"us_per_step": t * 1e6}
         finally:
             peer.close()
+    return results
 
 
-def bench_training(device: str, hidden: int) -> None:
+def bench_training(device: str, hidden: int) -> dict:
     x, y = digits()
     x, y = x.to(device), y.to(device)
     torch.manual_seed(0)
@@ -111,6 +116,7 @@ def bench_training(device: str, hidden: int) -> None:
     print(f"training step ({device}, hidden {hidden}): {p * 1e3:.3f} ms plain, {c * 1e3:.3f} ms with cb.step "
           f"(medians of {pairs} blocks of {block}); overhead {100 * (c - p) / p:+.2f}% "
           "(end-to-end figures are at the mercy of machine load; the per-call numbers above are the signal)")
+    return {"plain_ms": p * 1e3, "with_callback_ms": c * 1e3, "overhead_ratio": c / p}
 
 
 def main() -> None:
@@ -118,10 +124,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--hidden", type=int, default=256, help="MLP width (256: about 2 ms per step on a CPU core)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="bench/out/callback_step.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    bench_calls(args.device)
-    bench_training(args.device, args.hidden)
+    report = {"device": args.device, "calls": bench_calls(args.device),
+              "training": bench_training(args.device, args.hidden)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
