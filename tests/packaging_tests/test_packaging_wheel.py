@@ -1,0 +1,58 @@
+"""The distribution installs only ``autolrs`` import names (never a bare ``server`` or
+``callbacks``), ships the server's embedded defaults, and declares the console script."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    build = tmp_path_factory.mktemp("build")
+    # Build from the working tree without network: the installed setuptools builds it.
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                             "--quiet", "-w", str(out), str(ROOT)], capture_output=True, text=True,
+                            timeout=300, cwd=build)
+    if result.returncode != 0 and "setuptools" in result.stderr and "No module named" in result.stderr:
+        pytest.skip("setuptools is not installed in this environment")
+    assert result.returncode == 0, result.stderr
+    wheels = list(out.glob("autolrs-*.whl"))
+    assert len(wheels) == 1
+    return zipfile.ZipFile(wheels[0])
+
+
+def test_only_autolrs_import_names(wheel):
+    top_level = {name.split("/")[0] for name in wheel.namelist()}
+    code = {name for name in top_level if not name.endswith(".dist-info")}
+    assert code == {"autolrs"}, top_level
+
+
+def test_server_and_callbacks_live_under_autolrs(wheel):
+    names = set(wheel.namelist())
+    for module in ("autolrs/server/cli.py", "autolrs/server/dispatcher.py", "autolrs/server/defaults.yaml",
+                   "autolrs/callbacks/callback.py", "autolrs/callbacks/client.py", "autolrs/protocol.py",
+                   "autolrs/tuners/autolrs_tuner.py"):
+        assert module in names, module
+
+
+def test_console_script_is_declared(wheel):
+    entry_points = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    text = wheel.read(entry_points).decode()
+    assert "autolrs-server = autolrs.server.cli:main" in text
+
+
+def test_torch_requirement_is_a_floor(wheel):
+    metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    requires = [line for line in wheel.read(metadata).decode().splitlines()
+                if re.match(r"Requires-Dist: torch\b(?!vision)", line)]
+    # A floor that an installed torch satisfies: pip must not fetch another (CUDA) build.
+    assert requires == ["Requires-Dist: torch>=2.1"], requires
