@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="evaluate on the test set every N optimizer steps (and at step 0) and record "
+                        "[[step, test_accuracy, test_loss], ...] as summary.json's test_curve")
     return p.parse_args(argv)
 
 
@@ -163,9 +166,21 @@ def main(argv=None) -> dict:
         callback = AutoLRS(model, optimizer, tuner=args.tuner, config=tuner_config(args), server=args.server,
                            job=args.job, val_fn=val_fn, max_steps=total_steps, seed=args.seed)
 
+    if args.eval_every is not None and args.eval_every < 1:
+        raise SystemExit(f"--eval-every must be >= 1, got {args.eval_every}")
+    test_curve: list[list[float]] = []
+
+    def record_test(at_step: int) -> None:
+        # evaluate() runs under no_grad in eval mode and puts the model back in train mode. It
+        # draws no random numbers, so the training run is the same with or without it.
+        t_loss, t_acc = evaluate(model, test)
+        test_curve.append([at_step, t_acc, t_loss])
+
     lrs: list[float] = []
     loss_tensors: list[torch.Tensor] = []
     started = time.time()
+    if args.eval_every:
+        record_test(0)
     model.train()
     bar = tqdm(total=total_steps, disable=args.no_progress, desc=f"{args.tuner}/{model_name}", unit="step")
     try:
@@ -182,6 +197,8 @@ def main(argv=None) -> dict:
                     callback.step(loss)
                 step += 1
                 bar.update(1)
+                if args.eval_every and step % args.eval_every == 0:
+                    record_test(step)
                 if step % 25 == 0:
                     bar.set_postfix(lr=f"{lrs[-1]:.3g}", loss=f"{loss_tensors[-1].item():.3f}")
                 if step >= total_steps or (callback and callback.should_stop):
@@ -195,6 +212,8 @@ def main(argv=None) -> dict:
 
     losses = torch.stack(loss_tensors).float().cpu().tolist() if loss_tensors else []
     test_loss, test_acc = evaluate(model, test)
+    if args.eval_every and (not test_curve or test_curve[-1][0] != len(lrs)):
+        test_curve.append([len(lrs), test_acc, test_loss])
     val_loss, val_acc = evaluate(model, val)
     summary = {
         "tuner": args.tuner, "tuner_config": tuner_config(args) if callback else None,
@@ -204,6 +223,9 @@ def main(argv=None) -> dict:
         "job": callback.job if callback else None, "server_session": stages,
         "lrs": lrs, "losses": losses,
     }
+    if args.eval_every:
+        summary["eval_every"] = args.eval_every
+        summary["test_curve"] = test_curve
     (out / "summary.json").write_text(json.dumps(summary, default=float))
     plot_curves(out / "curves.png", lrs, losses, f"CIFAR-10 {model_name}, tuner {args.tuner}: "
                                                   f"test accuracy {test_acc:.3f}")
