@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
+from autolrs.tuners.range_test import RangeTestTuner
 from autolrs.tuners.schedules import ConstantTuner, CosineTuner, ExponentialTuner, StepTuner
 
 TUNERS: dict[str, type[Tuner]] = {}
@@ -22,7 +23,7 @@ def register(cls: type[Tuner]) -> type[Tuner]:
     return cls
 
 
-for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTuner):
+for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTuner, RangeTestTuner):
     register(_cls)
 
 
