@@ -6,8 +6,9 @@ Installed as ``autolrs.callbacks`` (setup.py maps this folder there). Modules:
 * ``state``: checkpoints of model, optimizer, GradScaler and RNG states (real copies, in
   memory or on disk) restored bitwise.
 * ``callback``: :class:`AutoLRS`, the object you call after ``optimizer.step()``.
+* ``lr_finder``: :class:`LRFinder`, torch-lr-finder's interface to the ``range_test`` tuner.
 
-``AutoLRS`` and ``CheckpointStore`` are loaded lazily, so ``import autolrs.callbacks.client``
+``AutoLRS``, ``LRFinder`` and ``CheckpointStore`` are loaded lazily, so ``import autolrs.callbacks.client``
 (or importing the exceptions) does not import torch. This package never imports the server
 or the tuners.
 """
@@ -32,10 +33,11 @@ _LAZY = {
     "AutoLRS": "autolrs.callbacks.callback",
     "CheckpointStore": "autolrs.callbacks.state",
     "Client": "autolrs.callbacks.client",
+    "LRFinder": "autolrs.callbacks.lr_finder",
 }
 
-__all__ = ["AutoLRS", "CheckpointStore", "Client", "AutoLRSConfigError", "AutoLRSError", "AutoLRSWarning",
-           "ServerError", "ServerUnavailable", "ServerUnavailableWarning"]
+__all__ = ["AutoLRS", "CheckpointStore", "Client", "LRFinder", "AutoLRSConfigError", "AutoLRSError",
+           "AutoLRSWarning", "ServerError", "ServerUnavailable", "ServerUnavailableWarning"]
 
 
 def __getattr__(name: str):

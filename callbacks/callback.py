@@ -87,7 +87,14 @@ class AutoLRS:
     ``model.eval()``/``torch.no_grad()`` and back. ``scaler`` (a GradScaler) and, with
     ``include_rng``, the torch/CUDA/numpy/python RNG states are part of every checkpoint.
     ``checkpoint="disk"`` keeps checkpoints in a temporary directory under ``checkpoint_dir``
-    instead of memory. No call blocks longer than ``timeout`` s waiting for the server (plus
+    instead of memory.
+
+    With a ``scaler``, a step the GradScaler skipped (inf/NaN gradients: ``scaler.step`` did not
+    call ``optimizer.step()``) is not a step: ``step()`` ignores it (no LR change, no loss
+    recorded, ``global_step`` unchanged) and counts it in ``skipped_steps``. It is detected with
+    an optimizer step post-hook, so it costs no device sync (GradScaler already synced to decide).
+    Optimizers that skip inside ``step()`` themselves (``_step_supports_amp_scaling``, e.g.
+    ``fused=True``) call the hook either way, so their skipped steps count as steps. No call blocks longer than ``timeout`` s waiting for the server (plus
     the time of ``val_fn`` and checkpoints).
     """
 
@@ -137,6 +144,9 @@ class AutoLRS:
         # LR: each group keeps its ratio to group 0's initial LR.
         lr0 = _lr_value(optimizer.param_groups[0]["lr"])
         self._ratios = [1.0 if lr0 == 0 else _lr_value(g["lr"]) / lr0 for g in optimizer.param_groups]
+        # Setting the initial LR back gives every group its initial LR exactly (lr0 * (g / lr0)
+        # can be off by an ulp), so a restore + set_lr(initial) is bitwise.
+        self._initial_lrs = [_lr_value(g["lr"]) for g in optimizer.param_groups]
         self._lr = lr0
         self.initial_lr = lr0
         #: Number of ``step()`` calls so far.
@@ -165,6 +175,13 @@ class AutoLRS:
         self._offline_since: float | None = None
         self.reports = 0
 
+        # GradScaler-skipped steps (see the class doc): optimizer.step() calls seen by the hook.
+        #: ``step()`` calls ignored because the GradScaler skipped that optimizer step.
+        self.skipped_steps = 0
+        self._opt_steps = 0
+        self._opt_steps_seen = 0
+        self._step_hook = None
+
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
         try:
@@ -179,6 +196,8 @@ class AutoLRS:
             self._client.close()
             self._link = _CLOSED
             raise
+        if scaler is not None and hasattr(optimizer, "register_step_post_hook"):
+            self._step_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
 
     # --- public ------------------------------------------------------------------------
 
@@ -206,8 +225,9 @@ class AutoLRS:
         if len(groups) > len(ratios):  # groups added after construction keep their ratio of now
             for g in groups[len(ratios):]:
                 ratios.append(1.0 if lr == 0 else _lr_value(g["lr"]) / lr)
-        for g, ratio in zip(groups, ratios):
-            value = lr * ratio
+        initial = self._initial_lrs if lr == self.initial_lr else ()
+        for k, (g, ratio) in enumerate(zip(groups, ratios)):
+            value = initial[k] if k < len(initial) else lr * ratio
             current = g["lr"]
             if isinstance(current, torch.Tensor):
                 current.fill_(value)
@@ -216,6 +236,11 @@ class AutoLRS:
 
     def step(self, loss: Any = None) -> None:
         """Call once after each ``optimizer.step()`` with that step's loss (tensor or float)."""
+        if self._step_hook is not None:
+            if self._opt_steps == self._opt_steps_seen:  # the GradScaler skipped optimizer.step()
+                self.skipped_steps += 1
+                return
+            self._opt_steps_seen = self._opt_steps
         self.global_step += 1
         if self._active:
             sink = self._sink
@@ -229,12 +254,18 @@ class AutoLRS:
 
     on_train_batch_end = step
 
+    def _count_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._opt_steps += 1
+
     def close(self, reason: str = "done") -> None:
         """Say goodbye (briefly), remove checkpoints and close the socket (idempotent)."""
         if self._link == _CLOSED:
             return
         self._link = _CLOSED
         self._active = False
+        if self._step_hook is not None:
+            self._step_hook.remove()
+            self._step_hook = None
         try:
             if self._registered:
                 body = {"step": self.global_step, "reason": reason}

@@ -1,0 +1,344 @@
+"""``LRFinder``: torch-lr-finder's interface, for when there is no training loop to plug into.
+
+It drives its own loop through an :class:`~autolrs.callbacks.AutoLRS` callback with
+``tuner="range_test"``: the server plans the sweep, smooths the loss, detects divergence and
+suggests; the finder trains one (possibly accumulated) batch per ``cb.step`` and reads the
+curve back with the server's ``status`` request::
+
+    finder = LRFinder(model, optimizer, criterion, server="tcp://127.0.0.1:5555")
+    finder.range_test(train_loader, end_lr=10, num_iter=100)
+    lr = finder.suggestion("valley")
+    finder.plot(path="lr_finder.png")      # headless: saves a PNG
+    finder.reset()                         # model and optimizer exactly as before the test
+
+Differences from torch-lr-finder: the server restores the model and optimizer as soon as the
+sweep ends (``reset()`` still restores the state of construction time, bitwise, including the
+LRs); with several param groups each keeps its ratio to group 0 throughout the sweep (torch-
+lr-finder ramps every group to the same ``end_lr``); a step the GradScaler skipped does not
+advance the LR and is not recorded; suggestions return None (with the reason in
+``last_suggestion``) instead of raising when the curve is too short.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from typing import Any, Iterable
+
+import torch
+
+from autolrs import lr_curve
+from autolrs.callbacks.callback import AutoLRS
+from autolrs.callbacks.errors import AutoLRSWarning
+from autolrs.callbacks.state import CheckpointStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LRFinder"]
+
+
+class LRFinder:
+    """LR range test through an autolrs server (see the module doc).
+
+    ``device=None`` trains on the model's device. ``grad_scaler`` (a GradScaler) with
+    ``amp_config`` (kwargs of ``torch.autocast``, e.g. ``{"device_type": "cuda", "dtype":
+    torch.float16}``) trains in mixed precision. ``memory_cache=False`` keeps the snapshots on
+    disk in a private temp folder under ``cache_dir``, removed by :meth:`close`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
+                 server: str = "tcp://127.0.0.1:5555", device: str | torch.device | None = None, *,
+                 memory_cache: bool = True, cache_dir: str | None = None, grad_scaler: Any = None,
+                 amp_config: dict | None = None, job: str | None = None, timeout: float = 5.0,
+                 include_rng: bool = False):
+        _check_no_scheduler(optimizer)
+        if grad_scaler is not None and amp_config is None:
+            amp_config = {"device_type": _model_device(model).type, "dtype": torch.float16}
+        self.model = model
+        self.optimizer = optimizer
+        self.criterion = criterion
+        self.server = server
+        self.grad_scaler = grad_scaler
+        self.amp_config = amp_config
+        self.job = job
+        self.timeout = timeout
+        self.include_rng = include_rng
+        self.storage = "memory" if memory_cache else "disk"
+        self.cache_dir = cache_dir
+        self.model_device = _model_device(model)
+        self.device = torch.device(device) if device is not None else self.model_device
+        self.history: dict[str, list[float]] = {"lr": [], "loss": []}
+        self.best_loss: float | None = None
+        #: The tuner's summary at the end of the last test (history, suggestions, why it ended).
+        self.summary: dict | None = None
+        #: The dict of the last :meth:`suggestion` (``lr``, ``index``, ``loss``, ``reason``).
+        self.last_suggestion: dict | None = None
+        self._state = CheckpointStore(model, optimizer, scaler=grad_scaler, include_rng=include_rng,
+                                      storage=self.storage, directory=cache_dir)
+        self._state.save("initial")
+
+    # --- the test -----------------------------------------------------------------------
+
+    def range_test(self, train_loader: Iterable, val_loader: Iterable | None = None, start_lr: Any = None,
+                   end_lr: float = 10, num_iter: int = 100, step_mode: str = "exp", smooth_f: float = 0.05,
+                   diverge_th: float | None = 5, accumulation_steps: int = 1, non_blocking_transfer: bool = True,
+                   *, chunk: int = 10, method: str = "steepest") -> None:
+        """Sweep the LR from ``start_lr`` (default: each group's current LR) to ``end_lr`` over
+        ``num_iter`` optimizer steps; with ``val_loader`` each point is a full validation pass.
+        Fills :attr:`history` (``lr``, ``loss`` smoothed as in torch-lr-finder, ``raw_loss``)."""
+        if num_iter <= 1:
+            raise ValueError("`num_iter` must be larger than 1")
+        if str(step_mode).lower() not in lr_curve.STEP_MODES:
+            raise ValueError(f"expected one of (exp, linear), got {step_mode}")
+        if not 0 <= smooth_f < 1:
+            raise ValueError("smooth_f is outside the range [0, 1)")
+        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+        _check_no_scheduler(self.optimizer)
+        self.history = {"lr": [], "loss": []}
+        self.best_loss = None
+        self.summary = None
+        self.model.to(self.device)
+        if start_lr:
+            self._set_start_lrs(start_lr)
+        config = {"end_lr": float(end_lr), "num_iter": int(num_iter), "step_mode": str(step_mode).lower(),
+                  "smooth_f": float(smooth_f), "diverge_th": None if diverge_th is None else float(diverge_th),
+                  "val": val_loader is not None, "chunk": int(chunk), "method": method}
+        val_fn = None if val_loader is None else (lambda: self._validate(val_loader, non_blocking_transfer))
+        job = self.job or f"lr-finder-{uuid.uuid4().hex[:12]}"
+        batches = _Batches(train_loader)
+        with AutoLRS(self.model, self.optimizer, tuner="range_test", config=config, server=self.server, job=job,
+                     val_fn=val_fn, scaler=self.grad_scaler, include_rng=self.include_rng,
+                     checkpoint=self.storage, checkpoint_dir=self.cache_dir, timeout=self.timeout) as cb:
+            calls = 0
+            # The server stops the test after num_iter steps; the bound only matters when it
+            # stops answering (then training would go on at a fixed LR) or every step overflows.
+            while not cb.should_stop and cb.global_step < num_iter and calls < 2 * num_iter + 10:
+                loss = self._train_batch(batches, accumulation_steps, non_blocking_transfer)
+                calls += 1
+                cb.step(loss)
+            finished = cb.should_stop
+            outcome = cb._server("request", "status", {}, wait=self.timeout)
+        summary = _job_summary(outcome, job)
+        if not finished or summary is None:
+            # The server never closed the sweep (it stopped answering): put everything back.
+            self.reset()
+            warnings.warn(f"autolrs: the range test of job {job} did not finish on the server; the model and "
+                          "optimizer were reset to their initial state", AutoLRSWarning, stacklevel=2)
+        if summary is not None:
+            self.summary = summary
+            hist = summary.get("history") or {}
+            self.history = {"lr": list(hist.get("lr", [])), "loss": list(hist.get("smoothed", [])),
+                            "raw_loss": list(hist.get("loss", []))}
+            self.best_loss = summary.get("best_loss")
+            log.info("autolrs: learning rate search finished (%s, %d points); see LRFinder.plot()",
+                     summary.get("done"), len(self.history["lr"]))
+
+    def _set_start_lrs(self, start_lr: Any) -> None:
+        groups = self.optimizer.param_groups
+        if isinstance(start_lr, (list, tuple)):
+            if len(start_lr) != len(groups):
+                raise ValueError(f"length of `start_lr` ({len(start_lr)}) does not match the number of param "
+                                 f"groups ({len(groups)})")
+            values = [float(v) for v in start_lr]
+        else:
+            values = [float(start_lr)] * len(groups)
+        for g, v in zip(groups, values):
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(v)
+            else:
+                g["lr"] = v
+
+    def _train_batch(self, batches: "_Batches", accumulation_steps: int, non_blocking: bool) -> torch.Tensor:
+        self.model.train()
+        self.optimizer.zero_grad()
+        total = None
+        for _ in range(accumulation_steps):
+            inputs, labels = batches.next()
+            inputs = _move_to_device(inputs, self.device, non_blocking)
+            labels = _move_to_device(labels, self.device, non_blocking)
+            if self.grad_scaler is not None:
+                with torch.autocast(**self.amp_config):
+                    loss = self.criterion(self.model(inputs), labels)
+                loss = loss / accumulation_steps
+                self.grad_scaler.scale(loss).backward()
+            else:
+                loss = self.criterion(self.model(inputs), labels) / accumulation_steps
+                loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        return total
+
+    def _validate(self, val_loader: Iterable, non_blocking: bool) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        running, count = 0.0, 0
+        with torch.no_grad():
+            for batch in val_loader:
+                inputs, labels = _inputs_labels(batch)
+                inputs = _move_to_device(inputs, self.device, non_blocking)
+                labels = _move_to_device(labels, self.device, non_blocking)
+                n = len(labels)
+                running += float(self.criterion(self.model(inputs), labels)) * n
+                count += n
+        self.model.train(was_training)
+        return running / count if count else float("nan")
+
+    # --- results ------------------------------------------------------------------------
+
+    def suggestion(self, method: str = "steepest", skip_start: int | None = None, skip_end: int | None = None,
+                   **kwargs) -> float | None:
+        """The suggested LR of ``method`` (``steepest``, ``valley``, ``minimum``) on the smoothed
+        curve, or None when the curve is too short (the reason is in ``last_suggestion``)."""
+        skips = {k: v for k, v in (("skip_start", skip_start), ("skip_end", skip_end)) if v is not None}
+        result = lr_curve.suggest(self.history["lr"], self.history["loss"], method, **skips, **kwargs)
+        self.last_suggestion = result
+        if result["lr"] is None:
+            log.info("autolrs: no %s suggestion: %s", method, result["reason"])
+        return result["lr"]
+
+    def bounds(self) -> tuple[float, float]:
+        """The AutoLRS search interval the curve supports (:func:`autolrs.lr_curve.bounds_from_curve`)."""
+        return lr_curve.bounds_from_curve(self.history["lr"], self.history["loss"])
+
+    def plot(self, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True, show_lr: float | None = None,
+             ax: Any = None, suggest_lr: bool = True, method: str = "steepest", path: str | None = None):
+        """Loss versus LR (log x-axis by default) without the first ``skip_start`` and last
+        ``skip_end`` points, the suggestion of ``method`` marked in red. ``path`` saves a PNG
+        (with the Agg canvas when the figure is made here: nothing is shown). Returns ``(ax, lr)``
+        with ``suggest_lr``, else ``ax``."""
+        if skip_start < 0 or skip_end < 0:
+            raise ValueError("skip_start and skip_end cannot be negative")
+        if show_lr is not None and not isinstance(show_lr, float):
+            raise ValueError("show_lr must be float")
+        lrs, losses = self.history["lr"], self.history["loss"]
+        end = len(lrs) - skip_end
+        lrs, losses = lrs[skip_start:end], losses[skip_start:end]
+        suggested = None
+        if suggest_lr:
+            result = lr_curve.suggest(self.history["lr"], self.history["loss"], method, skip_start=skip_start,
+                                      skip_end=skip_end)
+            self.last_suggestion = result
+            if result["lr"] is None:
+                raise RuntimeError(f"cannot suggest a learning rate ({method}): {result['reason']}")
+            suggested = result["lr"]
+
+        show = False
+        if ax is None:
+            if path is not None:
+                from matplotlib.backends.backend_agg import FigureCanvasAgg
+                from matplotlib.figure import Figure
+
+                fig = Figure(figsize=(6.4, 4.8))
+                FigureCanvasAgg(fig)
+                ax = fig.add_subplot(1, 1, 1)
+            else:
+                import matplotlib.pyplot as plt
+
+                fig, ax = plt.subplots()
+                show = True
+        ax.plot(lrs, losses)
+        if suggested is not None:
+            i = result["index"]
+            ax.scatter(self.history["lr"][i], self.history["loss"][i], s=75, marker="o", color="red", zorder=3,
+                       label=f"{method}: {suggested:.2E}")
+            ax.legend()
+        if log_lr:
+            ax.set_xscale("log")
+        ax.set_xlabel("Learning rate")
+        ax.set_ylabel("Loss")
+        if show_lr is not None:
+            ax.axvline(x=show_lr, color="red")
+        if path is not None:
+            ax.figure.savefig(path, format="png")
+        elif show:
+            import matplotlib.pyplot as plt
+
+            plt.show()
+        return (ax, suggested) if suggest_lr else ax
+
+    # --- state --------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Model and optimizer (and GradScaler) back to their state at construction, bitwise."""
+        self._state.restore("initial")
+        self.model.to(self.model_device)
+
+    def close(self) -> None:
+        """Drop the snapshot (and its temp folder with ``memory_cache=False``); idempotent."""
+        self._state.close()
+
+    def __enter__(self) -> "LRFinder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _check_no_scheduler(optimizer: torch.optim.Optimizer) -> None:
+    for group in optimizer.param_groups:
+        if "initial_lr" in group:
+            raise RuntimeError("Optimizer already has a scheduler attached to it")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _inputs_labels(batch: Any) -> tuple[Any, Any]:
+    if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+        raise ValueError("a batch must be a list or tuple whose first two elements are the inputs and the "
+                         f"labels, got {type(batch).__name__}")
+    return batch[0], batch[1]
+
+
+def _move_to_device(obj: Any, device: torch.device, non_blocking: bool) -> Any:
+    if hasattr(obj, "to"):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, tuple):
+        return tuple(_move_to_device(o, device, non_blocking) for o in obj)
+    if isinstance(obj, list):
+        return [_move_to_device(o, device, non_blocking) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _move_to_device(v, device, non_blocking) for k, v in obj.items()}
+    return obj
+
+
+class _Batches:
+    """Endless (inputs, labels) from an iterable of batches: restarts it when exhausted."""
+
+    def __init__(self, loader: Iterable):
+        if not hasattr(loader, "__iter__"):
+            raise ValueError(f"`train_loader` has unsupported type: {type(loader)}")
+        self.loader = loader
+        self._it = iter(loader)
+
+    def next(self) -> tuple[Any, Any]:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                raise ValueError("`train_loader` yields no batches") from None
+        return _inputs_labels(batch)
+
+
+def _job_summary(outcome: Any, job: str) -> dict | None:
+    if not outcome or outcome[0] != "ok":
+        return None
+    for session in outcome[2].get("sessions", []):
+        if session.get("job_id") == job:
+            return session.get("summary")
+    return None
