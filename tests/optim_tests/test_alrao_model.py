@@ -235,3 +235,19 @@ def test_char_lstm_example_runs(tmp_path):
     assert all(v == v for v in summary["losses"]) and summary["val_loss"] > 0
     assert (tmp_path / "summary.json").is_file()
     assert abs(sum(summary["posterior"]) - 1) < 1e-9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_uses_the_same_sampled_lrs_and_trains(digits):
+    x, y = digits
+    cpu_model, cpu_opt = make(seed=0)
+    torch.manual_seed(0)
+    pre = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+    model = AlraoModel("classification", nn.NLLLoss(), pre, 5, LinearClassifier, 32, 10).cuda()
+    opt = AlraoSGD(model, 1e-3, 10.0, seed=0)
+    assert all(a.is_cuda and torch.equal(a.cpu(), b) for a, b in zip(opt.unit_lrs(), cpu_opt.unit_lrs()))
+    before = full_loss(model, x.cuda(), y.cuda())
+    train(model, opt, x.cuda(), y.cuda(), 100)
+    assert full_loss(model, x.cuda(), y.cuda()) < 0.8 * before
+    assert model.switch.logposterior.is_cuda
