@@ -208,59 +208,13 @@ class LRFinder:
 
     def plot(self, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True, show_lr: float | None = None,
              ax: Any = None, suggest_lr: bool = True, method: str = "steepest", path: str | None = None):
-        """Loss versus LR (log x-axis by default) without the first ``skip_start`` and last
-        ``skip_end`` points, the suggestion of ``method`` marked in red. ``path`` saves a PNG
-        (with the Agg canvas when the figure is made here: nothing is shown). Returns ``(ax, lr)``
-        with ``suggest_lr``, else ``ax``."""
-        if skip_start < 0 or skip_end < 0:
-            raise ValueError("skip_start and skip_end cannot be negative")
-        if show_lr is not None and not isinstance(show_lr, float):
-            raise ValueError("show_lr must be float")
-        lrs, losses = self.history["lr"], self.history["loss"]
-        end = len(lrs) - skip_end
-        lrs, losses = lrs[skip_start:end], losses[skip_start:end]
-        suggested = None
+        """Loss versus LR (see :func:`plot_curve`) of this finder's history."""
+        out = plot_curve(self.history["lr"], self.history["loss"], skip_start=skip_start, skip_end=skip_end,
+                         log_lr=log_lr, show_lr=show_lr, ax=ax, suggest_lr=suggest_lr, method=method, path=path)
         if suggest_lr:
-            result = lr_curve.suggest(self.history["lr"], self.history["loss"], method, skip_start=skip_start,
-                                      skip_end=skip_end)
-            self.last_suggestion = result
-            if result["lr"] is None:
-                raise RuntimeError(f"cannot suggest a learning rate ({method}): {result['reason']}")
-            suggested = result["lr"]
-
-        show = False
-        if ax is None:
-            if path is not None:
-                from matplotlib.backends.backend_agg import FigureCanvasAgg
-                from matplotlib.figure import Figure
-
-                fig = Figure(figsize=(6.4, 4.8))
-                FigureCanvasAgg(fig)
-                ax = fig.add_subplot(1, 1, 1)
-            else:
-                import matplotlib.pyplot as plt
-
-                fig, ax = plt.subplots()
-                show = True
-        ax.plot(lrs, losses)
-        if suggested is not None:
-            i = result["index"]
-            ax.scatter(self.history["lr"][i], self.history["loss"][i], s=75, marker="o", color="red", zorder=3,
-                       label=f"{method}: {suggested:.2E}")
-            ax.legend()
-        if log_lr:
-            ax.set_xscale("log")
-        ax.set_xlabel("Learning rate")
-        ax.set_ylabel("Loss")
-        if show_lr is not None:
-            ax.axvline(x=show_lr, color="red")
-        if path is not None:
-            ax.figure.savefig(path, format="png")
-        elif show:
-            import matplotlib.pyplot as plt
-
-            plt.show()
-        return (ax, suggested) if suggest_lr else ax
+            self.last_suggestion = out[2]
+            return out[0], out[1]
+        return out
 
     # --- state --------------------------------------------------------------------------
 
@@ -282,6 +236,62 @@ class LRFinder:
 
 # --- helpers -------------------------------------------------------------------------------
 
+
+
+def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True,
+               show_lr: float | None = None, ax: Any = None, suggest_lr: bool = True, method: str = "steepest",
+               path: str | None = None):
+    """Loss versus LR (log x-axis by default) without the first ``skip_start`` and last
+    ``skip_end`` points, the suggestion of ``method`` marked in red. ``path`` saves a PNG
+    (with the Agg canvas when the figure is made here: nothing is shown). Returns
+    ``(ax, lr, suggestion)`` with ``suggest_lr``, else ``ax``."""
+    if skip_start < 0 or skip_end < 0:
+        raise ValueError("skip_start and skip_end cannot be negative")
+    if show_lr is not None and not isinstance(show_lr, float):
+        raise ValueError("show_lr must be float")
+    all_lrs, all_losses = list(lrs), list(losses)
+    end = len(all_lrs) - skip_end
+    shown_lrs, shown_losses = all_lrs[skip_start:end], all_losses[skip_start:end]
+    suggested = result = None
+    if suggest_lr:
+        result = lr_curve.suggest(all_lrs, all_losses, method, skip_start=skip_start, skip_end=skip_end)
+        if result["lr"] is None:
+            raise RuntimeError(f"cannot suggest a learning rate ({method}): {result['reason']}")
+        suggested = result["lr"]
+
+    show = False
+    if ax is None:
+        if path is not None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(6.4, 4.8))
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot(1, 1, 1)
+        else:
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots()
+            show = True
+    ax.plot(shown_lrs, shown_losses)
+    if suggested is not None:
+        i = result["index"]
+        ax.scatter(all_lrs[i], all_losses[i], s=75, marker="o", color="red", zorder=3,
+                   label=f"{method}: {suggested:.2E}")
+        ax.legend()
+    if log_lr:
+        ax.set_xscale("log")
+    ax.set_xlabel("Learning rate")
+    ax.set_ylabel("Loss")
+    if show_lr is not None:
+        ax.axvline(x=show_lr, color="red")
+    if path is not None:
+        ax.figure.savefig(path, format="png")
+    elif show:
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    return (ax, suggested, result) if suggest_lr else ax
 
 def _check_no_scheduler(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:

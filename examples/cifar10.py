@@ -9,7 +9,8 @@ trains at a fixed ``--lr`` with no server, as a baseline.
 
 Outputs in ``--out``: ``summary.json`` (test accuracy and loss, steps, wall time, the LR and
 loss of every step, the tuner's stages and candidates as the server reported them) and
-``curves.png`` (LR and training loss against steps).
+``curves.png`` (LR and training loss against steps); with ``--tuner range_test`` also
+``range_test.png`` (loss against LR with the suggested LR marked).
 """
 
 from __future__ import annotations
@@ -137,6 +138,23 @@ def plot_curves(path: Path, lrs: list[float], losses: list[float], title: str) -
     plt.close(fig)
 
 
+def plot_range_test(path: Path, session: dict | None) -> None:
+    """The range test's loss-versus-LR curve, as the server recorded it, with its suggestion."""
+    history = ((session or {}).get("summary") or {}).get("history") or {}
+    if len(history.get("lr", [])) < 2:
+        print("range test: the server returned no curve to plot", file=sys.stderr)
+        return
+    from autolrs.callbacks.lr_finder import plot_curve
+
+    method = (session["summary"].get("method") or "steepest") if session.get("summary") else "steepest"
+    try:
+        _, lr, _ = plot_curve(history["lr"], history["smoothed"], method=method, path=str(path))
+        print(f"range test: suggested LR ({method}) {lr:.3g} -> {path}")
+    except RuntimeError as exc:  # too short a curve for a suggestion: plot it unmarked
+        plot_curve(history["lr"], history["smoothed"], suggest_lr=False, path=str(path))
+        print(f"range test: {exc} -> {path}")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
@@ -229,6 +247,8 @@ def main(argv=None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, default=float))
     plot_curves(out / "curves.png", lrs, losses, f"CIFAR-10 {model_name}, tuner {args.tuner}: "
                                                   f"test accuracy {test_acc:.3f}")
+    if args.tuner == "range_test":
+        plot_range_test(out / "range_test.png", stages)
     print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  steps {len(lrs)}  "
           f"wall {wall:.1f}s  -> {out}/summary.json, {out}/curves.png")
     return summary
