@@ -39,11 +39,14 @@ EXAMPLE_TUNER_DEFAULTS = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tuner", default="autolrs",
-                   help="a tuner registered on the server (autolrs, constant, step, exponential, cosine, ...) "
+                   help="a tuner registered on the server (autolrs, constant, step, exponential, cosine, ...), "
+                        "'alrao' (random per-unit LRs in [--lr-min, --lr-max], no server) "
                         "or 'none' for a fixed --lr without a server")
     p.add_argument("--tuner-config", default=None,
                    help="tuner knobs as JSON/YAML text (e.g. '{tau: 200, k: 5}') or a path to a YAML file")
     p.add_argument("--lr", type=float, default=0.05, help="initial LR (the fixed LR with --tuner none)")
+    p.add_argument("--lr-min", type=float, default=1e-5, help="--tuner alrao: lower end of the LR interval")
+    p.add_argument("--lr-max", type=float, default=10.0, help="--tuner alrao: upper end of the LR interval")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--model", choices=sorted(MODELS), default=None,
@@ -170,16 +173,21 @@ def main(argv=None) -> dict:
     test = Batches(test_x, test_y, 500, args.seed, train=False, device=device)
 
     model_name = args.model or default_model(device)
-    model = MODELS[model_name]().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    alrao = args.tuner == "alrao"
+    if alrao:  # in-process (autolrs.optim): the model and the optimizer change, no server
+        from alrao_cifar import alrao_train_step, build_alrao
+        model, optimizer = build_alrao(model_name, args.lr_min, args.lr_max, seed=args.seed, device=device)
+    else:
+        model = MODELS[model_name]().to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
     total_steps = args.max_steps or math.ceil((args.epochs or 30) * len(train))
 
     def val_fn() -> float:
         return evaluate(model, val)[0]
 
     callback = None
-    if args.tuner != "none":
+    if args.tuner not in ("none", "alrao"):
         from autolrs.callbacks import AutoLRS
         callback = AutoLRS(model, optimizer, tuner=args.tuner, config=tuner_config(args), server=args.server,
                            job=args.job, val_fn=val_fn, max_steps=total_steps, seed=args.seed)
@@ -206,10 +214,13 @@ def main(argv=None) -> dict:
         while step < total_steps and not (callback and callback.should_stop):
             for xb, yb in train.epoch():
                 lrs.append(float(optimizer.param_groups[0]["lr"]))
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(model(xb), yb)
-                loss.backward()
-                optimizer.step()
+                if alrao:
+                    loss = alrao_train_step(model, optimizer, xb, yb)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = torch.nn.functional.cross_entropy(model(xb), yb)
+                    loss.backward()
+                    optimizer.step()
                 loss_tensors.append(loss.detach())
                 if callback:
                     callback.step(loss)
@@ -234,7 +245,9 @@ def main(argv=None) -> dict:
         test_curve.append([len(lrs), test_acc, test_loss])
     val_loss, val_acc = evaluate(model, val)
     summary = {
-        "tuner": args.tuner, "tuner_config": tuner_config(args) if callback else None,
+        "tuner": args.tuner,
+        "tuner_config": tuner_config(args) if callback else
+        ({"lr_min": args.lr_min, "lr_max": args.lr_max, "posterior": model.posterior().tolist()} if alrao else None),
         "model": model_name, "device": str(device), "batch_size": args.batch_size,
         "steps": len(lrs), "planned_steps": total_steps, "wall_time_s": round(wall, 2),
         "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc, "val_loss": val_loss,
