@@ -35,6 +35,17 @@ and crashed at ``min``); the BO never repeats an LR within a stage; the validati
 of the original (compare validation losses with the first *training* loss) is dropped because
 its units do not match: a rising validation series already extrapolates upwards and ranks last.
 
+Automatic bounds (``min_lr`` and/or ``max_lr`` set to ``"auto"``): before anything else the
+tuner runs a short LR range test (an embedded :class:`~autolrs.tuners.range_test.RangeTestTuner`,
+``auto_num_iter`` steps from ``auto_start_lr`` to ``auto_end_lr``, exponential), restores the
+weights it started from, and derives the search interval from the smoothed curve with
+:func:`autolrs.lr_curve.bounds_from_curve` (``max_lr`` at the lowest loss, ``min_lr`` where the
+loss has fallen by 10 % of its total fall, at least a decade below ``max_lr``). A bound given
+as a number is kept. The range test's restore leads the first plan after it. Its steps count
+against ``max_steps`` (the compute was spent) and are reported as ``bounds_steps``. If the curve
+supports no interval (the loss never fell) the defaults below are used and ``bounds_source``
+says why; the job never fails for it.
+
 Warm-up (``warmup_steps`` > 0): a linear ramp ``lr_i = warmup_lr / warmup_steps * (i + 1)``
 sent as ``run`` segments with per-step ``lrs`` (chunks of 1000), before stage 1.
 
@@ -59,15 +70,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autolrs import actions, gp
+from autolrs import actions, gp, lr_curve
 from autolrs.actions import Observation
 from autolrs.forecast import fit_forecast
 from autolrs.space import LogSpace
 from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.range_test import SLOT as RANGE_TEST_SLOT
+from autolrs.tuners.range_test import RangeTestTuner
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added the automatic bounds; version 1 states load unchanged
 WARMUP_CHUNK = 1000
-PHASES = ("warmup", "trial", "exploit", "final", "done")
+PHASES = ("bounds", "warmup", "trial", "exploit", "final", "done")
+AUTO = "auto"
 
 
 def _round_half_up(x: float) -> int:
@@ -79,8 +93,11 @@ class AutoLRSTuner(Tuner):
 
     name = "autolrs"
     defaults: ClassVar[dict[str, Any]] = {
-        "min_lr": None,  # lower end of the search interval; None: initial_lr / 100, else 1e-3
-        "max_lr": None,  # upper end; None: initial_lr * 10, else 1.0
+        "min_lr": None,  # lower end of the search interval; None: initial_lr / 100, else 1e-3; "auto"
+        "max_lr": None,  # upper end; None: initial_lr * 10, else 1.0; "auto": from a range test
+        "auto_start_lr": 1e-6,  # the range test behind "auto" bounds sweeps from here ...
+        "auto_end_lr": 10.0,  # ... to here ...
+        "auto_num_iter": 100,  # ... in this many steps
         "tau": 1000,  # first stage's exploitation length (steps)
         "tau_max": 8000,  # cap on tau
         "k": 10,  # candidate LRs (BO evaluations) per stage
@@ -102,14 +119,17 @@ class AutoLRSTuner(Tuner):
         if not (isinstance(initial, (int, float)) and not isinstance(initial, bool)
                 and math.isfinite(initial) and initial > 0):
             initial = None  # unknown (or an optimizer LR of 0): nothing to derive from
-        min_lr = cfg["min_lr"] if cfg["min_lr"] is not None else (initial / 100 if initial else 1e-3)
-        max_lr = cfg["max_lr"] if cfg["max_lr"] is not None else (initial * 10 if initial else 1.0)
-        self.min_lr = require_positive(min_lr, "min_lr")
-        self.max_lr = require_positive(max_lr, "max_lr")
-        if not self.min_lr < self.max_lr:
-            raise ConfigError(f"autolrs: min_lr ({self.min_lr}) must be below max_lr ({self.max_lr}); "
-                              "unset bounds come from initial_lr (/100 and *10), so set both")
-        self.space = LogSpace(self.min_lr, self.max_lr)
+        self.initial = initial
+        self.auto = {key: cfg[key] == AUTO for key in ("min_lr", "max_lr")}
+        for key, auto in self.auto.items():
+            if not auto and cfg[key] is not None:
+                require_positive(cfg[key], key)  # a typo fails now, not after the range test
+        self.range_test: RangeTestTuner | None = None
+        if any(self.auto.values()):
+            self.range_test = RangeTestTuner(self._range_test_config(), seed)
+        self.bounds_source = "auto (pending range test)" if self.range_test else "config"
+        self._set_bounds(None if self.auto["min_lr"] else cfg["min_lr"],
+                         None if self.auto["max_lr"] else cfg["max_lr"], check=self.range_test is None)
         self.tau0 = require_int(cfg, "tau", minimum=1)
         self.tau_max = require_int(cfg, "tau_max", minimum=1)
         if self.tau_max < self.tau0:
@@ -127,10 +147,8 @@ class AutoLRSTuner(Tuner):
             raise ConfigError(f"option 'kappa' must be a finite number >= 0, got {kappa!r}")
         self.kappa = float(kappa)
         self.warmup_steps = require_int(cfg, "warmup_steps", minimum=0)
-        wlr = cfg["warmup_lr"]
-        if wlr is None:
-            wlr = initial if initial else math.sqrt(self.min_lr * self.max_lr)
-        self.warmup_lr = require_positive(wlr, "warmup_lr")
+        if cfg["warmup_lr"] is not None:
+            require_positive(cfg["warmup_lr"], "warmup_lr")
         self.val_points = require_int(cfg, "val_points", minimum=1)
         for key in ("use_val", "keep_best_trial"):
             if not isinstance(cfg[key], bool):
@@ -143,13 +161,66 @@ class AutoLRSTuner(Tuner):
         # k evenly spread points would have, at most 0.05.
         self.min_distance = min(0.05, 0.25 / self.k)
         self.min_stage_cost = self._cost(self.tau0)
+        self._init_state()
+
+    # ------------------------------------------------------------------ search interval
+
+    def _range_test_config(self) -> dict:
+        cfg = self.config
+        start = require_positive(cfg["auto_start_lr"], "auto_start_lr")
+        end = require_positive(cfg["auto_end_lr"], "auto_end_lr")
+        if not start < end:
+            raise ConfigError(f"autolrs: auto_start_lr ({start}) must be below auto_end_lr ({end})")
+        return {"start_lr": start, "end_lr": end, "num_iter": require_int(cfg, "auto_num_iter", minimum=3),
+                "initial_lr": self.initial, "max_steps": cfg["max_steps"]}
+
+    def _set_bounds(self, min_lr: Any, max_lr: Any, check: bool = True) -> None:
+        """Set the search interval; ``None`` takes the default (from ``initial_lr``). With
+        ``check=False`` (automatic bounds still to come) nothing is validated yet."""
+        initial = self.initial
+        min_lr = min_lr if min_lr is not None else (initial / 100 if initial else 1e-3)
+        max_lr = max_lr if max_lr is not None else (initial * 10 if initial else 1.0)
+        if not check:
+            self.min_lr = self.max_lr = math.nan
+            return
+        self.min_lr = require_positive(min_lr, "min_lr")
+        self.max_lr = require_positive(max_lr, "max_lr")
+        if not self.min_lr < self.max_lr:
+            raise ConfigError(f"autolrs: min_lr ({self.min_lr}) must be below max_lr ({self.max_lr}); "
+                              "unset bounds come from initial_lr (/100 and *10), so set both")
+        self.space = LogSpace(self.min_lr, self.max_lr)
+
+    def _bounds_from_range_test(self) -> None:
+        """Derive the interval from the finished range test; fall back to the defaults (and
+        say why in ``bounds_source``) when the curve supports none."""
+        history = self.range_test.history
+        given = {key: None if self.auto[key] else self.config[key] for key in ("min_lr", "max_lr")}
+        try:
+            lo, hi = lr_curve.bounds_from_curve(history["lr"], history["smoothed"])
+            lo = lo if self.auto["min_lr"] else given["min_lr"]
+            hi = hi if self.auto["max_lr"] else given["max_lr"]
+            if not lo < hi:
+                raise ValueError(f"the derived bound does not fit the given one ({lo} >= {hi})")
+            self._set_bounds(lo, hi)
+            self.bounds_source = f"range test ({self.range_test.done}, {len(history['lr'])} points)"
+        except ValueError as exc:
+            self._set_bounds(given["min_lr"], given["max_lr"])
+            self.bounds_source = f"defaults: {exc}"
+
+    def _start_lr(self) -> float:
         if self.warmup_steps:
-            start_lr = self.warmup_lr
-        elif initial:
-            start_lr = self.space.clamp(initial)
-        else:
-            start_lr = math.sqrt(self.min_lr * self.max_lr)
-        self._init_state(start_lr)
+            return self.warmup_lr
+        if self.initial:
+            return self.space.clamp(self.initial)
+        return math.sqrt(self.min_lr * self.max_lr)
+
+    @property
+    def warmup_lr(self) -> float:
+        """The LR the warm-up ramp ends at (its default depends on the interval)."""
+        wlr = self.config["warmup_lr"]
+        if wlr is None:
+            wlr = self.initial if self.initial else math.sqrt(self.min_lr * self.max_lr)
+        return float(wlr)
 
     # ------------------------------------------------------------------ planning helpers
 
@@ -210,9 +281,8 @@ class AutoLRSTuner(Tuner):
 
     # ------------------------------------------------------------------ state machine
 
-    def _init_state(self, start_lr: float) -> None:
+    def _init_state(self) -> None:
         self.step = 0
-        self.lr = float(start_lr)
         self.phase = "warmup"
         self.warmup_done = 0
         self.stage = 0  # becomes 1 when the first stage starts
@@ -223,7 +293,19 @@ class AutoLRSTuner(Tuner):
         self.search_steps = 0
         self.train_steps = 0
         self.warmup_trained = 0
+        self.bounds_steps = 0
+        self.restore_range_test = False  # the next plan starts with the range test's restore
         self.stop_reason = ""
+        if self.range_test is not None:
+            self.phase = "bounds"
+            self.lr = float(self.initial or self.range_test.start_lr)
+        else:
+            self._begin()
+
+    def _begin(self) -> None:
+        """Start training proper: warm-up, then stage 1 (the interval is known by now)."""
+        self.lr = self._start_lr()
+        self.phase = "warmup"
         if self._warmup_total() == 0:
             self._start_stage()
 
@@ -337,6 +419,14 @@ class AutoLRSTuner(Tuner):
         return actions.run(steps, self.step, **kwargs)
 
     def ask(self) -> list[dict]:
+        if self.phase == "bounds":
+            return self.range_test.ask()
+        plan = self._plan()
+        if self.restore_range_test:  # put back the weights the range test started from
+            plan = [actions.restore(RANGE_TEST_SLOT), actions.discard(RANGE_TEST_SLOT)] + plan
+        return plan
+
+    def _plan(self) -> list[dict]:
         remaining = self._remaining()
         if self.phase == "done" or (remaining is not None and remaining <= 0):
             return [actions.stop(self.stop_reason or "max_steps")]
@@ -379,6 +469,16 @@ class AutoLRSTuner(Tuner):
     def tell(self, observation: Observation) -> None:
         if self.phase == "done":
             return
+        if self.phase == "bounds":
+            self.range_test.tell(observation)
+            self.step = max(0, int(observation.step))
+            if self.range_test.done is not None:
+                self.bounds_steps = self.range_test.pos
+                self._bounds_from_range_test()
+                self.restore_range_test = True
+                self._begin()
+            return
+        self.restore_range_test = False  # the plan that carried it has been carried out
         n = self._warmup_chunk() if self.phase == "warmup" else 0  # what the plan asked for
         self.step = max(0, int(observation.step))
         if self.phase == "warmup":
@@ -428,10 +528,18 @@ class AutoLRSTuner(Tuner):
             "current": copy.deepcopy(self.current), "stages": copy.deepcopy(self.stages),
             "search_steps": self.search_steps, "train_steps": self.train_steps,
             "warmup_trained": self.warmup_trained, "stop_reason": self.stop_reason,
+            "bounds": self._bounds_state(), "bounds_steps": self.bounds_steps,
+            "restore_range_test": self.restore_range_test,
+            "range_test": self.range_test.state_dict() if self.phase == "bounds" else None,
         }
 
+    def _bounds_state(self) -> dict:
+        known = math.isfinite(self.min_lr)
+        return {"min_lr": self.min_lr if known else None, "max_lr": self.max_lr if known else None,
+                "source": self.bounds_source}
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"autolrs: unsupported state version {state.get('version')!r}")
         if state["phase"] not in PHASES:
             raise ValueError(f"autolrs: unknown phase {state['phase']!r}")
@@ -448,26 +556,46 @@ class AutoLRSTuner(Tuner):
         self.train_steps = int(state["train_steps"])
         self.warmup_trained = int(state["warmup_trained"])
         self.stop_reason = str(state["stop_reason"])
+        self.bounds_steps = int(state.get("bounds_steps", 0))
+        self.restore_range_test = bool(state.get("restore_range_test", False))
+        bounds = state.get("bounds")
+        if bounds is not None:
+            self.bounds_source = str(bounds["source"])
+            if bounds["min_lr"] is not None:
+                self._set_bounds(bounds["min_lr"], bounds["max_lr"])
+        if state.get("range_test") is not None:
+            self.range_test.load_state_dict(state["range_test"])
 
     def lr_bounds(self) -> tuple[float, float]:
         """``(min_lr, max_lr)``, widened to include the warm-up ramp when there is one (it
-        starts at ``warmup_lr / warmup_steps`` and ends at ``warmup_lr``)."""
-        lo, hi = self.min_lr, self.max_lr
-        if self.warmup_steps:
+        starts at ``warmup_lr / warmup_steps`` and ends at ``warmup_lr``) and, with automatic
+        bounds, the range test's sweep (which contains the derived interval)."""
+        if self.range_test is not None:
+            lo, hi = self.range_test.lr_bounds()
+            if math.isfinite(self.min_lr):
+                lo, hi = min(lo, self.min_lr), max(hi, self.max_lr)
+        else:
+            lo, hi = self.min_lr, self.max_lr
+        if self.warmup_steps and math.isfinite(self.warmup_lr):
             lo = min(lo, self.warmup_lr / self.warmup_steps)
             hi = max(hi, self.warmup_lr)
         return (lo, hi)
 
     def summary(self) -> dict:
         cur = self.current
-        total = self.search_steps + self.train_steps
+        searched = self.search_steps + self.bounds_steps
+        total = searched + self.train_steps
+        bounds = self._bounds_state()
         out = {
             "stage": self.stage, "phase": self.phase, "lr": self.lr, "step": self.step,
             "mode": "val" if self.val_mode else "train", "tau": self.tau,
             "search_steps": self.search_steps, "train_steps": self.train_steps,
-            "warmup_steps": self.warmup_trained,
-            "overhead": self.search_steps / total if total else 0.0,
+            "warmup_steps": self.warmup_trained, "bounds_steps": self.bounds_steps,
+            "min_lr": bounds["min_lr"], "max_lr": bounds["max_lr"], "bounds_source": bounds["source"],
+            "overhead": searched / total if total else 0.0,
         }
+        if self.phase == "bounds":
+            out["range_test_points"] = len(self.range_test.history["lr"])
         if cur is not None:
             out.update({
                 "trial": len(cur["trials"]), "k": self.k, "trial_steps": cur["trial_steps"],

@@ -373,3 +373,81 @@ def test_initial_lr_of_zero_is_treated_as_unknown():
     assert make_tuner("autolrs", {"initial_lr": 0.0}).lr_bounds() == (1e-3, 1.0)
     with pytest.raises(ConfigError, match="set both"):
         make_tuner("autolrs", {"initial_lr": 1e-4, "min_lr": 0.01})
+
+
+# --- automatic bounds from a range test -------------------------------------------------
+
+AUTO = {"min_lr": "auto", "max_lr": "auto", "auto_start_lr": 1e-5, "auto_end_lr": 10.0,
+        "auto_num_iter": 50, "tau": 40, "tau_max": 160, "k": 3}
+
+
+def test_auto_bounds_run_a_range_test_first_and_use_its_curve():
+    from autolrs import lr_curve
+    from autolrs.tuners.range_test import SLOT
+
+    tuner = make_tuner("autolrs", {**AUTO, "initial_lr": 0.1, "max_steps": 800}, seed=0)
+    assert tuner.summary()["bounds_source"].startswith("auto")
+    client = SimulatedClient(QuadraticBowl(best_lr=0.1, diverge_lr=3.0), seed=0)
+    # The sweep: a checkpoint, then exponentially spaced LRs from auto_start_lr.
+    plan = tuner.ask()
+    assert plan[0] == actions.checkpoint(SLOT)
+    assert plan[-1]["lrs"][0] == pytest.approx(1e-5)
+    while tuner.phase == "bounds":
+        tuner.tell(client.execute(tuner.ask()))
+    history = tuner.range_test.history
+    expected = lr_curve.bounds_from_curve(history["lr"], history["smoothed"])
+    assert (tuner.min_lr, tuner.max_lr) == pytest.approx(expected)
+    assert tuner.min_lr < 0.1 < tuner.max_lr < 3.0  # the optimum inside, divergence outside
+    # The first stage starts from the weights the sweep started from, with the LR in the new interval.
+    plan = tuner.ask()
+    assert shape(plan)[:3] == [("restore", SLOT), ("discard", SLOT), ("checkpoint", "stage")]
+    assert tuner.min_lr <= plan[3]["lr"] <= tuner.max_lr
+    assert tuner.bounds_steps == len(history["lr"]) or tuner.range_test.done == "diverged"
+    client.drive(tuner)
+    s = tuner.summary()
+    assert client.step == 800 and s["bounds_source"].startswith("range test")
+    assert all(tuner.min_lr <= t["lr"] <= tuner.max_lr for st in tuner.stages for t in st["trials"])
+    assert s["bounds_steps"] > 0 and s["overhead"] > 0
+
+
+def test_auto_bounds_keep_a_bound_given_as_a_number():
+    tuner = make_tuner("autolrs", {**AUTO, "max_lr": 0.5, "initial_lr": 0.1, "max_steps": 600}, seed=0)
+    SimulatedClient(QuadraticBowl(best_lr=0.1, diverge_lr=3.0), seed=0).drive(tuner)
+    assert tuner.max_lr == 0.5 and tuner.min_lr < 0.5
+    assert tuner.summary()["bounds_source"].startswith("range test")
+
+
+def test_auto_bounds_fall_back_to_defaults_when_the_loss_never_falls():
+    tuner = make_tuner("autolrs", {**AUTO, "initial_lr": 0.1, "max_steps": 400}, seed=0)
+    client = FlatClient(value=lambda lr, i: 1.0 + lr)  # the loss only rises with the LR
+    client.drive(tuner)
+    assert (tuner.min_lr, tuner.max_lr) == (pytest.approx(1e-3), pytest.approx(1.0))
+    assert tuner.summary()["bounds_source"].startswith("defaults: the loss never fell")
+    assert client.stopped and client.step == 400
+
+
+def test_auto_bounds_state_round_trips_mid_sweep():
+    config = {**AUTO, "initial_lr": 0.1, "max_steps": 600}
+    tuner = make_tuner("autolrs", config, seed=3)
+    client = SimulatedClient(seed=1)
+    for _ in range(2):
+        tuner.tell(client.execute(tuner.ask()))
+    assert tuner.phase == "bounds"
+    resumed = make_tuner("autolrs", config, seed=3)
+    resumed.load_state_dict(protocol.loads(protocol.dumps(tuner.state_dict())))
+    while tuner.phase != "done":
+        plan = tuner.ask()
+        assert resumed.ask() == plan
+        obs = client.execute(plan)
+        if obs is None:
+            break
+        tuner.tell(obs)
+        resumed.tell(obs)
+    assert resumed.state_dict() == tuner.state_dict()
+
+
+def test_auto_bounds_bad_sweep_config_is_a_clear_error():
+    with pytest.raises(ConfigError, match="auto_start_lr"):
+        make_tuner("autolrs", {**AUTO, "auto_start_lr": 1.0, "auto_end_lr": 0.1})
+    with pytest.raises(ConfigError, match="min_lr"):
+        make_tuner("autolrs", {**AUTO, "min_lr": "automatic"})

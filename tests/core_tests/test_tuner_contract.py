@@ -22,15 +22,23 @@ SMALL = {
 }
 
 
+# Configurations that change a tuner's plans enough to run the contract again: "name:variant".
+VARIANTS = {
+    "autolrs:auto-bounds": ("autolrs", {**SMALL["autolrs"], "min_lr": "auto", "max_lr": "auto",
+                                        "auto_start_lr": 1e-4, "auto_num_iter": 40}),
+}
+
+
 def build(name, seed=7):
-    return make_tuner(name, {**SMALL.get(name, {}), **JOB}, seed=seed)
+    tuner, config = VARIANTS.get(name, (name, SMALL.get(name, {})))
+    return make_tuner(tuner, {**config, **JOB}, seed=seed)
 
 
 def wire_round_trip(obj):
     return protocol.loads(protocol.dumps(obj))
 
 
-@pytest.fixture(params=sorted(TUNERS))
+@pytest.fixture(params=sorted(TUNERS) + sorted(VARIANTS))
 def name(request):
     return request.param
 
@@ -109,4 +117,4 @@ def test_state_dict_is_plain_json(name):
 
 def test_unknown_option_is_a_clear_error(name):
     with pytest.raises(ValueError, match="unknown option"):
-        make_tuner(name, {**JOB, "no_such_knob": 1})
+        make_tuner(VARIANTS.get(name, (name,))[0], {**JOB, "no_such_knob": 1})

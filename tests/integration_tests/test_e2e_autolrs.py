@@ -70,3 +70,34 @@ def test_autolrs_beats_training_at_min_lr(live_server, digits, tmp_path):
     stages = [s["last_stage"] for s in summaries if s.get("last_stage")]
     assert stages and all(len(stage["trials"]) == 4 for stage in stages)
     assert all(MIN_LR <= t["lr"] <= MAX_LR for stage in stages for t in stage["trials"])
+
+
+def test_autolrs_with_auto_bounds_needs_no_lr_range(live_server, digits, tmp_path):
+    """min_lr/max_lr "auto": a range test on the real model sets the interval, the weights it
+    started from are restored, and the search that follows still beats training at 1e-3."""
+    server = live_server(tmp_path / "state")
+    train_set, val_set = split(digits)
+    config = {"min_lr": "auto", "max_lr": "auto", "auto_start_lr": 1e-5, "auto_num_iter": 60,
+              "tau": 60, "k": 4, "tau_max": 240}
+
+    def factory(model, optimizer, val_fn):
+        return AutoLRS(model, optimizer, tuner="autolrs", config=config, server=server.endpoint,
+                       job="digits-auto", val_fn=val_fn, max_steps=BUDGET, seed=0)
+
+    tuned_loss, tuned_steps = train(train_set, val_set, factory)
+    baseline_loss, _ = train(train_set, val_set, lr=MIN_LR)
+    assert tuned_steps == BUDGET
+    assert tuned_loss < baseline_loss, (tuned_loss, baseline_loss)
+
+    records = [json.loads(line) for line in
+               (tmp_path / "state" / "jobs" / "digits-auto" / "decisions.jsonl").read_text().splitlines()]
+    plans = [r["plan"] for r in records if r.get("plan")]
+    # The first plan after the sweep puts the pre-sweep weights back before stage 1's checkpoint.
+    first_stage = next(p for p in plans if any(a.get("slot") == "stage" for a in p))
+    assert [a["op"] for a in first_stage[:3]] == ["restore", "discard", "checkpoint"]
+    last = [r["summary"] for r in records if r.get("summary")][-1]
+    assert last["bounds_source"].startswith("range test")
+    assert 1e-5 <= last["min_lr"] < last["max_lr"] <= 10.0
+    assert last["bounds_steps"] + last["search_steps"] + last["train_steps"] == BUDGET
+    stages = [s["last_stage"] for s in (r["summary"] for r in records if r.get("summary")) if s.get("last_stage")]
+    assert all(last["min_lr"] <= t["lr"] <= last["max_lr"] for stage in stages for t in stage["trials"])
