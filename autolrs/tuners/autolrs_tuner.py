@@ -46,6 +46,11 @@ against ``max_steps`` (the compute was spent) and are reported as ``bounds_steps
 supports no interval (the loss never fell) the defaults below are used and ``bounds_source``
 says why; the job never fails for it.
 
+Final decay (``final_decay`` ``cosine`` or ``linear``, with ``max_steps`` known): the run that
+ends the job (the last stage's exploitation) anneals the winner's LR to 0 over its steps
+instead of holding it, sent as per-step ``lrs`` in chunks of 1000. Beyond the original: a
+constant LR until the last step leaves the loss on the plateau that annealing would go below.
+
 Warm-up (``warmup_steps`` > 0): a linear ramp ``lr_i = warmup_lr / warmup_steps * (i + 1)``
 sent as ``run`` segments with per-step ``lrs`` (chunks of 1000), before stage 1.
 
@@ -82,6 +87,15 @@ STATE_VERSION = 2  # 2 added the automatic bounds; version 1 states load unchang
 WARMUP_CHUNK = 1000
 PHASES = ("bounds", "warmup", "trial", "exploit", "final", "done")
 AUTO = "auto"
+DECAYS = ("none", "cosine", "linear")
+
+
+def decayed_lr(lr: float, i: int, n: int, kind: str) -> float:
+    """The LR of step ``i`` of an ``n``-step run annealed from ``lr`` towards 0: cosine as
+    ``torch.optim.lr_scheduler.CosineAnnealingLR`` with ``T_max = n``, or linear."""
+    if kind == "cosine":
+        return lr * (1 + math.cos(math.pi * i / n)) / 2
+    return lr * (1 - i / n)
 
 
 def _round_half_up(x: float) -> int:
@@ -110,6 +124,7 @@ class AutoLRSTuner(Tuner):
         "use_val": True,  # switch to validation loss once tau reaches tau_max (needs has_val_fn)
         "keep_best_trial": False,  # exploit from the best trial's end weights (one extra copy)
         "loss_penalty": 1e6,  # forecast recorded for a diverged (NaN/inf) trial
+        "final_decay": "none",  # "cosine" or "linear": anneal the last stage's run to 0 (needs max_steps)
     }
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
@@ -156,6 +171,9 @@ class AutoLRSTuner(Tuner):
         self.use_val = cfg["use_val"] and bool(cfg["has_val_fn"])
         self.keep_best = cfg["keep_best_trial"]
         self.penalty = require_positive(cfg["loss_penalty"], "loss_penalty")
+        if cfg["final_decay"] not in DECAYS:
+            raise ConfigError(f"autolrs: final_decay must be one of {', '.join(DECAYS)}, got {cfg['final_decay']!r}")
+        self.final_decay = cfg["final_decay"]
         self.max_steps = cfg["max_steps"]
         # Exclusion radius around tried points (unit log-LR interval): a quarter of the spacing
         # k evenly spread points would have, at most 0.05.
@@ -394,6 +412,11 @@ class AutoLRSTuner(Tuner):
             "winner": trials[w]["lr"], "winner_forecast": trials[w]["forecast"],
             "all_failed": all(t["failed"] for t in trials),
         })
+        remaining = self._remaining()
+        # Only the run that ends the job is annealed: earlier stages' LRs stay the search's.
+        cur["decay"] = (self.final_decay != "none" and remaining is not None
+                        and cur["exploit_steps"] >= remaining)
+        cur["exploit_done"] = 0
         self.phase = "exploit"
 
     def _end_stage(self) -> None:
@@ -452,6 +475,24 @@ class AutoLRSTuner(Tuner):
         # exploit
         w = cur["winner"]
         lr = cur["trials"][w]["lr"]
+        if cur.get("decay"):
+            done = cur["exploit_done"]
+            n = self._exploit_chunk()
+            lrs = [decayed_lr(lr, i, cur["exploit_steps"], self.final_decay) for i in range(done, done + n)]
+            run = actions.run(n, self.step, lrs=lrs, collect=())
+            return [run] if done else self._exploit_prefix(w) + [run]
+        return self._exploit_prefix(w) + [actions.set_lr(lr), self._run(cur["exploit_steps"], collect=())]
+
+    def _exploit_chunk(self) -> int:
+        """Steps of the next message of an annealed run (its LRs travel in chunks)."""
+        cur = self.current
+        n = min(WARMUP_CHUNK, cur["exploit_steps"] - cur["exploit_done"])
+        remaining = self._remaining()
+        return n if remaining is None else max(1, min(n, remaining))
+
+    def _exploit_prefix(self, w: int) -> list[dict]:
+        """The weights the winner's run starts from: the stage checkpoint, or the best trial's."""
+        cur = self.current
         plan = []
         if self.keep_best and cur["best_slot"] == w:
             if w != len(cur["trials"]) - 1:
@@ -462,8 +503,6 @@ class AutoLRSTuner(Tuner):
             plan.append(actions.restore("stage"))
             if cur["best_saved"]:
                 plan.append(actions.discard("best"))
-        plan.append(actions.set_lr(lr))
-        plan.append(self._run(cur["exploit_steps"], collect=()))
         return plan
 
     def tell(self, observation: Observation) -> None:
@@ -479,7 +518,10 @@ class AutoLRSTuner(Tuner):
                 self._begin()
             return
         self.restore_range_test = False  # the plan that carried it has been carried out
-        n = self._warmup_chunk() if self.phase == "warmup" else 0  # what the plan asked for
+        # What the plan asked for, when the phase advances in chunks.
+        n = self._warmup_chunk() if self.phase == "warmup" else 0
+        if self.phase == "exploit" and self.current.get("decay"):
+            n = self._exploit_chunk()
         self.step = max(0, int(observation.step))
         if self.phase == "warmup":
             self.warmup_done += n
@@ -516,8 +558,17 @@ class AutoLRSTuner(Tuner):
                 self._end_search()
             return
         # exploit
+        lr = cur["trials"][cur["winner"]]["lr"]
+        if cur.get("decay"):
+            cur["exploit_done"] += n
+            self.train_steps += n
+            self.lr = decayed_lr(lr, cur["exploit_done"] - 1, cur["exploit_steps"], self.final_decay)
+            if cur["exploit_done"] < cur["exploit_steps"] and self._remaining() > 0:
+                return
+            self._end_stage()
+            return
         self.train_steps += cur["exploit_steps"]
-        self.lr = cur["trials"][cur["winner"]]["lr"]
+        self.lr = lr
         self._end_stage()
 
     def state_dict(self) -> dict:
@@ -576,6 +627,8 @@ class AutoLRSTuner(Tuner):
                 lo, hi = min(lo, self.min_lr), max(hi, self.max_lr)
         else:
             lo, hi = self.min_lr, self.max_lr
+        if self.final_decay != "none" and self.max_steps is not None:
+            lo = 0.0  # the last run anneals towards 0
         if self.warmup_steps and math.isfinite(self.warmup_lr):
             lo = min(lo, self.warmup_lr / self.warmup_steps)
             hi = max(hi, self.warmup_lr)

@@ -451,3 +451,44 @@ def test_auto_bounds_bad_sweep_config_is_a_clear_error():
         make_tuner("autolrs", {**AUTO, "auto_start_lr": 1.0, "auto_end_lr": 0.1})
     with pytest.raises(ConfigError, match="min_lr"):
         make_tuner("autolrs", {**AUTO, "min_lr": "automatic"})
+
+
+# --- annealing the last stage -----------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_final_decay_anneals_only_the_run_that_ends_the_job(kind):
+    import torch
+
+    tuner = build(max_steps=2500, final_decay=kind)
+    client = FlatClient().drive(tuner)
+    assert client.stopped and client.step == 2500
+    runs = [p[-1] for p in client.plans if p[-1]["op"] == "run"]
+    annealed = [r for r in runs if "lrs" in r]
+    assert annealed and all(r["steps"] <= 1000 for r in annealed)  # the LRs travel in chunks
+    lrs = [lr for r in annealed for lr in r["lrs"]]
+    last = tuner.stages[-1]
+    assert len(lrs) == last["exploit_steps"] and annealed[-1]["start_step"] + annealed[-1]["steps"] == 2500
+    if kind == "cosine":  # the same LRs as torch's CosineAnnealingLR over the run
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=last["winner"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=len(lrs))
+        expected = []
+        for _ in lrs:
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    else:
+        assert lrs == pytest.approx([last["winner"] * (1 - i / len(lrs)) for i in range(len(lrs))])
+    # Earlier stages still train at their winner, with a plain set_lr.
+    assert all("lrs" not in p[-1] for p in client.plans[:len(client.plans) - len(annealed) - 1])
+    assert tuner.lr_bounds()[0] == 0.0 and min(lrs) >= 0.0
+
+
+def test_final_decay_needs_a_budget_and_a_known_kind():
+    client = FlatClient()
+    tuner = build(final_decay="cosine")  # no max_steps: no last stage to anneal
+    for _ in range(12):
+        tuner.tell(client.execute(tuner.ask()))
+    assert all("lrs" not in p[-1] for p in client.plans)
+    with pytest.raises(ConfigError, match="final_decay"):
+        build(final_decay="step")

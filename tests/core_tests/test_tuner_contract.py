@@ -26,6 +26,8 @@ SMALL = {
 VARIANTS = {
     "autolrs:auto-bounds": ("autolrs", {**SMALL["autolrs"], "min_lr": "auto", "max_lr": "auto",
                                         "auto_start_lr": 1e-4, "auto_num_iter": 40}),
+    "autolrs:keep-best-final-decay": ("autolrs", {**SMALL["autolrs"], "keep_best_trial": True,
+                                                  "final_decay": "cosine"}),
 }
 
 
