@@ -20,6 +20,11 @@ Actions are plain dicts so that they go on the wire unchanged:
 ``stop``       ``{"op": "stop", "reason": "budget"}``: the tuner is done; ``should_stop`` turns true
 =============  ===========================================================================
 
+A ``run`` of a hypergradient tuner also carries ``"hypergrad": {"method": "hd" | "tangent",
+"mu": 0.9, "vb": false}`` and ``"hypergrad"`` in ``collect``: the client then reports a few
+scalars the server's LR rule needs (see :func:`validate_hypergrad` and
+:attr:`Observation.hypergrad`); gradient-sized vectors never leave the client.
+
 The report that ends a ``run`` becomes an :class:`Observation` for the tuner's ``tell``.
 """
 
@@ -31,7 +36,10 @@ from typing import Any
 
 OPS = ("set_lr", "checkpoint", "restore", "discard", "evaluate", "run", "stop")
 TERMINAL_OPS = ("run", "stop")
-COLLECTABLE = ("loss",)
+COLLECTABLE = ("loss", "hypergrad")
+#: What the client computes for a hypergradient run: ``hd`` (training hypergradient of each
+#: step) or ``tangent`` (validation gradient dotted with the LR tangent, at the segment end).
+HYPERGRAD_METHODS = ("hd", "tangent")
 
 
 def set_lr(lr: float) -> dict:
@@ -55,12 +63,28 @@ def evaluate() -> dict:
 
 
 def run(steps: int, start_step: int, *, lrs: list[float] | None = None, eval_every: int = 0,
-        collect: tuple[str, ...] = ("loss",)) -> dict:
+        collect: tuple[str, ...] = ("loss",), hypergrad: dict | None = None) -> dict:
     action: dict[str, Any] = {"op": "run", "steps": int(steps), "start_step": int(start_step),
                               "eval_every": int(eval_every), "collect": list(collect)}
     if lrs is not None:
         action["lrs"] = [float(lr) for lr in lrs]
+    if hypergrad is not None:
+        action["hypergrad"] = dict(hypergrad)
     return action
+
+
+def validate_hypergrad(spec: Any, where: str = "hypergrad") -> dict:
+    """Check a run's ``hypergrad`` spec: ``method`` in HYPERGRAD_METHODS, ``mu`` in [0, 1]
+    (tangent only: the discount of the tangent's memory), ``vb`` a bool (report the dot
+    product of the validation and the last training gradient, for MARTHE's adaptive mu)."""
+    if not isinstance(spec, dict) or spec.get("method") not in HYPERGRAD_METHODS:
+        raise ValueError(f"{where}: 'method' must be one of {', '.join(HYPERGRAD_METHODS)}")
+    mu = spec.get("mu", 0.0)
+    if not _is_number(mu) or not 0.0 <= mu <= 1.0:
+        raise ValueError(f"{where}: 'mu' must be a number in [0, 1], got {mu!r}")
+    if not isinstance(spec.get("vb", False), bool):
+        raise ValueError(f"{where}: 'vb' must be true or false")
+    return spec
 
 
 def stop(reason: str) -> dict:
@@ -107,6 +131,8 @@ def validate_plan(plan: Any) -> list[dict]:
                     raise ValueError(f"action {i}: 'lrs' must list one LR per step ({steps})")
                 for lr in lrs:
                     _check_lr(lr, f"action {i}")
+            if "hypergrad" in action:
+                validate_hypergrad(action["hypergrad"], f"action {i}")
     return plan
 
 
@@ -126,12 +152,17 @@ class Observation:
     ``step`` is the client's global step count when it reported, ``steps`` how many steps the
     segment had, ``losses`` the training loss of each (NaN and inf allowed: they mean
     divergence), ``evals`` the ``[position in segment, value]`` pairs of ``val_fn`` results.
+    ``hypergrad`` (hypergradient runs only, else None): ``{"h": [...], "vb": x, "val_loss": x}``,
+    ``h`` the hypergradients dE/dLR the client computed in order (one per step for ``hd``, one
+    at the segment end for ``tangent``; non-finite values allowed), ``vb`` and ``val_loss``
+    numbers or None.
     """
 
     step: int
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)
+    hypergrad: dict | None = None
 
     @classmethod
     def from_body(cls, body: dict) -> "Observation":
@@ -150,11 +181,32 @@ class Observation:
                 isinstance(e, list) and len(e) == 2 and _is_int(e[0]) and _is_number(e[1]) for e in evals):
             raise ValueError("'evals' must be a list of [position, value] pairs")
         return cls(step=step, steps=steps, losses=[float(x) for x in losses],
-                   evals=[(int(p), float(v)) for p, v in evals])
+                   evals=[(int(p), float(v)) for p, v in evals],
+                   hypergrad=_parse_hypergrad(body.get("hypergrad")))
 
     def to_body(self) -> dict:
-        return {"step": self.step, "steps": self.steps, "losses": list(self.losses),
+        body = {"step": self.step, "steps": self.steps, "losses": list(self.losses),
                 "evals": [[p, v] for p, v in self.evals]}
+        if self.hypergrad is not None:
+            body["hypergrad"] = dict(self.hypergrad)
+        return body
+
+
+def _parse_hypergrad(value: Any) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("'hypergrad' must be an object")
+    h = value.get("h", [])
+    if not isinstance(h, list) or not all(_is_number(x) for x in h):
+        raise ValueError("'hypergrad.h' must be a list of numbers")
+    out: dict[str, Any] = {"h": [float(x) for x in h]}
+    for key in ("vb", "val_loss"):
+        x = value.get(key)
+        if x is not None and not _is_number(x):
+            raise ValueError(f"'hypergrad.{key}' must be a number or null")
+        out[key] = None if x is None else float(x)
+    return out
 
 
 def _is_number(value: Any) -> bool:

@@ -41,6 +41,14 @@ class QuadraticBowl:
     def val_loss(self, state: float) -> float:
         return self.floor + 0.05 + state
 
+    def lr_hypergradient(self, state: float, lr: float) -> float:
+        """d(loss after one step from ``state``)/d(lr): negative below ``best_lr``, positive
+        above, so a hypergradient tuner should move the LR towards ``best_lr``."""
+        if lr >= self.diverge_lr or not math.isfinite(state):
+            return math.nan
+        r = lr / self.best_lr
+        return -state * self.rate * 2 * (1 - r * r) / (1 + r * r) ** 2 / self.best_lr
+
 
 class SimulatedClient:
     """Runs a tuner's plans against ``model`` until it says stop or ``max_reports`` is reached."""
@@ -85,17 +93,29 @@ class SimulatedClient:
 
     def _run(self, action: dict, evals: list[tuple[int, float]]) -> Observation:
         lrs, every, losses = action.get("lrs"), action.get("eval_every", 0), []
+        spec, hs = action.get("hypergrad"), []
         for i in range(action["steps"]):
             if lrs is not None:
                 self.lr = lrs[i]
+            h = self.model.lr_hypergradient(self.state, self.lr)
             self.state = self.model.step(self.state, self.lr)
             self.step += 1
             self.lr_history.append(self.lr)
             loss = self.model.loss(self.state, self.rng)
-            losses.append(self.corrupt(self.step, loss) if self.corrupt else loss)
+            if self.corrupt:
+                loss = self.corrupt(self.step, loss)
+                if not math.isfinite(loss):  # a diverged step gives a non-finite hypergradient too
+                    h = loss
+            losses.append(loss)
+            if spec is not None and (spec["method"] == "hd" or i == action["steps"] - 1):
+                hs.append(h + self.model.noise * float(self.rng.standard_normal()))
             if every and (i + 1) % every == 0:
                 evals.append((i + 1, self.model.val_loss(self.state)))
-        return Observation(step=self.step, steps=action["steps"], losses=losses, evals=evals)
+        hypergrad = None
+        if spec is not None:
+            hypergrad = {"h": hs, "vb": self.model.rate * self.state, "val_loss": self.model.val_loss(self.state)}
+        return Observation(step=self.step, steps=action["steps"], losses=losses, evals=evals,
+                           hypergrad=hypergrad)
 
     def drive(self, tuner, max_reports: int = 10_000) -> "SimulatedClient":
         """ask/execute/tell until the tuner stops or ``max_reports`` segments have run."""

@@ -6,7 +6,9 @@ from typing import Any, Mapping
 
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
+from autolrs.tuners.hypergradient import HDTuner, MartheTuner, RTHOTuner
 from autolrs.tuners.range_test import RangeTestTuner
+from autolrs.tuners.record import RecordTuner
 from autolrs.tuners.schedules import ConstantTuner, CosineTuner, ExponentialTuner, StepTuner
 
 TUNERS: dict[str, type[Tuner]] = {}
@@ -23,7 +25,8 @@ def register(cls: type[Tuner]) -> type[Tuner]:
     return cls
 
 
-for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTuner, RangeTestTuner):
+for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTuner, RangeTestTuner,
+             HDTuner, RTHOTuner, MartheTuner, RecordTuner):
     register(_cls)
 
 

@@ -19,6 +19,10 @@ SMALL = {
     "cosine": {"chunk": 64, "T_0": 30, "T_mult": 2, "eta_min": 0.001},
     "autolrs": {"tau": 40, "tau_max": 160, "k": 3, "min_lr": 0.001, "max_lr": 1.0},
     "range_test": {"start_lr": 1e-4, "end_lr": 10.0, "num_iter": 60, "chunk": 8},
+    "record": {"chunk": 50, "eval_every": 10, "lr_min": 1e-3, "lr_max": 1.0},
+    "hd": {"every": 20, "beta": 0.05},
+    "rtho": {"every": 20, "beta": 0.05},
+    "marthe": {"every": 20, "beta": 0.05},
 }
 
 
