@@ -13,6 +13,11 @@ Actions are plain dicts so that they go on the wire unchanged:
 ``restore``    ``{"op": "restore", "slot": "stage"}``: load that copy back, bitwise
 ``discard``    ``{"op": "discard", "slot": "stage"}``: free the copy
 ``evaluate``   ``{"op": "evaluate"}``: call ``val_fn`` now; reported at segment position 0
+``probe``      ``{"op": "probe", "slot": "loss_diff", "lrs": [...]}``: one-step loss changes on one
+               subsample (the client's ``probe_fn``: the loss of its current batch): restore
+               ``slot``, loss and gradient; then per LR restore ``slot`` and that gradient, set
+               the LR, one optimizer step, the loss again; at the end restore ``slot`` and the LR.
+               The next report carries ``probes``: ``[loss_before, loss_after]`` per LR, in order
 ``run``        ``{"op": "run", "steps": 100, "start_step": 1200, "lrs": [...], "eval_every": 0,
                "collect": ["loss"]}``: train ``steps`` steps; ``lrs`` (optional) gives the LR of
                each of them, ``start_step`` the global step the segment starts at (a client that
@@ -34,7 +39,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-OPS = ("set_lr", "checkpoint", "restore", "discard", "evaluate", "run", "stop")
+OPS = ("set_lr", "checkpoint", "restore", "discard", "evaluate", "probe", "run", "stop")
 TERMINAL_OPS = ("run", "stop")
 COLLECTABLE = ("loss", "hypergrad")
 #: What the client computes for a hypergradient run: ``hd`` (training hypergradient of each
@@ -60,6 +65,14 @@ def discard(slot: str) -> dict:
 
 def evaluate() -> dict:
     return {"op": "evaluate"}
+
+
+def probe(slot: str, lrs: list[float]) -> dict:
+    return {"op": "probe", "slot": slot, "lrs": [float(lr) for lr in lrs]}
+
+
+#: The most LRs one ``probe`` action may carry.
+MAX_PROBE_LRS = 10_000
 
 
 def run(steps: int, start_step: int, *, lrs: list[float] | None = None, eval_every: int = 0,
@@ -97,7 +110,7 @@ def plan_lrs(plan: list[dict]) -> list[float]:
     for action in plan:
         if action["op"] == "set_lr":
             lrs.append(action["lr"])
-        elif action["op"] == "run" and "lrs" in action:
+        elif action["op"] in ("run", "probe") and "lrs" in action:
             lrs.extend(action["lrs"])
     return lrs
 
@@ -117,6 +130,14 @@ def validate_plan(plan: Any) -> list[dict]:
         elif op in ("checkpoint", "restore", "discard"):
             if not isinstance(action.get("slot"), str) or not action["slot"]:
                 raise ValueError(f"action {i}: '{op}' needs a non-empty 'slot'")
+        elif op == "probe":
+            if not isinstance(action.get("slot"), str) or not action["slot"]:
+                raise ValueError(f"action {i}: 'probe' needs a non-empty 'slot'")
+            lrs = action.get("lrs")
+            if not isinstance(lrs, list) or not 1 <= len(lrs) <= MAX_PROBE_LRS:
+                raise ValueError(f"action {i}: 'probe' needs 'lrs', a list of 1 to {MAX_PROBE_LRS} LRs")
+            for lr in lrs:
+                _check_lr(lr, f"action {i}")
         elif op == "run":
             steps = action.get("steps")
             if not _is_int(steps) or steps < 1:
@@ -155,7 +176,8 @@ class Observation:
     ``hypergrad`` (hypergradient runs only, else None): ``{"h": [...], "vb": x, "val_loss": x}``,
     ``h`` the hypergradients dE/dLR the client computed in order (one per step for ``hd``, one
     at the segment end for ``tangent``; non-finite values allowed), ``vb`` and ``val_loss``
-    numbers or None.
+    numbers or None. ``probes``: the ``[loss_before, loss_after]`` pairs of the plan's ``probe``
+    actions, one per LR in order (empty when it had none or the client could not probe).
     """
 
     step: int
@@ -163,6 +185,7 @@ class Observation:
     losses: list[float] = field(default_factory=list)
     evals: list[tuple[int, float]] = field(default_factory=list)
     hypergrad: dict | None = None
+    probes: list[tuple[float, float]] = field(default_factory=list)
 
     @classmethod
     def from_body(cls, body: dict) -> "Observation":
@@ -180,15 +203,22 @@ class Observation:
         if not isinstance(evals, list) or not all(
                 isinstance(e, list) and len(e) == 2 and _is_int(e[0]) and _is_number(e[1]) for e in evals):
             raise ValueError("'evals' must be a list of [position, value] pairs")
+        probes = body.get("probes", [])
+        if not isinstance(probes, list) or not all(
+                isinstance(p, list) and len(p) == 2 and _is_number(p[0]) and _is_number(p[1]) for p in probes):
+            raise ValueError("'probes' must be a list of [loss_before, loss_after] pairs")
         return cls(step=step, steps=steps, losses=[float(x) for x in losses],
                    evals=[(int(p), float(v)) for p, v in evals],
-                   hypergrad=_parse_hypergrad(body.get("hypergrad")))
+                   hypergrad=_parse_hypergrad(body.get("hypergrad")),
+                   probes=[(float(a), float(b)) for a, b in probes])
 
     def to_body(self) -> dict:
         body = {"step": self.step, "steps": self.steps, "losses": list(self.losses),
                 "evals": [[p, v] for p, v in self.evals]}
         if self.hypergrad is not None:
             body["hypergrad"] = dict(self.hypergrad)
+        if self.probes:  # absent when empty: reports without probes stay as they were
+            body["probes"] = [[a, b] for a, b in self.probes]
         return body
 
 
