@@ -49,6 +49,8 @@ class ErrorCode:
     BAD_CONFIG = "bad_config"
     JOB_CONFLICT = "job_conflict"  # hello for a live job with another tuner or config
     JOB_FINISHED = "job_finished"
+    TOO_MANY_SESSIONS = "too_many_sessions"  # hello for a new job while the server is at max_sessions
+    UNAUTHENTICATED = "unauthenticated"  # unsigned, badly signed, stale or replayed (server with a secret)
     INTERNAL = "internal"
 
 

@@ -18,6 +18,10 @@ A reply is accepted only when it decodes as protocol JSON and carries the pendin
 ``seq``; anything else counts as no reply. The one exception is an error reply without a
 ``seq``: the server sends those when it could not read the request at all (``too_large``,
 ``malformed``), and on a REQ socket that reply can only be the answer to our last send.
+
+With a shared secret (``secret=``, else ``$AUTOLRS_SECRET`` / ``$AUTOLRS_SECRET_FILE``) every
+transmission carries an auth frame (:mod:`autolrs.auth`), signed afresh for each resend so the
+server's replay check never refuses a retry; the payload, and its ``seq``, stay the same.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 import zmq
 
-from autolrs import protocol
+from autolrs import auth, protocol
 from autolrs.callbacks.errors import ServerError, ServerUnavailable
 
 log = logging.getLogger(__name__)
@@ -41,11 +45,12 @@ class Client:
     """Request-reply with one server endpoint for one job (see the module docstring).
 
     ``timeout`` is the default total time a blocking :meth:`request` may take; within it the
-    request is sent up to ``attempts`` times, each on a fresh socket.
+    request is sent up to ``attempts`` times, each on a fresh socket. ``secret`` (str or bytes;
+    default from the environment, see :func:`autolrs.auth.resolve_secret`) signs every request.
     """
 
     def __init__(self, endpoint: str, job_id: str, timeout: float = 5.0, client_id: str | None = None, *,
-                 attempts: int = 3, context: zmq.Context | None = None):
+                 attempts: int = 3, context: zmq.Context | None = None, secret: str | bytes | None = None):
         if not protocol.is_valid_job_id(job_id):
             raise ValueError(f"invalid job id {job_id!r}: 1-128 characters of letters, digits, '.', '_' "
                              "or '-', starting with a letter or digit")
@@ -58,6 +63,10 @@ class Client:
         self.timeout = float(timeout)
         self.attempts = int(attempts)
         self.client_id = client_id or uuid.uuid4().hex
+        try:
+            self._secret = auth.resolve_secret(secret)
+        except auth.SecretError as exc:
+            raise ValueError(str(exc)) from None
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         # True while the current socket has sent the pending frame and not received yet.
@@ -222,7 +231,11 @@ class Client:
         self.last_sent = time.monotonic()
         try:
             # Never blocks: with nothing connected yet zmq queues the frame for the peer.
-            self._socket.send(self._pending[2], zmq.NOBLOCK)
+            frame = self._pending[2]
+            if self._secret is None:
+                self._socket.send(frame, zmq.NOBLOCK)
+            else:
+                self._socket.send_multipart([frame, auth.sign(self._secret, frame)], zmq.NOBLOCK)
         except zmq.Again:
             log.debug("send would block; the request goes at the next resend")
             return

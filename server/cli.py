@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import zmq
 
 import autolrs
-from autolrs import protocol
+from autolrs import auth, protocol
 
 from autolrs.server.config import ConfigError, load_config
 from autolrs.server.sessions import StateDirLocked
@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default from config: 5555)")
     serve.add_argument("--config", help="YAML file merged over the built-in defaults")
     serve.add_argument("--state-dir", help="where job state and decision logs are kept")
+    serve.add_argument("--secret-file", help="file holding the shared secret that requests must be signed with "
+                       "(default: $AUTOLRS_SECRET, else the file named by $AUTOLRS_SECRET_FILE, else none)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow binding a non-loopback --host without a secret (logs a warning)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO)")
 
@@ -50,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--server", default=DEFAULT_SERVER, help=f"server endpoint (default {DEFAULT_SERVER})")
         c.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
         c.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+        c.add_argument("--secret-file", help="sign the request with this file's secret "
+                       "(default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE)")
     return p
 
 
@@ -71,7 +77,10 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"server": {k: v for k, v in (("host", args.host), ("port", args.port),
-                                                              ("state_dir", args.state_dir)) if v is not None}}
+                                                              ("state_dir", args.state_dir),
+                                                              ("secret_file", args.secret_file)) if v is not None}}
+    if args.insecure:
+        overrides["server"]["allow_insecure"] = True
     try:
         config = load_config(args.config, overrides)
     except ConfigError as exc:
@@ -82,6 +91,9 @@ def serve(args: argparse.Namespace) -> int:
 
     try:
         server = make_server(config)
+    except ConfigError as exc:  # the secret, or a non-loopback address without one
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        return 2
     except StateDirLocked as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
@@ -100,7 +112,9 @@ def serve(args: argparse.Namespace) -> int:
     try:
         # The one line a launcher waits for (run.sh parses it): flushed at once.
         print(f"{PROG} listening on {server.endpoint} state_dir={server.dispatcher.store.state_dir}", flush=True)
-        log.info("serving %d job(s) from %s", len(server.dispatcher.store), server.dispatcher.store.state_dir)
+        log.info("serving %d job(s) from %s with %d worker(s); requests %s", len(server.dispatcher.store),
+                 server.dispatcher.store.state_dir, config.workers,
+                 "must be signed" if server.verifier is not None else "are not authenticated")
         server.serve_forever()
     finally:
         server.close()
@@ -114,14 +128,16 @@ def serve(args: argparse.Namespace) -> int:
 # --- status / ping -----------------------------------------------------------------------
 
 
-def request(endpoint: str, kind: str, timeout: float) -> dict:
-    """One request over a fresh REQ socket; raises TimeoutError, never blocks past ``timeout``."""
+def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = None) -> dict:
+    """One request over a fresh REQ socket (signed with ``secret`` if given); raises
+    TimeoutError, never blocks past ``timeout``."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(endpoint)
-        sock.send(protocol.dumps(protocol.request(kind, {}, client_id=f"cli-{uuid.uuid4().hex[:12]}")))
+        payload = protocol.dumps(protocol.request(kind, {}, client_id=f"cli-{uuid.uuid4().hex[:12]}"))
+        sock.send_multipart([payload] if secret is None else [payload, auth.sign(secret, payload)])
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             raise TimeoutError(f"no answer from {endpoint} within {timeout:g} s (is the server running?)")
         return protocol.loads(sock.recv())
@@ -132,9 +148,14 @@ def request(endpoint: str, kind: str, timeout: float) -> dict:
 
 def query(args: argparse.Namespace) -> int:
     kind = args.command
+    try:
+        secret = auth.resolve_secret(None, args.secret_file)
+    except auth.SecretError as exc:
+        print(f"{PROG} {kind}: {exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     try:
-        reply = request(args.server, kind, args.timeout)
+        reply = request(args.server, kind, args.timeout, secret)
     except TimeoutError as exc:
         print(f"{PROG} {kind}: {exc}", file=sys.stderr)
         return 1

@@ -32,6 +32,13 @@ class ServerConfig:
     fsync: bool
     #: tuner name -> default knobs for jobs using that tuner.
     tuners: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Many jobs and authentication (see defaults.yaml).
+    workers: int = 4
+    max_sessions: int = 1000
+    lease_s: float = 3600.0
+    secret_file: str | None = None
+    auth_window_s: float = 120.0
+    allow_insecure: bool = False
 
 
 def load_defaults() -> dict:
@@ -127,8 +134,31 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     fsync = s["fsync"]
     if not isinstance(fsync, bool):
         raise ConfigError(f"server.fsync must be true or false, got {fsync!r}")
+    secret_file = s["secret_file"]
+    if secret_file is not None and (not isinstance(secret_file, (str, Path)) or not str(secret_file)):
+        raise ConfigError(f"server.secret_file must be a path or null, got {secret_file!r}")
+    allow_insecure = s["allow_insecure"]
+    if not isinstance(allow_insecure, bool):
+        raise ConfigError(f"server.allow_insecure must be true or false, got {allow_insecure!r}")
     return ServerConfig(host=host, port=port, state_dir=str(state_dir), max_message_bytes=max_bytes,
-                        fsync=fsync, tuners=copy.deepcopy(dict(merged.get("tuners") or {})))
+                        fsync=fsync, tuners=copy.deepcopy(dict(merged.get("tuners") or {})),
+                        workers=_int(s["workers"], "server.workers", 1, 256),
+                        max_sessions=_int(s["max_sessions"], "server.max_sessions", 1, 1_000_000),
+                        lease_s=_seconds(s["lease_s"], "server.lease_s"),
+                        secret_file=None if secret_file is None else str(secret_file),
+                        auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
+                        allow_insecure=allow_insecure)
+
+
+def _seconds(value: Any, key: str) -> float:
+    if isinstance(value, str):  # from a command line or a quoted YAML value
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key} must be a number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 def _int(value: Any, key: str, lo: int, hi: int) -> int:

@@ -8,6 +8,11 @@ disk before the reply leaves, so an acknowledged request survives a crash.
 Job requests (hello/report/goodbye) are idempotent per ``(client_id, seq)``: a resend of the
 last applied request gets the cached reply and is not applied twice (lazy-pirate clients resend
 after a timeout without knowing whether the first copy arrived).
+
+Thread-safe: requests of one job are serialised by a per-job lock, so requests of different
+jobs (and ping/status) run at the same time on the transport's worker threads. ``status``
+reads each session's tuner summary as cached after its last change, never a tuner in the
+middle of a request.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import threading
 import time
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import autolrs
 from autolrs import actions, protocol
@@ -25,9 +30,24 @@ from autolrs.protocol import ErrorCode, ProtocolError
 from autolrs.tuners import ConfigError, UnknownTunerError, make_tuner
 
 from autolrs.server.config import ServerConfig, job_tuner_config
+from autolrs.server.keyed_locks import KeyedLocks
+from autolrs.server.leases import Leases
 from autolrs.server.sessions import ACTIVE, FINISHED, Session, SessionStore, observation_summary
 
 log = logging.getLogger(__name__)
+
+
+class Parsed(NamedTuple):
+    """A request frame, decoded and validated (``error`` is the encoded reply when it is not)."""
+
+    req: Any
+    kind: str | None
+    body: dict | None
+    error: bytes | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        return self.req["job_id"] if self.kind in protocol.JOB_KINDS else None
 
 
 class Dispatcher:
@@ -35,22 +55,53 @@ class Dispatcher:
         self.config = config
         self.store = store
         self.started = time.monotonic()
-        # One request at a time: a session's read-modify-save must not interleave.
-        self._lock = threading.Lock()
+        self.leases = Leases(config.lease_s)
+        # A session's read-modify-save must not interleave: one request per job at a time.
+        self._jobs = KeyedLocks()
+        # Counting live sessions and adding one must not interleave (max_sessions).
+        self._admission = threading.Lock()
+        # job id -> tuner summary after the job's last change (what status lists).
+        self._summaries: dict[str, dict | None] = {}
 
     # --- entry point -------------------------------------------------------------------
 
     def handle(self, frame: bytes) -> bytes:
         """Answer one request frame with one reply frame. Never raises."""
+        return self.respond(self.parse(frame))
+
+    def parse(self, frame: bytes) -> Parsed:
+        """Check size, decode and validate a frame. Never raises."""
         req: Any = None
         try:
-            with self._lock:
-                if len(frame) > self.config.max_message_bytes:
-                    raise ProtocolError(ErrorCode.TOO_LARGE, f"message of {len(frame)} bytes exceeds the "
-                                        f"server's limit of {self.config.max_message_bytes}")
-                req = protocol.loads(frame)
-                kind, body = protocol.validate_request(req)
+            if len(frame) > self.config.max_message_bytes:
+                raise ProtocolError(ErrorCode.TOO_LARGE, f"message of {len(frame)} bytes exceeds the "
+                                    f"server's limit of {self.config.max_message_bytes}")
+            req = protocol.loads(frame)
+            kind, body = protocol.validate_request(req)
+            return Parsed(req, kind, body)
+        except ProtocolError as exc:
+            return Parsed(req, None, None, _encode(protocol.error_reply(req, exc.code, exc.message), req))
+        except Exception:  # noqa: BLE001 - the transport must keep serving
+            log.exception("internal error while decoding a request")
+            return Parsed(req, None, None, _encode(protocol.error_reply(
+                req, ErrorCode.INTERNAL, "internal server error; see the server log"), req))
+
+    def respond(self, parsed: Parsed) -> bytes:
+        """The reply to a parsed request. Never raises."""
+        if parsed.error is not None:
+            return parsed.error
+        req, kind, body = parsed.req, parsed.kind, parsed.body
+        try:
+            job_id = parsed.job_id
+            if job_id is None:
                 reply = getattr(self, f"_{kind}")(req, body)
+            else:
+                with self._jobs.hold(job_id):
+                    try:
+                        reply = getattr(self, f"_{kind}")(req, body)
+                    finally:
+                        if job_id in self.store.sessions:  # any request of a job renews its lease
+                            self.leases.touch(job_id)
         except ProtocolError as exc:
             reply = protocol.error_reply(req, exc.code, exc.message)
         except Exception:  # noqa: BLE001 - the transport must keep serving
@@ -58,25 +109,67 @@ class Dispatcher:
             reply = protocol.error_reply(req, ErrorCode.INTERNAL, "internal server error; see the server log")
         return _encode(reply, req)
 
+    def reap(self, now: float | None = None) -> list[str]:
+        """Unload the sessions idle past their lease (never one with a request in progress);
+        returns their job ids. Their state stays on disk and ``status`` still lists them."""
+        now = time.time() if now is None else now
+        evicted = []
+        for session in self.store.listing()[0]:
+            if not self.leases.idle(session, now):
+                continue
+            with self._jobs.try_hold(session.job_id) as taken:
+                if not taken or self.store.sessions.get(session.job_id) is not session:
+                    continue
+                if not self.leases.idle(session, now):  # a request came in meanwhile
+                    continue
+                self.store.evict(session.job_id, self._row(session, now))
+                self.leases.forget(session.job_id)
+                self._summaries.pop(session.job_id, None)
+                evicted.append(session.job_id)
+        if evicted:
+            log.info("lease of %d job(s) ran out; unloaded from memory (state kept on disk): %s",
+                     len(evicted), ", ".join(evicted[:10]) + (" ..." if len(evicted) > 10 else ""))
+        return evicted
+
     # --- stateless requests ------------------------------------------------------------
 
     def _ping(self, req: dict, body: dict) -> dict:
         return protocol.ok_reply(req, {"protocol": protocol.PROTOCOL_VERSION, "version": autolrs.__version__})
 
     def _status(self, req: dict, body: dict) -> dict:
-        sessions = []
-        for s in self.store:
-            try:
-                summary = s.tuner.summary()
-            except Exception:  # noqa: BLE001 - one broken tuner must not hide the others
-                log.exception("summary() failed for job %s", s.job_id)
-                summary = {}
-            sessions.append({"job_id": s.job_id, "tuner": s.tuner_name, "status": s.status, "step": s.step,
-                             "lr": summary.get("lr"), "created": s.created, "updated": s.updated,
-                             "requests": s.requests, "summary": summary})
+        now = time.time()
+        live, evicted = self.store.listing()
+        rows = {s.job_id: self._row(s, now) for s in live}
+        for job_id, row in evicted.items():
+            rows.setdefault(job_id, row)
+        sessions = [rows[job] for job in sorted(rows)]
         server = {"version": autolrs.__version__, "protocol": protocol.PROTOCOL_VERSION,
                   "uptime_s": round(time.monotonic() - self.started, 3), "sessions": len(sessions)}
         return protocol.ok_reply(req, {"server": server, "sessions": sessions})
+
+    def _row(self, s: Session, now: float) -> dict:
+        summary = self._summary(s)
+        return {"job_id": s.job_id, "tuner": s.tuner_name, "status": self.leases.status(s, now), "step": s.step,
+                "lr": summary.get("lr"), "created": s.created, "updated": s.updated,
+                "requests": s.requests, "summary": summary}
+
+    def _summary(self, s: Session) -> dict:
+        if s.job_id in self._summaries:
+            return self._summaries[s.job_id] or {}
+        # Not cached yet (loaded from disk): read the tuner only if no request is changing it.
+        with self._jobs.try_hold(s.job_id) as taken:
+            if not taken:
+                return {}
+            return self._cache_summary(s) or {}
+
+    def _cache_summary(self, s: Session) -> dict | None:
+        try:
+            summary = s.tuner.summary()
+        except Exception:  # noqa: BLE001 - one broken tuner must not hide the others
+            log.exception("summary() failed for job %s", s.job_id)
+            summary = None
+        self._summaries[s.job_id] = summary
+        return summary
 
     # --- job requests ------------------------------------------------------------------
 
@@ -114,6 +207,7 @@ class Dispatcher:
             raise ProtocolError(ErrorCode.BAD_CONFIG, str(exc)) from None
         _check_plan(plan, job_id)
         now = time.time()
+        self._admit(job_id, now)
         session = Session(job_id=job_id, tuner_name=hello["tuner"], config=config,
                           hello_config=hello["config"], seed=seed, tuner=tuner, owner=req["client_id"],
                           created=now, updated=now, step=hello["step"])
@@ -121,11 +215,21 @@ class Dispatcher:
         self._commit(session, req, reply)
         # Saved before it replaces anything in memory: if the save fails, the store still
         # holds what it held (nothing, or the finished session).
-        self.store.save(session)
-        self.store.put(session)
+        with self._admission:
+            self._admit(job_id, now)  # again, now that no other hello can slip in between
+            self.store.save(session)
+            self.store.put(session)
         self._log(session, req, "hello", plan, resumed=False, replaced_finished=replaced is not None,
                   tuner=hello["tuner"], config=config, seed=seed)
         return reply
+
+    def _admit(self, job_id: str, now: float) -> None:
+        """Refuse a new session when ``max_sessions`` live ones exist (expired ones do not count)."""
+        live = sum(1 for s in self.store.listing()[0] if self.leases.live(s, now))
+        if live >= self.config.max_sessions:
+            raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, (
+                f"the server holds {live} live sessions (max_sessions {self.config.max_sessions}); job "
+                f"{job_id!r} was not created. Retry later, or raise server.max_sessions"))
 
     def _resume(self, session: Session, req: dict, hello: dict) -> tuple[dict, dict]:
         plan = session.tuner.ask()
@@ -229,11 +333,7 @@ class Dispatcher:
         session.updated = time.time()
 
     def _log(self, session: Session, req: dict, kind: str, plan: list | None, **extra: Any) -> None:
-        try:
-            summary = session.tuner.summary()
-        except Exception:  # noqa: BLE001
-            log.exception("summary() failed for job %s", session.job_id)
-            summary = None
+        summary = self._cache_summary(session)
         record = {"time": round(time.time(), 6), "seq": req["seq"], "client_id": req["client_id"], "kind": kind,
                   "step": session.step, **extra, "plan": plan, "summary": summary}
         try:
@@ -277,11 +377,15 @@ def _parse_hello(body: dict) -> dict:
     has_val_fn = body.get("has_val_fn", False)
     if not isinstance(has_val_fn, bool):
         raise bad("'has_val_fn' must be true or false")
+    has_probe_fn = body.get("has_probe_fn", False)  # the callback can carry out 'probe' actions
+    if not isinstance(has_probe_fn, bool):
+        raise bad("'has_probe_fn' must be true or false")
     seed = body.get("seed")
     if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
         raise bad("'seed' must be an integer in [0, 2**63) or null")
     return {"tuner": tuner, "config": config, "initial_lr": initial_lr, "param_groups": param_groups,
-            "step": step, "max_steps": max_steps, "has_val_fn": has_val_fn, "seed": seed}
+            "step": step, "max_steps": max_steps, "has_val_fn": has_val_fn,
+            "has_probe_fn": has_probe_fn, "seed": seed}
 
 
 def _check_plan(plan: Any, job_id: str) -> None:

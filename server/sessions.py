@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,18 +105,47 @@ class SessionStore:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = self._acquire_lock() if lock else None
         self.sessions: dict[str, Session] = {}
+        #: Sessions unloaded from memory (idle past the lease; see server/leases.py): job id ->
+        #: the status row they had. Their state.json stays, and get() loads them back.
+        self.evicted: dict[str, dict] = {}
+        # Guards moves between the two maps (callers serialise requests per job themselves).
+        self._maps = threading.Lock()
         self._load_all()
 
     # --- the in-memory map -------------------------------------------------------------
 
     def get(self, job_id: str) -> Session | None:
-        return self.sessions.get(job_id)
+        """The job's session; an evicted one is loaded back from its state.json."""
+        session = self.sessions.get(job_id)
+        if session is not None or job_id not in self.evicted:
+            return session
+        session = self._read(self.job_dir(job_id))
+        with self._maps:
+            self.evicted.pop(job_id, None)
+            if session is not None:
+                self.sessions[job_id] = session
+        if session is not None:
+            log.info("job %s is back: loaded its session from disk", job_id)
+        return session
 
     def put(self, session: Session) -> None:
-        self.sessions[session.job_id] = session
+        with self._maps:
+            self.sessions[session.job_id] = session
+            self.evicted.pop(session.job_id, None)
 
     def discard(self, job_id: str) -> None:
         self.sessions.pop(job_id, None)
+
+    def evict(self, job_id: str, row: dict) -> None:
+        """Unload a session from memory (its state is on disk already), keeping its status row."""
+        with self._maps:
+            if self.sessions.pop(job_id, None) is not None:
+                self.evicted[job_id] = row
+
+    def listing(self) -> tuple[list[Session], dict[str, dict]]:
+        """A consistent copy of (sessions in memory, evicted rows) for status."""
+        with self._maps:
+            return list(self.sessions.values()), dict(self.evicted)
 
     def __iter__(self) -> Iterator[Session]:
         return iter(sorted(self.sessions.values(), key=lambda s: s.job_id))
@@ -161,27 +191,35 @@ class SessionStore:
 
     def _load_all(self) -> None:
         for directory in sorted(p for p in self.jobs_dir.iterdir() if p.is_dir()):
-            path = directory / "state.json"
             for stale in directory.glob("state.json.tmp-*"):  # left by a crash mid-write
                 stale.unlink(missing_ok=True)
-            if not path.exists():
-                continue
-            try:
-                session = Session.from_snapshot(path.read_bytes())
-                if session.job_id != directory.name:
-                    raise ValueError(f"holds job {session.job_id!r}, not {directory.name!r}")
-            except Exception as exc:  # noqa: BLE001 - any damage: keep the file, skip the job
-                aside = path.with_name(f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
-                log.warning("cannot load %s (%s: %s); moved it to %s and continue without job %s",
-                            path, type(exc).__name__, exc, aside.name, directory.name)
-                try:
-                    os.replace(path, aside)
-                except OSError as move_exc:
-                    log.warning("could not move %s aside: %s", path, move_exc)
-                continue
-            self.sessions[session.job_id] = session
+            session = self._read(directory)
+            if session is not None:
+                self.sessions[session.job_id] = session
         if self.sessions:
             log.info("loaded %d session(s) from %s", len(self.sessions), self.state_dir)
+
+    @staticmethod
+    def _read(directory: Path) -> Session | None:
+        """The session saved in ``directory``; None if there is none or it is damaged (then the
+        file is moved aside and the job skipped)."""
+        path = directory / "state.json"
+        if not path.exists():
+            return None
+        try:
+            session = Session.from_snapshot(path.read_bytes())
+            if session.job_id != directory.name:
+                raise ValueError(f"holds job {session.job_id!r}, not {directory.name!r}")
+        except Exception as exc:  # noqa: BLE001 - any damage: keep the file, skip the job
+            aside = path.with_name(f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
+            log.warning("cannot load %s (%s: %s); moved it to %s and continue without job %s",
+                        path, type(exc).__name__, exc, aside.name, directory.name)
+            try:
+                os.replace(path, aside)
+            except OSError as move_exc:
+                log.warning("could not move %s aside: %s", path, move_exc)
+            return None
+        return session
 
     def _acquire_lock(self) -> int | None:
         try:

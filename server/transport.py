@@ -2,21 +2,33 @@
 
 ROUTER (not REP) so that one malformed peer cannot wedge the socket's strict send/recv
 alternation, and so a reply goes back to exactly the peer that asked. Each incoming message is
-``[routing frames..., payload]``: the last frame is the request, the rest are echoed back as
-the envelope (a REQ client sends ``[id, b"", payload]``). The loop polls with a short timeout
-so ``stop()`` from another thread or a signal handler is honoured promptly.
+``[routing frames..., payload]`` or, signed, ``[routing frames..., payload, auth]`` (see
+:mod:`autolrs.auth`): the routing frames are echoed back as the envelope (a REQ client sends
+``[id, b"", payload]``). The loop polls with a short timeout so ``stop()`` from another thread
+or a signal handler is honoured promptly.
+
+The socket thread checks signatures and decodes; answering runs on a
+:class:`~autolrs.server.pool.WorkerPool` (one job's requests in order, different jobs at once),
+whose replies come back over an inproc socket polled next to the ROUTER. A server with a
+secret answers an unsigned, badly signed or replayed request with ``unauthenticated`` from the
+socket thread, before the payload is even decoded: it reaches no session.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import zmq
 
+from autolrs import auth, protocol
+from autolrs.protocol import ErrorCode
 from autolrs.server.config import ServerConfig
 from autolrs.server.dispatcher import Dispatcher
+from autolrs.server.pool import WorkerPool
+from autolrs.server.security import check_bind, server_secret
 from autolrs.server.sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -32,9 +44,13 @@ MAXMSGSIZE_FACTOR = 4
 class Server:
     """A bound ROUTER socket plus its dispatcher. ``serve_forever()`` blocks until ``stop()``."""
 
-    def __init__(self, config: ServerConfig, dispatcher: Dispatcher, *, context: zmq.Context | None = None):
+    def __init__(self, config: ServerConfig, dispatcher: Dispatcher, *, context: zmq.Context | None = None,
+                 verifier: auth.Verifier | None = None):
         self.config = config
         self.dispatcher = dispatcher
+        #: Checks request signatures; None: the server takes unsigned requests.
+        self.verifier = verifier
+        self.pool: WorkerPool | None = None
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
@@ -58,35 +74,69 @@ class Server:
         self._idle = threading.Event()
         self._idle.set()
         self._closed = False
+        self._workers_stuck = False
 
     def serve_forever(self) -> None:
         """Answer requests until ``stop()``; call from one thread at a time."""
         if self._closed:
             raise RuntimeError("server is closed")
         self._idle.clear()
+        pool = self.pool = WorkerPool(self.context, self.dispatcher.respond, self.config.workers)
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(pool.replies, zmq.POLLIN)
+        reap_every = self.dispatcher.leases.reap_interval()
+        next_reap = time.monotonic() + reap_every
         try:
             while not self._stop.is_set():
-                if not poller.poll(POLL_MS):
-                    continue
-                # Drain what is queued, but re-check the stop flag now and then.
-                for _ in range(100):
-                    try:
-                        frames = self.socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._answer(frames)
+                events = dict(poller.poll(POLL_MS))
+                # Replies first: they free clients; then drain requests, re-checking stop now and then.
+                if pool.replies in events:
+                    for _ in range(1000):
+                        try:
+                            self._send(pool.replies.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                if self.socket in events:
+                    for _ in range(100):
+                        try:
+                            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._accept(frames)
+                if time.monotonic() >= next_reap:
+                    self.dispatcher.reap()
+                    next_reap = time.monotonic() + reap_every
         finally:
+            if not pool.close():
+                # Its socket is still open, so terminating the context would hang: close() skips that.
+                self._workers_stuck = True
+                log.warning("a worker was still answering a request when the server stopped")
+            self.pool = None
             self._idle.set()
 
-    def _answer(self, frames: list[bytes]) -> None:
+    def _accept(self, frames: list[bytes]) -> None:
+        """Check one incoming message and hand it to the pool (or answer a refusal at once)."""
         if len(frames) < 2 or len(frames) > MAX_FRAMES:
             log.warning("dropped a message of %d frames (expected routing frames then one payload)", len(frames))
             return
-        reply = self.dispatcher.handle(frames[-1])
+        routing, payload, signature = auth.split_frames(frames)
+        if self.verifier is not None:
+            try:
+                self.verifier.verify(payload, signature)
+            except auth.AuthError as exc:
+                log.warning("refused a request: %s", exc)
+                self._send(routing + [protocol.dumps(protocol.error_reply(None, ErrorCode.UNAUTHENTICATED, str(exc)))])
+                return
+        parsed = self.dispatcher.parse(payload)
+        if parsed.error is not None:
+            self._send(routing + [parsed.error])
+            return
+        self.pool.submit(parsed.job_id, routing, parsed)
+
+    def _send(self, frames: list[bytes]) -> None:
         try:
-            self.socket.send_multipart(frames[:-1] + [reply], zmq.NOBLOCK)
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:  # the peer is not reading (its queue is full): drop rather than block
             log.warning("dropped a reply: the peer's queue is full")
         except zmq.ZMQError as exc:
@@ -105,7 +155,7 @@ class Server:
             log.warning("serve_forever did not return within %.1f s; closing anyway", timeout)
         self._closed = True
         self.socket.close()
-        if self._own_context:
+        if self._own_context and not self._workers_stuck:
             self.context.term()
         self.dispatcher.store.close()
 
@@ -122,11 +172,20 @@ class Server:
         self.close()
 
 
-def make_server(config: ServerConfig, store: SessionStore | None = None) -> Server:
-    """Load the sessions under ``config.state_dir`` and bind the socket; does not block."""
+def make_server(config: ServerConfig, store: SessionStore | None = None, *,
+                secret: str | bytes | None = None) -> Server:
+    """Load the sessions under ``config.state_dir`` and bind the socket; does not block.
+
+    The secret is ``secret``, else ``server.secret_file``, else ``$AUTOLRS_SECRET`` /
+    ``$AUTOLRS_SECRET_FILE``; with none, requests need no signature, and a non-loopback
+    ``host`` raises ConfigError unless ``server.allow_insecure``.
+    """
+    key = server_secret(config, secret)
+    check_bind(config, key)
+    verifier = None if key is None else auth.Verifier(key, config.auth_window_s)
     store = store if store is not None else SessionStore(Path(config.state_dir), fsync=config.fsync)
     try:
-        return Server(config, Dispatcher(config, store))
+        return Server(config, Dispatcher(config, store), verifier=verifier)
     except BaseException:
         store.close()  # release the state-dir lock when the port cannot be bound
         raise

@@ -378,10 +378,13 @@ def test_save_failure_is_internal_and_rolled_back(harness, monkeypatch):
 def test_unencodable_summary_does_not_break_status(harness, monkeypatch):
     start_job(harness)
     cls = type(harness.store.get("job-1").tuner)
+    # status lists the summary cached after each change, so the report refreshes it
     monkeypatch.setattr(cls, "summary", lambda self: {"lr": object()})
+    assert harness.call("report", report_body(10, 10), seq=1)["status"] == "ok"
     reply = harness.call("status")
     err(reply, ErrorCode.INTERNAL)
     monkeypatch.setattr(cls, "summary", lambda self: 1 / 0)
+    assert harness.call("report", report_body(20, 10), seq=2)["status"] == "ok"
     assert ok(harness.call("status"))["sessions"][0]["summary"] == {}
 
 

@@ -1,0 +1,44 @@
+"""Who may drive the server: the shared secret and the rule for binding beyond loopback."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from autolrs import auth
+from autolrs.server.config import ConfigError, ServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is only reachable from this machine (``localhost``, 127.0.0.0/8, ::1)."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, an interface name, "*": assume reachable from outside
+        return False
+
+
+def server_secret(config: ServerConfig, secret: str | bytes | None = None) -> bytes | None:
+    """The secret the server requires: ``secret``, else ``server.secret_file``, else the
+    environment (see :func:`autolrs.auth.resolve_secret`); None for an open server."""
+    try:
+        return auth.resolve_secret(secret, config.secret_file)
+    except auth.SecretError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_bind(config: ServerConfig, key: bytes | None) -> None:
+    """Refuse a non-loopback address without a secret unless ``allow_insecure``; warn if allowed."""
+    if key is not None or is_loopback(config.host):
+        return
+    if not config.allow_insecure:
+        raise ConfigError(
+            f"refusing to bind {config.host} without a shared secret: anyone who can reach it could drive "
+            f"your jobs. Set one (--secret-file FILE, ${auth.ENV_SECRET} or ${auth.ENV_SECRET_FILE}), bind "
+            "127.0.0.1, or pass --insecure (server.allow_insecure) if the network is trusted")
+    log.warning("serving on %s WITHOUT a shared secret (allow_insecure): any host that can reach this "
+                "port can create, drive and read jobs", config.host)
