@@ -72,6 +72,7 @@ class SimulatedClient:
         actions.validate_plan(plan)
         self.plans.append(plan)
         evals: list[tuple[int, float]] = []
+        probes: list[tuple[float, float]] = []
         for action in plan:
             op = action["op"]
             if op == "set_lr":
@@ -84,11 +85,15 @@ class SimulatedClient:
                 self.slots.pop(action["slot"], None)
             elif op == "evaluate":
                 evals.append((0, self.model.val_loss(self.state)))
+            elif op == "probe":
+                probes.extend(self._probe(action))
             elif op == "stop":
                 self.stopped = True
                 return None
             elif op == "run":
-                return self._run(action, evals)
+                observation = self._run(action, evals)
+                observation.probes = probes
+                return observation
         raise AssertionError("validated plans end with run or stop")
 
     def _run(self, action: dict, evals: list[tuple[int, float]]) -> Observation:
@@ -116,6 +121,20 @@ class SimulatedClient:
             hypergrad = {"h": hs, "vb": self.model.rate * self.state, "val_loss": self.model.val_loss(self.state)}
         return Observation(step=self.step, steps=action["steps"], losses=losses, evals=evals,
                            hypergrad=hypergrad)
+
+    def _probe(self, action: dict) -> list[tuple[float, float]]:
+        """One subsample's loss before and after one step from the slot's state at each LR (the
+        subsample's noise is shared, as on one real batch); the state ends on the slot's."""
+        start = self.slots.get(action["slot"])
+        if start is None:  # like the callback: no checkpoint to probe from, no results
+            return []
+        before = self.model.loss(start, self.rng)
+        out = []
+        for lr in action["lrs"]:
+            after = before + (self.model.step(start, lr) - start)
+            out.append((before, self.corrupt(self.step, after) if self.corrupt else after))
+        self.state = start
+        return out
 
     def drive(self, tuner, max_reports: int = 10_000) -> "SimulatedClient":
         """ask/execute/tell until the tuner stops or ``max_reports`` segments have run."""

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
 from autolrs.tuners.hypergradient import HDTuner, MartheTuner, RTHOTuner
+from autolrs.tuners.loss_diff import LossDiffTuner
 from autolrs.tuners.range_test import RangeTestTuner
 from autolrs.tuners.record import RecordTuner
 from autolrs.tuners.schedules import ConstantTuner, CosineTuner, ExponentialTuner, StepTuner
@@ -26,7 +27,7 @@ def register(cls: type[Tuner]) -> type[Tuner]:
 
 
 for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTuner, RangeTestTuner,
-             HDTuner, RTHOTuner, MartheTuner, RecordTuner):
+             HDTuner, RTHOTuner, MartheTuner, RecordTuner, LossDiffTuner):
     register(_cls)
 
 

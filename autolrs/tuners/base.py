@@ -24,6 +24,7 @@ JOB_KEYS: dict[str, Any] = {
     "initial_lr": None,  # the optimizer's LR when the job started (param group 0)
     "max_steps": None,  # the job's total step budget, when the client knows it
     "has_val_fn": False,  # whether the client can evaluate (``evaluate`` / ``eval_every``)
+    "has_probe_fn": False,  # whether the client can carry out ``probe`` (it has a ``probe_fn``)
 }
 
 

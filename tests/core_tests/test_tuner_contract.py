@@ -23,6 +23,8 @@ SMALL = {
     "hd": {"every": 20, "beta": 0.05},
     "rtho": {"every": 20, "beta": 0.05},
     "marthe": {"every": 20, "beta": 0.05},
+    # has_probe_fn is a job key the callback sends when it has a probe_fn.
+    "loss_diff": {"lr_min": 1e-3, "lr_max": 2.0, "num_evals": 8, "num_subsamples": 6, "has_probe_fn": True},
 }
 
 
@@ -32,6 +34,8 @@ VARIANTS = {
                                         "auto_start_lr": 1e-4, "auto_num_iter": 40}),
     "autolrs:keep-best-final-decay": ("autolrs", {**SMALL["autolrs"], "keep_best_trial": True,
                                                   "final_decay": "cosine"}),
+    "loss_diff:linear-max-applied": ("loss_diff", {**SMALL["loss_diff"], "spacing": "linear", "method": "max",
+                                                   "apply_best": True}),
 }
 
 
