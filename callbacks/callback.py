@@ -12,8 +12,9 @@ its reply without blocking (``poll_reply(0)``), resending it every ``retry_inter
 the reply comes, its plan is carried out; a plan's ``start_step`` tells a client that fell
 behind how many of the segment's steps it already missed.
 
-Every exchange with the server goes through :meth:`AutoLRS._server`, so a distributed version
-can run it on rank 0 only and broadcast its (plain-data) outcome.
+Every exchange with the server goes through :meth:`AutoLRS._server`. Under
+``torch.distributed`` it runs on rank 0 only and its (plain-data) outcome is broadcast, so every
+rank carries out the same plans (see :mod:`autolrs.callbacks.distributed`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 
 from autolrs import actions, protocol
 from autolrs.callbacks.client import Client
+from autolrs.callbacks.distributed import distributed_link
 from autolrs.callbacks.errors import (
     AutoLRSConfigError,
     AutoLRSWarning,
@@ -96,6 +98,12 @@ class AutoLRS:
     Optimizers that skip inside ``step()`` themselves (``_step_supports_amp_scaling``, e.g.
     ``fused=True``) call the hook either way, so their skipped steps count as steps. No call blocks longer than ``timeout`` s waiting for the server (plus
     the time of ``val_fn`` and checkpoints).
+
+    Under ``torch.distributed`` (DDP; ``distributed=None`` detects an initialised default
+    process group of 2+ ranks, ``False`` makes each process its own job, ``True`` requires a
+    group), build the callback and call ``step`` on every rank alike: rank 0 talks to the
+    server under its job id, every rank carries out the same plans, and the reported losses
+    and ``val_fn`` results are the means over the ranks.
     """
 
     #: The most losses one report carries (the last ones of a segment): bounds memory and the
@@ -109,7 +117,7 @@ class AutoLRS:
                  val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
                  checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, distributed: bool | None = None):
         if not isinstance(tuner, str) or not tuner:
             raise ValueError(f"tuner must be a non-empty string, got {tuner!r}")
         if config is not None and not isinstance(config, dict):
@@ -128,6 +136,10 @@ class AutoLRS:
                              "starting with a letter or digit")
         if not optimizer.param_groups:
             raise ValueError("the optimizer has no param groups")
+        # DDP: rank 0 talks to the server for all ranks, under its job id.
+        self._dist = distributed_link(distributed)
+        if self._dist is not None:
+            job = self._dist.broadcast_value(job)
 
         self.model = model
         self.optimizer = optimizer
@@ -185,7 +197,10 @@ class AutoLRS:
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
         try:
-            self._client = Client(server, job, timeout=self.timeout)
+            if self._dist is None:
+                self._client = Client(server, job, timeout=self.timeout)
+            else:  # rank 0's client; None on the other ranks
+                self._client = self._dist.leader_call(lambda: Client(server, job, timeout=self.timeout), share=False)
         except BaseException:
             self._checkpoints.close()
             raise
@@ -193,7 +208,8 @@ class AutoLRS:
             self._exchange("hello", self._hello_body(), starting=True)
         except BaseException:
             self._checkpoints.close()
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
             self._link = _CLOSED
             raise
         if scaler is not None and hasattr(optimizer, "register_step_post_hook"):
@@ -267,9 +283,10 @@ class AutoLRS:
             self._step_hook.remove()
             self._step_hook = None
         try:
-            if self._registered:
+            # Not collective: under DDP rank 0 says goodbye alone, so a rank may close on its own.
+            if self._registered and self._client is not None:
                 body = {"step": self.global_step, "reason": reason}
-                outcome = self._server("request", "goodbye", body, wait=min(self.timeout, self.GOODBYE_TIMEOUT))
+                outcome = self._talk("request", "goodbye", body, wait=min(self.timeout, self.GOODBYE_TIMEOUT))
                 if outcome is None:
                     log.info("autolrs job %s: no reply to goodbye; closing anyway", self.job)
                 elif outcome[0] == "error":
@@ -278,7 +295,8 @@ class AutoLRS:
             log.exception("autolrs job %s: goodbye failed", self.job)
         finally:
             self._checkpoints.close()
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
 
     def __enter__(self) -> "AutoLRS":
         return self
@@ -293,7 +311,14 @@ class AutoLRS:
     # --- server traffic ----------------------------------------------------------------
 
     def _server(self, op: str, kind: str | None = None, body: dict | None = None, wait: float = 0.0):
-        """The one place that talks to the server. Returns plain data (broadcastable):
+        """The one place that talks to the server (see :meth:`_talk`); under DDP, rank 0 talks
+        and every rank gets its outcome."""
+        if self._dist is not None:
+            return self._dist.leader_call(self._talk, op, kind, body, wait)
+        return self._talk(op, kind, body, wait)
+
+    def _talk(self, op: str, kind: str | None = None, body: dict | None = None, wait: float = 0.0):
+        """One exchange with the server. Returns plain data (broadcastable):
 
         ``("ok", kind, reply_body)``, ``("error", kind, code, message)``, or None for no reply
         (yet). ``op``: ``"request"`` sends and waits up to ``wait`` s; ``"send"`` starts a
@@ -336,7 +361,10 @@ class AutoLRS:
     def _background(self) -> None:
         """A step while a request is pending or deferred: never blocks."""
         if self._link == _DEFERRED:
-            if time.monotonic() < self._retry_at:
+            due = time.monotonic() >= self._retry_at
+            if self._dist is not None:  # rank 0's clock decides for every rank
+                due = self._dist.agree(due)
+            if not due:
                 return
             kind, body = self._deferred
             self._deferred = None
@@ -523,8 +551,10 @@ class AutoLRS:
 
     def _finish_segment(self) -> None:
         self._active = False
-        body = {"step": self.global_step, "steps": self._done, "losses": self._drain_losses(),
-                "evals": self._evals, "lr": self._lr}
+        losses, evals = self._drain_losses(), self._evals
+        if self._dist is not None:  # the mean over the ranks, the same on every rank
+            losses, evals = self._dist.average(losses, evals)
+        body = {"step": self.global_step, "steps": self._done, "losses": losses, "evals": evals, "lr": self._lr}
         self._evals = []
         self.reports += 1
         self._exchange("report", body)
@@ -553,6 +583,8 @@ class AutoLRS:
             return
         self._warned.add(key)
         log.info("%s", message)
+        if self._dist is not None and not self._dist.leader:  # every rank sees the same: warn once, on rank 0
+            return
         # Point the warning at the user's line: skip the frames of this package.
         frame, level = sys._getframe(0), 1
         while frame is not None and frame.f_globals.get("__name__", "").startswith("autolrs.callbacks"):

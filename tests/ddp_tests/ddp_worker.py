@@ -1,0 +1,98 @@
+"""One rank of a DDP training job on scikit-learn's digits, tuned by an autolrs server.
+
+Launched by the DDP tests with ``python -m torch.distributed.run --nproc_per_node 2`` (gloo,
+CPU). Each rank trains the same MLP wrapped in DistributedDataParallel on its own shard of the
+data, with the callback unchanged, and writes what it saw to ``--out``:
+``rank<r>.json`` (steps trained, the LR and its own loss of each step, its own val_fn results,
+warnings) and
+``rank<r>.pt`` (the final parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared_testlib import make_mlp  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", required=True)
+    p.add_argument("--job", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="torch.save'd (x, y) of the digits (no sklearn import per rank)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--config", default="{}", help="tuner config as JSON")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--retry-interval", type=float, default=5.0)
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from autolrs.callbacks import AutoLRS
+
+    x, y = torch.load(args.data)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    val, train = order[:300], order[300:]
+    # Each rank its own shard (what DistributedSampler does), so the ranks' losses differ.
+    train_x, train_y = x[train[rank::world]], y[train[rank::world]]
+    val_x, val_y = x[val[rank::world]], y[val[rank::world]]
+
+    model = DistributedDataParallel(make_mlp(seed=1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    val_values: list[float] = []
+
+    def val_fn() -> float:
+        with torch.no_grad():
+            value = torch.nn.functional.cross_entropy(model.module(val_x), val_y).item()
+        val_values.append(value)
+        return value
+
+    lrs: list[float] = []
+    losses: list[float] = []  # this rank's own loss of every step
+    g = torch.Generator().manual_seed(100 + rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cb = AutoLRS(model, optimizer, tuner="autolrs", config=json.loads(args.config), server=args.server,
+                     job=args.job, val_fn=val_fn, max_steps=args.steps, seed=0, timeout=args.timeout,
+                     retry_interval=args.retry_interval)
+        with cb:
+            while len(lrs) < args.steps and not cb.should_stop:
+                idx = torch.randint(0, len(train_x), (16,), generator=g)
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
+                loss.backward()
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                cb.step(loss)
+                losses.append(loss.item())
+            stopped = cb.should_stop
+
+    out = Path(args.out)
+    torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, out / f"rank{rank}.pt")
+    (out / f"rank{rank}.json").write_text(json.dumps({
+        "rank": rank, "world": world, "job": cb.job, "steps": len(lrs), "lrs": lrs, "losses": losses, "val_values": val_values,
+        "should_stop": stopped, "reports": cb.reports,
+        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+    }))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

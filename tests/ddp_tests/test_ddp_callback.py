@@ -1,0 +1,136 @@
+"""The callback under DDP: two gloo ranks on CPU, launched with torchrun, train digits with
+DistributedDataParallel while a real server runs AutoLRS for them (see ddp_worker.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+CONFIG = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 20, "k": 3, "tau_max": 40, "trial_fraction": 0.25, "val_points": 5}
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+
+def launch(endpoint: str, job: str, out: Path, digits, steps: int, **options) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node 2 ddp_worker.py``; output to out/launch.log."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "digits.pt"
+    torch.save(digits, data)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--monitor-interval", "0.1", str(WORKER), "--server", endpoint, "--job", job, "--out", str(out),
+           "--data", str(data), "--steps", str(steps), "--config", json.dumps(CONFIG)]
+    for key, value in options.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(out / "launch.log", "wb")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def finish(proc: subprocess.Popen, out: Path, timeout: float = 120) -> tuple[dict, dict]:
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the DDP job did not finish in {timeout} s:\n{(out / 'launch.log').read_text()[-4000:]}")
+    assert rc == 0, (out / "launch.log").read_text()[-4000:]
+    return tuple(json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+
+
+def assert_identical_parameters(out: Path) -> None:
+    p0, p1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert p0.keys() == p1.keys()
+    for name in p0:
+        assert torch.equal(p0[name], p1[name]), name  # bitwise
+
+
+def decisions(state_dir: Path, job: str) -> list[dict]:
+    lines = (state_dir / "jobs" / job / "decisions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def lr_history(records: list[dict]) -> list[float]:
+    """The LR of every step as the server's plans dictate (set_lr, run with or without lrs)."""
+    lrs: list[float] = []
+    lr = None
+    for record in records:
+        for action in record.get("plan") or []:
+            if action["op"] == "set_lr":
+                lr = action["lr"]
+            elif action["op"] == "run":
+                segment = action.get("lrs") or [lr] * action["steps"]
+                lrs += segment
+                lr = segment[-1]
+    return lrs
+
+
+def test_two_gloo_ranks_stay_identical_and_apply_the_servers_lrs(live_server, digits, tmp_path):
+    server = live_server(tmp_path / "state")
+    out, budget = tmp_path / "run", 240
+    r0, r1 = finish(launch(server.endpoint, "ddp-autolrs", out, digits, budget), out)
+
+    assert r0["job"] == r1["job"] == "ddp-autolrs"
+    assert r0["steps"] == r1["steps"] == budget and r0["should_stop"] and r1["should_stop"]
+    assert_identical_parameters(out)
+
+    records = decisions(tmp_path / "state", "ddp-autolrs")
+    # Only rank 0 talked: one client, one hello, one goodbye, one report per segment.
+    assert len({r["client_id"] for r in records}) == 1
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("hello") == 1 and kinds[-1] == "goodbye" and kinds.count("report") == r0["reports"]
+    # Both ranks trained every step at the LR the server's log says, and the search did search.
+    expected = lr_history(records)
+    assert r0["lrs"] == r1["lrs"] == expected
+    assert len(set(expected)) >= 6
+    assert any(s["last_stage"] for s in (r.get("summary") or {} for r in records) if s.get("last_stage"))
+
+    # Validation mode ran: the server got the mean of the two ranks' own val_fn results.
+    reported = [value for r in records if r["kind"] == "report" for _, value in r["observation"]["evals"]]
+    own = list(zip(r0["val_values"], r1["val_values"]))
+    assert len(reported) == len(own) > 0
+    assert all(a != b for a, b in own)  # different shards: averaging matters
+    assert reported == [(a + b) / 2 for a, b in own]
+    # ... and the mean of their losses: each report's last loss is the mean of the two ranks'.
+    for r in records:
+        if r["kind"] == "report" and r["observation"]["n_losses"]:
+            step = r["step"]
+            assert r["observation"]["last_loss"] == (r0["losses"][step - 1] + r1["losses"][step - 1]) / 2
+
+
+def test_ranks_train_on_in_step_when_the_server_dies(live_server, digits, tmp_path):
+    state = tmp_path / "state"
+    server = live_server(state)
+    out, budget = tmp_path / "run", 600
+    proc = launch(server.endpoint, "ddp-killed", out, digits, budget, timeout=1.0, retry_interval=0.3)
+    log = state / "jobs" / "ddp-killed" / "decisions.jsonl"
+    deadline = time.monotonic() + 90
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert proc.poll() is None, (out / "launch.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "the job made no progress with the server"
+        time.sleep(0.005)
+    server.kill()  # SIGKILL mid-run
+    r0, r1 = finish(proc, out)
+
+    assert r0["steps"] == r1["steps"] == budget  # nobody stopped or hung
+    assert not r0["should_stop"] and not r1["should_stop"]
+    assert_identical_parameters(out)
+    assert r0["lrs"] == r1["lrs"]
+    records = decisions(state, "ddp-killed")
+    assert records[-1]["kind"] != "goodbye"
+    # The ranks followed the plans until the server died (the last logged one may not have been
+    # delivered), then trained on at one LR.
+    delivered = lr_history(records[:-1])
+    assert r0["lrs"][:len(delivered)] == delivered
+    assert len(set(r0["lrs"][-200:])) == 1
+    # Fail-open warned once, on rank 0 only.
+    assert sum("ServerUnavailableWarning" in w for w in r0["warnings"]) == 1
+    assert not r1["warnings"]
