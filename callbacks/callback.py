@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from autolrs import actions, protocol
+from autolrs.callbacks import hypergrad
 from autolrs.callbacks.client import Client
 from autolrs.callbacks.distributed import distributed_link
 from autolrs.callbacks.errors import (
@@ -115,6 +116,7 @@ class AutoLRS:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tuner: str = "constant",
                  config: dict | None = None, server: str = "tcp://127.0.0.1:5555", job: str | None = None,
                  val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
+                 val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
                  checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
                  seed: int | None = None, distributed: bool | None = None):
@@ -144,6 +146,8 @@ class AutoLRS:
         self.model = model
         self.optimizer = optimizer
         self.val_fn = val_fn
+        # Hypergradient tuners (rtho, marthe): where the validation gradient comes from.
+        self._hypergrad, self._hypergrad_args = None, (val_batches, val_criterion, scaler)
         self.tuner = tuner
         self.config = dict(config or {})
         self.server = server
@@ -270,6 +274,14 @@ class AutoLRS:
 
     on_train_batch_end = step
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Call in place of ``loss.backward()``: the same, plus the Hessian-vector product the
+        ``rtho``/``marthe`` tuners need (``create_graph`` only then)."""
+        if self._hypergrad is None:
+            loss.backward()
+        else:
+            self._hypergrad.backward(loss)
+
     def _count_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._opt_steps += 1
 
@@ -282,6 +294,8 @@ class AutoLRS:
         if self._step_hook is not None:
             self._step_hook.remove()
             self._step_hook = None
+        if self._hypergrad is not None:
+            self._hypergrad.close()
         try:
             # Not collective: under DDP rank 0 says goodbye alone, so a rank may close on its own.
             if self._registered and self._client is not None:
@@ -510,6 +524,8 @@ class AutoLRS:
         self._lrs = lrs
         self._lr_next = 0
         self._eval_every = action.get("eval_every", 0)
+        if "hypergrad" in action:
+            self._hypergrad_begin(action["hypergrad"])
         self._sink = self._losses.append if "loss" in action.get("collect", ("loss",)) else None
         if lrs is not None:
             self.set_lr(lrs[0])
@@ -557,7 +573,19 @@ class AutoLRS:
         body = {"step": self.global_step, "steps": self._done, "losses": losses, "evals": evals, "lr": self._lr}
         self._evals = []
         self.reports += 1
+        if self._hypergrad is not None and self._hypergrad.method is not None:
+            body["hypergrad"] = self._hypergrad.report()
         self._exchange("report", body)
+
+    def _hypergrad_begin(self, spec: dict) -> None:
+        try:
+            if self._hypergrad is None:
+                self._hypergrad = hypergrad.engine_for(self, *self._hypergrad_args)
+            self._hypergrad.configure(spec)
+        except ValueError as exc:
+            if self.global_step == 0:  # before any training: a setup that cannot work
+                raise AutoLRSConfigError(f"tuner {self.tuner!r}: {exc}") from None
+            self._warn_once("hypergrad", f"autolrs: job {self.job}: {exc}; training continues at the current LR")
 
     def _drain_losses(self) -> list[float]:
         buf = list(self._losses)

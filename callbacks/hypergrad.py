@@ -1,0 +1,458 @@
+"""On-device scalars for the hypergradient tuners (``hd``, ``rtho``, ``marthe``).
+
+The server owns the LR rule; this module computes the few numbers it needs, keeping
+gradient-sized vectors on the device. Notation: ``w`` weights, ``g = grad L(w) + wd * w`` the
+training gradient with (coupled) weight decay, ``d`` the optimizer's update per unit LR
+(``w_{t+1} = w_t - lr * d_t``), ``rho`` a param group's ratio of its LR to the base LR.
+
+* ``hd``: at every optimizer step, ``h_t = -sum rho * g_t . d_{t-1}`` (= dL(w_t)/d lr_{t-1}).
+  It runs in an optimizer step pre-hook (gradients final, unscaled by a GradScaler, the
+  optimizer's state still from the previous step), so plain ``loss.backward()`` is enough.
+* ``tangent`` (rtho, marthe): ``Z = dw/d lr``, discounted by ``mu`` each step, with the
+  optimizer's own state tangents (momentum buffer for SGD; both Adam moments). The Hessian-vector
+  product ``H Z`` comes from ``backward(loss)`` (``create_graph`` only when ``mu > 0`` and Z is
+  not zero); the recursion runs in the pre-hook with the LR the step really uses. At the end of
+  a segment ``h = grad E_val(w) . Z`` from one validation batch.
+
+Per-step values stay 0-d tensors; :meth:`HypergradEngine.report` turns a segment's worth into
+floats in one device-to-host copy, so there is no device sync per step.
+
+Memory (copies of gradient-sized tensors, besides the optimizer's): ``hd`` none for SGD with
+plain momentum and for Adam, one for SGD without momentum or with Nesterov (the previous
+direction); ``tangent`` Z plus one per optimizer state tangent (SGD: 1, SGD with momentum: 2,
+Adam: 3), one more for MARTHE's adaptive mu (the last training gradient), plus the double
+backward's graph during ``backward``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+__all__ = ["HypergradEngine", "check_optimizer", "engine_for"]
+
+#: Per-step hypergradients kept between two reports (the oldest are dropped beyond this).
+MAX_PENDING = 10_000
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """``"sgd"`` or ``"adam"``; ValueError for an optimizer the recursions do not model."""
+    if type(optimizer) is torch.optim.SGD:
+        kind = "sgd"
+    elif type(optimizer) is torch.optim.Adam:
+        kind = "adam"
+    else:
+        raise ValueError(f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam, "
+                         f"not {type(optimizer).__name__}")
+    for i, g in enumerate(optimizer.param_groups):
+        if g.get("maximize"):
+            raise ValueError(f"param group {i}: maximize=True is not supported by the hypergradient tuners")
+        if kind == "adam" and g.get("amsgrad"):
+            raise ValueError(f"param group {i}: amsgrad is not supported by the hypergradient tuners")
+        if kind == "adam" and g.get("decoupled_weight_decay"):
+            raise ValueError(f"param group {i}: decoupled weight decay (AdamW) is not supported")
+    return kind
+
+
+def _lr_of(group: dict) -> Any:
+    return group["lr"]
+
+
+def _axpy(x: torch.Tensor, a: Any, y: torch.Tensor) -> torch.Tensor:
+    """``x + a * y`` for a float or a tensor ``a``."""
+    return x + y * a if isinstance(a, torch.Tensor) else x.add(y, alpha=a)
+
+
+class HypergradEngine:
+    """Computes and accumulates the hypergradient scalars of one optimizer.
+
+    ``ratios()`` returns each param group's LR ratio to the base LR. ``val_loss()`` returns a
+    differentiable validation loss at the current weights (None when there is none).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 ratios: Callable[[], Sequence[float]], val_loss: Callable[[], Any] | None,
+                 warn: Callable[[str, str], None], scaler: Any = None):
+        self.kind = check_optimizer(optimizer)
+        self._scaler = scaler
+        self.model, self.optimizer, self._ratios, self._val_loss, self._warn = \
+            model, optimizer, ratios, val_loss, warn
+        self.method: str | None = None
+        self.mu = 0.0
+        self.want_vb = False
+        self._hd: deque = deque(maxlen=MAX_PENDING)
+        self._prev_dir: dict[torch.Tensor, torch.Tensor] = {}  # hd: the previous direction
+        self._Z: dict[torch.Tensor, torch.Tensor] = {}  # tangent: dw/dlr (missing: zero)
+        self._S: dict[torch.Tensor, list[torch.Tensor]] = {}  # tangents of the optimizer state
+        self._hvp: dict[torch.Tensor, torch.Tensor] | None = None  # H Z from backward()
+        self._b: dict[torch.Tensor, torch.Tensor] = {}  # last training gradient (adaptive mu)
+        self.steps = 0
+        self.last_report: dict | None = None
+        self._hook = optimizer.register_step_pre_hook(self._pre_step)
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def configure(self, spec: dict) -> None:
+        """Take a run's ``hypergrad`` spec; a change of method starts from scratch."""
+        method = spec["method"]
+        if method == "tangent" and self._val_loss is None:
+            raise ValueError("rtho and marthe need a validation gradient: pass val_batches (with "
+                             "val_criterion) or a val_fn returning a differentiable loss")
+        if method == "tangent" and self._scaler is not None:
+            raise ValueError("rtho and marthe do not support a GradScaler (the Hessian-vector product "
+                             "would be of the scaled loss); hd does")
+        if method != self.method:
+            self._hd.clear()
+            self._prev_dir.clear()
+            self._Z.clear()
+            self._S.clear()
+            self._b.clear()
+            self._hvp = None
+        self.method = method
+        self.mu = float(spec.get("mu", 0.0))
+        self.want_vb = bool(spec.get("vb", False))
+
+    def close(self) -> None:
+        self._hook.remove()
+        self._Z.clear()
+        self._S.clear()
+        self._prev_dir.clear()
+        self._b.clear()
+
+    def _params(self) -> Iterable[tuple[int, dict, torch.Tensor]]:
+        for k, group in enumerate(self.optimizer.param_groups):
+            for p in group["params"]:
+                if p.requires_grad:
+                    yield k, group, p
+
+    # --- backward: the Hessian-vector product ------------------------------------------------
+
+    def needs_graph(self) -> bool:
+        return self.method == "tangent" and self.mu > 0 and bool(self._Z)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, plus ``H Z`` when the tangent recursion needs it."""
+        if not self.needs_graph():
+            loss.backward()
+            return
+        params = [p for _, _, p in self._params()]
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        for p, g in zip(params, grads):  # what loss.backward() would have done
+            if g is not None:
+                g = g.detach()
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+        dots = [(g * self._Z[p]).sum() for p, g in zip(params, grads) if g is not None and p in self._Z]
+        hvp: tuple = (None,) * len(params)
+        if dots:
+            dot = torch.stack(dots).sum() if len(dots) > 1 else dots[0]
+            if dot.requires_grad:  # False when the loss is linear in every parameter
+                try:
+                    hvp = torch.autograd.grad(dot, params, allow_unused=True)
+                except RuntimeError as exc:  # an op without double backward: fail open, first order
+                    self._warn("hypergrad_hvp", (
+                        f"autolrs: the Hessian-vector product failed ({exc}); the tangent recursion goes "
+                        "on without its second-order term"))
+        acc = self._hvp if self._hvp is not None else {}
+        for p, hz in zip(params, hvp):
+            if hz is not None:
+                acc[p] = acc[p] + hz if p in acc else hz
+        self._hvp = acc
+
+    # --- the optimizer step pre-hook -----------------------------------------------------------
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.method is None:
+            return
+        with torch.no_grad():
+            if self.method == "hd":
+                self._hd_step()
+            else:
+                self._tangent_step()
+        self._hvp = None
+        self.steps += 1
+
+    def _grad(self, group: dict, p: torch.Tensor) -> torch.Tensor | None:
+        g = p.grad
+        if g is None:
+            return None
+        if g.is_sparse:
+            g = g.to_dense()
+        wd = group.get("weight_decay", 0)
+        return g.add(p, alpha=wd) if wd else g
+
+    def _hd_step(self) -> None:
+        ratios = self._ratios()
+        opt_state = self.optimizer.state
+        dots = []
+        for k, group, p in self._params():
+            g = self._grad(group, p)
+            if g is None:
+                continue
+            st = opt_state.get(p, {})
+            if self.kind == "adam":
+                prev = self._adam_direction(group, st)
+            else:
+                m, nesterov = group.get("momentum", 0), group.get("nesterov", False)
+                buf = st.get("momentum_buffer")
+                if m and not nesterov:
+                    prev = buf  # the buffer is the direction: no copy
+                else:
+                    prev = self._prev_dir.get(p)
+                    if m:  # Nesterov: g + m * buf_new; buf_new as torch.optim.SGD forms it
+                        damp = group.get("dampening", 0)
+                        new_buf = g.clone() if buf is None else (buf * m).add_(g, alpha=1 - damp)
+                        self._prev_dir[p] = g.add(new_buf, alpha=m)
+                    else:
+                        self._prev_dir[p] = g.clone()
+            if prev is not None:
+                dots.append((g * prev).sum() * (-ratios[k]))
+        self._hd.append(_total(dots))
+
+    @staticmethod
+    def _adam_direction(group: dict, st: dict) -> torch.Tensor | None:
+        """Adam's last update per unit LR, from its state (None before the first step)."""
+        if "exp_avg" not in st:
+            return None
+        b1, b2 = group["betas"]
+        bc1, bc2 = _bias_corrections(st["step"], b1, b2)
+        denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt() if isinstance(bc2, torch.Tensor)
+                 else st["exp_avg_sq"].sqrt() / math.sqrt(bc2)).add_(group["eps"])
+        return st["exp_avg"] / bc1 / denom
+
+    def _tangent_step(self) -> None:
+        ratios = self._ratios()
+        opt_state = self.optimizer.state
+        mu, hvp = self.mu, self._hvp
+        if hvp is None and mu > 0 and self._Z:
+            self._warn("hypergrad_backward", (
+                "autolrs: rtho/marthe need the Hessian-vector product: call cb.backward(loss) instead of "
+                "loss.backward(); until then the tangent recursion drops its second-order term"))
+        for k, group, p in self._params():
+            g = self._grad(group, p)
+            if g is None:
+                continue
+            lr, rho = _lr_of(group), ratios[k]
+            z = self._Z.get(p)
+            # dg/dlr = (H + wd) Z
+            dg = None if hvp is None else hvp.get(p)
+            wd = group.get("weight_decay", 0)
+            if z is not None and wd:
+                dg = z * wd if dg is None else dg.add(z, alpha=wd)
+            st = opt_state.get(p, {})
+            if self.kind == "sgd":
+                direction, ddir, new_s = self._sgd_tangent(group, st, g, dg, self._S.get(p))
+            else:
+                direction, ddir, new_s = self._adam_tangent(group, st, g, dg, self._S.get(p))
+            # Z <- mu * (Z - lr * d(direction)/dlr) - rho * direction
+            z_new = -rho * direction if rho != 1 else -direction
+            if mu > 0:
+                mem = z if z is not None else None
+                if ddir is not None:
+                    step = ddir * lr if isinstance(lr, torch.Tensor) else ddir * float(lr)
+                    mem = -step if mem is None else mem - step
+                if mem is not None:
+                    z_new = z_new.add(mem, alpha=mu)
+            self._Z[p] = z_new
+            if mu > 0 and new_s is not None and any(s is not None for s in new_s):
+                self._S[p] = [None if s is None else s * mu for s in new_s]
+            else:
+                self._S.pop(p, None)
+            if self.want_vb:
+                self._b[p] = g.clone() if g is p.grad else g
+
+    @staticmethod
+    def _sgd_tangent(group, st, g, dg, s):
+        """torch.optim.SGD: ``buf = m * buf + (1 - damp) * g`` (``buf = g`` at first), direction
+        ``buf`` or ``g + m * buf`` (Nesterov); the tangent ``Y`` of ``buf`` follows the same rule."""
+        m = group.get("momentum", 0)
+        if not m:
+            return g, dg, None
+        damp, nesterov = group.get("dampening", 0), group.get("nesterov", False)
+        buf = st.get("momentum_buffer")
+        y = None if s is None else s[0]
+        if buf is None:
+            new_buf, new_y = g, dg
+        else:
+            new_buf = (buf * m).add_(g, alpha=1 - damp)
+            new_y = None
+            if y is not None:
+                new_y = y * m
+            if dg is not None:
+                new_y = dg * (1 - damp) if new_y is None else new_y.add_(dg, alpha=1 - damp)
+        if nesterov:
+            direction = g.add(new_buf, alpha=m)
+            ddir = None if dg is None and new_y is None else (
+                dg if new_y is None else (new_y * m if dg is None else dg.add(new_y, alpha=m)))
+        else:
+            direction, ddir = new_buf, new_y
+        return direction, ddir, [new_y]
+
+    @staticmethod
+    def _adam_tangent(group, st, g, dg, s):
+        """torch.optim.Adam (coupled weight decay already in ``g``). With ``s = step + 1``,
+        ``a = (m'/bc1) / (sqrt(v'/bc2) + eps)``; its LR derivative from the tangents ``M`` of
+        ``m'`` and ``V`` of ``v'``: ``da = (M/bc1)/den - (m'/bc1) * (V/bc2) / (2 u den^2)``,
+        ``u = sqrt(v'/bc2)``, ``den = u + eps``. (AdaTune's version has no standalone Z term
+        and a (1 - lr*coeff) factor; this one is checked against finite differences.)"""
+        b1, b2 = group["betas"]
+        eps = group["eps"]
+        step = st.get("step", 0)
+        if "exp_avg" in st:
+            m1 = (st["exp_avg"] * b1).add_(g, alpha=1 - b1)
+            v1 = (st["exp_avg_sq"] * b2).addcmul_(g, g, value=1 - b2)
+        else:
+            m1, v1 = g * (1 - b1), (g * g).mul_(1 - b2)
+        bc1, bc2 = _bias_corrections(step + 1, b1, b2)
+        u = (v1 / bc2).sqrt_()
+        den = u + eps
+        mhat = m1 / bc1
+        direction = mhat / den
+        M = None if s is None else s[0]
+        V = None if s is None else s[1]
+        M1 = None if M is None else M * b1
+        if dg is not None:
+            M1 = dg * (1 - b1) if M1 is None else M1.add_(dg, alpha=1 - b1)
+        V1 = None if V is None else V * b2
+        if dg is not None:
+            gdg = (g * dg).mul_(2 * (1 - b2))
+            V1 = gdg if V1 is None else V1.add_(gdg)
+        if M1 is None and V1 is None:
+            return direction, None, None
+        ddir = torch.zeros_like(g) if M1 is None else (M1 / bc1) / den
+        if V1 is not None:
+            du = torch.where(u > 0, (V1 / bc2) / (2 * u).clamp_min(torch.finfo(u.dtype).tiny), torch.zeros_like(u))
+            ddir = ddir - mhat * du / (den * den)
+        return direction, ddir, [M1, V1]
+
+    # --- the report ------------------------------------------------------------------------------
+
+    def report(self) -> dict | None:
+        """The segment's scalars as floats (one device-to-host copy); None when not configured."""
+        if self.method is None:
+            return None
+        try:
+            report = self._report()
+        except (RuntimeError, ValueError, TypeError, StopIteration) as exc:  # fail open: no hypergradient
+            self._warn("hypergrad_report", f"autolrs: computing the hypergradient failed ({exc!r}); "
+                       "reported without it (the server keeps the LR)")
+            report = {"h": [], "vb": None, "val_loss": None}
+        self.last_report = report
+        return report
+
+    def _report(self) -> dict:
+        values: list[torch.Tensor] = []
+        vb = val = None
+        if self.method == "hd":
+            values = list(self._hd)
+            self._hd.clear()
+        elif self._Z:
+            out = self._validation_dots()
+            if out is not None:
+                h, vb, val = out
+                values = [h]
+        extra = [x for x in (vb, val) if x is not None]
+        floats = _to_floats(values + extra)
+        n = len(values)
+        return {"h": floats[:n], "vb": floats[n] if vb is not None else None,
+                "val_loss": floats[-1] if val is not None else None}
+
+    def _validation_dots(self):
+        params = [p for _, _, p in self._params()]
+        with torch.enable_grad():
+            loss = self._val_loss()
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            self._warn("hypergrad_val", (
+                "autolrs: the validation loss for rtho/marthe has no autograd graph (a val_fn under "
+                "torch.no_grad()?); pass val_batches, or a val_fn that returns a differentiable loss; "
+                "no hypergradient is reported"))
+            return None
+        loss = loss.mean() if loss.dim() else loss
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        hz, hb = [], []
+        for p, vg in zip(params, grads):
+            if vg is None:
+                continue
+            if p in self._Z:
+                hz.append((vg * self._Z[p]).sum())
+            if self.want_vb and p in self._b:
+                hb.append((vg * self._b[p]).sum())
+        return _total(hz), (_total(hb) if self.want_vb else None), loss.detach()
+
+
+def _bias_corrections(step: Any, b1: float, b2: float):
+    if isinstance(step, torch.Tensor):
+        if step.device.type == "cpu":
+            step = float(step)  # a CPU scalar: no device sync
+        else:
+            return 1 - torch.pow(b1, step), 1 - torch.pow(b2, step)
+    return 1 - b1 ** step, 1 - b2 ** step
+
+
+def _total(dots: list[torch.Tensor]) -> torch.Tensor:
+    """Sum 0-d tensors (possibly on several devices) without a sync."""
+    if not dots:
+        return torch.zeros(())
+    device, dtype = dots[0].device, dots[0].dtype
+    return torch.stack([d.to(device, dtype, non_blocking=True) for d in dots]).sum()
+
+
+def _to_floats(values: list[torch.Tensor]) -> list[float]:
+    if not values:
+        return []
+    device = values[0].device
+    stacked = torch.stack([v.detach().to(device).double().reshape(()) for v in values])
+    return stacked.cpu().tolist()
+
+
+def cycle_batches(batches: Iterable) -> Callable[[], Any]:
+    """The next batch of ``batches`` at every call, starting again when it is exhausted
+    (an iterator that cannot restart raises StopIteration the second time)."""
+    state = {"it": iter(batches)}
+
+    def next_batch():
+        try:
+            return next(state["it"])
+        except StopIteration:
+            state["it"] = iter(batches)
+            return next(state["it"])
+
+    return next_batch
+
+
+def batch_loss(model: torch.nn.Module, next_batch: Callable[[], Any], criterion: Callable) -> Callable[[], Any]:
+    """A validation loss from the next ``(inputs, targets)`` batch, in eval mode (BatchNorm
+    running statistics untouched, no dropout) and back to the mode the model was in."""
+
+    def loss():
+        x, y = next_batch()[:2]
+        device = next(itertools.chain(model.parameters(), [torch.empty(())])).device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        was_training = model.training
+        model.eval()
+        try:
+            return criterion(model(x), y)
+        finally:
+            model.train(was_training)
+
+    return loss
+
+
+def engine_for(cb: Any, val_batches: Any = None, val_criterion: Callable | None = None,
+               scaler: Any = None) -> HypergradEngine:
+    """The engine of an :class:`~autolrs.callbacks.AutoLRS` callback: the validation loss from
+    ``val_batches`` (``(inputs, targets)`` pairs, cycled; ``val_criterion`` defaults to
+    cross-entropy) or else ``val_fn`` (which must then return a loss with a graph)."""
+    val_loss = None
+    if val_batches is not None:
+        criterion = val_criterion or torch.nn.functional.cross_entropy
+        val_loss = batch_loss(cb.model, cycle_batches(val_batches), criterion)
+    elif cb.val_fn is not None:
+        val_loss = cb.val_fn
+    return HypergradEngine(cb.model, cb.optimizer, lambda: cb._ratios, val_loss, cb._warn_once, scaler)
