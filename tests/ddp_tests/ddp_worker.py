@@ -33,6 +33,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", default="{}", help="tuner config as JSON")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--retry-interval", type=float, default=5.0)
+    p.add_argument("--check-errors", action="store_true",
+                   help="first build callbacks that must fail (an unknown tuner, a config JSON cannot encode)")
     return p.parse_args()
 
 
@@ -63,6 +65,14 @@ def main() -> None:
         val_values.append(value)
         return value
 
+    errors = []  # [type name, message] of each failed construction, on this rank
+    if args.check_errors:
+        for options in ({"tuner": "no_such_tuner"}, {"tuner": "autolrs", "config": {"x": object()}}):
+            try:
+                AutoLRS(model, optimizer, server=args.server, job=f"{args.job}-bad", timeout=args.timeout, **options)
+            except Exception as exc:  # noqa: BLE001 - recorded for the test
+                errors.append([type(exc).__name__, str(exc)])
+
     lrs: list[float] = []
     losses: list[float] = []  # this rank's own loss of every step
     g = torch.Generator().manual_seed(100 + rank)
@@ -87,7 +97,7 @@ def main() -> None:
     torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, out / f"rank{rank}.pt")
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world": world, "job": cb.job, "steps": len(lrs), "lrs": lrs, "losses": losses, "val_values": val_values,
-        "should_stop": stopped, "reports": cb.reports,
+        "should_stop": stopped, "errors": errors, "reports": cb.reports,
         "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
     }))
     dist.barrier()

@@ -28,8 +28,8 @@ def launch(endpoint: str, job: str, out: Path, digits, steps: int, **options) ->
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "--monitor-interval", "0.1", str(WORKER), "--server", endpoint, "--job", job, "--out", str(out),
            "--data", str(data), "--steps", str(steps), "--config", json.dumps(CONFIG)]
-    for key, value in options.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    for key, value in options.items():  # value "" is a flag
+        cmd += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     log = open(out / "launch.log", "wb")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -76,7 +76,13 @@ def lr_history(records: list[dict]) -> list[float]:
 def test_two_gloo_ranks_stay_identical_and_apply_the_servers_lrs(live_server, digits, tmp_path):
     server = live_server(tmp_path / "state")
     out, budget = tmp_path / "run", 240
-    r0, r1 = finish(launch(server.endpoint, "ddp-autolrs", out, digits, budget), out)
+    r0, r1 = finish(launch(server.endpoint, "ddp-autolrs", out, digits, budget, check_errors=""), out)
+
+    # Errors at start reach every rank (none is left waiting in a collective): the server's
+    # refusal, and rank 0's own failure to encode the hello.
+    for r in (r0, r1):
+        assert [e[0] for e in r["errors"]] == ["AutoLRSConfigError", "TypeError"], r["errors"]
+        assert "no_such_tuner" in r["errors"][0][1]
 
     assert r0["job"] == r1["job"] == "ddp-autolrs"
     assert r0["steps"] == r1["steps"] == budget and r0["should_stop"] and r1["should_stop"]
