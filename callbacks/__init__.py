@@ -7,6 +7,8 @@ Installed as ``autolrs.callbacks`` (setup.py maps this folder there). Modules:
   memory or on disk) restored bitwise.
 * ``callback``: :class:`AutoLRS`, the object you call after ``optimizer.step()``.
 * ``lr_finder``: :class:`LRFinder`, torch-lr-finder's interface to the ``range_test`` tuner.
+* ``loss_diff``: :class:`LossDiffTuner`, autolrtuner's interface to the ``loss_diff`` tuner
+  (``probe``: how the callback carries out its probes).
 
 ``AutoLRS``, ``LRFinder`` and ``CheckpointStore`` are loaded lazily, so ``import autolrs.callbacks.client``
 (or importing the exceptions) does not import torch. This package never imports the server
@@ -34,9 +36,10 @@ _LAZY = {
     "CheckpointStore": "autolrs.callbacks.state",
     "Client": "autolrs.callbacks.client",
     "LRFinder": "autolrs.callbacks.lr_finder",
+    "LossDiffTuner": "autolrs.callbacks.loss_diff",
 }
 
-__all__ = ["AutoLRS", "CheckpointStore", "Client", "LRFinder", "AutoLRSConfigError", "AutoLRSError",
+__all__ = ["AutoLRS", "CheckpointStore", "Client", "LRFinder", "LossDiffTuner", "AutoLRSConfigError", "AutoLRSError",
            "AutoLRSWarning", "ServerError", "ServerUnavailable", "ServerUnavailableWarning"]
 
 

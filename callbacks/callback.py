@@ -44,6 +44,7 @@ from autolrs.callbacks.errors import (
     ServerUnavailable,
     ServerUnavailableWarning,
 )
+from autolrs.callbacks.probe import run_probes
 from autolrs.callbacks.state import CheckpointStore
 from autolrs.protocol import ErrorCode
 
@@ -92,6 +93,12 @@ class AutoLRS:
     ``checkpoint="disk"`` keeps checkpoints in a temporary directory under ``checkpoint_dir``
     instead of memory.
 
+    ``probe_fn()`` (optional; the ``loss_diff`` tuner needs it) returns the loss of the current
+    batch as a tensor with its graph, e.g. ``lambda: criterion(model(x), y)`` over the loop's
+    ``x, y``. A ``probe`` action calls it from a restored checkpoint for the loss and gradient
+    before a step, then once per LR under ``no_grad`` after one optimizer step from that
+    checkpoint (see :mod:`autolrs.callbacks.probe`); model and optimizer end as the checkpoint.
+
     With a ``scaler``, a step the GradScaler skipped (inf/NaN gradients: ``scaler.step`` did not
     call ``optimizer.step()``) is not a step: ``step()`` ignores it (no LR change, no loss
     recorded, ``global_step`` unchanged) and counts it in ``skipped_steps``. It is detected with
@@ -116,6 +123,7 @@ class AutoLRS:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tuner: str = "constant",
                  config: dict | None = None, server: str = "tcp://127.0.0.1:5555", job: str | None = None,
                  val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
+                 probe_fn: Callable[[], Any] | None = None,
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
                  checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
@@ -146,6 +154,8 @@ class AutoLRS:
         self.model = model
         self.optimizer = optimizer
         self.val_fn = val_fn
+        self.probe_fn = probe_fn
+        self._probes: list[list[float]] = []  # [loss_before, loss_after] per probed LR, for the next report
         # Hypergradient tuners (rtho, marthe): where the validation gradient comes from.
         self._hypergrad, self._hypergrad_args = None, (val_batches, val_criterion, scaler)
         self.tuner = tuner
@@ -441,9 +451,12 @@ class AutoLRS:
             self._registered = False  # the job is not ours (any more): no goodbye either
 
     def _hello_body(self) -> dict:
-        return {"tuner": self.tuner, "config": self.config, "initial_lr": self.initial_lr,
+        body = {"tuner": self.tuner, "config": self.config, "initial_lr": self.initial_lr,
                 "param_groups": len(self.optimizer.param_groups), "step": self.global_step,
                 "max_steps": self.max_steps, "has_val_fn": self.val_fn is not None, "seed": self.seed}
+        if self.probe_fn is not None:  # only then, so other hellos stay as they were
+            body["has_probe_fn"] = True
+        return body
 
     # --- plans -------------------------------------------------------------------------
 
@@ -459,6 +472,7 @@ class AutoLRS:
         self._active = False
         self._losses.clear()
         self._evals = []
+        self._probes = []
         for action in plan:
             op = action["op"]
             if op == "set_lr":
@@ -478,6 +492,8 @@ class AutoLRS:
                 self._checkpoints.discard(action["slot"])
             elif op == "evaluate":
                 self._evals.append([0, self._evaluate()])
+            elif op == "probe":
+                self._probe(action)
             elif op == "stop":
                 self._should_stop = True
                 self._link = _STOPPED
@@ -502,6 +518,20 @@ class AutoLRS:
                 "reporting NaN"))
             return math.nan
         return float(self.val_fn())
+
+    def _probe(self, action: dict) -> None:
+        if self.probe_fn is None:
+            self._warn_once("probe_fn", (
+                f"autolrs: the tuner of job {self.job} asked for a probe but the callback has no probe_fn; "
+                "nothing is probed (pass probe_fn= to AutoLRS)"))
+            return
+        results = run_probes(self._checkpoints, action["slot"], action["lrs"], self.probe_fn, self.set_lr)
+        if results is None:
+            self._warn_once("probe_slot", (
+                f"autolrs: job {self.job} was asked to probe from checkpoint {action['slot']!r}, which does not "
+                "exist; nothing is probed"))
+            return
+        self._probes.extend(results)
 
     def _start_segment(self, action: dict) -> None:
         steps = action["steps"]
@@ -571,6 +601,8 @@ class AutoLRS:
         if self._dist is not None:  # the mean over the ranks, the same on every rank
             losses, evals = self._dist.average(losses, evals)
         body = {"step": self.global_step, "steps": self._done, "losses": losses, "evals": evals, "lr": self._lr}
+        if self._probes:
+            body["probes"], self._probes = self._probes, []
         self._evals = []
         self.reports += 1
         if self._hypergrad is not None and self._hypergrad.method is not None:
