@@ -11,6 +11,9 @@ Outputs in ``--out``: ``summary.json`` (test accuracy and loss, steps, wall time
 loss of every step, the tuner's stages and candidates as the server reported them) and
 ``curves.png`` (LR and training loss against steps); with ``--tuner range_test`` also
 ``range_test.png`` (loss against LR with the suggested LR marked).
+
+``--nproc N`` trains data-parallel on N ranks (torchrun; gloo on CPU, NCCL with a GPU per rank):
+``--batch-size`` is per rank, the callback is unchanged, rank 0 writes the outputs (see cifar_ddp.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import yaml
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cifar_ddp  # noqa: E402
 from cifar_data import Batches, load_cifar10, resolve_data_dir  # noqa: E402
 from cifar_models import MODELS, default_model  # noqa: E402
 
@@ -63,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (torchrun; gloo on CPU, NCCL on CUDA); --batch-size is per process")
     p.add_argument("--eval-every", type=int, default=None, metavar="N",
                    help="evaluate on the test set every N optimizer steps (and at step 0) and record "
                         "[[step, test_accuracy, test_loss], ...] as summary.json's test_curve")
@@ -158,18 +164,28 @@ def plot_range_test(path: Path, session: dict | None) -> None:
         print(f"range test: {exc} -> {path}")
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    if args.nproc < 1:
+        raise SystemExit(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and args.tuner == "alrao":
+        raise SystemExit("--tuner alrao runs in one process (its optimizer steps each classifier itself); drop --nproc")
+    if args.nproc > 1 and not cifar_ddp.launched():  # start N ranks of this script under torchrun
+        return cifar_ddp.relaunch(__file__, sys.argv[1:] if argv is None else list(argv), args.nproc, Path(args.out))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ranks = cifar_ddp.setup(args.device)
+    device = ranks.device
+    if not ranks.is_main:
+        args.eval_every = None  # rank 0 records the test curve
     torch.manual_seed(args.seed)
 
     data_dir = resolve_data_dir(args.data_dir)
     train_x, train_y, test_x, test_y = load_cifar10(data_dir)
     train_x, train_y, val_x, val_y = split_validation(train_x, train_y, args.val_fraction, args.seed)
-    train = Batches(train_x, train_y, args.batch_size, args.seed, train=True, device=device)
-    val = Batches(val_x, val_y, 500, args.seed, train=False, device=device)
+    train = Batches(train_x, train_y, args.batch_size, args.seed + ranks.rank, train=True, device=device,
+                    sampler=ranks.sampler(len(train_x), args.seed))
+    val = Batches(*ranks.shard(val_x, val_y), 500, args.seed, train=False, device=device)
     test = Batches(test_x, test_y, 500, args.seed, train=False, device=device)
 
     model_name = args.model or default_model(device)
@@ -182,6 +198,7 @@ def main(argv=None) -> dict:
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
     total_steps = args.max_steps or math.ceil((args.epochs or 30) * len(train))
+    train_model = ranks.wrap(model)  # DistributedDataParallel under --nproc; evaluation uses the bare model
 
     def val_fn() -> float:
         return evaluate(model, val)[0]
@@ -208,7 +225,7 @@ def main(argv=None) -> dict:
     if args.eval_every:
         record_test(0)
     model.train()
-    bar = tqdm(total=total_steps, disable=args.no_progress, desc=f"{args.tuner}/{model_name}", unit="step")
+    bar = tqdm(total=total_steps, disable=args.no_progress or not ranks.is_main, desc=f"{args.tuner}/{model_name}", unit="step")
     try:
         step = 0
         while step < total_steps and not (callback and callback.should_stop):
@@ -218,7 +235,7 @@ def main(argv=None) -> dict:
                     loss = alrao_train_step(model, optimizer, xb, yb)
                 else:
                     optimizer.zero_grad(set_to_none=True)
-                    loss = torch.nn.functional.cross_entropy(model(xb), yb)
+                    loss = torch.nn.functional.cross_entropy(train_model(xb), yb)
                     loss.backward()
                     optimizer.step()
                 loss_tensors.append(loss.detach())
@@ -233,11 +250,14 @@ def main(argv=None) -> dict:
                 if step >= total_steps or (callback and callback.should_stop):
                     break
         bar.close()
-        stages = server_job_summary(args.server, callback.job) if callback else None
+        stages = server_job_summary(args.server, callback.job) if callback and ranks.is_main else None
     finally:
         if callback:
             callback.close()
     wall = time.time() - started
+    ranks.close()
+    if not ranks.is_main:
+        return None
 
     losses = torch.stack(loss_tensors).float().cpu().tolist() if loss_tensors else []
     test_loss, test_acc = evaluate(model, test)
@@ -248,7 +268,7 @@ def main(argv=None) -> dict:
         "tuner": args.tuner,
         "tuner_config": tuner_config(args) if callback else
         ({"lr_min": args.lr_min, "lr_max": args.lr_max, "posterior": model.posterior().tolist()} if alrao else None),
-        "model": model_name, "device": str(device), "batch_size": args.batch_size,
+        "model": model_name, "device": str(device), "batch_size": args.batch_size, "nproc": ranks.world,
         "steps": len(lrs), "planned_steps": total_steps, "wall_time_s": round(wall, 2),
         "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc, "val_loss": val_loss,
         "job": callback.job if callback else None, "server_session": stages,

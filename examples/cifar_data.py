@@ -93,18 +93,31 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class Batches:
-    """Shuffled mini-batches of a tensor dataset, forever; augmentation optional."""
+    """Shuffled mini-batches of a tensor dataset, forever; augmentation optional.
+
+    ``sampler`` (a DistributedSampler over ``range(len(x))``) picks and orders each epoch's
+    rows instead of the shuffle: this rank's share under DDP.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-                 train: bool, device: torch.device):
+                 train: bool, device: torch.device, sampler=None):
         self.x, self.y, self.batch_size, self.train, self.device = x, y, batch_size, train, device
         self.generator = torch.Generator().manual_seed(seed)
+        self.sampler, self._epochs = sampler, 0
 
     def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
+        n = len(self.x) if self.sampler is None else len(self.sampler)
+        return (n + self.batch_size - 1) // self.batch_size
 
     def epoch(self):
-        order = torch.randperm(len(self.x), generator=self.generator) if self.train else torch.arange(len(self.x))
+        if self.sampler is not None:
+            self.sampler.set_epoch(self._epochs)
+            self._epochs += 1
+            order = torch.tensor(list(self.sampler), dtype=torch.int64)
+        elif self.train:
+            order = torch.randperm(len(self.x), generator=self.generator)
+        else:
+            order = torch.arange(len(self.x))
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             xb = self.x[idx]
