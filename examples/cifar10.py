@@ -10,7 +10,9 @@ trains at a fixed ``--lr`` with no server, as a baseline.
 Outputs in ``--out``: ``summary.json`` (test accuracy and loss, steps, wall time, the LR and
 loss of every step, the tuner's stages and candidates as the server reported them) and
 ``curves.png`` (LR and training loss against steps); with ``--tuner range_test`` also
-``range_test.png`` (loss against LR with the suggested LR marked).
+``range_test.png`` (loss against LR with the suggested LR marked); with ``--tuner loss_diff``
+``loss_diff.png`` (mean one-step loss change against LR with its t interval): its probing steps
+are undone and training goes on at the LR it picked.
 
 ``--nproc N`` trains data-parallel on N ranks (torchrun; gloo on CPU, NCCL with a GPU per rank):
 ``--batch-size`` is per rank, the callback is unchanged, rank 0 writes the outputs (see cifar_ddp.py).
@@ -37,6 +39,7 @@ from cifar_models import MODELS, default_model  # noqa: E402
 # What each tuner gets unless --tuner-config says otherwise: sized for this example's budget.
 EXAMPLE_TUNER_DEFAULTS = {
     "autolrs": {"min_lr": 1e-3, "max_lr": 1.0},
+    "loss_diff": {"lr_min": 1e-4, "lr_max": 3.0, "num_evals": 20, "num_subsamples": 20, "apply_best": True},
 }
 
 
@@ -164,6 +167,19 @@ def plot_range_test(path: Path, session: dict | None) -> None:
         print(f"range test: {exc} -> {path}")
 
 
+def plot_loss_diff(path: Path, session: dict | None) -> None:
+    """The loss_diff tuner's mean one-step loss change per LR, with its t interval and choice."""
+    summary = (session or {}).get("summary") or {}
+    if not summary.get("stats"):
+        print("loss_diff: the server returned no statistics to plot", file=sys.stderr)
+        return
+    from autolrs.callbacks.loss_diff import plot_deltas
+
+    plot_deltas(summary["lrs"], summary["stats"], log_lr=summary["spacing"] == "log", best=summary["best_lr"],
+                method=summary["method"], alpha=summary["alpha"], path=str(path))
+    print(f"loss_diff: best LR ({summary['method']}) {summary['best_lr']} -> {path}")
+
+
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     if args.nproc < 1:
@@ -203,11 +219,18 @@ def main(argv=None) -> dict | None:
     def val_fn() -> float:
         return evaluate(model, val)[0]
 
+    def probe_fn() -> torch.Tensor:  # --tuner loss_diff: the loss of the loop's current batch
+        return torch.nn.functional.cross_entropy(train_model(xb), yb)
+
+    def tuner_done() -> bool:  # loss_diff stops after probing; training goes on at its LR
+        return callback is not None and callback.should_stop and args.tuner != "loss_diff"
+
     callback = None
     if args.tuner not in ("none", "alrao"):
         from autolrs.callbacks import AutoLRS
         callback = AutoLRS(model, optimizer, tuner=args.tuner, config=tuner_config(args), server=args.server,
-                           job=args.job, val_fn=val_fn, max_steps=total_steps, seed=args.seed)
+                           job=args.job, val_fn=val_fn, max_steps=total_steps, seed=args.seed,
+                           probe_fn=probe_fn if args.tuner == "loss_diff" else None)
 
     if args.eval_every is not None and args.eval_every < 1:
         raise SystemExit(f"--eval-every must be >= 1, got {args.eval_every}")
@@ -228,7 +251,7 @@ def main(argv=None) -> dict | None:
     bar = tqdm(total=total_steps, disable=args.no_progress or not ranks.is_main, desc=f"{args.tuner}/{model_name}", unit="step")
     try:
         step = 0
-        while step < total_steps and not (callback and callback.should_stop):
+        while step < total_steps and not tuner_done():
             for xb, yb in train.epoch():
                 lrs.append(float(optimizer.param_groups[0]["lr"]))
                 if alrao:
@@ -247,7 +270,7 @@ def main(argv=None) -> dict | None:
                     record_test(step)
                 if step % 25 == 0:
                     bar.set_postfix(lr=f"{lrs[-1]:.3g}", loss=f"{loss_tensors[-1].item():.3f}")
-                if step >= total_steps or (callback and callback.should_stop):
+                if step >= total_steps or tuner_done():
                     break
         bar.close()
         stages = server_job_summary(args.server, callback.job) if callback and ranks.is_main else None
@@ -282,6 +305,8 @@ def main(argv=None) -> dict | None:
                                                   f"test accuracy {test_acc:.3f}")
     if args.tuner == "range_test":
         plot_range_test(out / "range_test.png", stages)
+    elif args.tuner == "loss_diff":
+        plot_loss_diff(out / "loss_diff.png", stages)
     print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  steps {len(lrs)}  "
           f"wall {wall:.1f}s  -> {out}/summary.json, {out}/curves.png")
     return summary
