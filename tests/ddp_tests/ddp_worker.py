@@ -1,7 +1,8 @@
 """One rank of a DDP training job on scikit-learn's digits, tuned by an autolrs server.
 
-Launched by the DDP tests with ``python -m torch.distributed.run --nproc_per_node 2`` (gloo,
-CPU). Each rank trains the same MLP wrapped in DistributedDataParallel on its own shard of the
+Runs as a script under ``python -m torch.distributed.run --nproc_per_node 2`` (gloo, CPU), or
+through :func:`run_rank` in processes the tests fork (no interpreter start-up, no torch import
+per rank: seconds less per test on a loaded 2-core machine). Each rank trains the same MLP wrapped in DistributedDataParallel on its own shard of the
 data, with the callback unchanged, and writes what it saw to ``--out``:
 ``rank<r>.json`` (steps trained, the LR and its own loss of each step, its own val_fn results,
 warnings) and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from shared_testlib import make_mlp  # noqa: E402
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--server", required=True)
     p.add_argument("--job", required=True)
@@ -35,11 +37,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--retry-interval", type=float, default=5.0)
     p.add_argument("--check-errors", action="store_true",
                    help="first build callbacks that must fail (an unknown tuner, a config JSON cannot encode)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def run_rank(rank: int, world: int, port: int, argv: list[str]) -> None:
+    """One rank in a forked process: the environment torchrun would set, then :func:`main`."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    main(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

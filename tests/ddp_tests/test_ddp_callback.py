@@ -1,49 +1,71 @@
-"""The callback under DDP: two gloo ranks on CPU, launched with torchrun, train digits with
-DistributedDataParallel while a real server runs AutoLRS for them (see ddp_worker.py)."""
+"""The callback under DDP: two gloo ranks on CPU train digits with DistributedDataParallel
+while a real server runs AutoLRS for them (see ddp_worker.py). The ranks are forked from the
+test process with the environment torchrun sets (test_ddp_example.py runs real torchrun)."""
 
 from __future__ import annotations
 
+import importlib
 import json
-import os
-import subprocess
-import sys
+import multiprocessing
+import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+import ddp_worker
+from ddp_testlib import decisions, lr_history
+
 CONFIG = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 20, "k": 3, "tau_max": 40, "trial_fraction": 0.25, "val_points": 5}
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
 
 
-def launch(endpoint: str, job: str, out: Path, digits, steps: int, **options) -> subprocess.Popen:
-    """``torchrun --standalone --nproc_per_node 2 ddp_worker.py``; output to out/launch.log."""
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / "digits.pt"
-    torch.save(digits, data)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--monitor-interval", "0.1", str(WORKER), "--server", endpoint, "--job", job, "--out", str(out),
-           "--data", str(data), "--steps", str(steps), "--config", json.dumps(CONFIG)]
-    for key, value in options.items():  # value "" is a flag
-        cmd += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(out / "launch.log", "wb")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def finish(proc: subprocess.Popen, out: Path, timeout: float = 120) -> tuple[dict, dict]:
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"the DDP job did not finish in {timeout} s:\n{(out / 'launch.log').read_text()[-4000:]}")
-    assert rc == 0, (out / "launch.log").read_text()[-4000:]
-    return tuple(json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+class Job:
+    """Two forked ranks of ddp_worker.main; their output goes to ``out``."""
+
+    def __init__(self, endpoint: str, job: str, out: Path, digits, steps: int, **options):
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        data = out / "digits.pt"
+        torch.save(digits, data)
+        argv = ["--server", endpoint, "--job", job, "--out", str(out), "--data", str(data), "--steps", str(steps),
+                "--config", json.dumps(CONFIG)]
+        for key, value in options.items():  # value "" is a flag
+            argv += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
+        # DistributedDataParallel imports torch._dynamo on first use (seconds): once here, and
+        # the forked ranks inherit it.
+        importlib.import_module("torch._dynamo")
+
+        ctx = multiprocessing.get_context("fork")
+        port = free_port()
+        self.procs = [ctx.Process(target=ddp_worker.run_rank, args=(rank, 2, port, argv), daemon=True)
+                      for rank in range(2)]
+        for proc in self.procs:
+            proc.start()
+
+    def running(self) -> bool:
+        return all(proc.is_alive() for proc in self.procs)
+
+    def finish(self, timeout: float = 90) -> tuple[dict, dict]:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        hung = [proc for proc in self.procs if proc.is_alive()]
+        for proc in hung:
+            proc.kill()
+            proc.join()
+        assert not hung, f"{len(hung)} rank(s) did not finish in {timeout} s"
+        assert [proc.exitcode for proc in self.procs] == [0, 0]
+        return tuple(json.loads((self.out / f"rank{r}.json").read_text()) for r in (0, 1))
 
 
 def assert_identical_parameters(out: Path) -> None:
@@ -53,30 +75,10 @@ def assert_identical_parameters(out: Path) -> None:
         assert torch.equal(p0[name], p1[name]), name  # bitwise
 
 
-def decisions(state_dir: Path, job: str) -> list[dict]:
-    lines = (state_dir / "jobs" / job / "decisions.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def lr_history(records: list[dict]) -> list[float]:
-    """The LR of every step as the server's plans dictate (set_lr, run with or without lrs)."""
-    lrs: list[float] = []
-    lr = None
-    for record in records:
-        for action in record.get("plan") or []:
-            if action["op"] == "set_lr":
-                lr = action["lr"]
-            elif action["op"] == "run":
-                segment = action.get("lrs") or [lr] * action["steps"]
-                lrs += segment
-                lr = segment[-1]
-    return lrs
-
-
 def test_two_gloo_ranks_stay_identical_and_apply_the_servers_lrs(live_server, digits, tmp_path):
     server = live_server(tmp_path / "state")
     out, budget = tmp_path / "run", 240
-    r0, r1 = finish(launch(server.endpoint, "ddp-autolrs", out, digits, budget, check_errors=""), out)
+    r0, r1 = Job(server.endpoint, "ddp-autolrs", out, digits, budget, check_errors="").finish()
 
     # Errors at start reach every rank (none is left waiting in a collective): the server's
     # refusal, and rank 0's own failure to encode the hello.
@@ -115,16 +117,16 @@ def test_two_gloo_ranks_stay_identical_and_apply_the_servers_lrs(live_server, di
 def test_ranks_train_on_in_step_when_the_server_dies(live_server, digits, tmp_path):
     state = tmp_path / "state"
     server = live_server(state)
-    out, budget = tmp_path / "run", 600
-    proc = launch(server.endpoint, "ddp-killed", out, digits, budget, timeout=1.0, retry_interval=0.3)
+    out, budget = tmp_path / "run", 300
+    job = Job(server.endpoint, "ddp-killed", out, digits, budget, timeout=1.0, retry_interval=0.3)
     log = state / "jobs" / "ddp-killed" / "decisions.jsonl"
     deadline = time.monotonic() + 90
     while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-        assert proc.poll() is None, (out / "launch.log").read_text()[-4000:]
+        assert job.running(), "a rank ended before the server was killed"
         assert time.monotonic() < deadline, "the job made no progress with the server"
         time.sleep(0.005)
     server.kill()  # SIGKILL mid-run
-    r0, r1 = finish(proc, out)
+    r0, r1 = job.finish()
 
     assert r0["steps"] == r1["steps"] == budget  # nobody stopped or hung
     assert not r0["should_stop"] and not r1["should_stop"]
@@ -136,7 +138,7 @@ def test_ranks_train_on_in_step_when_the_server_dies(live_server, digits, tmp_pa
     # delivered), then trained on at one LR.
     delivered = lr_history(records[:-1])
     assert r0["lrs"][:len(delivered)] == delivered
-    assert len(set(r0["lrs"][-200:])) == 1
+    assert len(set(r0["lrs"][-150:])) == 1
     # Fail-open warned once, on rank 0 only.
     assert sum("ServerUnavailableWarning" in w for w in r0["warnings"]) == 1
     assert not r1["warnings"]
