@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--data", required=True, help="torch.save'd (x, y) of the digits (no sklearn import per rank)")
     p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--tuner", default="autolrs")
     p.add_argument("--config", default="{}", help="tuner config as JSON")
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--retry-interval", type=float, default=5.0)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(100 + rank)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cb = AutoLRS(model, optimizer, tuner="autolrs", config=json.loads(args.config), server=args.server,
+        cb = AutoLRS(model, optimizer, tuner=args.tuner, config=json.loads(args.config), server=args.server,
                      job=args.job, val_fn=val_fn, max_steps=args.steps, seed=0, timeout=args.timeout,
                      retry_interval=args.retry_interval)
         with cb:

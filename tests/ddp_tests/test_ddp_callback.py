@@ -8,6 +8,7 @@ import importlib
 import json
 import multiprocessing
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,11 @@ import pytest
 import torch
 
 import ddp_worker
+from autolrs.actions import run, set_lr
 from ddp_testlib import decisions, lr_history
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "callbacks_tests"))
+from callbacks_testlib import ScriptedPeer, ScriptedTuner  # noqa: E402
 
 CONFIG = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 20, "k": 3, "tau_max": 40, "trial_fraction": 0.25, "val_points": 5}
 
@@ -142,3 +147,36 @@ def test_ranks_train_on_in_step_when_the_server_dies(live_server, digits, tmp_pa
     # Fail-open warned once, on rank 0 only.
     assert sum("ServerUnavailableWarning" in w for w in r0["warnings"]) == 1
     assert not r1["warnings"]
+
+
+def test_ranks_agree_through_a_deferred_request_and_a_lost_job(digits, tmp_path):
+    """The server fails a report (internal: retried after retry_interval, on rank 0's clock),
+    then forgets the job (unknown_job: a fresh hello): every rank acts on every outcome at the
+    same step."""
+    script = ScriptedTuner([
+        [set_lr(0.05), run(20, 0)],
+        [set_lr(0.2), run(20, 20)],  # the deferred report's answer, applied late: steps skipped
+        [set_lr(0.01), run(20, 0)],  # the second hello's
+    ], errors={1: "internal", 3: "unknown_job"})
+    peer = ScriptedPeer(script)
+    try:
+        out = tmp_path / "run"
+        r0, r1 = Job(peer.endpoint, "ddp-scripted", out, digits, 5000, tuner="scripted",
+                     timeout=2.0, retry_interval=0.2).finish()
+    finally:
+        peer.close()
+    assert r0["should_stop"] and r1["should_stop"] and r0["steps"] == r1["steps"] < 5000
+    assert r0["lrs"] == r1["lrs"]
+    assert_identical_parameters(out)
+    kinds = [protocol_kind(r) for r in script.applied]
+    assert kinds == ["hello", "report", "report", "report", "hello", "report"]
+    assert len({r["client_id"] for r in peer.received}) == 1  # rank 0 alone talked
+    lrs = r0["lrs"]
+    assert lrs[:20] == [0.05] * 20 and 0.2 in lrs and lrs[-1] == 0.01
+    # The deferred report was resent after retry_interval while both ranks trained on at 0.05.
+    deferred = lrs.index(0.2)
+    assert deferred > 20 and set(lrs[20:deferred]) == {0.05}
+
+
+def protocol_kind(request: dict) -> str:
+    return request["type"][: -len("_request")]
