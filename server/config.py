@@ -33,7 +33,7 @@ class ServerConfig:
     #: tuner name -> default knobs for jobs using that tuner.
     tuners: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Many jobs and authentication (see defaults.yaml).
-    workers: int = 4
+    workers: int = 16
     max_sessions: int = 1000
     lease_s: float = 3600.0
     secret_file: str | None = None

@@ -10,12 +10,12 @@ from autolrs.server.config import ConfigError, ServerConfig, job_tuner_config, l
 def test_embedded_defaults():
     d = load_defaults()
     assert d == {"server": {"host": "127.0.0.1", "port": 5555, "state_dir": "autolrs-state",
-                            "max_message_bytes": 1048576, "fsync": False, "workers": 4, "max_sessions": 1000,
+                            "max_message_bytes": 1048576, "fsync": False, "workers": 16, "max_sessions": 1000,
                             "lease_s": 3600, "secret_file": None, "auth_window_s": 120,
                             "allow_insecure": False}, "tuners": {}}
     c = load_config()
     assert c == ServerConfig(host="127.0.0.1", port=5555, state_dir="autolrs-state",
-                             max_message_bytes=1048576, fsync=False, tuners={}, workers=4, max_sessions=1000,
+                             max_message_bytes=1048576, fsync=False, tuners={}, workers=16, max_sessions=1000,
                              lease_s=3600.0, secret_file=None, auth_window_s=120.0, allow_insecure=False)
 
 

@@ -1,0 +1,289 @@
+"""One server, many AutoLRS jobs: reply latency, throughput and memory as the job count grows.
+
+For each N, a fresh server process (``python -m autolrs.server``) serves N simulated training
+jobs. Each job is a thread with its own REQ socket on loopback (spread over several client
+processes so the clients' own GIL does not add to the latencies) that runs the real protocol:
+``hello`` for the ``autolrs`` tuner, then for every plan it carries the plan out on
+:class:`autolrs.testing.SimulatedClient` (a synthetic loss, no torch), sleeps ``steps *
+step_ms`` as if it trained those steps, and sends the ``report``. Jobs start spread over one
+trial's time so they do not move in lockstep. A probe thread pings the server every 100 ms: its
+latency is what any request waits behind the others (the AutoLRS replies also include the job's
+own GP fit and forecast, tens of ms, even with N = 1).
+
+Latencies are client-side, from send to reply, of the requests sent in the measurement window
+(after every job's hello). Server memory is its RSS at the end and its peak (VmHWM); CPU is the
+server's CPU time over the window. For scale, the bench first times the tuner alone (``tell``
++ ``ask`` per report, in this process, no server): the floor under any reply's latency.
+
+    python bench/server_load.py [--jobs 1 16 64 256] [--seconds 20] [--step-ms 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import zmq
+
+from autolrs import protocol
+from autolrs.server.process import ServerProcess
+from autolrs.testing import SimulatedClient
+from autolrs.tuners import make_tuner
+
+TARGET_P99_MS = 50.0
+#: AutoLRS knobs of every simulated job: the tuner's defaults except a shorter cap on stages.
+JOB_CONFIG = {"tau": 1000, "k": 10, "trial_fraction": 0.1, "tau_max": 4000}
+REPLY_TIMEOUT_S = 10.0
+
+
+class Caller:
+    """A REQ socket that resends on a fresh socket after a timeout (same seq, lazy pirate)."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.ctx = zmq.Context.instance()
+        self.sock = self._open()
+        self.timeouts = 0
+
+    def _open(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def call(self, frame: bytes) -> dict:
+        while True:
+            self.sock.send(frame)
+            if self.sock.poll(int(REPLY_TIMEOUT_S * 1000), zmq.POLLIN):
+                return protocol.loads(self.sock.recv())
+            self.timeouts += 1
+            self.sock.close(0)
+            self.sock = self._open()
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def run_job(endpoint: str, index: int, step_s: float, start_at: float, measure_from: float, stop_at: float,
+            samples: list, stats: dict) -> None:
+    """One simulated training job; appends (kind, latency_s) of the requests sent in the window."""
+    caller = Caller(endpoint)
+    client_id = uuid.uuid4().hex[:16]
+    job = f"load-{index}-{client_id[:6]}"
+    sim = SimulatedClient(seed=index)
+    time.sleep(max(0.0, start_at - time.time()))
+    seq = 0
+
+    def call(kind: str, body: dict) -> dict:
+        nonlocal seq
+        frame = protocol.dumps(protocol.request(kind, body, job_id=job, client_id=client_id, seq=seq))
+        seq += 1
+        sent_wall, t0 = time.time(), time.perf_counter()
+        reply = caller.call(frame)
+        latency = time.perf_counter() - t0
+        if measure_from <= sent_wall < stop_at:
+            samples.append((kind, latency))
+        if reply.get("status") != "ok":
+            stats["errors"] = stats.get("errors", 0) + 1
+        return reply
+
+    hello = {"tuner": "autolrs", "config": JOB_CONFIG, "initial_lr": 0.1, "param_groups": 1, "step": 0,
+             "max_steps": None, "has_val_fn": False, "seed": index}
+    reply = call("hello", hello)
+    while time.time() < stop_at and reply.get("status") == "ok":
+        obs = sim.execute(reply["body"]["plan"])
+        if obs is None:
+            break
+        # Train the segment: its steps take step_s each (cut short at the end of the run).
+        time.sleep(max(0.0, min(obs.steps * step_s, stop_at - time.time())))
+        if time.time() >= stop_at:
+            break
+        reply = call("report", {"step": obs.step, "steps": obs.steps, "losses": obs.losses,
+                                "evals": [list(e) for e in obs.evals]})
+    stats["timeouts"] = stats.get("timeouts", 0) + caller.timeouts
+    caller.close()
+
+
+def client_process(endpoint: str, indices: list[int], step_s: float, stagger: float, seconds: float,
+                   ready: mp.Queue, go: mp.Queue, out: mp.Queue) -> None:
+    """Run the jobs ``indices`` as threads once the start time comes from ``go``; put
+    (samples, stats) on ``out`` at the end."""
+    ready.put(os.getpid())
+    start = go.get()
+    measure_from, stop_at = window(start, stagger, seconds)
+    rng = random.Random(indices[0] if indices else 0)
+    samples: list = []
+    stats: dict = {}
+    threads = [threading.Thread(target=run_job, args=(endpoint, i, step_s, start + rng.uniform(0, stagger),
+                                                      measure_from, stop_at, samples, stats), daemon=True)
+               for i in indices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(stop_at - time.time() + 2 * REPLY_TIMEOUT_S)
+    out.put((samples, stats))
+
+
+def window(start: float, stagger: float, seconds: float) -> tuple[float, float]:
+    """(measure_from, stop_at): measuring starts once every job has sent its hello."""
+    measure_from = start + stagger + 1.0
+    return measure_from, measure_from + seconds
+
+
+def probe(endpoint: str, measure_from: float, stop_at: float, samples: list) -> None:
+    caller = Caller(endpoint)
+    frame = protocol.dumps(protocol.request("ping"))
+    while time.time() < stop_at:
+        t_wall, t0 = time.time(), time.perf_counter()
+        caller.call(frame)
+        if t_wall >= measure_from:
+            samples.append(time.perf_counter() - t0)
+        time.sleep(0.1)
+    caller.close()
+
+
+def memory_kb(pid: int) -> dict:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def measure(n: int, seconds: float, step_ms: float, processes: int, server_args: list[str]) -> dict:
+    step_s = step_ms / 1000
+    stagger = JOB_CONFIG["tau"] * JOB_CONFIG["trial_fraction"] * step_s  # one trial
+    with tempfile.TemporaryDirectory(prefix="autolrs-load-") as tmp:
+        server = ServerProcess(Path(tmp) / "state", "--log-level", "WARNING", *server_args)
+        try:
+            idle = memory_kb(server.proc.pid)["VmRSS"]
+            ctx = mp.get_context("spawn")
+            ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+            shares = [list(range(p, n, processes)) for p in range(min(processes, n))]
+            procs = [ctx.Process(target=client_process, args=(server.endpoint, share, step_s, stagger, seconds,
+                                                              ready, go, out), daemon=True)
+                     for share in shares]
+            for p in procs:
+                p.start()
+            for _ in procs:  # every client process is up before the clock starts (spawning is slow)
+                ready.get(timeout=120)
+            start = time.time() + 0.2
+            for _ in procs:
+                go.put(start)
+            measure_from, stop_at = window(start, stagger, seconds)
+            pings: list[float] = []
+            probe_thread = threading.Thread(target=probe, args=(server.endpoint, measure_from, stop_at, pings))
+            probe_thread.start()
+            time.sleep(max(0.0, measure_from - time.time()))
+            cpu_start = cpu_seconds(server.proc.pid)
+            time.sleep(max(0.0, stop_at - time.time()))
+            cpu = cpu_seconds(server.proc.pid) - cpu_start
+            results = [out.get(timeout=stop_at - time.time() + 4 * REPLY_TIMEOUT_S + 60) for _ in procs]
+            probe_thread.join()
+            memory = memory_kb(server.proc.pid)
+            for p in procs:
+                p.join(10)
+        finally:
+            server.close()
+    latencies = [lat for samples, _ in results for _, lat in samples]
+    reports = [lat for samples, _ in results for kind, lat in samples if kind == "report"]
+    errors = sum(stats.get("errors", 0) for _, stats in results)
+    timeouts = sum(stats.get("timeouts", 0) for _, stats in results)
+    ms = 1000.0
+    return {
+        "jobs": n, "seconds": seconds, "step_ms": step_ms, "requests": len(latencies), "reports": len(reports),
+        "replies_per_s": len(latencies) / seconds,
+        "median_ms": statistics.median(latencies) * ms if latencies else float("nan"),
+        "p99_ms": percentile(latencies, 99) * ms, "max_ms": max(latencies, default=float("nan")) * ms,
+        "ping_median_ms": statistics.median(pings) * ms if pings else float("nan"),
+        "ping_p99_ms": percentile(pings, 99) * ms,
+        "server_cpu_pct": 100 * cpu / seconds, "server_rss_mb": memory["VmRSS"] / 1024, "server_peak_mb": memory["VmHWM"] / 1024,
+        "server_idle_mb": idle / 1024, "errors": errors, "timeouts": timeouts,
+    }
+
+
+def tuner_compute(reports: int = 66) -> dict:
+    """Milliseconds of ``tell`` + ``ask`` per report of one AutoLRS job (six stages by default)."""
+    tuner = make_tuner("autolrs", {**JOB_CONFIG, "initial_lr": 0.1}, 0)
+    sim = SimulatedClient(seed=0)
+    times = []
+    for _ in range(reports):
+        obs = sim.execute(tuner.ask())
+        if obs is None:
+            break
+        t0 = time.perf_counter()
+        tuner.tell(obs)
+        tuner.ask()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"reports": len(times), "median_ms": statistics.median(times), "p99_ms": percentile(times, 99),
+            "max_ms": max(times)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, nargs="+", default=[1, 16, 64, 256])
+    p.add_argument("--seconds", type=float, default=20.0, help="measurement window per N")
+    p.add_argument("--step-ms", type=float, default=100.0,
+                   help="simulated time of one training step (a trial is 100 steps)")
+    p.add_argument("--processes", type=int, default=4, help="client processes the jobs are spread over")
+    p.add_argument("--workers", type=int, default=None, help="server worker threads (default: the config's)")
+    p.add_argument("--out", default="bench/out/server_load.json")
+    args = p.parse_args()
+    server_args = [] if args.workers is None else ["--config", _workers_config(args.workers)]
+
+    compute = tuner_compute()
+    print(f"AutoLRS tuner alone (tell + ask, {compute['reports']} reports): median {compute['median_ms']:.1f} ms, "
+          f"p99 {compute['p99_ms']:.1f} ms, max {compute['max_ms']:.1f} ms", flush=True)
+    rows = []
+    print(f"{'jobs':>5} {'requests':>9} {'replies/s':>10} {'median ms':>10} {'p99 ms':>8} {'max ms':>8} "
+          f"{'ping p50':>9} {'ping p99':>9} {'CPU %':>6} {'RSS MB':>7} {'peak MB':>8} {'errors':>7}", flush=True)
+    for n in args.jobs:
+        r = measure(n, args.seconds, args.step_ms, args.processes, server_args)
+        rows.append(r)
+        print(f"{r['jobs']:>5} {r['requests']:>9} {r['replies_per_s']:>10.1f} {r['median_ms']:>10.2f} "
+              f"{r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} {r['ping_median_ms']:>9.2f} {r['ping_p99_ms']:>9.1f} "
+              f"{r['server_cpu_pct']:>6.0f} {r['server_rss_mb']:>7.1f} {r['server_peak_mb']:>8.1f} {r['errors'] + r['timeouts']:>7}",
+              flush=True)
+    top = max(rows, key=lambda r: r["jobs"])
+    verdict = "meets" if top["p99_ms"] < TARGET_P99_MS else "misses"
+    print(f"p99 at {top['jobs']} jobs: {top['p99_ms']:.1f} ms ({verdict} the target of < {TARGET_P99_MS:g} ms); "
+          f"ping p99 {top['ping_p99_ms']:.1f} ms; load average {os.getloadavg()[0]:.1f}")
+    report = {"benchmark": "server_load", "job_config": JOB_CONFIG, "step_ms": args.step_ms,
+              "target_p99_ms": TARGET_P99_MS, "tuner_compute": compute, "load_average": os.getloadavg(), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+def _workers_config(workers: int) -> str:
+    path = Path(tempfile.mkdtemp(prefix="autolrs-load-cfg-")) / "server.yaml"
+    path.write_text(f"server: {{workers: {workers}}}\n")
+    return str(path)
+
+
+if __name__ == "__main__":
+    main()
