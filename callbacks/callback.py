@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AutoLRS", "default_job_id"]
 
 #: Hello rejections that mean the user asked for something impossible: raised at construction.
-CONFIG_ERRORS = (ErrorCode.UNKNOWN_TUNER, ErrorCode.BAD_CONFIG, ErrorCode.JOB_CONFLICT)
+CONFIG_ERRORS = (ErrorCode.UNKNOWN_TUNER, ErrorCode.BAD_CONFIG, ErrorCode.JOB_CONFLICT, ErrorCode.UNAUTHENTICATED)
 
 # Link states (what the callback is doing with the server).
 _ONLINE = "online"  # nothing pending: a segment runs, or nothing is needed yet
@@ -112,6 +112,10 @@ class AutoLRS:
     group), build the callback and call ``step`` on every rank alike: rank 0 talks to the
     server under its job id, every rank carries out the same plans, and the reported losses
     and ``val_fn`` results are the means over the ranks.
+
+    ``secret`` signs every request for a server that requires a shared secret (default: from
+    ``$AUTOLRS_SECRET`` or the file named by ``$AUTOLRS_SECRET_FILE``, else unsigned); a server
+    that refuses the signature at start raises :class:`AutoLRSConfigError`.
     """
 
     #: The most losses one report carries (the last ones of a segment): bounds memory and the
@@ -127,7 +131,7 @@ class AutoLRS:
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
                  checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
-                 seed: int | None = None, distributed: bool | None = None):
+                 seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None):
         if not isinstance(tuner, str) or not tuner:
             raise ValueError(f"tuner must be a non-empty string, got {tuner!r}")
         if config is not None and not isinstance(config, dict):
@@ -212,9 +216,10 @@ class AutoLRS:
                                             storage=checkpoint, directory=checkpoint_dir)
         try:
             if self._dist is None:
-                self._client = Client(server, job, timeout=self.timeout)
+                self._client = Client(server, job, timeout=self.timeout, secret=secret)
             else:  # rank 0's client; None on the other ranks
-                self._client = self._dist.leader_call(lambda: Client(server, job, timeout=self.timeout), share=False)
+                self._client = self._dist.leader_call(lambda: Client(server, job, timeout=self.timeout, secret=secret),
+                                                      share=False)
         except BaseException:
             self._checkpoints.close()
             raise

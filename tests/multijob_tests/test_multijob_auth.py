@@ -13,7 +13,7 @@ import zmq
 from server_testlib import TIMEOUT_S, hello_body, report_body, run_cli
 
 from autolrs import auth, protocol
-from autolrs.callbacks import AutoLRS
+from autolrs.callbacks import AutoLRS, AutoLRSConfigError
 from autolrs.callbacks.client import Client, ServerError
 from autolrs.protocol import ErrorCode
 
@@ -115,6 +115,11 @@ def test_callback_trains_through_a_signed_server(live_server, secret_file, tmp_p
         assert cb.online
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 ** 2)
     assert "refused a request" not in server.log()
+    # a wrong secret is a configuration error, raised before any training
+    with pytest.raises(AutoLRSConfigError, match="unauthenticated"):
+        AutoLRS(model, optimizer, tuner="constant", server=server.endpoint, job="wrong-secret",
+                timeout=TIMEOUT_S, secret="a-wrong-secret-of-enough-length")
+    assert not (tmp_path / "state" / "jobs" / "wrong-secret").exists()
 
 
 def test_non_loopback_bind_needs_a_secret_or_insecure(tmp_path):
