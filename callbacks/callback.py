@@ -343,7 +343,7 @@ class AutoLRS:
         """The one place that talks to the server (see :meth:`_talk`); under DDP, rank 0 talks
         and every rank gets its outcome."""
         if self._dist is not None:
-            return self._dist.leader_call(self._talk, op, kind, body, wait)
+            return self._dist.server(self._talk, op, kind, body, wait)
         return self._talk(op, kind, body, wait)
 
     def _talk(self, op: str, kind: str | None = None, body: dict | None = None, wait: float = 0.0):
@@ -392,7 +392,7 @@ class AutoLRS:
         if self._link == _DEFERRED:
             due = time.monotonic() >= self._retry_at
             if self._dist is not None:  # rank 0's clock decides for every rank
-                due = self._dist.agree(due)
+                due = self._dist.due(due)
             if not due:
                 return
             kind, body = self._deferred

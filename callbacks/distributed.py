@@ -6,7 +6,10 @@ same plan: set the LR, checkpoint, restore, evaluate, run. So replicas stay iden
 ranks reach the same collectives at the same steps:
 
 * one broadcast per exchange with the server (a 1-element flag tensor, plus the outcome object
-  only when there is one), so a step that polls for a pending reply costs one tiny broadcast;
+  only when there is one). While a request is pending (a slow or dead server), the ranks look
+  for its reply at steps 1, 2, 4, ... up to every :data:`MAX_POLL_GAP` steps after the last
+  exchange, a rule they all count alike, so a dead server costs one tiny broadcast per
+  ``MAX_POLL_GAP`` steps rather than per step;
 * one ``all_reduce`` per report, averaging the segment's losses and evaluations over the ranks
   (plus one for a length check), so rank 0 reports the mean and every rank agrees on it.
 
@@ -29,6 +32,10 @@ __all__ = ["DistributedLink", "distributed_link"]
 
 # Flag values broadcast before an outcome.
 _NONE, _VALUE, _RAISED = 0, 1, 2
+
+#: Most steps between two looks for a pending reply (or a deferred request's retry time). A
+#: reply is acted on at most this many steps late; a plan's start_step covers the lateness.
+MAX_POLL_GAP = 32
 
 
 def distributed_link(mode: bool | None) -> "DistributedLink | None":
@@ -64,11 +71,43 @@ class DistributedLink:
             self.device = torch.device("cuda", torch.cuda.current_device())
         else:
             self.device = torch.device("cpu")
+        # Polling back-off: steps until the next look, and the current gap (see MAX_POLL_GAP).
+        self._countdown = self._gap = 1
 
     def __repr__(self) -> str:
         return f"DistributedLink(rank={self.rank}, world_size={self.world_size}, device={self.device})"
 
     # --- leader calls ------------------------------------------------------------------
+
+    def server(self, talk: Callable[..., Any], op: str, *args: Any) -> Any:
+        """``talk(op, *args)`` (the callback's one exchange with the server) on the leader, its
+        outcome on every rank. ``"poll"`` backs off (see :data:`MAX_POLL_GAP`); a new request
+        starts polling afresh."""
+        if op == "poll":
+            if self._skip():
+                return None
+            outcome = self.leader_call(talk, op, *args)
+            self._backoff(outcome is not None)
+            return outcome
+        self._countdown = self._gap = 1
+        return self.leader_call(talk, op, *args)
+
+    def due(self, value: bool) -> bool:
+        """The leader's ``value`` (its clock says a deferred request is due) on every rank,
+        consulted with the same back-off as polling."""
+        if self._skip():
+            return False
+        value = self.agree(value)
+        self._backoff(value)
+        return value
+
+    def _skip(self) -> bool:
+        self._countdown -= 1
+        return self._countdown > 0
+
+    def _backoff(self, answered: bool) -> None:
+        self._gap = 1 if answered else min(2 * self._gap, MAX_POLL_GAP)
+        self._countdown = self._gap
 
     def leader_call(self, fn: Callable[..., Any], *args: Any, share: bool = True, **kwargs: Any) -> Any:
         """Run ``fn`` on the leader only and give its result to every rank (``share=False``:
