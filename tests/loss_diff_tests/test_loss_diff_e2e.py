@@ -193,3 +193,22 @@ def test_a_client_without_probe_fn_is_refused_before_training(live_server, digit
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with pytest.raises(AutoLRSConfigError, match="probe_fn"):
         AutoLRS(model, optimizer, tuner="loss_diff", server=server.endpoint, job="ld-no-probe")
+
+
+def test_loss_diff_tuner_fails_open_without_a_server(digits):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model, optimizer = trained_adam(digits, steps=2)
+    before = snapshot(model, optimizer)
+    x, y = digits
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
+    tuner = LossDiffTuner(model, optimizer, F.cross_entropy, server=f"tcp://127.0.0.1:{port}", timeout=0.3)
+    with pytest.warns(Warning) as record:
+        assert tuner.tune(loader, num_evals=3, num_subsamples=2) is None
+    assert any("did not finish" in str(w.message) for w in record)
+    assert_bitwise(snapshot(model, optimizer), before)
+    with pytest.raises(RuntimeError, match="tune"):
+        tuner.get_best_lr()
