@@ -39,6 +39,10 @@ from cifar_models import MODELS, default_model  # noqa: E402
 # What each tuner gets unless --tuner-config says otherwise: sized for this example's budget.
 EXAMPLE_TUNER_DEFAULTS = {
     "autolrs": {"min_lr": 1e-3, "max_lr": 1.0},
+    # Hyper-LRs sized for SGD with momentum on the small CNN (bench/hypergradient.py).
+    "hd": {"beta": 0.01, "clip": 0.5},
+    "rtho": {"beta": 0.005, "clip": 0.5},
+    "marthe": {"beta": 0.005, "clip": 0.5},
     "loss_diff": {"lr_min": 1e-4, "lr_max": 3.0, "num_evals": 20, "num_subsamples": 20, "apply_best": True},
 }
 
@@ -46,7 +50,8 @@ EXAMPLE_TUNER_DEFAULTS = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tuner", default="autolrs",
-                   help="a tuner registered on the server (autolrs, constant, step, exponential, cosine, ...), "
+                   help="a tuner registered on the server (autolrs, constant, step, exponential, cosine, hd, rtho, "
+                        "marthe, ...), "
                         "'alrao' (random per-unit LRs in [--lr-min, --lr-max], no server) "
                         "or 'none' for a fixed --lr without a server")
     p.add_argument("--tuner-config", default=None,
@@ -184,6 +189,8 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     if args.nproc < 1:
         raise SystemExit(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and args.tuner in ("rtho", "marthe"):
+        raise SystemExit(f"--tuner {args.tuner} needs a Hessian-vector product, which DDP does not reduce; drop --nproc")
     if args.nproc > 1 and args.tuner == "alrao":
         raise SystemExit("--tuner alrao runs in one process (its optimizer steps each classifier itself); drop --nproc")
     if args.nproc > 1 and not cifar_ddp.launched():  # start N ranks of this script under torchrun
@@ -230,6 +237,7 @@ def main(argv=None) -> dict | None:
         from autolrs.callbacks import AutoLRS
         callback = AutoLRS(model, optimizer, tuner=args.tuner, config=tuner_config(args), server=args.server,
                            job=args.job, val_fn=val_fn, max_steps=total_steps, seed=args.seed,
+                           val_batches=val if args.tuner in ("rtho", "marthe") else None,
                            probe_fn=probe_fn if args.tuner == "loss_diff" else None)
 
     if args.eval_every is not None and args.eval_every < 1:
@@ -259,7 +267,10 @@ def main(argv=None) -> dict | None:
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     loss = torch.nn.functional.cross_entropy(train_model(xb), yb)
-                    loss.backward()
+                    if callback:
+                        callback.backward(loss)  # loss.backward(), plus H.Z for rtho/marthe
+                    else:
+                        loss.backward()
                     optimizer.step()
                 loss_tensors.append(loss.detach())
                 if callback:

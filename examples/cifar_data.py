@@ -109,6 +109,10 @@ class Batches:
         n = len(self.x) if self.sampler is None else len(self.sampler)
         return (n + self.batch_size - 1) // self.batch_size
 
+    def __iter__(self):
+        """One epoch (so a Batches can be the callback's ``val_batches``, restarted when done)."""
+        return self.epoch()
+
     def epoch(self):
         if self.sampler is not None:
             self.sampler.set_epoch(self._epochs)
