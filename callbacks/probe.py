@@ -30,13 +30,13 @@ def run_probes(store: CheckpointStore, slot: str, lrs: Sequence[float], probe_fn
                set_lr: Callable[[float], None]) -> list[list[float]] | None:
     """``[loss_before, loss_after]`` per LR of ``lrs`` (see the module doc), or None when
     ``slot`` does not exist. ``set_lr`` sets the base LR (the callback's, keeping the param
-    groups' ratios). The LR in force before the call is set again at the end, also when
-    ``probe_fn`` raises; the gradients are left as None."""
+    groups' ratios). The LRs in force before the call are put back exactly at the end, also
+    when ``probe_fn`` raises; the gradients are left as None."""
     if slot not in store:
         return None
     optimizer = store.optimizer
-    lr_now = optimizer.param_groups[0]["lr"]
-    lr_now = float(lr_now.item()) if isinstance(lr_now, torch.Tensor) else float(lr_now)
+    saved = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in optimizer.param_groups]
+    lr_now = float(saved[0]) if saved else 0.0
     params = [p for group in optimizer.param_groups for p in group["params"]]
     try:
         store.restore(slot)
@@ -61,7 +61,12 @@ def run_probes(store: CheckpointStore, slot: str, lrs: Sequence[float], probe_fn
                 values.append(torch.as_tensor(probe_fn()).detach().float().mean())
     finally:
         store.restore(slot)
-        set_lr(lr_now)
+        set_lr(lr_now)  # the caller's record of the LR ...
+        for g, lr in zip(optimizer.param_groups, saved):  # ... and every group's exact value
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].copy_(lr)
+            else:
+                g["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
     # One copy to the host, through float64 so each value becomes the same Python float.
     floats = torch.stack([v.to(values[0].device) for v in values]).double().cpu().tolist()
