@@ -39,6 +39,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.ndimage import median_filter
 
 __all__ = ["METHODS", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
            "suggest", "suggest_all", "bounds_from_curve"]
@@ -246,35 +247,46 @@ def suggest_all(lrs: Sequence[float], losses: Sequence[float]) -> dict:
 
 def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fraction: float = 0.1,
                       min_decades: float = 1.0) -> tuple[float, float]:
-    """A search interval ``(min_lr, max_lr)`` for the ``autolrs`` tuner from a range test.
+    """A search interval ``(min_lr, max_lr)`` for the ``autolrs`` tuner (or, with a wider
+    ``min_decades``, an Alrao interval) from a range test.
 
-    ``losses`` is the smoothed curve (as the ``range_test`` tuner records it), ``lrs``
-    increasing. The rule, after dropping non-finite points:
+    ``losses`` is the *raw* curve, one loss per LR (the ``range_test`` tuner's ``history["loss"]``,
+    ``LRFinder``'s ``history["raw_loss"]``), ``lrs`` increasing. Non-finite points are dropped,
+    then the curve is smoothed by a centred running median over ``max(3, n // 10)`` points (odd;
+    ``scipy.ndimage.median_filter``): unlike the range test's exponential moving average it
+    neither starts at one batch's loss nor lags behind the LR. The rule:
 
-    * ``max_lr`` is the LR at the lowest loss: past it the loss rises, so a constant LR above
-      it would diverge or train worse (Leslie Smith's "where the loss stops descending").
-    * ``min_lr`` is the first LR at which the loss has fallen by ``drop_fraction`` (10 %) of the
-      total fall ``loss[0] - min(loss)`` ("where the loss starts descending"), lowered when
-      needed so that the interval spans at least ``min_decades`` (1) decades:
-      ``min_lr = min(that LR, max_lr / 10 ** min_decades)``, but never below the sweep's first
-      LR.
+    * ``max_lr`` is the LR at the lowest smoothed loss: past it the loss rises, so a constant LR
+      above it would diverge or train worse (Leslie Smith's "where the loss stops descending").
+    * ``start`` is the median of the first tenth of the raw points (at least one).
+    * ``min_lr`` is the LR from which on the smoothed loss stays at least ``drop_fraction`` (10 %)
+      of the total fall ``start - min`` below ``start`` up to the minimum ("where the loss starts
+      descending"), lowered when needed so that the interval spans at least ``min_decades`` (1)
+      decades: ``min_lr = min(that LR, max_lr / 10 ** min_decades)``, but never below the
+      sweep's first LR.
 
     Raises ValueError when the curve cannot support it: fewer than 3 finite points, LRs not
-    positive, or no fall at all (the loss never drops below its first value).
+    positive, or no fall at all (the smoothed loss never drops below ``start`` after it).
     """
     lr, loss, _ = _finite(lrs, losses)
     if len(lr) < 3:
         raise ValueError(f"a range-test curve needs at least 3 finite points to derive bounds, got {len(lr)}")
     if not np.all(lr > 0):
         raise ValueError("bounds_from_curve needs positive LRs")
-    i_min = int(np.argmin(loss))
-    fall = loss[0] - loss[i_min]
+    head = max(1, len(loss) // 10)
+    start = float(np.median(loss[:head]))
+    loss = median_filter(loss, size=max(3, head | 1), mode="nearest")
+    i_min = head + int(np.argmin(loss[head:]))
+    fall = start - loss[i_min]
     if not fall > 0:
-        raise ValueError("the loss never fell below its first value during the range test; no LR interval "
+        raise ValueError("the loss never fell below its start during the range test; no LR interval "
                          "can be derived (start the sweep lower or check the model)")
     max_lr = float(lr[i_min])
-    threshold = loss[0] - drop_fraction * fall
-    first = int(np.argmax(loss[:i_min + 1] <= threshold))
+    threshold = start - drop_fraction * fall
+    # The fall starts after the last point above the threshold (before the minimum): a noisy or
+    # lucky early point below it does not count as the start.
+    above = np.nonzero(loss[:i_min + 1] > threshold)[0]
+    first = int(above[-1]) + 1 if above.size else 0
     low = min(float(lr[first]), max_lr / 10.0 ** min_decades)
     min_lr = max(low, float(lr[0]))
     if min_lr >= max_lr:  # the minimum is the very first point

@@ -202,9 +202,10 @@ class LRFinder:
             log.info("autolrs: no %s suggestion: %s", method, result["reason"])
         return result["lr"]
 
-    def bounds(self) -> tuple[float, float]:
-        """The AutoLRS search interval the curve supports (:func:`autolrs.lr_curve.bounds_from_curve`)."""
-        return lr_curve.bounds_from_curve(self.history["lr"], self.history["loss"])
+    def bounds(self, min_decades: float = 1.0) -> tuple[float, float]:
+        """The LR interval the curve supports (:func:`autolrs.lr_curve.bounds_from_curve`): the
+        AutoLRS search interval, or with a wider ``min_decades`` an Alrao interval."""
+        return lr_curve.bounds_from_curve(self.history["lr"], self.history["raw_loss"], min_decades=min_decades)
 
     def plot(self, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True, show_lr: float | None = None,
              ax: Any = None, suggest_lr: bool = True, method: str = "steepest", path: str | None = None):

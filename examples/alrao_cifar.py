@@ -4,6 +4,7 @@ build the matching Alrao optimizer.
 
     model, optimizer = build_alrao("small_cnn", 1e-5, 10.0)
     loss = alrao_train_step(model, optimizer, xb, yb)      # instead of backward + optimizer.step()
+    lr_min, lr_max = interval_from_range_test("small_cnn", batches, server)   # or: ask the server
 
 The model returns log-probabilities of the Switch mixture, so ``cross_entropy(model(x), y)``
 (which log-softmaxes them again, a no-op on log-probabilities) and ``argmax`` evaluate it as
@@ -22,6 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cifar_models import MODELS  # noqa: E402
 
 from autolrs.optim import AlraoAdam, AlraoModel, AlraoSGD, LinearClassifier, alrao_step  # noqa: E402
+
+#: Decades an interval from a range test spans at least: Alrao needs units at LRs well below
+#: the best one (the paper's default interval spans six), and the curve's upper end is already
+#: near divergence.
+INTERVAL_DECADES = 3.0
 
 
 def split_last_linear(net: nn.Module) -> tuple[nn.Module, nn.Linear]:
@@ -61,3 +67,26 @@ def alrao_train_step(model: AlraoModel, optimizer, xb: torch.Tensor, yb: torch.T
     loss.backward()
     alrao_step(model, optimizer, yb)
     return loss.detach()
+
+
+def interval_from_range_test(model_name: str, batches, server: str, *, num_iter: int = 100, seed: int = 0,
+                             device: torch.device | str = "cpu", job: str | None = None) -> tuple[float, float]:
+    """An Alrao interval from an LR range test run by the server on a plain copy of the model
+    (SGD without momentum, as Alrao's optimizer): ``max`` is the LR at the lowest smoothed loss,
+    ``min`` at least :data:`INTERVAL_DECADES` decades below it
+    (:func:`autolrs.lr_curve.bounds_from_curve`). The copy is thrown away afterwards; ``batches``
+    is re-iterated as needed. Raises ServerUnavailable without a server and ValueError when the
+    curve supports no interval."""
+    from autolrs.callbacks import LRFinder
+
+    torch.manual_seed(seed)
+    net = MODELS[model_name]().to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-6)
+
+    def endless():
+        while True:
+            yield from batches.epoch()
+
+    finder = LRFinder(net, optimizer, nn.CrossEntropyLoss(), server=server, device=device, job=job)
+    finder.range_test(endless(), start_lr=1e-6, end_lr=10.0, num_iter=num_iter)
+    return finder.bounds(min_decades=INTERVAL_DECADES)

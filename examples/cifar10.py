@@ -57,8 +57,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tuner-config", default=None,
                    help="tuner knobs as JSON/YAML text (e.g. '{tau: 200, k: 5}') or a path to a YAML file")
     p.add_argument("--lr", type=float, default=0.05, help="initial LR (the fixed LR with --tuner none)")
-    p.add_argument("--lr-min", type=float, default=1e-5, help="--tuner alrao: lower end of the LR interval")
-    p.add_argument("--lr-max", type=float, default=10.0, help="--tuner alrao: upper end of the LR interval")
+    p.add_argument("--lr-min", type=float_or_auto, default=1e-5,
+                   help="--tuner alrao: lower end of the LR interval ('auto': from a range test on the server)")
+    p.add_argument("--lr-max", type=float_or_auto, default=10.0,
+                   help="--tuner alrao: upper end of the LR interval ('auto': from a range test on the server)")
+    p.add_argument("--record", action="store_true",
+                   help="--tuner alrao: log the run on the server (tuner 'record'); implied by an 'auto' bound")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--model", choices=sorted(MODELS), default=None,
@@ -81,6 +85,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="evaluate on the test set every N optimizer steps (and at step 0) and record "
                         "[[step, test_accuracy, test_loss], ...] as summary.json's test_curve")
     return p.parse_args(argv)
+
+
+def float_or_auto(text: str) -> float | str:
+    return "auto" if text == "auto" else float(text)
+
+
+def alrao_interval(args: argparse.Namespace, batches: Batches, model_name: str, device) -> tuple[float, float, str]:
+    """(lr_min, lr_max, how they were chosen): the flags, or a range test for 'auto' ones."""
+    if "auto" not in (args.lr_min, args.lr_max):
+        return args.lr_min, args.lr_max, "given"
+    from alrao_cifar import interval_from_range_test
+    lo, hi = interval_from_range_test(model_name, batches, args.server, seed=args.seed, device=device)
+    lo = lo if args.lr_min == "auto" else args.lr_min
+    hi = hi if args.lr_max == "auto" else args.lr_max
+    if not lo < hi:
+        raise SystemExit(f"the range test's bound does not fit the given one: [{lo:g}, {hi:g}]")
+    print(f"alrao interval from a range test: [{lo:.3g}, {hi:.3g}]")
+    return lo, hi, "range test"
 
 
 def tuner_config(args: argparse.Namespace) -> dict:
@@ -215,7 +237,8 @@ def main(argv=None) -> dict | None:
     alrao = args.tuner == "alrao"
     if alrao:  # in-process (autolrs.optim): the model and the optimizer change, no server
         from alrao_cifar import alrao_train_step, build_alrao
-        model, optimizer = build_alrao(model_name, args.lr_min, args.lr_max, seed=args.seed, device=device)
+        lr_min, lr_max, interval_source = alrao_interval(args, train, model_name, device)
+        model, optimizer = build_alrao(model_name, lr_min, lr_max, seed=args.seed, device=device)
     else:
         model = MODELS[model_name]().to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
@@ -239,6 +262,11 @@ def main(argv=None) -> dict | None:
                            job=args.job, val_fn=val_fn, max_steps=total_steps, seed=args.seed,
                            val_batches=val if args.tuner in ("rtho", "marthe") else None,
                            probe_fn=probe_fn if args.tuner == "loss_diff" else None)
+    elif alrao and (args.record or interval_source == "range test"):
+        from autolrs.callbacks import AutoLRS  # the server logs the run; the LRs stay Alrao's
+        callback = AutoLRS(model, optimizer, tuner="record", server=args.server, job=args.job,
+                           config={"lr_min": lr_min, "lr_max": lr_max, "interval_source": interval_source},
+                           max_steps=total_steps, seed=args.seed)
 
     if args.eval_every is not None and args.eval_every < 1:
         raise SystemExit(f"--eval-every must be >= 1, got {args.eval_every}")
@@ -300,8 +328,9 @@ def main(argv=None) -> dict | None:
     val_loss, val_acc = evaluate(model, val)
     summary = {
         "tuner": args.tuner,
-        "tuner_config": tuner_config(args) if callback else
-        ({"lr_min": args.lr_min, "lr_max": args.lr_max, "posterior": model.posterior().tolist()} if alrao else None),
+        "tuner_config": tuner_config(args) if callback and not alrao else
+        ({"lr_min": lr_min, "lr_max": lr_max, "interval_source": interval_source,
+          "posterior": model.posterior().tolist()} if alrao else None),
         "model": model_name, "device": str(device), "batch_size": args.batch_size, "nproc": ranks.world,
         "steps": len(lrs), "planned_steps": total_steps, "wall_time_s": round(wall, 2),
         "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc, "val_loss": val_loss,

@@ -38,7 +38,7 @@ its units do not match: a rising validation series already extrapolates upwards 
 Automatic bounds (``min_lr`` and/or ``max_lr`` set to ``"auto"``): before anything else the
 tuner runs a short LR range test (an embedded :class:`~autolrs.tuners.range_test.RangeTestTuner`,
 ``auto_num_iter`` steps from ``auto_start_lr`` to ``auto_end_lr``, exponential), restores the
-weights it started from, and derives the search interval from the smoothed curve with
+weights it started from, and derives the search interval from the raw curve with
 :func:`autolrs.lr_curve.bounds_from_curve` (``max_lr`` at the lowest loss, ``min_lr`` where the
 loss has fallen by 10 % of its total fall, at least a decade below ``max_lr``). A bound given
 as a number is kept. The range test's restore leads the first plan after it. Its steps count
@@ -214,7 +214,7 @@ class AutoLRSTuner(Tuner):
         history = self.range_test.history
         given = {key: None if self.auto[key] else self.config[key] for key in ("min_lr", "max_lr")}
         try:
-            lo, hi = lr_curve.bounds_from_curve(history["lr"], history["smoothed"])
+            lo, hi = lr_curve.bounds_from_curve(history["lr"], history["loss"])
             lo = lo if self.auto["min_lr"] else given["min_lr"]
             hi = hi if self.auto["max_lr"] else given["max_lr"]
             if not lo < hi:

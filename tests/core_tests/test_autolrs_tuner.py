@@ -395,7 +395,7 @@ def test_auto_bounds_run_a_range_test_first_and_use_its_curve():
     while tuner.phase == "bounds":
         tuner.tell(client.execute(tuner.ask()))
     history = tuner.range_test.history
-    expected = lr_curve.bounds_from_curve(history["lr"], history["smoothed"])
+    expected = lr_curve.bounds_from_curve(history["lr"], history["loss"])
     assert (tuner.min_lr, tuner.max_lr) == pytest.approx(expected)
     assert tuner.min_lr < 0.1 < tuner.max_lr < 3.0  # the optimum inside, divergence outside
     # The first stage starts from the weights the sweep started from, with the LR in the new interval.
