@@ -14,7 +14,8 @@ client that resends a request (lazy pirate) signs each copy afresh; the payload,
 ``seq``, stays the same.
 
 The secret comes from an explicit value, a file, or the environment (``AUTOLRS_SECRET``, then
-``AUTOLRS_SECRET_FILE``); see :func:`resolve_secret`.
+``AUTOLRS_SECRET_FILE``); see :func:`resolve_secret`. Optional ZeroMQ CURVE encryption needs the
+server's public key on the client side: :func:`resolve_server_key`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SCHEME = b"autolrs-hmac1"
 _PREFIX = SCHEME + b" "
 ENV_SECRET = "AUTOLRS_SECRET"
 ENV_SECRET_FILE = "AUTOLRS_SECRET_FILE"
+ENV_SERVER_KEY = "AUTOLRS_SERVER_KEY"
 #: Shorter secrets are refused: HMAC is only as strong as a secret nobody can guess.
 MIN_SECRET_BYTES = 16
 DEFAULT_WINDOW_S = 120.0
@@ -75,6 +77,30 @@ def resolve_secret(secret: str | bytes | None = None, secret_file: str | os.Path
         raise SecretError(f"{source} is {len(key)} bytes; a secret needs at least {MIN_SECRET_BYTES} "
                           "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
     return key
+
+
+def resolve_server_key(key: str | bytes | os.PathLike | None = None,
+                       env: Mapping[str, str] | None = None) -> bytes | None:
+    """The server's CURVE public key (40 Z85 characters) from ``key``, else ``$AUTOLRS_SERVER_KEY``;
+    each is the key itself or the path of a certificate file (``autolrs-server keygen`` writes
+    ``server.key``). None: no encryption. Raises :class:`SecretError` for anything else."""
+    env = os.environ if env is None else env
+    value = key if key is not None else env.get(ENV_SERVER_KEY) or None
+    if value is None:
+        return None
+    text = os.fsdecode(value).strip() if not isinstance(value, str) else value.strip()
+    if len(text) == 40 and not os.path.exists(text):
+        return text.encode("ascii")
+    try:
+        import zmq.auth  # only here: this module is otherwise stdlib-only
+
+        public, _ = zmq.auth.load_certificate(text)
+    except (OSError, ValueError) as exc:
+        raise SecretError(f"server key {text!r} is neither a 40-character Z85 key nor a readable "
+                          f"certificate file: {exc}") from None
+    if not public:
+        raise SecretError(f"certificate file {text} holds no public key")
+    return public
 
 
 def _mac(key: bytes, header: bytes, payload: bytes) -> str:

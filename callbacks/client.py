@@ -22,6 +22,8 @@ A reply is accepted only when it decodes as protocol JSON and carries the pendin
 With a shared secret (``secret=``, else ``$AUTOLRS_SECRET`` / ``$AUTOLRS_SECRET_FILE``) every
 transmission carries an auth frame (:mod:`autolrs.auth`), signed afresh for each resend so the
 server's replay check never refuses a retry; the payload, and its ``seq``, stay the same.
+With the server's CURVE public key (``server_key=``, else ``$AUTOLRS_SERVER_KEY``) every socket
+encrypts its traffic and checks it talks to that server (an ephemeral client key pair).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class Client:
     """
 
     def __init__(self, endpoint: str, job_id: str, timeout: float = 5.0, client_id: str | None = None, *,
-                 attempts: int = 3, context: zmq.Context | None = None, secret: str | bytes | None = None):
+                 attempts: int = 3, context: zmq.Context | None = None, secret: str | bytes | None = None,
+                 server_key: str | bytes | None = None):
         if not protocol.is_valid_job_id(job_id):
             raise ValueError(f"invalid job id {job_id!r}: 1-128 characters of letters, digits, '.', '_' "
                              "or '-', starting with a letter or digit")
@@ -65,8 +68,10 @@ class Client:
         self.client_id = client_id or uuid.uuid4().hex
         try:
             self._secret = auth.resolve_secret(secret)
+            self._server_key = auth.resolve_server_key(server_key)
         except auth.SecretError as exc:
             raise ValueError(str(exc)) from None
+        self._curve_pair = zmq.curve_keypair() if self._server_key is not None else None
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         # True while the current socket has sent the pending frame and not received yet.
@@ -206,6 +211,9 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         if self.endpoint.startswith("tcp://["):
             sock.setsockopt(zmq.IPV6, 1)
+        if self._server_key is not None:
+            sock.curve_serverkey = self._server_key
+            sock.curve_publickey, sock.curve_secretkey = self._curve_pair
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as exc:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Sequence
 
 import zmq
@@ -25,7 +27,7 @@ from autolrs.server.config import ConfigError, load_config
 from autolrs.server.sessions import StateDirLocked
 
 PROG = "autolrs-server"
-COMMANDS = ("serve", "status", "ping")
+COMMANDS = ("serve", "status", "ping", "keygen")
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 
 log = logging.getLogger("autolrs.server")
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="The autolrs learning-rate tuning server.")
     p.add_argument("--version", action="version", version=f"%(prog)s {autolrs.__version__} "
                    f"(protocol {protocol.PROTOCOL_VERSION})")
-    sub = p.add_subparsers(dest="command", metavar="{serve,status,ping}")
+    sub = p.add_subparsers(dest="command", metavar="{serve,status,ping,keygen}")
 
     serve = sub.add_parser("serve", help="run the server (the default command)")
     serve.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="where job state and decision logs are kept")
     serve.add_argument("--secret-file", help="file holding the shared secret that requests must be signed with "
                        "(default: $AUTOLRS_SECRET, else the file named by $AUTOLRS_SECRET_FILE, else none)")
+    serve.add_argument("--curve-secret-key-file", help="encrypt with ZeroMQ CURVE using this server key "
+                       "(the .key_secret file of `keygen`); clients need the public key")
     serve.add_argument("--insecure", action="store_true",
                        help="allow binding a non-loopback --host without a secret (logs a warning)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
@@ -56,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true", help="print the raw reply as JSON")
         c.add_argument("--secret-file", help="sign the request with this file's secret "
                        "(default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE)")
+        c.add_argument("--server-key", help="the server's CURVE public key or its server.key file "
+                       "(default: $AUTOLRS_SERVER_KEY)")
+    keygen = sub.add_parser("keygen", help="write a CURVE key pair (server.key, server.key_secret) into DIR")
+    keygen.add_argument("dir", help="folder for the key files (created if missing)")
     return p
 
 
@@ -67,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "keygen":
+        return keygen(args)
     return query(args)
 
 
@@ -78,7 +88,9 @@ def serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, Any] = {"server": {k: v for k, v in (("host", args.host), ("port", args.port),
                                                               ("state_dir", args.state_dir),
-                                                              ("secret_file", args.secret_file)) if v is not None}}
+                                                              ("secret_file", args.secret_file),
+                                                              ("curve_secret_key_file", args.curve_secret_key_file))
+                                     if v is not None}}
     if args.insecure:
         overrides["server"]["allow_insecure"] = True
     try:
@@ -115,6 +127,8 @@ def serve(args: argparse.Namespace) -> int:
         log.info("serving %d job(s) from %s with %d worker(s); requests %s", len(server.dispatcher.store),
                  server.dispatcher.store.state_dir, config.workers,
                  "must be signed" if server.verifier is not None else "are not authenticated")
+        if server.public_key is not None:
+            log.info("CURVE encryption on; clients need the server's public key %s", server.public_key.decode())
         server.serve_forever()
     finally:
         server.close()
@@ -128,12 +142,32 @@ def serve(args: argparse.Namespace) -> int:
 # --- status / ping -----------------------------------------------------------------------
 
 
-def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = None) -> dict:
-    """One request over a fresh REQ socket (signed with ``secret`` if given); raises
-    TimeoutError, never blocks past ``timeout``."""
+def keygen(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    directory = Path(args.dir)
+    if (directory / "server.key_secret").exists():
+        print(f"{PROG} keygen: {directory / 'server.key_secret'} exists; not overwriting it", file=sys.stderr)
+        return 1
+    directory.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = zmq.auth.create_certificates(str(directory), "server")
+    os.chmod(secret_file, 0o600)
+    public, _ = zmq.auth.load_certificate(public_file)
+    print(f"server: --curve-secret-key-file {secret_file}")
+    print(f"clients: AUTOLRS_SERVER_KEY={public_file}  (or the key itself: {public.decode()})")
+    return 0
+
+
+def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = None,
+            server_key: bytes | None = None) -> dict:
+    """One request over a fresh REQ socket (signed with ``secret``, CURVE-encrypted to
+    ``server_key`` if given); raises TimeoutError, never blocks past ``timeout``."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
+    if server_key is not None:
+        sock.curve_serverkey = server_key
+        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     try:
         sock.connect(endpoint)
         payload = protocol.dumps(protocol.request(kind, {}, client_id=f"cli-{uuid.uuid4().hex[:12]}"))
@@ -150,12 +184,13 @@ def query(args: argparse.Namespace) -> int:
     kind = args.command
     try:
         secret = auth.resolve_secret(None, args.secret_file)
+        server_key = auth.resolve_server_key(args.server_key)
     except auth.SecretError as exc:
         print(f"{PROG} {kind}: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:
-        reply = request(args.server, kind, args.timeout, secret)
+        reply = request(args.server, kind, args.timeout, secret, server_key)
     except TimeoutError as exc:
         print(f"{PROG} {kind}: {exc}", file=sys.stderr)
         return 1

@@ -39,6 +39,7 @@ class ServerConfig:
     secret_file: str | None = None
     auth_window_s: float = 120.0
     allow_insecure: bool = False
+    curve_secret_key_file: str | None = None
 
 
 def load_defaults() -> dict:
@@ -137,6 +138,9 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     secret_file = s["secret_file"]
     if secret_file is not None and (not isinstance(secret_file, (str, Path)) or not str(secret_file)):
         raise ConfigError(f"server.secret_file must be a path or null, got {secret_file!r}")
+    curve_file = s["curve_secret_key_file"]
+    if curve_file is not None and (not isinstance(curve_file, (str, Path)) or not str(curve_file)):
+        raise ConfigError(f"server.curve_secret_key_file must be a path or null, got {curve_file!r}")
     allow_insecure = s["allow_insecure"]
     if not isinstance(allow_insecure, bool):
         raise ConfigError(f"server.allow_insecure must be true or false, got {allow_insecure!r}")
@@ -147,7 +151,8 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
                         lease_s=_seconds(s["lease_s"], "server.lease_s"),
                         secret_file=None if secret_file is None else str(secret_file),
                         auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
-                        allow_insecure=allow_insecure)
+                        allow_insecure=allow_insecure,
+                        curve_secret_key_file=None if curve_file is None else str(curve_file))
 
 
 def _seconds(value: Any, key: str) -> float:

@@ -31,6 +31,24 @@ def server_secret(config: ServerConfig, secret: str | bytes | None = None) -> by
         raise ConfigError(str(exc)) from None
 
 
+def curve_keys(config: ServerConfig) -> tuple[bytes, bytes] | None:
+    """(public, secret) CURVE keys from ``server.curve_secret_key_file``; None without one."""
+    if config.curve_secret_key_file is None:
+        return None
+    import zmq
+    import zmq.auth
+
+    if not zmq.has("curve"):
+        raise ConfigError("server.curve_secret_key_file is set but this libzmq has no CURVE support")
+    try:
+        public, secret = zmq.auth.load_certificate(config.curve_secret_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read CURVE key file {config.curve_secret_key_file}: {exc}") from None
+    if not secret:
+        raise ConfigError(f"{config.curve_secret_key_file} holds no secret key (use the .key_secret file)")
+    return public, secret
+
+
 def check_bind(config: ServerConfig, key: bytes | None) -> None:
     """Refuse a non-loopback address without a secret unless ``allow_insecure``; warn if allowed."""
     if key is not None or is_loopback(config.host):

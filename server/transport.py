@@ -28,7 +28,7 @@ from autolrs.protocol import ErrorCode
 from autolrs.server.config import ServerConfig
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.pool import WorkerPool
-from autolrs.server.security import check_bind, server_secret
+from autolrs.server.security import check_bind, curve_keys, server_secret
 from autolrs.server.sessions import SessionStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Server:
     """A bound ROUTER socket plus its dispatcher. ``serve_forever()`` blocks until ``stop()``."""
 
     def __init__(self, config: ServerConfig, dispatcher: Dispatcher, *, context: zmq.Context | None = None,
-                 verifier: auth.Verifier | None = None):
+                 verifier: auth.Verifier | None = None, curve: tuple[bytes, bytes] | None = None):
         self.config = config
         self.dispatcher = dispatcher
         #: Checks request signatures; None: the server takes unsigned requests.
@@ -57,6 +57,12 @@ class Server:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAXMSGSIZE_FACTOR * config.max_message_bytes + 65536)
         # Replies already queued get a moment to leave on close; then give up.
         self.socket.setsockopt(zmq.LINGER, 1000)
+        #: The CURVE public key clients need (Z85), or None when traffic is not encrypted.
+        self.public_key: bytes | None = None
+        if curve is not None:  # every connection must complete a CURVE handshake with this key
+            self.public_key, self.socket.curve_secretkey = curve
+            self.socket.curve_publickey = self.public_key
+            self.socket.curve_server = True
         host = config.host
         if ":" in host:  # an IPv6 address
             self.socket.setsockopt(zmq.IPV6, 1)
@@ -183,9 +189,10 @@ def make_server(config: ServerConfig, store: SessionStore | None = None, *,
     key = server_secret(config, secret)
     check_bind(config, key)
     verifier = None if key is None else auth.Verifier(key, config.auth_window_s)
+    curve = curve_keys(config)
     store = store if store is not None else SessionStore(Path(config.state_dir), fsync=config.fsync)
     try:
-        return Server(config, Dispatcher(config, store), verifier=verifier)
+        return Server(config, Dispatcher(config, store), verifier=verifier, curve=curve)
     except BaseException:
         store.close()  # release the state-dir lock when the port cannot be bound
         raise

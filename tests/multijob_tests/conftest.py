@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "server_tests"))
+sys.path.insert(0, str(Path(__file__).parent))
 
-SECRET = "multijob-test-secret-0123456789abcdef"
+from multijob_testlib import SECRET  # noqa: E402
 
 
 @pytest.fixture

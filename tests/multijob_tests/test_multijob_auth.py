@@ -14,10 +14,10 @@ from server_testlib import TIMEOUT_S, hello_body, report_body, run_cli
 
 from autolrs import auth, protocol
 from autolrs.callbacks import AutoLRS, AutoLRSConfigError
-from autolrs.callbacks.client import Client, ServerError
+from autolrs.callbacks.client import Client, ServerError, ServerUnavailable
 from autolrs.protocol import ErrorCode
 
-from conftest import SECRET
+from multijob_testlib import SECRET
 
 
 def raw_call(endpoint: str, frames: list[bytes]) -> dict:
@@ -166,3 +166,20 @@ def test_secret_sources_and_verifier_rules(tmp_path):
         verifier.verify(payload, auth.sign(key, payload, now=t0 + 11), now=t0)
     assert auth.split_frames([b"id", b"", payload, signature]) == ([b"id", b""], payload, signature)
     assert auth.split_frames([b"id", b"", payload]) == ([b"id", b""], payload, None)
+
+
+def test_curve_encryption_with_signed_requests(live_server, secret_file, tmp_path):
+    keys = tmp_path / "keys"
+    made = run_cli("keygen", str(keys))
+    assert made.returncode == 0 and (keys / "server.key_secret").exists()
+    server = live_server(tmp_path / "state", "--secret-file", str(secret_file),
+                         "--curve-secret-key-file", str(keys / "server.key_secret"))
+    with Client(server.endpoint, "curve-job", secret=SECRET, server_key=str(keys / "server.key")) as client:
+        assert client.request("hello", hello_body(config={"T_0": 100, "chunk": 10}))["resumed"] is False
+    # without the server's key there is no handshake, so no answer at all
+    with Client(server.endpoint, "curve-job", timeout=1.0, secret=SECRET) as plain:
+        with pytest.raises(ServerUnavailable):
+            plain.request("ping")
+    ok = run_cli("status", "--server", server.endpoint, "--secret-file", str(secret_file),
+                 "--server-key", str(keys / "server.key"))
+    assert ok.returncode == 0 and "curve-job" in ok.stdout
