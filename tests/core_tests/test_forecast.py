@@ -142,3 +142,14 @@ def test_800_points_fast_enough():
         times.append(time.perf_counter() - start)
     # Sanity bound only (typically ~5 ms on one core); shared CI machines can be slow.
     assert sorted(times)[len(times) // 2] < 0.1
+
+
+def test_a_straight_slope_is_not_extrapolated_far_below_the_window():
+    # A short trial at a tiny LR: the loss slides 0.02 along a straight line in 70 steps. Its
+    # asymptote is not identified; the forecast 700 steps out stays within ~0.6 of that fall
+    # below the window's end instead of following the line down by ten times the fall.
+    rng = np.random.default_rng(7)
+    y = 2.30 - 0.02 * np.arange(70) / 69 + 0.002 * rng.standard_normal(70)
+    fit = fit_forecast(y, 700)
+    assert fit.status == "ok"
+    assert 2.28 - 0.6 * 0.02 - 0.005 <= fit.value <= 2.28
