@@ -12,8 +12,10 @@ warnings) and
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +47,10 @@ def run_rank(rank: int, world: int, port: int, argv: list[str]) -> None:
     """One rank in a forked process: the environment torchrun would set, then :func:`main`."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    # SIGUSR1 writes every thread's stack to rank<r>.stacks: what a test shows when a rank hangs.
+    out = Path(parse_args(argv).out)
+    stacks = open(out / f"rank{rank}.stacks", "w")
+    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
     main(argv)
 
 

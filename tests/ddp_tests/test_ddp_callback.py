@@ -1,12 +1,13 @@
 """The callback under DDP: two gloo ranks on CPU train digits with DistributedDataParallel
-while a real server runs AutoLRS for them (see ddp_worker.py). The ranks are forked from the
-test process with the environment torchrun sets (test_ddp_example.py runs real torchrun)."""
+while a real server runs AutoLRS for them (see ddp_worker.py). The ranks are forked (by a
+fork server) with the environment torchrun sets; test_ddp_example.py runs real torchrun."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import multiprocessing
+import os
+import signal
 import socket
 import sys
 import time
@@ -34,8 +35,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def fork_server():
+    """A multiprocessing context whose ranks fork from a clean server process that has already
+    imported torch, DistributedDataParallel's torch._dynamo (seconds on first use) and the
+    worker. Not plain fork: this test process may hold ZeroMQ threads (a scripted peer, other
+    tests' clients), and libzmq used in a child forked from those can deadlock."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "torch.nn.parallel", "ddp_worker"])
+    return ctx
+
+
 class Job:
-    """Two forked ranks of ddp_worker.main; their output goes to ``out``."""
+    """Two ranks of ddp_worker.main forked by :func:`fork_server`; output goes to ``out``."""
 
     def __init__(self, endpoint: str, job: str, out: Path, digits, steps: int, **options):
         out.mkdir(parents=True, exist_ok=True)
@@ -46,11 +57,7 @@ class Job:
                 "--config", json.dumps(CONFIG)]
         for key, value in options.items():  # value "" is a flag
             argv += [f"--{key.replace('_', '-')}"] + ([str(value)] if value != "" else [])
-        # DistributedDataParallel imports torch._dynamo on first use (seconds): once here, and
-        # the forked ranks inherit it.
-        importlib.import_module("torch._dynamo")
-
-        ctx = multiprocessing.get_context("fork")
+        ctx = fork_server()
         port = free_port()
         self.procs = [ctx.Process(target=ddp_worker.run_rank, args=(rank, 2, port, argv), daemon=True)
                       for rank in range(2)]
@@ -64,11 +71,15 @@ class Job:
         deadline = time.monotonic() + timeout
         for proc in self.procs:
             proc.join(max(0.0, deadline - time.monotonic()))
-        hung = [proc for proc in self.procs if proc.is_alive()]
-        for proc in hung:
-            proc.kill()
-            proc.join()
-        assert not hung, f"{len(hung)} rank(s) did not finish in {timeout} s"
+        hung = [rank for rank, proc in enumerate(self.procs) if proc.is_alive()]
+        stacks = ""
+        for rank in hung:
+            os.kill(self.procs[rank].pid, signal.SIGUSR1)  # ddp_worker dumps its stacks
+            time.sleep(0.5)
+            stacks += f"--- rank {rank}\n" + (self.out / f"rank{rank}.stacks").read_text()[-3000:]
+            self.procs[rank].kill()
+            self.procs[rank].join()
+        assert not hung, f"rank(s) {hung} did not finish in {timeout} s:\n{stacks}"
         assert [proc.exitcode for proc in self.procs] == [0, 0]
         return tuple(json.loads((self.out / f"rank{r}.json").read_text()) for r in (0, 1))
 
