@@ -3,6 +3,7 @@
 #
 #   bash run.sh [example options]   set up, start a tuner server, train the CIFAR-10 example
 #                                   with AutoLRS, stop the server; results land in one folder
+#                                   (--nproc N: N data-parallel ranks under torchrun)
 #   bash run.sh test [pytest args]  set up and run the test suite
 #
 # Setup makes a virtual environment (.venv, or $AUTOLRS_VENV) that sees the system's packages,
