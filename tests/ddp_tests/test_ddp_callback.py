@@ -191,3 +191,15 @@ def test_ranks_agree_through_a_deferred_request_and_a_lost_job(digits, tmp_path)
 
 def protocol_kind(request: dict) -> str:
     return request["type"][: -len("_request")]
+
+
+def test_distributed_option_is_checked_before_any_traffic():
+    from autolrs.callbacks import AutoLRS
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(ValueError, match="init_process_group"):
+        AutoLRS(model, optimizer, server="tcp://127.0.0.1:1", distributed=True)
+    with pytest.raises(ValueError, match="True, False or None"):
+        AutoLRS(model, optimizer, server="tcp://127.0.0.1:1", distributed="yes")
