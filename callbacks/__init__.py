@@ -9,6 +9,7 @@ Installed as ``autolrs.callbacks`` (setup.py maps this folder there). Modules:
 * ``lr_finder``: :class:`LRFinder`, torch-lr-finder's interface to the ``range_test`` tuner.
 * ``loss_diff``: :class:`LossDiffTuner`, autolrtuner's interface to the ``loss_diff`` tuner
   (``probe``: how the callback carries out its probes).
+* ``standalone``: what those two share (the snapshot behind ``reset()``, batches, plots).
 
 ``AutoLRS``, ``LRFinder`` and ``CheckpointStore`` are loaded lazily, so ``import autolrs.callbacks.client``
 (or importing the exceptions) does not import torch. This package never imports the server

@@ -30,15 +30,14 @@ import torch
 from autolrs import delta_stats
 from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.errors import AutoLRSWarning
-from autolrs.callbacks.lr_finder import _Batches, _job_summary, _model_device, _move_to_device
-from autolrs.callbacks.state import CheckpointStore
+from autolrs.callbacks.standalone import Batches, StandaloneTool, finish_axes, job_summary, move_to_device, open_axes
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LossDiffTuner", "plot_deltas"]
 
 
-class LossDiffTuner:
+class LossDiffTuner(StandaloneTool):
     """autolrtuner's one-step loss differentials through an autolrs server (see the module doc).
 
     ``criterion(model(x), y)`` is the loss of a subsample (reduced to a scalar); ``device=None``
@@ -51,23 +50,11 @@ class LossDiffTuner:
                  server: str = "tcp://127.0.0.1:5555", device: str | torch.device | None = None, *,
                  memory_cache: bool = True, cache_dir: str | None = None, job: str | None = None,
                  timeout: float = 5.0, include_rng: bool = False):
-        self.model = model
-        self.optimizer = optimizer
-        self.criterion = criterion
-        self.server = server
-        self.job = job
-        self.timeout = timeout
-        self.include_rng = include_rng
-        self.storage = "memory" if memory_cache else "disk"
-        self.cache_dir = cache_dir
-        self.model_device = _model_device(model)
-        self.device = torch.device(device) if device is not None else self.model_device
+        super().__init__(model, optimizer, criterion, server, device, memory_cache=memory_cache, cache_dir=cache_dir,
+                         job=job, timeout=timeout, include_rng=include_rng)
         #: The tuner's summary after :meth:`tune`: ``lrs``, ``deltas``, ``before``, ``stats``,
         #: ``best`` (every rule), ``best_lr`` (``method``'s), ``done``.
         self.summary: dict | None = None
-        self._state = CheckpointStore(model, optimizer, include_rng=include_rng, storage=self.storage,
-                                      directory=cache_dir)
-        self._state.save("initial")
 
     def tune(self, train_loader: Iterable, lr_min: float = 1e-6, lr_max: float = 1.0, num_evals: int = 30,
              num_subsamples: int = 30, batch_size: int | None = None, *, spacing: str = "log",
@@ -97,13 +84,13 @@ class LossDiffTuner:
             # One step per subsample plus one; the bound matters only if the server stops answering.
             while not cb.should_stop and calls < 2 * int(num_subsamples) + 10:
                 x, y = subsamples.next()
-                current["x"] = _move_to_device(x, self.device, non_blocking_transfer)
-                current["y"] = _move_to_device(y, self.device, non_blocking_transfer)
+                current["x"] = move_to_device(x, self.device, non_blocking_transfer)
+                current["y"] = move_to_device(y, self.device, non_blocking_transfer)
                 cb.step(None)  # no training step: it only hands this subsample to the next probe
                 calls += 1
             finished = cb.should_stop
             outcome = cb._server("request", "status", {}, wait=self.timeout)
-        summary = _job_summary(outcome, job)
+        summary = job_summary(outcome, job)
         if not finished or summary is None or summary.get("done") is None:
             self.reset()
             warnings.warn(f"autolrs: the loss_diff tune of job {job} did not finish on the server; the model and "
@@ -150,23 +137,6 @@ class LossDiffTuner:
                            best=s["best"][method]["lr"], method=method, ax=ax, path=path, trim=trim, xlim=xlim,
                            alpha=s["alpha"] if alpha is None else alpha)
 
-    # --- state --------------------------------------------------------------------------
-
-    def reset(self) -> None:
-        """Model and optimizer back to their state at construction, bitwise."""
-        self._state.restore("initial")
-        self.model.to(self.model_device)
-
-    def close(self) -> None:
-        """Drop the snapshot (and its temp folder with ``memory_cache=False``); idempotent."""
-        self._state.close()
-
-    def __enter__(self) -> "LossDiffTuner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def plot_deltas(lrs: Any, stats: dict, *, log_lr: bool = True, best: float | None = None, method: str = "mean",
                 ax: Any = None, path: str | None = None, trim: float = 0.05,
@@ -183,20 +153,7 @@ def plot_deltas(lrs: Any, stats: dict, *, log_lr: bool = True, best: float | Non
     if xlim is not None:
         keep = (x >= xlim[0]) & (x <= xlim[1])
         x, mean, low, high = x[keep], mean[keep], low[keep], high[keep]
-    show = False
-    if ax is None:
-        if path is not None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-
-            fig = Figure(figsize=(6.4, 4.8))
-            FigureCanvasAgg(fig)
-            ax = fig.add_subplot(1, 1, 1)
-        else:
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots()
-            show = True
+    ax, show = open_axes(ax, path)
     ax.plot(x, mean, label="mean")
     ax.fill_between(x, low, high, color="tab:orange", alpha=0.3, label=f"{100 * (1 - alpha):g}% t interval")
     ax.axhline(0.0, color="black", linestyle="--", linewidth=1)
@@ -219,12 +176,7 @@ def plot_deltas(lrs: Any, stats: dict, *, log_lr: bool = True, best: float | Non
     ax.set_xlabel("Learning rate")
     ax.set_ylabel("Change in loss after one step")
     ax.legend()
-    if path is not None:
-        ax.figure.savefig(path, format="png")
-    elif show:
-        import matplotlib.pyplot as plt
-
-        plt.show()
+    finish_axes(ax, path, show)
     return ax
 
 
@@ -241,7 +193,7 @@ class _Subsamples:
         if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
-        self.batches = _Batches(loader)
+        self.batches = Batches(loader)
         self.batch_size = batch_size
         self._x: list[torch.Tensor] = []
         self._y: list[torch.Tensor] = []

@@ -31,14 +31,15 @@ import torch
 from autolrs import lr_curve
 from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.errors import AutoLRSWarning
-from autolrs.callbacks.state import CheckpointStore
+from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, job_summary,
+                                          model_device, move_to_device, open_axes)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LRFinder"]
 
 
-class LRFinder:
+class LRFinder(StandaloneTool):
     """LR range test through an autolrs server (see the module doc).
 
     ``device=None`` trains on the model's device. ``grad_scaler`` (a GradScaler) with
@@ -54,29 +55,17 @@ class LRFinder:
                  include_rng: bool = False):
         _check_no_scheduler(optimizer)
         if grad_scaler is not None and amp_config is None:
-            amp_config = {"device_type": _model_device(model).type, "dtype": torch.float16}
-        self.model = model
-        self.optimizer = optimizer
-        self.criterion = criterion
-        self.server = server
+            amp_config = {"device_type": model_device(model).type, "dtype": torch.float16}
+        super().__init__(model, optimizer, criterion, server, device, memory_cache=memory_cache, cache_dir=cache_dir,
+                         job=job, timeout=timeout, include_rng=include_rng, grad_scaler=grad_scaler)
         self.grad_scaler = grad_scaler
         self.amp_config = amp_config
-        self.job = job
-        self.timeout = timeout
-        self.include_rng = include_rng
-        self.storage = "memory" if memory_cache else "disk"
-        self.cache_dir = cache_dir
-        self.model_device = _model_device(model)
-        self.device = torch.device(device) if device is not None else self.model_device
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}
         self.best_loss: float | None = None
         #: The tuner's summary at the end of the last test (history, suggestions, why it ended).
         self.summary: dict | None = None
         #: The dict of the last :meth:`suggestion` (``lr``, ``index``, ``loss``, ``reason``).
         self.last_suggestion: dict | None = None
-        self._state = CheckpointStore(model, optimizer, scaler=grad_scaler, include_rng=include_rng,
-                                      storage=self.storage, directory=cache_dir)
-        self._state.save("initial")
 
     # --- the test -----------------------------------------------------------------------
 
@@ -107,7 +96,7 @@ class LRFinder:
                   "val": val_loader is not None, "chunk": int(chunk), "method": method}
         val_fn = None if val_loader is None else (lambda: self._validate(val_loader, non_blocking_transfer))
         job = self.job or f"lr-finder-{uuid.uuid4().hex[:12]}"
-        batches = _Batches(train_loader)
+        batches = Batches(train_loader)
         with AutoLRS(self.model, self.optimizer, tuner="range_test", config=config, server=self.server, job=job,
                      val_fn=val_fn, scaler=self.grad_scaler, include_rng=self.include_rng,
                      checkpoint=self.storage, checkpoint_dir=self.cache_dir, timeout=self.timeout) as cb:
@@ -120,7 +109,7 @@ class LRFinder:
                 cb.step(loss)
             finished = cb.should_stop
             outcome = cb._server("request", "status", {}, wait=self.timeout)
-        summary = _job_summary(outcome, job)
+        summary = job_summary(outcome, job)
         if not finished or summary is None:
             # The server never closed the sweep (it stopped answering): put everything back.
             self.reset()
@@ -150,14 +139,14 @@ class LRFinder:
             else:
                 g["lr"] = v
 
-    def _train_batch(self, batches: "_Batches", accumulation_steps: int, non_blocking: bool) -> torch.Tensor:
+    def _train_batch(self, batches: Batches, accumulation_steps: int, non_blocking: bool) -> torch.Tensor:
         self.model.train()
         self.optimizer.zero_grad()
         total = None
         for _ in range(accumulation_steps):
             inputs, labels = batches.next()
-            inputs = _move_to_device(inputs, self.device, non_blocking)
-            labels = _move_to_device(labels, self.device, non_blocking)
+            inputs = move_to_device(inputs, self.device, non_blocking)
+            labels = move_to_device(labels, self.device, non_blocking)
             if self.grad_scaler is not None:
                 with torch.autocast(**self.amp_config):
                     loss = self.criterion(self.model(inputs), labels)
@@ -180,9 +169,9 @@ class LRFinder:
         running, count = 0.0, 0
         with torch.no_grad():
             for batch in val_loader:
-                inputs, labels = _inputs_labels(batch)
-                inputs = _move_to_device(inputs, self.device, non_blocking)
-                labels = _move_to_device(labels, self.device, non_blocking)
+                inputs, labels = inputs_labels(batch)
+                inputs = move_to_device(inputs, self.device, non_blocking)
+                labels = move_to_device(labels, self.device, non_blocking)
                 n = len(labels)
                 running += float(self.criterion(self.model(inputs), labels)) * n
                 count += n
@@ -217,26 +206,7 @@ class LRFinder:
             return out[0], out[1]
         return out
 
-    # --- state --------------------------------------------------------------------------
-
-    def reset(self) -> None:
-        """Model and optimizer (and GradScaler) back to their state at construction, bitwise."""
-        self._state.restore("initial")
-        self.model.to(self.model_device)
-
-    def close(self) -> None:
-        """Drop the snapshot (and its temp folder with ``memory_cache=False``); idempotent."""
-        self._state.close()
-
-    def __enter__(self) -> "LRFinder":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # --- helpers -------------------------------------------------------------------------------
-
 
 
 def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True,
@@ -260,20 +230,7 @@ def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5
             raise RuntimeError(f"cannot suggest a learning rate ({method}): {result['reason']}")
         suggested = result["lr"]
 
-    show = False
-    if ax is None:
-        if path is not None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-
-            fig = Figure(figsize=(6.4, 4.8))
-            FigureCanvasAgg(fig)
-            ax = fig.add_subplot(1, 1, 1)
-        else:
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots()
-            show = True
+    ax, show = open_axes(ax, path)
     ax.plot(shown_lrs, shown_losses)
     if suggested is not None:
         i = result["index"]
@@ -286,70 +243,11 @@ def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5
     ax.set_ylabel("Loss")
     if show_lr is not None:
         ax.axvline(x=show_lr, color="red")
-    if path is not None:
-        ax.figure.savefig(path, format="png")
-    elif show:
-        import matplotlib.pyplot as plt
-
-        plt.show()
+    finish_axes(ax, path, show)
     return (ax, suggested, result) if suggest_lr else ax
+
 
 def _check_no_scheduler(optimizer: torch.optim.Optimizer) -> None:
     for group in optimizer.param_groups:
         if "initial_lr" in group:
             raise RuntimeError("Optimizer already has a scheduler attached to it")
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _inputs_labels(batch: Any) -> tuple[Any, Any]:
-    if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-        raise ValueError("a batch must be a list or tuple whose first two elements are the inputs and the "
-                         f"labels, got {type(batch).__name__}")
-    return batch[0], batch[1]
-
-
-def _move_to_device(obj: Any, device: torch.device, non_blocking: bool) -> Any:
-    if hasattr(obj, "to"):
-        return obj.to(device, non_blocking=non_blocking)
-    if isinstance(obj, tuple):
-        return tuple(_move_to_device(o, device, non_blocking) for o in obj)
-    if isinstance(obj, list):
-        return [_move_to_device(o, device, non_blocking) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _move_to_device(v, device, non_blocking) for k, v in obj.items()}
-    return obj
-
-
-class _Batches:
-    """Endless (inputs, labels) from an iterable of batches: restarts it when exhausted."""
-
-    def __init__(self, loader: Iterable):
-        if not hasattr(loader, "__iter__"):
-            raise ValueError(f"`train_loader` has unsupported type: {type(loader)}")
-        self.loader = loader
-        self._it = iter(loader)
-
-    def next(self) -> tuple[Any, Any]:
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                raise ValueError("`train_loader` yields no batches") from None
-        return _inputs_labels(batch)
-
-
-def _job_summary(outcome: Any, job: str) -> dict | None:
-    if not outcome or outcome[0] != "ok":
-        return None
-    for session in outcome[2].get("sessions", []):
-        if session.get("job_id") == job:
-            return session.get("summary")
-    return None
