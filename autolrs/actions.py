@@ -104,6 +104,15 @@ def stop(reason: str) -> dict:
     return {"op": "stop", "reason": reason}
 
 
+def undo_and_stop(slot: str, lr: float | None, reason: str) -> list[dict]:
+    """The end of a measurement that must leave no trace: back to ``slot``'s state, drop it,
+    set ``lr`` (if any) and stop."""
+    plan = [restore(slot), discard(slot)]
+    if lr is not None:
+        plan.append(set_lr(lr))
+    return plan + [stop(reason)]
+
+
 def plan_lrs(plan: list[dict]) -> list[float]:
     """Every LR a plan would apply, in order (for bounds checks and logs)."""
     lrs: list[float] = []

@@ -97,11 +97,7 @@ class LossDiffTuner(Tuner):
 
     def ask(self) -> list[dict]:
         if self.done is not None:
-            plan = [actions.restore(SLOT), actions.discard(SLOT)]
-            lr = self.final_lr()
-            if lr is not None:
-                plan.append(actions.set_lr(lr))
-            return plan + [actions.stop(f"loss_diff {self.done}")]
+            return actions.undo_and_stop(SLOT, self.final_lr(), f"loss_diff {self.done}")
         run = actions.run(1, self.step, collect=())
         if not self.started:
             return [actions.checkpoint(SLOT), run]

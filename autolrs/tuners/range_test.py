@@ -108,11 +108,7 @@ class RangeTestTuner(Tuner):
 
     def ask(self) -> list[dict]:
         if self.done is not None:
-            plan = [actions.restore(SLOT), actions.discard(SLOT)]
-            lr = self.final_lr()
-            if lr is not None:
-                plan.append(actions.set_lr(lr))
-            return plan + [actions.stop(f"range_test {self.done}")]
+            return actions.undo_and_stop(SLOT, self.final_lr(), f"range_test {self.done}")
         n = min(self.chunk, self.total - self.pos)
         lrs = [self.lr_at(self.pos + i) for i in range(n)]
         run = actions.run(n, self.step, lrs=lrs, eval_every=1 if self.val else 0,
