@@ -22,3 +22,27 @@ def torch_scheduler_lrs(make_scheduler, lr: float, steps: int) -> list[float]:
         optimizer.step()
         scheduler.step()
     return lrs
+
+
+def assert_bitwise_equal(a, b, path: str = "") -> None:
+    """Recursive exact comparison of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), f"{path}: tensor vs {type(b).__name__}"
+        assert a.dtype == b.dtype and a.shape == b.shape and a.device == b.device, f"{path}: meta differs"
+        assert torch.equal(_bytes(a), _bytes(b)), f"{path}: values differ (bitwise)"
+        return
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(map(str, a))} vs {sorted(map(str, b))}"
+        for k in a:
+            assert_bitwise_equal(a[k], b[k], f"{path}.{k}")
+        return
+    if isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{path}: length differs"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{path}[{i}]")
+        return
+    assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).contiguous().view(torch.uint8)

@@ -16,13 +16,13 @@ from autolrs.callbacks import AutoLRS, AutoLRSConfigError, AutoLRSWarning, Serve
 from callbacks_testlib import (
     Batches,
     ScriptedTuner,
-    assert_bitwise_equal,
     mlp,
     peer,  # noqa: F401  (fixture)
     snapshot,
     train_step,
     val_loss,
 )
+from shared_testlib import assert_bitwise_equal
 
 
 def two_group_sgd(model, lr0=0.1, lr1=0.01):

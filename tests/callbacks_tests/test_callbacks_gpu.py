@@ -8,7 +8,8 @@ import torch
 from autolrs.actions import run
 from autolrs.callbacks import AutoLRS
 from autolrs.callbacks.state import CheckpointStore
-from callbacks_testlib import ScriptedTuner, assert_bitwise_equal, mlp, peer, snapshot  # noqa: F401
+from callbacks_testlib import ScriptedTuner, mlp, peer, snapshot  # noqa: F401
+from shared_testlib import assert_bitwise_equal
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

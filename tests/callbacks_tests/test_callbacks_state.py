@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from autolrs.callbacks.state import CheckpointStore
-from callbacks_testlib import Batches, assert_bitwise_equal, mlp, snapshot, train_step
+from callbacks_testlib import Batches, mlp, snapshot, train_step
+from shared_testlib import assert_bitwise_equal
 
 OPTIMIZERS = {
     "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4),

@@ -12,7 +12,7 @@ import torch
 from autolrs import lr_curve
 from autolrs.callbacks import AutoLRS, LRFinder
 
-from shared_testlib import make_mlp
+from shared_testlib import assert_bitwise_equal, make_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,22 +25,6 @@ def two_group_sgd(model, lr=1e-3):
 
 def state_of(model, optimizer):
     return copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
-
-
-def assert_bitwise(a, b):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-        assert torch.equal(a.view(torch.uint8) if a.numel() else a, b.view(torch.uint8) if b.numel() else b)
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_bitwise(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_bitwise(x, y)
-    else:
-        assert a == b, (a, b)
 
 
 def loaders(digits, batch=64):
@@ -85,7 +69,7 @@ def test_in_loop_range_test_sweeps_then_restores_bitwise(live_server, digits, tm
     expected = lr_curve.sweep_lrs(1e-3, 10.0, 60)
     assert [u[0] for u in used] == expected[:len(used)]
     assert [u[1] for u in used] == pytest.approx([lr / 3 for lr in expected[:len(used)]], rel=1e-12)
-    assert_bitwise(state_of(model, optimizer), before)
+    assert_bitwise_equal(state_of(model, optimizer), before)
 
 
 def test_lr_finder_range_test_reset_and_plot(live_server, digits, tmp_path):
@@ -112,9 +96,9 @@ def test_lr_finder_range_test_reset_and_plot(live_server, digits, tmp_path):
             expected = lr_curve.suggest(finder.history["lr"], finder.history["loss"], method)
             assert finder.suggestion(method) == expected["lr"] == finder.summary["suggestions"][method]["lr"]
         # Already restored by the server (bar the start LRs), and exactly by reset().
-        assert_bitwise(state_of(model, optimizer)["model"], before["model"])
+        assert_bitwise_equal(state_of(model, optimizer)["model"], before["model"])
         finder.reset()
-        assert_bitwise(state_of(model, optimizer), before)
+        assert_bitwise_equal(state_of(model, optimizer), before)
         path = tmp_path / "lr_finder.png"
         ax, lr = finder.plot(path=str(path), skip_start=5, skip_end=2)
         assert lr == finder.suggestion("steepest", skip_start=5, skip_end=2)
@@ -141,7 +125,7 @@ def test_lr_finder_validation_mode(live_server, digits):
     assert finder.history["lr"] == lr_curve.sweep_lrs(1e-4, 1.0, 12, "linear")[:len(finder.history["lr"])]
     assert len(finder.history["lr"]) >= 2
     finder.reset()
-    assert_bitwise(state_of(model, optimizer), before)
+    assert_bitwise_equal(state_of(model, optimizer), before)
 
 
 def test_scheduler_attached_is_refused():

@@ -15,7 +15,7 @@ from scipy import stats as scipy_stats
 
 from autolrs.callbacks import AutoLRS, AutoLRSConfigError, LossDiffTuner
 
-from shared_testlib import make_mlp
+from shared_testlib import assert_bitwise_equal, make_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 F = torch.nn.functional
@@ -24,22 +24,6 @@ F = torch.nn.functional
 def snapshot(model, optimizer):
     return copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "grads": [None if p.grad is None else p.grad for p in model.parameters()]})
-
-
-def assert_bitwise(a, b):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-        assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_bitwise(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_bitwise(x, y)
-    else:
-        assert a == b, (a, b)
 
 
 def trained_adam(digits, steps=5):
@@ -76,12 +60,12 @@ def test_probes_restore_state_bitwise_and_statistics_match_numpy(live_server, di
     lrs = summary["lrs"]
     assert summary["done"] == "completed" and len(seen) == 6 * 4
     for k, state in enumerate(seen):  # every probe starts from the state before the tune ...
-        assert_bitwise(state["model"], before["model"])
-        assert_bitwise(state["optimizer"]["state"], before["optimizer"]["state"])
+        assert_bitwise_equal(state["model"], before["model"])
+        assert_bitwise_equal(state["optimizer"]["state"], before["optimizer"]["state"])
         assert state["lrs"] == pytest.approx([lrs[k % 6], lrs[k % 6] * 0.3])  # ... at its LR, ratio kept
     after = snapshot(model, optimizer)  # ... and the tune leaves it so, LRs included
-    assert_bitwise(after["model"], before["model"])
-    assert_bitwise(after["optimizer"], before["optimizer"])
+    assert_bitwise_equal(after["model"], before["model"])
+    assert_bitwise_equal(after["optimizer"], before["optimizer"])
     assert all(g is None for g in after["grads"])
 
     # The statistics are those of the recorded deltas.
@@ -181,8 +165,8 @@ def test_in_loop_loss_diff_restores_and_applies_the_best_lr(live_server, digits)
     summary = next(s["summary"] for s in status[2]["sessions"] if s["job_id"] == "ld-loop")
     assert summary["done"] == "completed" and len(summary["deltas"]) == 5
     after = snapshot(model, optimizer)
-    assert_bitwise(after["model"], before["model"])
-    assert_bitwise(after["optimizer"]["state"], before["optimizer"]["state"])
+    assert_bitwise_equal(after["model"], before["model"])
+    assert_bitwise_equal(after["optimizer"]["state"], before["optimizer"]["state"])
     assert optimizer.param_groups[0]["lr"] == summary["best_lr"] == summary["best"]["mean"]["lr"]
     assert summary["best_lr"] != 0.01
 
@@ -209,6 +193,6 @@ def test_loss_diff_tuner_fails_open_without_a_server(digits):
     with pytest.warns(Warning) as record:
         assert tuner.tune(loader, num_evals=3, num_subsamples=2) is None
     assert any("did not finish" in str(w.message) for w in record)
-    assert_bitwise(snapshot(model, optimizer), before)
+    assert_bitwise_equal(snapshot(model, optimizer), before)
     with pytest.raises(RuntimeError, match="tune"):
         tuner.get_best_lr()
