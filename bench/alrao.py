@@ -29,25 +29,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 from alrao_cifar import alrao_train_step, build_alrao  # noqa: E402
-from cifar_data import Batches, load_cifar10  # noqa: E402
+from cifar_data import Batches, evaluate, load_cifar10  # noqa: E402
 from cifar_models import small_cnn  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/cifar-10-subset-py"
 GRID = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy); the Alrao model's log-probabilities work as logits."""
-    model.eval()
-    loss, correct = 0.0, 0
-    for xb, yb in batches.epoch():
-        out = model(xb)
-        loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
-    model.train()
-    n = len(batches.x)
-    return loss / n, correct / n
 
 
 def sgd_setup(lr: float, seed: int):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-from cifar_data import Batches, load_cifar10  # noqa: E402
+from cifar_data import Batches, evaluate, load_cifar10  # noqa: E402
 from cifar_models import small_cnn  # noqa: E402
 
 from autolrs.callbacks import AutoLRS  # noqa: E402
@@ -52,18 +51,6 @@ class Epochs:
 
     def __iter__(self):
         return self.batches.epoch()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
-    model.eval()
-    loss, correct = 0.0, 0
-    for xb, yb in batches.epoch():
-        out = model(xb)
-        loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
-    model.train()
-    return loss / len(batches.x), correct / len(batches.x)
 
 
 def build(lr: float, seed: int, width: int):

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar_ddp  # noqa: E402
-from cifar_data import Batches, load_cifar10, resolve_data_dir  # noqa: E402
+from cifar_data import Batches, evaluate, load_cifar10, resolve_data_dir  # noqa: E402
 from cifar_models import MODELS, default_model  # noqa: E402
 
 # What each tuner gets unless --tuner-config says otherwise: sized for this example's budget.
@@ -122,22 +122,6 @@ def split_validation(x, y, fraction: float, seed: int):
     n_val = max(1, int(len(x) * fraction))
     val, train = order[:n_val], order[n_val:]
     return x[train], y[train], x[val], y[val]
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Batches) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``batches`` (model left in the mode it was in)."""
-    was_training = model.training
-    model.eval()
-    total_loss = torch.zeros((), device=batches.device)
-    correct = torch.zeros((), device=batches.device, dtype=torch.long)
-    for xb, yb in batches.epoch():
-        logits = model(xb)
-        total_loss += torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
-        correct += (logits.argmax(1) == yb).sum()
-    model.train(was_training)
-    n = len(batches.x)
-    return total_loss.item() / n, correct.item() / n
 
 
 def server_job_summary(server: str, job: str) -> dict | None:

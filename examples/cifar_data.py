@@ -128,3 +128,19 @@ class Batches:
             if self.train:
                 xb = augment(xb, self.generator)
             yield normalize(xb.to(self.device, non_blocking=True)), self.y[idx].to(self.device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Batches) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over ``batches`` (model left in the mode it was in)."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), device=batches.device)
+    correct = torch.zeros((), device=batches.device, dtype=torch.long)
+    for xb, yb in batches.epoch():
+        logits = model(xb)
+        total_loss += torch.nn.functional.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = len(batches.x)
+    return total_loss.item() / n, correct.item() / n
