@@ -3,6 +3,9 @@ is a module called ``conftest``, so tests must not import from it)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 
@@ -46,3 +49,15 @@ def assert_bitwise_equal(a, b, path: str = "") -> None:
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
     return t.detach().reshape(-1).contiguous().view(torch.uint8)
+
+
+def cifar_subset_dir() -> Path:
+    """The CIFAR-10 subset the example tests train on: ``$CIFAR10_DIR``, else the shared data
+    folder next to the checkout, else the one under /work (a checkout cloned elsewhere)."""
+    candidates = [Path(os.environ["CIFAR10_DIR"])] if os.environ.get("CIFAR10_DIR") else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-subset-py",
+                   Path("/work/shared/data/cifar-10-subset-py")]
+    for folder in candidates:
+        if (folder / "data_batch_1").is_file():
+            return folder
+    return candidates[0]

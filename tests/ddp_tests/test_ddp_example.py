@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from ddp_testlib import decisions, lr_history
+from shared_testlib import cifar_subset_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "cifar-10-subset-py"
+DATA = cifar_subset_dir()
 
 pytestmark = pytest.mark.skipif(not (DATA / "data_batch_1").is_file(), reason=f"no CIFAR-10 data at {DATA}")
 

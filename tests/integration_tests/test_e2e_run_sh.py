@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from autolrs.server.process import ServerProcess
+from shared_testlib import cifar_subset_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data" / "cifar-10-subset-py"
+DATA = cifar_subset_dir()
 
 pytestmark = [
     pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs to run inside a virtual environment"),
