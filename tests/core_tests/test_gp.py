@@ -125,3 +125,23 @@ def test_log_space_round_trip():
     assert all(1e-3 <= space.sample(rng) <= 0.1 for _ in range(100))
     with pytest.raises(ValueError):
         LogSpace(0.1, 0.1)
+
+
+def test_hyperparameter_fit_stops_after_max_iter():
+    """The marginal-likelihood fit is L-BFGS-B capped at MAX_ITER iterations: on Rosenbrock's
+    valley (hundreds of iterations to converge) it stops early, still moving downhill."""
+    calls = []
+
+    def rosenbrock(theta):
+        calls.append(1)
+        x, y = theta
+        value = (1 - x) ** 2 + 100 * (y - x * x) ** 2
+        grad = np.array([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])
+        return value, grad
+
+    start = np.array([-1.5, 2.0])
+    theta, value = gp._fit_hyperparameters(rosenbrock, start, np.array([[-5.0, 5.0], [-5.0, 5.0]]))
+    assert value < rosenbrock(start)[0]
+    assert not np.allclose(theta, [1.0, 1.0], atol=1e-3)  # not converged: it was cut off
+    # L-BFGS-B evaluates a few times per iteration in its line search, never unboundedly.
+    assert len(calls) <= 3 * gp.MAX_ITER
