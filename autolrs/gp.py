@@ -15,7 +15,11 @@ an AutoLRS report's server time) and changed the next point by more than 0.05 of
 in 6 of 120 random 1-D problems of up to 10 points. The cap cuts the slow tail: a fit
 takes a median of 23 iterations (~0.5 ms each, mostly scikit-learn's kernel bookkeeping) but up
 to 89 when it creeps along a bound, and with the cap the tuner's p99 time per report fell from
-36 to 21 ms while simulated AutoLRS jobs chose exactly the same LRs. Acquisitions are computed on the posterior of the
+36 to 21 ms while simulated AutoLRS jobs chose exactly the same LRs. :func:`suggest_warm`
+starts the fit from an earlier fit's hyper-parameters instead of the kernel's defaults; the
+AutoLRS tuner passes the stage's previous fit (kept in its state, so a restarted server
+suggests the same LR), which takes a median of 6 iterations instead of 23 and on 60 random
+noisy 1-D problems found minima at least as good as cold fits. Acquisitions are computed on the posterior of the
 noise-free function (the fitted white-noise variance is taken out of the predictive variance):
 
 * ``"lcb"``: ``mu - kappa * sigma``, minimised. The original's ``kappa = 1e6`` makes the mean
@@ -125,16 +129,22 @@ def _fit_hyperparameters(obj_func, initial_theta: np.ndarray, bounds: np.ndarray
 class Posterior:
     """A GP fitted to ``(x, y)`` (``x`` in [0, 1], ``y`` raw observations, NaN/inf allowed)."""
 
-    def __init__(self, x: Sequence[float], y: Sequence[float], seed: int = 0):
+    def __init__(self, x: Sequence[float], y: Sequence[float], seed: int = 0,
+                 theta0: Sequence[float] | None = None):
         self.x = np.asarray(x, dtype=float).ravel()
         self.y = transform_objective(y)
         if self.x.size != self.y.size or self.x.size == 0:
             raise ValueError("need as many x as y, and at least one")
         self.gp = make_gp(seed)
+        if theta0 is not None:  # start the fit from an earlier fit's hyper-parameters
+            self.gp.kernel = self.gp.kernel.clone_with_theta(_within(np.asarray(theta0, dtype=float),
+                                                                     self.gp.kernel.bounds))
         with warnings.catch_warnings(), single_threaded_blas():
             warnings.simplefilter("ignore")  # ConvergenceWarning at hyper-parameter bounds
             self.gp.fit(self.x[:, None], self.y)
         kernel = self.gp.kernel_
+        #: The fitted hyper-parameters (log scale), to warm-start the next fit with.
+        self.theta = [float(v) for v in kernel.theta]
         self._noise = float(kernel.k2.noise_level) * float(np.asarray(self.gp._y_train_std).ravel()[0]) ** 2
         self.best = float(self.y.min())
 
@@ -177,20 +187,36 @@ def suggest(x: Sequence[float], y: Sequence[float], *, acquisition: str = "lcb",
     Deterministic for given arguments. Never within ``min_distance`` of an observed ``x``
     unless the observations leave no such point (then the largest-gap centre).
     """
+    return suggest_warm(x, y, None, acquisition=acquisition, kappa=kappa, xi=xi, seed=seed,
+                        min_distance=min_distance, grid=grid)[0]
+
+
+def suggest_warm(x: Sequence[float], y: Sequence[float], theta0: Sequence[float] | None, *,
+                 acquisition: str = "lcb", kappa: float = 1e6, xi: float = 0.01, seed: int = 0,
+                 min_distance: float = MIN_DISTANCE, grid: int = GRID_POINTS) -> tuple[float, list[float] | None]:
+    """:func:`suggest` with the GP's hyper-parameter fit started from ``theta0`` (an earlier
+    fit's, on fewer of the same observations; None: the kernel's defaults). Returns the point
+    and the fitted hyper-parameters (None when no GP was fitted), for the next call."""
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {acquisition!r}")
     xs = np.asarray(x, dtype=float).ravel()
     if xs.size == 0:
-        return 0.5
+        return 0.5, None
     if np.ptp(transform_objective(y)) == 0:
-        return largest_gap(xs, grid)  # all alike (or all failed): nothing to model, fill space
+        return largest_gap(xs, grid), None  # all alike (or all failed): nothing to model, fill space
     with single_threaded_blas():
-        return _suggest(xs, y, acquisition, kappa, xi, seed, min_distance, grid)
+        post = Posterior(xs, y, seed, theta0)
+        return _minimise_acquisition(post, xs, acquisition, kappa, xi, min_distance, grid), post.theta
 
 
-def _suggest(xs: np.ndarray, y: Sequence[float], acquisition: str, kappa: float, xi: float,
-             seed: int, min_distance: float, grid: int) -> float:
-    post = Posterior(xs, y, seed)
+def _within(theta: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    if theta.shape != (len(bounds),) or not np.all(np.isfinite(theta)):
+        raise ValueError(f"theta0 must be {len(bounds)} finite numbers, got {theta.tolist()}")
+    return np.clip(theta, bounds[:, 0], bounds[:, 1])
+
+
+def _minimise_acquisition(post: Posterior, xs: np.ndarray, acquisition: str, kappa: float, xi: float,
+                          min_distance: float, grid: int) -> float:
     g = np.linspace(0.0, 1.0, grid)
     values = post.acquisition(g, acquisition, kappa, xi)
     dist = np.abs(g[:, None] - xs[None, :]).min(axis=1)

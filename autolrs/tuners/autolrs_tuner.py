@@ -384,8 +384,11 @@ class AutoLRSTuner(Tuner):
         us = [t["u"] for t in trials]
         ys = [math.inf if t["failed"] else t["forecast"] for t in trials]
         seed = int(self._seed_seq(self.stage, len(trials)).generate_state(1)[0])
-        u = gp.suggest(us, ys, acquisition=self.acquisition, kappa=self.kappa, seed=seed,
-                       min_distance=self.min_distance)
+        # Each fit starts from the stage's previous one: one more point moves the optimum little.
+        u, theta = gp.suggest_warm(us, ys, cur.get("gp_theta"), acquisition=self.acquisition, kappa=self.kappa,
+                                   seed=seed, min_distance=self.min_distance)
+        if theta is not None:
+            cur["gp_theta"] = theta
         lr = self.space.from_unit(u)
         tried = {t["lr"] for t in trials}
         if lr in tried:  # only if the interval is exhausted at this resolution

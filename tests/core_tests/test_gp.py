@@ -145,3 +145,28 @@ def test_hyperparameter_fit_stops_after_max_iter():
     assert not np.allclose(theta, [1.0, 1.0], atol=1e-3)  # not converged: it was cut off
     # L-BFGS-B evaluates a few times per iteration in its line search, never unboundedly.
     assert len(calls) <= 3 * gp.MAX_ITER
+
+
+def test_warm_start_from_a_fit_of_the_same_data_stays_there():
+    rng = np.random.default_rng(3)
+    xs = list(rng.random(7))
+    ys = [(x - 0.4) ** 2 + 0.01 * rng.standard_normal() for x in xs]
+    u_cold, theta = gp.suggest_warm(xs, ys, None, kappa=2.0)
+    assert u_cold == gp.suggest(xs, ys, kappa=2.0)
+    assert theta is not None and len(theta) == 3 and all(math.isfinite(t) for t in theta)
+    u_warm, theta_warm = gp.suggest_warm(xs, ys, theta, kappa=2.0)
+    np.testing.assert_allclose(theta_warm, theta, atol=1e-3)
+    assert abs(u_warm - u_cold) <= 0.01
+    # a start outside the kernel's bounds is clipped into them, not an error
+    assert 0.0 <= gp.suggest_warm(xs, ys, [50.0, -50.0, 50.0], kappa=2.0)[0] <= 1.0
+
+
+def test_warm_start_rejects_malformed_hyperparameters():
+    for bad in ([0.0, 0.0], [0.0, math.nan, 0.0]):
+        with pytest.raises(ValueError, match="theta0"):
+            gp.suggest_warm([0.1, 0.5, 0.9], [1.0, 0.5, 2.0], bad)
+
+
+def test_no_gp_no_hyperparameters():
+    assert gp.suggest_warm([], [], None) == (0.5, None)
+    assert gp.suggest_warm([0.0, 1.0], [1.0, 1.0], [0.0, 0.0, 0.0])[1] is None
