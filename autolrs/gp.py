@@ -8,19 +8,22 @@ AutoLRS used through ``skopt.Optimizer``), plus explicit Gaussian noise::
         + WhiteKernel(0.01, (1e-6, 1.0))
 
 (skopt's lower length-scale bound is 0.01; see :data:`LENGTH_SCALE_MIN`) with ``normalize_y=True``
-and one L-BFGS run of the marginal likelihood from the kernel's initial hyper-parameters
-(``n_restarts_optimizer=0``; seeded) capped at :data:`MAX_ITER` iterations, so the same
-observations and seed always give the same suggestion. Restarts tripled the cost of a suggestion (about 50 ms against 22 ms here, most of
+and one L-BFGS run of the marginal likelihood (``n_restarts_optimizer=0``; seeded) of at most
+:data:`MAX_ITER` iterations, so the same observations, seed and start always give the same
+suggestion. Restarts tripled the cost of a suggestion (about 50 ms against 22 ms here, most of
 an AutoLRS report's server time) and changed the next point by more than 0.05 of the interval
-in 6 of 120 random 1-D problems of up to 10 points. The cap cuts the slow tail: a fit
-takes a median of 23 iterations (~0.5 ms each, mostly scikit-learn's kernel bookkeeping) but up
-to 89 when it creeps along a bound, and with the cap the tuner's p99 time per report fell from
-36 to 21 ms while simulated AutoLRS jobs chose exactly the same LRs. :func:`suggest_warm`
-starts the fit from an earlier fit's hyper-parameters instead of the kernel's defaults; the
-AutoLRS tuner passes the stage's previous fit (kept in its state, so a restarted server
-suggests the same LR), which takes a median of 6 iterations instead of 23 and on 60 random
-noisy 1-D problems found minima at least as good as cold fits. Acquisitions are computed on the posterior of the
-noise-free function (the fitted white-noise variance is taken out of the predictive variance):
+in 6 of 120 random 1-D problems of up to 10 points. The cap cuts the slow tail: a fit takes a
+median of 23 iterations (~0.5 ms each, mostly scikit-learn's kernel bookkeeping) but up to 89
+when it creeps along a bound; with the cap the tuner's p99 time per report fell from 36 to
+21 ms while simulated AutoLRS jobs chose exactly the same LRs.
+
+The run starts from the kernel's initial hyper-parameters, or with :func:`suggest_warm` from an
+earlier fit's. The AutoLRS tuner passes the stage's previous fit (kept in its state, so a
+restarted server suggests the same LR): a median of 6 iterations instead of 23, and on 60
+random noisy 1-D problems minima at least as good as with cold fits.
+
+Acquisitions are computed on the posterior of the noise-free function (the fitted white-noise
+variance is taken out of the predictive variance):
 
 * ``"lcb"``: ``mu - kappa * sigma``, minimised. The original's ``kappa = 1e6`` makes the mean
   irrelevant: the next point is where the posterior is least certain (space-filling
@@ -31,8 +34,8 @@ noise-free function (the fitted white-noise variance is taken out of the predict
 The acquisition is minimised over a dense grid of 1001 points: a resolution of 0.001 of the
 interval, far below the shortest length scale the GP may fit (0.05), so refining a grid minimum
 with a scalar optimiser changes the LR by under 0.3% for a 3-decade interval and cost a third of
-a suggestion's time (one GP prediction per evaluation). A point closer than
-``min_distance`` to an observation is never returned; when the acquisition wants nothing
+a suggestion's time (one GP prediction per evaluation). A point closer than ``min_distance`` to
+an observation is never returned; when the acquisition wants nothing
 else, or all observations are alike (nothing to model), the centre of the largest gap between
 observations (ends included) is returned. Near-ties of the acquisition go to the grid point
 farthest from the observations.
