@@ -45,7 +45,7 @@ from autolrs.callbacks.errors import (
     ServerUnavailableWarning,
 )
 from autolrs.callbacks.probe import run_probes
-from autolrs.callbacks.state import CheckpointStore
+from autolrs.callbacks.state import CheckpointStore, lr_value, set_group_lr
 from autolrs.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,6 @@ def default_job_id() -> str:
     raw = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     job = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).lstrip("._-")[-128:].lstrip("._-")
     return job if protocol.is_valid_job_id(job) else f"job-{uuid.uuid4().hex[:12]}"
-
-
-def _lr_value(lr: Any) -> float:
-    return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
 
 
 class AutoLRS:
@@ -172,11 +168,11 @@ class AutoLRS:
         self.seed = seed
 
         # LR: each group keeps its ratio to group 0's initial LR.
-        lr0 = _lr_value(optimizer.param_groups[0]["lr"])
-        self._ratios = [1.0 if lr0 == 0 else _lr_value(g["lr"]) / lr0 for g in optimizer.param_groups]
+        lr0 = lr_value(optimizer.param_groups[0]["lr"])
+        self._ratios = [1.0 if lr0 == 0 else lr_value(g["lr"]) / lr0 for g in optimizer.param_groups]
         # Setting the initial LR back gives every group its initial LR exactly (lr0 * (g / lr0)
         # can be off by an ulp), so a restore + set_lr(initial) is bitwise.
-        self._initial_lrs = [_lr_value(g["lr"]) for g in optimizer.param_groups]
+        self._initial_lrs = [lr_value(g["lr"]) for g in optimizer.param_groups]
         self._lr = lr0
         self.initial_lr = lr0
         #: Number of ``step()`` calls so far.
@@ -259,15 +255,10 @@ class AutoLRS:
         ratios = self._ratios
         if len(groups) > len(ratios):  # groups added after construction keep their ratio of now
             for g in groups[len(ratios):]:
-                ratios.append(1.0 if lr == 0 else _lr_value(g["lr"]) / lr)
+                ratios.append(1.0 if lr == 0 else lr_value(g["lr"]) / lr)
         initial = self._initial_lrs if lr == self.initial_lr else ()
         for k, (g, ratio) in enumerate(zip(groups, ratios)):
-            value = initial[k] if k < len(initial) else lr * ratio
-            current = g["lr"]
-            if isinstance(current, torch.Tensor):
-                current.fill_(value)
-            else:
-                g["lr"] = value
+            set_group_lr(g, initial[k] if k < len(initial) else lr * ratio)
 
     def step(self, loss: Any = None) -> None:
         """Call once after each ``optimizer.step()`` with that step's loss (tensor or float)."""

@@ -33,6 +33,7 @@ from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.errors import AutoLRSWarning
 from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, job_summary,
                                           model_device, move_to_device, open_axes)
+from autolrs.callbacks.state import set_group_lr
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,7 @@ class LRFinder(StandaloneTool):
         else:
             values = [float(start_lr)] * len(groups)
         for g, v in zip(groups, values):
-            if isinstance(g["lr"], torch.Tensor):
-                g["lr"].fill_(v)
-            else:
-                g["lr"] = v
+            set_group_lr(g, v)
 
     def _train_batch(self, batches: Batches, accumulation_steps: int, non_blocking: bool) -> torch.Tensor:
         self.model.train()

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from autolrs.callbacks.state import CheckpointStore
+from autolrs.callbacks.state import CheckpointStore, set_group_lr
 
 __all__ = ["run_probes"]
 
@@ -63,10 +63,7 @@ def run_probes(store: CheckpointStore, slot: str, lrs: Sequence[float], probe_fn
         store.restore(slot)
         set_lr(lr_now)  # the caller's record of the LR ...
         for g, lr in zip(optimizer.param_groups, saved):  # ... and every group's exact value
-            if isinstance(g["lr"], torch.Tensor):
-                g["lr"].copy_(lr)
-            else:
-                g["lr"] = lr
+            set_group_lr(g, lr)
         optimizer.zero_grad(set_to_none=True)
     # One copy to the host, through float64 so each value becomes the same Python float.
     floats = torch.stack([v.to(values[0].device) for v in values]).double().cpu().tolist()
