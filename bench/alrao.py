@@ -16,7 +16,6 @@ of steps on one batch (machine noise hits both alike), and from the median step 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from benchlib import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -172,10 +173,7 @@ def main(argv=None) -> dict:
     print(f"cost per step: Alrao/SGD = {cost['ratio']:.3f} interleaved ({cost['alrao_step_s'] * 1e3:.1f} vs "
           f"{cost['sgd_step_s'] * 1e3:.1f} ms), {result['cost']['ratio_from_runs']:.3f} from the runs' medians")
     print(f"memory: {result['memory']}; total {result['wall_s']:.0f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    print(f"-> {out}")
+    write_report(args.out, result)
     return result
 
 

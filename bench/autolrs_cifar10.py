@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from autolrs.server.process import ServerProcess
+from benchlib import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cifar10.py"
@@ -395,10 +396,8 @@ def main(argv=None) -> dict:
         "rows": rows,
         "wall_time_s": round(wall, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    print(f"\nwall time {wall:.0f}s -> {out}")
+    print(f"\nwall time {wall:.0f}s")
+    write_report(args.out, result)
     return result
 
 

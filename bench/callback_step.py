@@ -10,7 +10,6 @@ on a real training step of about 2 ms (a small MLP on the digits, interleaved bl
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "callb
 from autolrs.actions import run  # noqa: E402
 from autolrs.callbacks import AutoLRS  # noqa: E402
 from callbacks_testlib import ScriptedPeer, ScriptedTuner, digits  # noqa: E402
+from benchlib import write_report  # noqa: E402
 
 N = 10_000
 
@@ -129,10 +129,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     report = {"device": args.device, "calls": bench_calls(args.device),
               "training": bench_training(args.device, args.hidden)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

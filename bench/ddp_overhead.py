@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from autolrs.server.process import ServerProcess
+from benchlib import write_report
 
 WORLD = 2
 TARGET_RATIO = 1.02  # the single-process target of bench/overhead.py
@@ -134,10 +135,7 @@ def main(argv=None) -> dict:
     report = {"benchmark": "callback overhead under DDP", "world_size": WORLD, "backend": "gloo",
               "blocks": args.blocks, "block_steps": args.block, "batch_per_rank": args.batch, "hidden": args.hidden,
               "target_ratio": TARGET_RATIO, "load_average": os.getloadavg()[0], "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, report)
     return report
 
 

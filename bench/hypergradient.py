@@ -15,7 +15,6 @@ step (``every: 1``, one blocking round trip per step) to show what batching save
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from benchlib import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -233,9 +234,9 @@ def main(argv=None) -> dict:
         print(f"{lr0:>9g} " + " ".join(f"{c:>18}" for c in cells))
     result = {"args": vars(args), "starts": starts, "round_trip": round_trip, "step_costs": costs, "runs": runs,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
-    out.write_text(json.dumps(result, indent=1))
+    write_report(out, result)
     plot(out.with_suffix(".png"), runs, starts, args.good_lr)
-    print(f"-> {out} and {out.with_suffix('.png')}")
+    print(f"wrote {out.with_suffix('.png')}")
     return result
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from benchlib import write_report
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -167,8 +169,7 @@ def main() -> None:
           f"({result['ms_per_probe']:.1f} ms each); the same probes in process {plain_s:.1f} s "
           f"(server/plain {result['server_over_plain']:.3f}), deltas identical: {result['same_deltas_as_plain']}")
     print(f"AutoLRS bench figures from: {grid['source']}")
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(out, result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ both alike. Prints a table and writes JSON (default bench/out/overhead.json).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch
 
 from autolrs.callbacks import AutoLRS
 from autolrs.server.process import ServerProcess
+from benchlib import write_report
 
 TARGET_RATIO = 1.02
 MODES = {
@@ -108,10 +108,7 @@ def main(argv=None) -> dict:
     report = {"benchmark": "callback overhead", "blocks": args.blocks, "block_steps": args.block,
               "batch": args.batch, "hidden": args.hidden, "threads": args.threads,
               "target_ratio": TARGET_RATIO, "worst_ratio": worst, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, report)
     return report
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchlib import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -152,10 +153,7 @@ def main() -> None:
     print(f"points {result['points']} ({result['ended']}), curves identical: {same}")
     print("suggested LRs: " + ", ".join(f"{m} {v:.3g}" if v else f"{m} None" for m, v in suggestions.items())
           + f"; autolrs bounds {bounds}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

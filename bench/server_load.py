@@ -21,7 +21,6 @@ server's CPU time over the window. For scale, the bench first times the tuner al
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import random
@@ -38,6 +37,7 @@ from autolrs import protocol
 from autolrs.server.process import ServerProcess
 from autolrs.testing import SimulatedClient
 from autolrs.tuners import make_tuner
+from benchlib import write_report
 
 TARGET_P99_MS = 50.0
 #: AutoLRS knobs of every simulated job: the tuner's defaults except a shorter cap on stages.
@@ -273,10 +273,7 @@ def main() -> None:
           f"ping p99 {top['ping_p99_ms']:.1f} ms; load average {os.getloadavg()[0]:.1f}")
     report = {"benchmark": "server_load", "job_config": JOB_CONFIG, "step_ms": args.step_ms,
               "target_p99_ms": TARGET_P99_MS, "tuner_compute": compute, "load_average": os.getloadavg(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(args.out, report)
 
 
 def _workers_config(workers: int) -> str:
