@@ -41,10 +41,12 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import median_filter
 
-__all__ = ["METHODS", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
-           "suggest", "suggest_all", "bounds_from_curve"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
+           "suggest", "suggest_all", "debiased", "bounds_from_curve"]
 
 METHODS = ("steepest", "valley", "minimum")
+#: The rule the range test applies by default (measured on bench/quality.py: see the README).
+DEFAULT_METHOD = "valley"
 STEP_MODES = ("exp", "linear")
 
 
@@ -120,6 +122,24 @@ def smooth(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:
     """The smoothed curve of a whole list of raw losses (no divergence stop)."""
     s = Smoother(smooth_f, None)
     return [s.add(x)[0] for x in losses]
+
+
+def debiased(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:
+    """fastai's bias-corrected smoothing of raw losses: ``avg = beta * avg + (1 - beta) * loss``
+    from ``avg = 0``, divided by ``1 - beta ** i`` (``beta = 1 - smooth_f``). Early points are
+    averages of the points so far (torch-lr-finder's curve is the first batch's loss for dozens
+    of points). Non-finite losses are carried through as NaN and do not enter the average."""
+    beta = 1.0 - float(smooth_f)
+    avg, weight, out = 0.0, 0.0, []
+    for x in losses:
+        x = float(x)
+        if not math.isfinite(x):
+            out.append(math.nan)
+            continue
+        avg = beta * avg + (1 - beta) * x
+        weight = beta * weight + (1 - beta)
+        out.append(avg / weight if weight > 0 else x)
+    return out
 
 
 # --- suggestions ----------------------------------------------------------------------------

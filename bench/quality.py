@@ -65,7 +65,11 @@ METHODS: dict[str, tuple[str, dict]] = {
     "range_test": ("range_test", RANGE_TEST),
     "loss_diff": ("loss_diff", LOSS_DIFF),
     "hd": ("hd", {}),
+    # For comparison, not in the default run: the published method's decisions; each range-test rule.
+    "autolrs-paper": ("autolrs", {"preset": "paper"}),
+    **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}) for rule in ("steepest", "valley", "minimum")},
 }
+DEFAULT_METHODS = ("autolrs", "autolrs-30", "range_test", "loss_diff", "hd")
 QUICK_TASKS = ("digits_mlp", "digits_cnn", "cancer_small")
 
 
@@ -480,7 +484,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tasks = args.tasks or list(TASKS)
     args.seeds = args.seeds if args.seeds is not None else [0, 1, 2, 3, 4]
     args.budgets = args.budgets or ["short", "long"]
-    args.methods = list(METHODS) if args.methods is None else args.methods
+    args.methods = list(DEFAULT_METHODS) if args.methods is None else args.methods
     args.out = Path(args.out or OUT / ("quality_quick.json" if args.quick else "quality.json"))
     return args
 

@@ -417,6 +417,8 @@ class AutoLRS:
             body = outcome[2]
             if kind == "hello":
                 self._registered = True
+                for notice in body.get("notices") or ():
+                    self._warn_once(f"notice:{notice}", str(notice))
                 if body.get("resumed"):
                     log.info("autolrs job %s: the server resumed an existing session", self.job)
             self._execute(body.get("plan"))

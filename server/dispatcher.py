@@ -211,7 +211,10 @@ class Dispatcher:
         session = Session(job_id=job_id, tuner_name=hello["tuner"], config=config,
                           hello_config=hello["config"], seed=seed, tuner=tuner, owner=req["client_id"],
                           created=now, updated=now, step=hello["step"])
-        reply = protocol.ok_reply(req, {"plan": plan, "resumed": False, "seed": seed})
+        body = {"plan": plan, "resumed": False, "seed": seed}
+        if tuner.notices:  # said once to the user by the callback, as a warning
+            body["notices"] = list(tuner.notices)
+        reply = protocol.ok_reply(req, body)
         self._commit(session, req, reply)
         # Saved before it replaces anything in memory: if the save fails, the store still
         # holds what it held (nothing, or the finished session).
