@@ -57,19 +57,25 @@ EVALS_PER_RUN = 10  # test-set evaluations along a run (for steps-to-target)
 RANGE_TEST = {"start_lr": 1e-7, "end_lr": 10.0, "num_iter": 100, "apply_suggestion": True}
 LOSS_DIFF = {"num_evals": 20, "num_subsamples": 10, "apply_best": True}  # grid 1e-6 .. 1 (its default)
 
-#: Tuner methods: (registered tuner, its config). ``autolrs-30`` is AutoLRS with 30-step trials.
-METHODS: dict[str, tuple[str, dict]] = {
-    "autolrs": ("autolrs", {}),
+#: Tuner methods: (registered tuner, its config, factor on the practitioner's LR for the
+#: optimizer). ``autolrs-30`` is AutoLRS with 30-step trials; ``@low``/``@high``: the optimizer's
+#: LR 10x too low or too high.
+METHODS: dict[str, tuple[str, dict, float]] = {
+    "auto": ("auto", {}, 1.0),
+    "autolrs": ("autolrs", {}, 1.0),
     "autolrs-30": ("autolrs", {"tau": 300, "tau_max": 2400, "k": 10, "trial_fraction": 0.1,
-                               "min_lr": 1e-3, "max_lr": 1.0}),
-    "range_test": ("range_test", RANGE_TEST),
-    "loss_diff": ("loss_diff", LOSS_DIFF),
-    "hd": ("hd", {}),
-    # For comparison, not in the default run: the published method's decisions; each range-test rule.
-    "autolrs-paper": ("autolrs", {"preset": "paper"}),
-    **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}) for rule in ("steepest", "valley", "minimum")},
+                               "min_lr": 1e-3, "max_lr": 1.0}, 1.0),
+    "range_test": ("range_test", RANGE_TEST, 1.0),
+    "loss_diff": ("loss_diff", LOSS_DIFF, 1.0),
+    "hd": ("hd", {}, 1.0),
+    # Not in the default run: the optimizer's LR off by 10x; the published AutoLRS; each range-test rule.
+    "auto@low": ("auto", {}, 0.1),
+    "auto@high": ("auto", {}, 10.0),
+    "autolrs-paper": ("autolrs", {"preset": "paper"}, 1.0),
+    **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}, 1.0)
+       for rule in ("steepest", "valley", "minimum")},
 }
-DEFAULT_METHODS = ("autolrs", "autolrs-30", "range_test", "loss_diff", "hd")
+DEFAULT_METHODS = ("auto", "autolrs", "autolrs-30", "range_test", "loss_diff", "hd", "auto@low", "auto@high")
 QUICK_TASKS = ("digits_mlp", "digits_cnn", "cancer_small")
 
 
@@ -141,8 +147,8 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
     (default: the practitioner's)."""
     from autolrs.callbacks import AutoLRS
 
-    tuner, config = METHODS[method]
-    lr = task.default_lr if lr is None else lr
+    tuner, config, factor = METHODS[method]
+    lr = task.default_lr * factor if lr is None else lr
     model = task.model(seed)
     optimizer = task.make_optimizer(model, lr)
     split = task.data()
@@ -183,10 +189,13 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
             scheduler = _schedule("cosine", optimizer, steps - step)
             step, diverged = _train_steps(task, model, optimizer, batches, steps, recorder, start=step,
                                           scheduler=scheduler)
-    elif tuner == "autolrs":
+    elif tuner in ("autolrs", "auto"):
         search = _autolrs_search_steps(summary)
     info = {"search_steps": search, "diverged": diverged, "chosen_lr": chosen, "job": job,
-            "off_path": _off_path_windows(state_dir, job) if tuner == "autolrs" else []}
+            "off_path": _off_path_windows(state_dir, job) if tuner in ("autolrs", "auto") else []}
+    if tuner == "auto":
+        info["auto"] = {k: summary.get(k) for k in ("sweep_result", "candidates", "trials", "events", "stop_reason")}
+        info["auto"]["peak"] = (summary.get("train") or {}).get("peak")
     if tuner == "autolrs":
         info["stages"] = [{"winner": s["winner"], "trials": [[t["lr"], t["forecast"]] for t in s["trials"]],
                            "mode": s["mode"], "start_step": s["start_step"]} for s in summary.get("stages", [])]
@@ -231,12 +240,15 @@ def _off_path_windows(state_dir: str, job: str) -> list[list[int]]:
 def _finish(task: Task, model, recorder: Recorder, info: dict) -> dict:
     split = task.data()
     final = evaluate(task, model, split.test_x, split.test_y)
+    if info.get("diverged"):
+        final = {"loss": math.inf, "accuracy": None if task.loss == "mse" else 0.0}
     metric = metric_of(task, final)
-    if info.get("diverged") or (task.metric == "loss" and not math.isfinite(metric)):
+    if not math.isfinite(final["loss"]):
         metric = 0.0 if task.higher_is_better else math.inf
     off = info.get("off_path") or []
     curve = [pt for pt in recorder.curve if not any(a < pt[0] < b for a, b in off)]
-    return {"metric": metric, "test_loss": final["loss"], "collapsed": collapsed(task, metric), "curve": curve, **info}
+    return {"metric": metric, "test_loss": final["loss"], "test_accuracy": final["accuracy"],
+            "collapsed": collapsed(task, final), "curve": curve, **info}
 
 
 # ------------------------------------------------------------------------------ the matrix
@@ -390,7 +402,8 @@ def print_report(analysis: dict, methods: list[str]) -> None:
     for key, entry in analysis.items():
         task = TASKS[key.split("/")[0]]
         unit = "pts" if task.higher_is_better else "%"
-        print(f"\n{key} ({entry['steps']} steps; metric: test {task.metric}; collapse at "
+        level = "MSE" if task.loss == "mse" else "accuracy"
+        print(f"\n{key} ({entry['steps']} steps; metric: test {task.metric}; collapse: test {level} at or beyond "
               f"{entry['collapse_level']:.3f})")
         if "grid_best" in entry:
             print(f"  grid best {entry['grid_best']} median {entry['grid_best_median']:.4f}; "
@@ -399,7 +412,7 @@ def print_report(analysis: dict, methods: list[str]) -> None:
               f"{'steps->best':>13}{'search':>8}")
         rows = [(m, entry["methods"][m]) for m in methods if m in entry["methods"]]
         if "grid_best" in entry:
-            for label in (entry["grid_best"], entry["default"]):
+            for label in dict.fromkeys((entry["grid_best"], entry["default"])):
                 if label in entry["methods"]:
                     rows.append((label, entry["methods"][label]))
         for label, s in rows:
