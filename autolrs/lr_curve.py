@@ -1,6 +1,6 @@
 """Analysis of an LR range-test curve: the sweep's LRs, smoothing, suggestions, AutoLRS bounds.
 
-numpy only, no torch: the server's ``range_test`` tuner and the client's ``LRFinder`` share
+numpy (scipy lazily, for :func:`centred`), no torch: the server's ``range_test`` tuner and the client's ``LRFinder`` share
 this one copy.
 
 * :func:`sweep_lrs` / :func:`sweep_lr`: torch-lr-finder's ``ExponentialLR`` / ``LinearLR``
@@ -39,10 +39,9 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import median_filter
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
-           "suggest", "suggest_all", "debiased", "bounds_from_curve"]
+           "suggest", "suggest_all", "debiased", "centred", "bounds_from_curve"]
 
 METHODS = ("steepest", "valley", "minimum")
 #: The rule the range test applies by default (measured on bench/quality.py: see the README).
@@ -122,6 +121,23 @@ def smooth(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:
     """The smoothed curve of a whole list of raw losses (no divergence stop)."""
     s = Smoother(smooth_f, None)
     return [s.add(x)[0] for x in losses]
+
+
+def centred(losses: Sequence[float]) -> list[float]:
+    """A lag-free smoothing of raw losses: the centred running median over ``max(3, n // 10)``
+    points (made odd), ends padded with the edge values; non-finite points dropped first and
+    returned as NaN. Unlike an exponential average it neither starts at one batch's loss nor
+    trails the LR, which matters on short sweeps (a 30-point sweep is all lag at ``smooth_f =
+    0.05``)."""
+    from scipy.ndimage import median_filter
+
+    values = np.asarray(losses, dtype=np.float64)
+    keep = np.isfinite(values)
+    out = np.full(values.shape, np.nan)
+    if keep.any():
+        head = max(1, int(keep.sum()) // 10)
+        out[keep] = median_filter(values[keep], size=max(3, head | 1), mode="nearest")
+    return out.tolist()
 
 
 def debiased(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:
@@ -272,9 +288,8 @@ def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fra
 
     ``losses`` is the *raw* curve, one loss per LR (the ``range_test`` tuner's ``history["loss"]``,
     ``LRFinder``'s ``history["raw_loss"]``), ``lrs`` increasing. Non-finite points are dropped,
-    then the curve is smoothed by a centred running median over ``max(3, n // 10)`` points (odd;
-    ``scipy.ndimage.median_filter``): unlike the range test's exponential moving average it
-    neither starts at one batch's loss nor lags behind the LR. The rule:
+    then the curve is smoothed by :func:`centred` (a running median over ``max(3, n // 10)``
+    points). The rule:
 
     * ``max_lr`` is the LR at the lowest smoothed loss: past it the loss rises, so a constant LR
       above it would diverge or train worse (Leslie Smith's "where the loss stops descending").
@@ -295,7 +310,7 @@ def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fra
         raise ValueError("bounds_from_curve needs positive LRs")
     head = max(1, len(loss) // 10)
     start = float(np.median(loss[:head]))
-    loss = median_filter(loss, size=max(3, head | 1), mode="nearest")
+    loss = np.asarray(centred(loss))
     i_min = head + int(np.argmin(loss[head:]))
     fall = start - loss[i_min]
     if not fall > 0:

@@ -162,7 +162,7 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
     def probe_fn():
         return task.criterion(model(current["x"]), current["y"])
 
-    job = f"q-{task.name}-{method}-{seed}-{uuid.uuid4().hex[:8]}"
+    job = f"q-{task.name}-{method.replace('@', '-at-')}-{seed}-{uuid.uuid4().hex[:8]}"
     extra: dict = {}
     search = 0
     if tuner == "loss_diff":

@@ -6,10 +6,11 @@ Phases, all within ``max_steps`` (required):
 
 1. **sweep**: an LR range test (:class:`~autolrs.tuners.range_test.RangeTestTuner`, exponential
    from ``initial_lr / 1e4`` to ``initial_lr * 100`` by default) over ``sweep_fraction`` of the
-   budget (20 to 100 steps); the weights are restored afterwards. Its bias-corrected curve gives
-   the centre ``p`` of the candidates by ``rule`` (default ``minimum``: the LR of the lowest
-   loss / 10; see :mod:`autolrs.lr_curve`). These steps are spent.
-2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (3: ``p/3, p, 3p``), each
+   budget (30 to 100 steps); the weights are restored afterwards. ``rule`` (default
+   ``minimum``: the LR of the lowest loss / 10; see :mod:`autolrs.lr_curve`) applied to the
+   lag-free running-median curve (:func:`autolrs.lr_curve.centred`) gives the centre ``p`` of
+   the candidates. These steps are spent.
+2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (3: ``p/2, p, 2p``), each
    trained ``trial_fraction`` of the budget from the same checkpoint with the LR annealed
    linearly to 0 (an annealed short run ranks LRs far better than a constant one: a large
    constant LR looks best early and worst late). Each is scored by its validation loss at the
@@ -63,10 +64,10 @@ class AutoTuner(Tuner):
     defaults = {
         "sweep_min": None,  # the sweep's first LR; None: initial_lr / 1e4
         "sweep_max": None,  # its last LR; None: initial_lr * 100
-        "sweep_fraction": 0.05,  # of max_steps (20 to 100 steps)
+        "sweep_fraction": 0.05,  # of max_steps (30 to 100 steps)
         "rule": "minimum",  # range-test rule giving the candidates' centre
         "candidates": 3,  # LRs tried, spaced by `spacing` around the rule's LR
-        "spacing": 3.0,
+        "spacing": 2.0,
         "trial_fraction": 0.03,  # of max_steps, per trial (at least 5 steps)
         "warmup_fraction": 0.02,  # of max_steps: linear ramp to the peak
         "check_fraction": 0.05,  # of max_steps: a report (and a val_fn call) this often
@@ -107,7 +108,7 @@ class AutoTuner(Tuner):
             raise ConfigError(f"auto: use_val must be true or false, got {c['use_val']!r}")
         self.use_val = c["use_val"] and bool(c["has_val_fn"])
         n = self.max_steps
-        self.sweep_steps = min(100, max(20, round(c["sweep_fraction"] * n)))
+        self.sweep_steps = min(100, max(30, round(c["sweep_fraction"] * n)))
         self.trial_steps = max(5, round(c["trial_fraction"] * n))
         self.check_steps = max(10, round(c["check_fraction"] * n))
         self.warmup_frac = float(c["warmup_fraction"])
@@ -137,9 +138,9 @@ class AutoTuner(Tuner):
 
     def _end_sweep(self) -> None:
         rt = self.sweep
-        self.search_steps += len(rt.history["lr"]) if rt.history["lr"] else self.sweep_steps
-        self.search_steps = max(self.search_steps, rt.pos)
-        suggestion = (rt.suggestions or {}).get(self.rule) or {}
+        self.search_steps += max(len(rt.history["lr"]), rt.pos)
+        # The rule on the lag-free curve: a short sweep is all lag for an exponential average.
+        suggestion = lr_curve.suggest(rt.history["lr"], lr_curve.centred(rt.history["loss"]), self.rule)
         centre = suggestion.get("lr")
         source = f"range test ({rt.done}, {len(rt.history['lr'])} points, {self.rule})"
         if centre is None:  # too short or flat a curve: fall back on the optimizer's LR

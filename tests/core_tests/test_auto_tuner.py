@@ -61,7 +61,7 @@ def test_phases_sweep_trials_then_annealed_run_within_the_budget():
     assert s["phase"] == "done" and sim.step == 2000 and sim.stopped
     assert len(s["trials"]) == 3
     lrs = [t[0] for t in s["trials"]]
-    assert lrs[1] / lrs[0] == pytest.approx(3.0) and lrs[2] / lrs[1] == pytest.approx(3.0)
+    assert lrs[1] / lrs[0] == pytest.approx(2.0) and lrs[2] / lrs[1] == pytest.approx(2.0)
     # The search share (sweep + losing trials) stays under 15 % of the budget.
     assert s["search_steps"] / 2000 <= 0.15
     assert s["search_steps"] == 100 + 2 * 60
