@@ -282,7 +282,7 @@ def suggest_all(lrs: Sequence[float], losses: Sequence[float]) -> dict:
 
 
 def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fraction: float = 0.1,
-                      min_decades: float = 1.0) -> tuple[float, float]:
+                      min_decades: float = 1.0, below_minimum: float = 1.0) -> tuple[float, float]:
     """A search interval ``(min_lr, max_lr)`` for the ``autolrs`` tuner (or, with a wider
     ``min_decades``, an Alrao interval) from a range test.
 
@@ -291,8 +291,10 @@ def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fra
     then the curve is smoothed by :func:`centred` (a running median over ``max(3, n // 10)``
     points). The rule:
 
-    * ``max_lr`` is the LR at the lowest smoothed loss: past it the loss rises, so a constant LR
-      above it would diverge or train worse (Leslie Smith's "where the loss stops descending").
+    * ``max_lr`` is the LR at the lowest smoothed loss divided by ``below_minimum``: past that
+      LR the loss rises, so a constant LR above it would diverge or train worse (Leslie Smith's
+      "where the loss stops descending"); and a constant LR at it is already on the edge
+      (the ``autolrs`` tuner's automatic bounds divide by 3, measured in bench/quality.py).
     * ``start`` is the median of the first tenth of the raw points (at least one).
     * ``min_lr`` is the LR from which on the smoothed loss stays at least ``drop_fraction`` (10 %)
       of the total fall ``start - min`` below ``start`` up to the minimum ("where the loss starts
@@ -316,7 +318,9 @@ def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fra
     if not fall > 0:
         raise ValueError("the loss never fell below its start during the range test; no LR interval "
                          "can be derived (start the sweep lower or check the model)")
-    max_lr = float(lr[i_min])
+    if not below_minimum >= 1:
+        raise ValueError(f"below_minimum must be >= 1, got {below_minimum!r}")
+    max_lr = float(lr[i_min]) / below_minimum
     threshold = start - drop_fraction * fall
     # The fall starts after the last point above the threshold (before the minimum): a noisy or
     # lucky early point below it does not count as the start.

@@ -72,6 +72,7 @@ METHODS: dict[str, tuple[str, dict, float]] = {
     "auto@low": ("auto", {}, 0.1),
     "auto@high": ("auto", {}, 10.0),
     "autolrs-paper": ("autolrs", {"preset": "paper"}, 1.0),
+    "autolrs-auto": ("autolrs", {"min_lr": "auto", "max_lr": "auto"}, 1.0),
     **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}, 1.0)
        for rule in ("steepest", "valley", "minimum")},
 }

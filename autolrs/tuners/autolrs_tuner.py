@@ -39,7 +39,7 @@ Automatic bounds (``min_lr`` and/or ``max_lr`` set to ``"auto"``): before anythi
 tuner runs a short LR range test (an embedded :class:`~autolrs.tuners.range_test.RangeTestTuner`,
 ``auto_num_iter`` steps from ``auto_start_lr`` to ``auto_end_lr``, exponential), restores the
 weights it started from, and derives the search interval from the raw curve with
-:func:`autolrs.lr_curve.bounds_from_curve` (``max_lr`` at the lowest loss, ``min_lr`` where the
+:func:`autolrs.lr_curve.bounds_from_curve` (``max_lr`` a third of the LR at the lowest loss, ``min_lr`` where the
 loss has fallen by 10 % of its total fall, at least a decade below ``max_lr``). A bound given
 as a number is kept. The range test's restore leads the first plan after it. Its steps count
 against ``max_steps`` (the compute was spent) and are reported as ``bounds_steps``. If the curve
@@ -87,6 +87,9 @@ STATE_VERSION = 3  # 2 added the automatic bounds, 3 the forecasts' uncertainty 
 WARMUP_CHUNK = 1000
 PHASES = ("bounds", "warmup", "trial", "exploit", "final", "done")
 AUTO = "auto"
+#: ``max_lr: auto`` is the range test's loss minimum divided by this: a constant LR at the
+#: minimum itself is on the edge of divergence (it collapsed a small CNN; bench/quality.py).
+AUTO_BELOW_MINIMUM = 3.0
 DECAYS = ("none", "cosine", "linear")
 TIE_BREAKS = ("best", "lowest")
 PRESETS = ("default", "paper")
@@ -251,7 +254,7 @@ class AutoLRSTuner(Tuner):
         history = self.range_test.history
         given = {key: None if self.auto[key] else self.config[key] for key in ("min_lr", "max_lr")}
         try:
-            lo, hi = lr_curve.bounds_from_curve(history["lr"], history["loss"])
+            lo, hi = lr_curve.bounds_from_curve(history["lr"], history["loss"], below_minimum=AUTO_BELOW_MINIMUM)
             lo = lo if self.auto["min_lr"] else given["min_lr"]
             hi = hi if self.auto["max_lr"] else given["max_lr"]
             if not lo < hi:

@@ -397,8 +397,10 @@ def test_auto_bounds_run_a_range_test_first_and_use_its_curve():
     while tuner.phase == "bounds":
         tuner.tell(client.execute(tuner.ask()))
     history = tuner.range_test.history
-    expected = lr_curve.bounds_from_curve(history["lr"], history["loss"])
+    expected = lr_curve.bounds_from_curve(history["lr"], history["loss"], below_minimum=3.0)
     assert (tuner.min_lr, tuner.max_lr) == pytest.approx(expected)
+    at_minimum = lr_curve.bounds_from_curve(history["lr"], history["loss"])[1]
+    assert tuner.max_lr == pytest.approx(at_minimum / 3)  # safely below the loss minimum
     assert tuner.min_lr < 0.1 < tuner.max_lr < 3.0  # the optimum inside, divergence outside
     # The first stage starts from the weights the sweep started from, with the LR in the new interval.
     plan = tuner.ask()
