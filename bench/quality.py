@@ -73,6 +73,8 @@ METHODS: dict[str, tuple[str, dict, float]] = {
     "auto@high": ("auto", {}, 10.0),
     "autolrs-paper": ("autolrs", {"preset": "paper"}, 1.0),
     "autolrs-auto": ("autolrs", {"min_lr": "auto", "max_lr": "auto"}, 1.0),
+    "autolrs-valstart": ("autolrs", {"val_from": "start"}, 1.0),
+    "autolrs-k5": ("autolrs", {"k": 5}, 1.0),
     **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}, 1.0)
        for rule in ("steepest", "valley", "minimum")},
 }
@@ -348,7 +350,7 @@ def analyse(rows: list[dict]) -> dict:
                             "errors": [r["error"] for r in group if r.get("error")],
                             "search_share": statistics.fmean(r.get("search_steps", 0) / r["steps"] for r in group),
                             "chosen_lr": [r.get("chosen_lr") for r in group] if r_is_tuner(group) else None}
-        grid = {k: v for k, v in stats.items() if "@" in k}
+        grid = {k: v for k, v in stats.items() if by_label[k][0]["method"] in SCHEDULES}
         entry: dict = {"steps": rs[0]["steps"], "methods": stats, "higher_is_better": task.higher_is_better,
                        "collapse_level": collapse_level(task)}
         if grid:
@@ -490,6 +492,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core)")
     p.add_argument("--quick", action="store_true", help=f"tasks {', '.join(QUICK_TASKS)}, seeds 0 1, short budget")
     p.add_argument("--out", default=None, help="JSON path (default bench/out/quality.json, quick: quality_quick.json)")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="run nothing: analyse an earlier report again (its JSON and plot are rewritten) and print it")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = args.tasks or list(QUICK_TASKS)
@@ -503,8 +507,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def report_only(path: Path) -> dict:
+    report = json.loads(path.read_text())
+    rows = report["rows"]
+    methods = sorted({r["method"] for r in rows if r["method"] not in SCHEDULES}, key=list(METHODS).index)
+    report["analysis"] = analyse(rows)
+    print_report(report["analysis"], methods)
+    write_report(path, report)
+    plot(report["analysis"], methods, path.with_suffix(".png"))
+    return report
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.report:
+        return report_only(Path(args.report))
     runs = plan_runs(args)
     print(f"{len(runs)} runs ({len(args.tasks)} tasks x {len(args.budgets)} budgets x {len(args.seeds)} seeds), "
           f"{args.jobs} at a time", flush=True)

@@ -138,7 +138,8 @@ class AutoLRSTuner(Tuner):
         "warmup_steps": 0,  # linear warm-up steps before stage 1
         "warmup_lr": None,  # LR the warm-up ends at; None: initial_lr, else sqrt(min_lr * max_lr)
         "val_points": 16,  # validation evaluations per trial in validation mode
-        "use_val": True,  # switch to validation loss once tau reaches tau_max (needs has_val_fn)
+        "use_val": True,  # judge trials on validation loss (needs has_val_fn) from `val_from` on
+        "val_from": "tau_max",  # "tau_max": once tau reaches tau_max (the paper); "start": from stage 1
         "keep_best_trial": True,  # exploit from the best trial's end weights (one extra copy)
         "loss_penalty": 1e6,  # forecast recorded for a diverged (NaN/inf) trial
         "final_decay": "cosine",  # "cosine", "linear" or "none": anneal the run that ends the job (with max_steps)
@@ -197,6 +198,9 @@ class AutoLRSTuner(Tuner):
             if not isinstance(cfg[key], bool):
                 raise ConfigError(f"option {key!r} must be true or false, got {cfg[key]!r}")
         self.use_val = cfg["use_val"] and bool(cfg["has_val_fn"])
+        if cfg["val_from"] not in ("tau_max", "start"):
+            raise ConfigError(f"autolrs: val_from must be 'tau_max' or 'start', got {cfg['val_from']!r}")
+        self.val_from_start = cfg["val_from"] == "start"
         self.keep_best = cfg["keep_best_trial"]
         self.penalty = require_positive(cfg["loss_penalty"], "loss_penalty")
         if cfg["final_decay"] not in DECAYS:
@@ -345,7 +349,7 @@ class AutoLRSTuner(Tuner):
         self.warmup_done = 0
         self.stage = 0  # becomes 1 when the first stage starts
         self.tau = self.tau0
-        self.val_mode = False
+        self.val_mode = self.use_val and self.val_from_start
         self.current: dict | None = None  # the running stage's plan and trials
         self.stages: list[dict] = []  # finished searches, one record per stage
         self.search_steps = 0
