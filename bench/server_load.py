@@ -33,7 +33,7 @@ from pathlib import Path
 
 import zmq
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.server.process import ServerProcess
 from autolrs.testing import SimulatedClient
 from autolrs.tuners import make_tuner

@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 import torch
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.callbacks import hypergrad
 from autolrs.callbacks.client import Client
 from autolrs.callbacks.distributed import distributed_link
@@ -46,7 +47,7 @@ from autolrs.callbacks.errors import (
 )
 from autolrs.callbacks.probe import run_probes
 from autolrs.callbacks.state import CheckpointStore, lr_value, set_group_lr
-from autolrs.protocol import ErrorCode
+from autolrs.wire.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import zmq
 
 import autolrs
-from autolrs import auth, protocol
+from autolrs.wire import auth, protocol
 
 from autolrs.server.config import ConfigError, load_config
 from autolrs.server.sessions import StateDirLocked

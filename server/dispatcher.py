@@ -24,9 +24,10 @@ import zlib
 from typing import Any, NamedTuple
 
 import autolrs
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.actions import Observation
-from autolrs.protocol import ErrorCode, ProtocolError
+from autolrs.wire.protocol import ErrorCode, ProtocolError
 from autolrs.tuners import ConfigError, UnknownTunerError, make_tuner
 
 from autolrs.server.config import ServerConfig, job_tuner_config

@@ -1,7 +1,7 @@
 """Helpers for the callback tests: a scripted ZeroMQ peer, a scripted tuner, real data.
 
 Imported by the test modules as a plain module (pytest's default ``prepend`` import mode puts
-this folder on ``sys.path``). The scripted peer stands in for the server in unit tests only: it speaks ``autolrs.protocol``
+this folder on ``sys.path``). The scripted peer stands in for the server in unit tests only: it speaks ``autolrs.wire.protocol``
 on a ROUTER socket bound to 127.0.0.1 on a random port, in a daemon thread, and answers each
 request with whatever a handler returns (``None`` drops the request unanswered). The real
 server is tested elsewhere.
@@ -20,7 +20,8 @@ import pytest
 import torch
 import zmq
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 
 TIMEOUT_S = 5.0
 

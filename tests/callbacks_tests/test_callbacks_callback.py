@@ -10,7 +10,8 @@ import warnings
 import pytest
 import torch
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.actions import checkpoint, discard, evaluate, restore, run, set_lr, stop
 from autolrs.callbacks import AutoLRS, AutoLRSConfigError, AutoLRSWarning, ServerUnavailableWarning
 from callbacks_testlib import (

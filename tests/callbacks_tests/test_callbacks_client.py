@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.callbacks import ServerError, ServerUnavailable
 from autolrs.callbacks.client import Client
 from callbacks_testlib import free_port, peer  # noqa: F401  (peer: fixture)

@@ -1,5 +1,5 @@
 """Helpers for the server tests: a dispatcher without sockets, a server process, and a raw REQ
-client speaking ``autolrs.protocol`` (every receive has a timeout)."""
+client speaking ``autolrs.wire.protocol`` (every receive has a timeout)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import zmq
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.server.config import load_config
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.process import READY_PREFIX, ServerProcess  # noqa: F401  (re-exported for tests)
@@ -31,7 +31,7 @@ def make_config(state_dir, tuners=None, **server):
 
 
 class DispatcherHarness:
-    """Calls a dispatcher with envelopes built by ``autolrs.protocol``; returns decoded replies."""
+    """Calls a dispatcher with envelopes built by ``autolrs.wire.protocol``; returns decoded replies."""
 
     def __init__(self, state_dir: Path, tuners=None):
         self.state_dir = Path(state_dir)

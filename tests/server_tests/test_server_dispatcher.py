@@ -10,8 +10,9 @@ import pytest
 from server_testlib import DispatcherHarness, hello_body, report_body
 
 import autolrs
-from autolrs import actions, protocol
-from autolrs.protocol import ErrorCode
+from autolrs import actions
+from autolrs.wire import protocol
+from autolrs.wire.protocol import ErrorCode
 
 ERROR_CODES = {v for k, v in vars(ErrorCode).items() if k.isupper()}
 

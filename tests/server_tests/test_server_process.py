@@ -19,9 +19,9 @@ from server_testlib import READY_PREFIX, TIMEOUT_S, ReqClient, hello_body, repor
 
 import autolrs
 import autolrs.server
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.actions import Observation
-from autolrs.protocol import ErrorCode
+from autolrs.wire.protocol import ErrorCode
 from autolrs.tuners import make_tuner
 
 ERROR_CODES = {v for k, v in vars(ErrorCode).items() if k.isupper()}
