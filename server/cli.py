@@ -23,7 +23,8 @@ import zmq
 import autolrs
 from autolrs.wire import auth, protocol
 
-from autolrs.server.config import ConfigError, load_config
+from autolrs.errors import ConfigError
+from autolrs.server.config import load_config
 from autolrs.server.sessions import StateDirLocked
 
 PROG = "autolrs-server"

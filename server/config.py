@@ -16,11 +16,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from autolrs.errors import ConfigError
 from autolrs.tuners import JOB_KEYS, TUNERS
 
-
-class ConfigError(ValueError):
-    """A server configuration that cannot be used; the message names the key and the source."""
+__all__ = ["ConfigError", "ServerConfig", "job_tuner_config", "load_config", "load_defaults"]
 
 
 @dataclass(frozen=True)

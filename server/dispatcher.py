@@ -28,7 +28,8 @@ from autolrs import actions
 from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.wire.protocol import ErrorCode, ProtocolError
-from autolrs.tuners import ConfigError, UnknownTunerError, make_tuner
+from autolrs.errors import ConfigError
+from autolrs.tuners import UnknownTunerError, make_tuner
 
 from autolrs.server.config import ServerConfig, job_tuner_config
 from autolrs.server.keyed_locks import KeyedLocks

@@ -6,7 +6,8 @@ import ipaddress
 import logging
 
 from autolrs.wire import auth
-from autolrs.server.config import ConfigError, ServerConfig
+from autolrs.errors import ConfigError
+from autolrs.server.config import ServerConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import math
 from typing import Any, ClassVar, Mapping
 
 from autolrs.actions import Observation
+from autolrs.errors import ConfigError
 
 #: Keys the server fills in from the job's hello; every tuner accepts them.
 JOB_KEYS: dict[str, Any] = {
@@ -26,10 +27,6 @@ JOB_KEYS: dict[str, Any] = {
     "has_val_fn": False,  # whether the client can evaluate (``evaluate`` / ``eval_every``)
     "has_probe_fn": False,  # whether the client can carry out ``probe`` (it has a ``probe_fn``)
 }
-
-
-class ConfigError(ValueError):
-    """A tuner configuration that cannot be used; the message says which knob and why."""
 
 
 class Tuner(abc.ABC):
