@@ -8,7 +8,7 @@ import torch
 
 from autolrs.callbacks import AutoLRS
 
-from shared_testlib import make_mlp
+from autolrs.testing.training import make_mlp
 
 MIN_LR, MAX_LR, BUDGET = 1e-3, 1.0, 480
 

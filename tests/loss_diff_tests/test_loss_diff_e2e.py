@@ -15,7 +15,8 @@ from scipy import stats as scipy_stats
 
 from autolrs.callbacks import AutoLRS, AutoLRSConfigError, LossDiffTuner
 
-from shared_testlib import assert_bitwise_equal, make_mlp
+from autolrs.testing.bitwise import assert_bitwise_equal
+from autolrs.testing.training import make_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 F = torch.nn.functional
