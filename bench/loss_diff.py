@@ -33,7 +33,7 @@ from autolrs import delta_stats, lr_curve  # noqa: E402
 from autolrs.callbacks import LossDiffTuner, LRFinder  # noqa: E402
 from autolrs.callbacks.probe import run_probes  # noqa: E402
 from autolrs.callbacks.state import CheckpointStore  # noqa: E402
-from autolrs.server.process import ServerProcess  # noqa: E402
+from autolrs.server import ServerProcess  # noqa: E402
 
 CIFAR_DIR = Path("/work/shared/data/cifar-10-subset-py")
 #: bench/autolrs_cifar10.py at 1,500 steps (seed 0), used when its JSON is not in bench/out/.

@@ -34,7 +34,7 @@ from pathlib import Path
 import zmq
 
 from autolrs.wire import protocol
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from autolrs.testing import SimulatedClient
 from autolrs.tuners import make_tuner
 from benchlib import write_report

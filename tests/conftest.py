@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from autolrs.testing.training import digits as load_digits_tensors
 from autolrs.testing.training import make_mlp
 

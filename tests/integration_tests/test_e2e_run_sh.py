@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from shared_testlib import cifar_subset_dir
 
 ROOT = Path(__file__).resolve().parents[2]
