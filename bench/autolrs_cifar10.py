@@ -187,10 +187,10 @@ def run_one(run: dict, args: argparse.Namespace, endpoint: str, work: Path) -> d
            "train_wall_s": summary["wall_time_s"], "process_wall_s": round(wall, 2),
            "test_curve": summary["test_curve"], "final_train_loss": _tail_mean(summary["losses"], 50)}
     if run["family"] == "autolrs":
-        row["server_session"] = summary.get("server_session")
+        row["tuner_summary"] = summary.get("tuner_summary")
         row["stages"] = autolrs_stages(work / "state", job)
         row["lr_segments"] = segments(summary["lrs"])
-        s = (summary.get("server_session") or {}).get("summary") or {}
+        s = summary.get("tuner_summary") or {}
         row["search_steps"], row["train_steps"] = s.get("search_steps"), s.get("train_steps")
     return row
 

@@ -101,6 +101,11 @@ class Client:
         return None if self._pending is None else self._pending[1]
 
     @property
+    def next_seq(self) -> int:
+        """The sequence number the next new request will carry."""
+        return self._next_seq
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
