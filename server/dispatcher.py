@@ -29,7 +29,7 @@ from autolrs import actions
 from autolrs.wire import messages, protocol
 from autolrs.wire.protocol import ErrorCode, ProtocolError
 from autolrs.errors import ConfigError
-from autolrs.tuners import UnknownTunerError, make_tuner
+from autolrs.tuners import TUNERS, UnknownTunerError, make_tuner
 
 from autolrs.server.config import ServerConfig, job_tuner_config
 from autolrs.server.keyed_locks import KeyedLocks
@@ -199,8 +199,8 @@ class Dispatcher:
     def _create(self, req: dict, hello: messages.Hello, replaced: Session | None) -> dict:
         job_id = req["job_id"]
         seed = hello.seed if hello.seed is not None else zlib.crc32(job_id.encode("utf-8"))
-        config = job_tuner_config(self.config, hello.tuner, hello.config, dataclasses.asdict(hello))
         try:
+            config = job_tuner_config(self.config, hello.tuner, hello.config, dataclasses.asdict(hello))
             tuner = make_tuner(hello.tuner, config, seed)
             plan = tuner.ask()
         except UnknownTunerError as exc:
@@ -213,7 +213,8 @@ class Dispatcher:
         session = Session(job_id=job_id, tuner_name=hello.tuner, config=config,
                           hello_config=hello.config, seed=seed, tuner=tuner, owner=req["client_id"],
                           created=now, updated=now, step=hello.step)
-        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=False, seed=seed).to_body())
+        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=False, seed=seed,
+                                                           deprecations=_deprecations(hello)).to_body())
         self._commit(session, req, reply)
         # Saved before it replaces anything in memory: if the save fails, the store still
         # holds what it held (nothing, or the finished session).
@@ -237,7 +238,8 @@ class Dispatcher:
         plan = session.tuner.ask()
         _check_plan(plan, session.job_id)
         session.owner = req["client_id"]
-        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=True, seed=session.seed).to_body())
+        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=True, seed=session.seed,
+                                                           deprecations=_deprecations(hello)).to_body())
         return reply, {"kind": "hello", "plan": plan, "resumed": True, "client_step": hello.step}
 
     def _report(self, req: dict, body: dict) -> dict:
@@ -349,6 +351,12 @@ def _parse(kind: type, body: dict) -> Any:
         return kind.from_body(body)
     except messages.BodyError as exc:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad {kind.KIND} body: {exc}") from None
+
+
+def _deprecations(hello: messages.Hello) -> tuple[str, ...]:
+    """Notes on the old knob names the hello's config used, for the client to show."""
+    cls = TUNERS.get(hello.tuner)
+    return () if cls is None else tuple(cls.canonical_config(hello.config)[1])
 
 
 def _check_plan(plan: Any, job_id: str) -> None:
