@@ -39,7 +39,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import median_filter
 
 __all__ = ["METHODS", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
            "suggest", "suggest_all", "bounds_from_curve"]
@@ -268,6 +267,8 @@ def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fra
     Raises ValueError when the curve cannot support it: fewer than 3 finite points, LRs not
     positive, or no fall at all (the smoothed loss never drops below ``start`` after it).
     """
+    from scipy.ndimage import median_filter  # here, not at the top: LRFinder imports this module in training
+
     lr, loss, _ = _finite(lrs, losses)
     if len(lr) < 3:
         raise ValueError(f"a range-test curve needs at least 3 finite points to derive bounds, got {len(lr)}")
