@@ -37,8 +37,8 @@ def write_lrs(optimizer: torch.optim.Optimizer, values: Sequence[Any]) -> None:
 class GroupLRs:
     """The base LR (param group 0's) of an optimizer and each group's ratio to it.
 
-    The ratios are those of construction; a group added later keeps the ratio it has to the
-    base LR when it is first seen. Setting the initial base LR gives every group its initial LR
+    The ratios are those of construction; a group added later keeps the LR it has when a base
+    LR is first set after it appeared, and from then on its ratio to the base LR. Setting the initial base LR gives every group its initial LR
     exactly (``lr0 * (g / lr0)`` can be off by an ulp), so a restore followed by the initial LR
     is bitwise.
     """

@@ -16,7 +16,7 @@ from typing import Callable
 import zmq
 
 from autolrs import actions
-from autolrs.wire import protocol
+from autolrs.wire import messages, protocol
 
 __all__ = ["ScriptedPeer", "ScriptedTuner", "free_port", "kind_of"]
 
@@ -135,12 +135,13 @@ class ScriptedTuner:
                 plan = self.plans.pop(0) if self.plans else [actions.stop("script done")]
                 if callable(plan):
                     plan = plan(req)
+                # Not through HelloReply/ReportReply: a script may send an invalid plan on purpose.
                 reply = protocol.ok_reply(req, {"plan": copy.deepcopy(plan)})
         elif kind == "goodbye":
             self.goodbyes.append(req)
-            reply = protocol.ok_reply(req, {"summary": copy.deepcopy(self.summary)})
+            reply = protocol.ok_reply(req, messages.GoodbyeReply(copy.deepcopy(self.summary)).to_body())
         else:
-            reply = protocol.ok_reply(req, {"protocol": protocol.PROTOCOL_VERSION})
+            reply = protocol.ok_reply(req, messages.PingReply(protocol.PROTOCOL_VERSION, "scripted").to_body())
         self._last_key, self._last_reply = key, reply
         return reply
 
