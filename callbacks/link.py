@@ -228,6 +228,8 @@ class ServerLink:
         if kind == "hello":
             if reply.resumed:
                 log.info("autolrs job %s: the server resumed an existing session", self.job)
+            for notice in reply.notices:
+                self._warn(f"notice:{notice}", notice)
             for note in reply.deprecations:
                 self._warn(f"deprecated:{note}", f"autolrs: {note}", AutoLRSDeprecationWarning)
         return reply.plan

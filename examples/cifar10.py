@@ -151,11 +151,13 @@ def plot_range_test(path: Path, summary: dict | None) -> None:
     if len(history.get("lr", [])) < 2:
         print("range test: the server returned no curve to plot", file=sys.stderr)
         return
+    from autolrs import lr_curve
     from autolrs.callbacks.lr_finder import plot_curve
 
-    method = summary.get("method") or "steepest"
-    try:
-        _, lr, _ = plot_curve(history["lr"], history["smoothed"], method=method, path=str(path))
+    method = summary.get("method") or lr_curve.DEFAULT_METHOD
+    try:  # the suggestion is the tuner's: on the bias-corrected curve of the raw losses
+        _, lr, _ = plot_curve(history["lr"], history["smoothed"], method=method, path=str(path),
+                              rule_losses=lr_curve.debiased(history["loss"]))
         print(f"range test: suggested LR ({method}) {lr:.3g} -> {path}")
     except RuntimeError as exc:  # too short a curve for a suggestion: plot it unmarked
         plot_curve(history["lr"], history["smoothed"], suggest_lr=False, path=str(path))

@@ -213,7 +213,8 @@ class Dispatcher:
         session = Session(job_id=job_id, tuner_name=hello.tuner, config=config,
                           hello_config=hello.config, seed=seed, tuner=tuner, owner=req["client_id"],
                           created=now, updated=now, step=hello.step)
-        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=False, seed=seed,
+        # Notices and deprecation notes: said once to the user by the callback, as warnings.
+        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=False, seed=seed, notices=tuple(tuner.notices),
                                                            deprecations=_deprecations(hello)).to_body())
         self._commit(session, req, reply)
         # Saved before it replaces anything in memory: if the save fails, the store still

@@ -43,6 +43,9 @@ class Tuner(abc.ABC):
         self.deprecations: list[str] = notes
         self.config = resolve_config(self.name, {**JOB_KEYS, **self.defaults}, config, self.public_name)
         self.seed = int(seed)
+        #: Advice for the user about this job's set-up (e.g. a missing ``max_steps``): the server
+        #: sends it in the hello reply and the callback shows each once as a warning.
+        self.notices: list[str] = []
         if self.config["max_steps"] is not None:
             self.config["max_steps"] = require_int(self.config, "max_steps", minimum=1)
 

@@ -143,16 +143,21 @@ class Hello:
 @dataclass(frozen=True)
 class HelloReply:
     """The job's first plan; ``resumed``: the server already held this job and carries on with
-    it; ``seed``: the seed its tuner uses. ``deprecations``: notes on knob names the tuner still
-    accepts but will drop (the callback shows each as a deprecation warning)."""
+    it; ``seed``: the seed its tuner uses. ``notices``: the tuner's advice about the job's set-up
+    (e.g. a missing ``max_steps``); ``deprecations``: notes on knob names the tuner still accepts
+    but will drop. The callback shows each once, as a warning (a deprecation warning for the
+    second kind). Both are left out when empty."""
 
     plan: list
     resumed: bool = False
     seed: int | None = None
+    notices: tuple[str, ...] = ()
     deprecations: tuple[str, ...] = ()
 
     def to_body(self) -> dict:
         body = {"plan": self.plan, "resumed": self.resumed, "seed": self.seed}
+        if self.notices:
+            body["notices"] = list(self.notices)
         if self.deprecations:
             body["deprecations"] = list(self.deprecations)
         return body
@@ -163,7 +168,7 @@ class HelloReply:
         if seed is not None and not _is_int(seed):
             raise BodyError("'seed' must be an integer or null")
         return cls(plan=_plan(body), resumed=_bool(body, "resumed", False), seed=seed,
-                   deprecations=_strings(body, "deprecations"))
+                   notices=_strings(body, "notices"), deprecations=_strings(body, "deprecations"))
 
 
 # --- report --------------------------------------------------------------------------------------

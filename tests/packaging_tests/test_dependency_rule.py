@@ -51,6 +51,8 @@ RULES = {
     "autolrs.space": MATHS,
     "autolrs.lr_curve": MATHS,
     "autolrs.delta_stats": MATHS,
+    "autolrs.divergence": MATHS,
+    "autolrs.trial_checks": MATHS,
     "autolrs.callbacks": CALLBACKS,
     "autolrs.server": SERVER,
     "autolrs.optim": OPTIM,
