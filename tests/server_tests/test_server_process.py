@@ -78,7 +78,8 @@ def test_server_process_in_a_private_temp_folder_is_public_and_cleans_up(req_cli
 def test_server_process_that_cannot_start_raises_with_the_log(tmp_path):
     (tmp_path / "bad.yaml").write_text("server: {workers: 0}\n")
     with pytest.raises(RuntimeError, match="server.workers"):
-        autolrs.server.ServerProcess(tmp_path / "state", "--config", str(tmp_path / "bad.yaml"))
+        # Closed at once should it start after all, so a failing test leaves no server behind.
+        autolrs.server.ServerProcess(tmp_path / "state", "--config", str(tmp_path / "bad.yaml")).close()
 
 
 def test_sigint_exits_cleanly(server_process):
