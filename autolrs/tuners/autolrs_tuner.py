@@ -123,6 +123,8 @@ class AutoLRSTuner(Tuner):
     """Per-stage LR search by Bayesian optimisation on exponential loss forecasts."""
 
     name = "autolrs"
+    #: Documented as lr_min/lr_max like every tuner's bounds; the old spellings still work (deprecated).
+    aliases: ClassVar[dict[str, str]] = {"min_lr": "lr_min", "max_lr": "lr_max"}
     defaults: ClassVar[dict[str, Any]] = {
         "min_lr": None,  # lower end of the search interval; None: initial_lr / 100, else 1e-3; "auto"
         "max_lr": None,  # upper end; None: initial_lr * 10, else 1.0; "auto": from a range test
