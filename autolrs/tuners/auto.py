@@ -5,7 +5,8 @@ overfitting.
 Phases, all within ``max_steps`` (required):
 
 1. **sweep**: an LR range test (:class:`~autolrs.tuners.range_test.RangeTestTuner`, exponential
-   from ``initial_lr / 1e4`` to ``initial_lr * 100`` by default) over ``sweep_fraction`` of the
+   from ``initial_lr / 1e4`` to ``initial_lr * 1000`` by default, wide enough to see divergence
+   with Adam's LR scale too, and with the optimizer's LR 10x off) over ``sweep_fraction`` of the
    budget (30 to 100 steps); the weights are restored afterwards. ``rule`` (default
    ``minimum``: the LR of the lowest loss / 10; see :mod:`autolrs.lr_curve`) applied to the
    lag-free running-median curve (:func:`autolrs.lr_curve.centred`) gives the centre ``p`` of
@@ -63,7 +64,7 @@ class AutoTuner(Tuner):
     name = "auto"
     defaults = {
         "sweep_min": None,  # the sweep's first LR; None: initial_lr / 1e4
-        "sweep_max": None,  # its last LR; None: initial_lr * 100
+        "sweep_max": None,  # its last LR; None: initial_lr * 1000
         "sweep_fraction": 0.05,  # of max_steps (30 to 100 steps)
         "rule": "minimum",  # range-test rule giving the candidates' centre
         "candidates": 3,  # LRs tried, spaced by `spacing` around the rule's LR
@@ -88,7 +89,7 @@ class AutoTuner(Tuner):
             if initial is None or not (isinstance(initial, (int, float)) and initial > 0 and math.isfinite(initial)):
                 raise ConfigError("auto: set sweep_min and sweep_max, or start the job with an optimizer LR")
         self.sweep_min = require_positive(c["sweep_min"] if c["sweep_min"] is not None else initial / 1e4, "sweep_min")
-        self.sweep_max = require_positive(c["sweep_max"] if c["sweep_max"] is not None else initial * 100, "sweep_max")
+        self.sweep_max = require_positive(c["sweep_max"] if c["sweep_max"] is not None else initial * 1000, "sweep_max")
         if not self.sweep_min < self.sweep_max:
             raise ConfigError(f"auto: sweep_min ({self.sweep_min}) must be below sweep_max ({self.sweep_max})")
         for key in ("sweep_fraction", "trial_fraction", "warmup_fraction", "check_fraction"):
