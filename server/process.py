@@ -13,12 +13,15 @@ import uuid
 from pathlib import Path
 
 READY_PREFIX = "autolrs-server listening on "
+#: The line a server started with ``--http-port`` prints next: then the dashboard's URL.
+DASHBOARD_PREFIX = "dashboard at "
 
 
 class ServerProcess:
     """Start ``python -m autolrs.server --port PORT --state-dir DIR [args]`` and wait until ready.
 
-    ``endpoint`` is where it listens. stderr goes to ``log_path``. ``close()`` sends SIGTERM (and
+    ``endpoint`` is where it listens; ``dashboard_url`` the dashboard's URL when ``args`` has
+    ``--http-port`` (read from the line after the ready line). stderr goes to ``log_path``. ``close()`` sends SIGTERM (and
     kills after ``timeout``); ``kill()`` is SIGKILL, for crash tests. Usable as a context manager.
     """
 
@@ -37,18 +40,29 @@ class ServerProcess:
         self.ready_line = self._wait_ready(ready_timeout)
         self.endpoint = self.ready_line[len(READY_PREFIX):].split()[0]
         self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self.dashboard_url: str | None = None
+        if "--http-port" in args:
+            line = self._next_line(ready_timeout)
+            if line is None or not line.startswith(DASHBOARD_PREFIX):
+                self.kill()
+                raise RuntimeError(f"server printed no dashboard line (got {line!r}); log:\n{self.log()}")
+            self.dashboard_url = line[len(DASHBOARD_PREFIX):].strip()
 
     def _pump(self) -> None:
         for line in self.proc.stdout:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
 
-    def _wait_ready(self, timeout: float) -> str:
+    def _next_line(self, timeout: float) -> str | None:
+        """The next stdout line (None at end of output); RuntimeError after ``timeout`` s."""
         try:
-            line = self._lines.get(timeout=timeout)
+            return self._lines.get(timeout=timeout)
         except queue.Empty:
             self.kill()
-            raise RuntimeError(f"server printed no ready line within {timeout} s; log:\n{self.log()}") from None
+            raise RuntimeError(f"server printed no line within {timeout} s; log:\n{self.log()}") from None
+
+    def _wait_ready(self, timeout: float) -> str:
+        line = self._next_line(timeout)
         if line is None or not line.startswith(READY_PREFIX):
             self.kill()
             raise RuntimeError(f"server did not start (first line {line!r}); log:\n{self.log()}")
