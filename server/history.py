@@ -14,6 +14,9 @@ On disk, next to ``state.json``::
 Recording needs nothing in memory (an entry is built from the report alone and appended), so
 the server's memory does not grow with the jobs; a reader replays the file, and the history
 survives a restart exactly as ``state.json`` does. A line cut short by a crash is skipped.
+Compaction runs on a background thread, off the path of the reply (it replays the journal,
+some milliseconds), under a per-job lock that the appends of that job also take.
+Numbers are kept to 7 significant digits (ample for a chart, half the bytes of full floats).
 
 The bounds (the downsampling rule):
 
@@ -37,12 +40,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import queue
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from autolrs import protocol
+
+from autolrs.server.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,20 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _r(x: Any) -> float | None:
+    """``x`` to 7 significant digits; None when it is not a finite number."""
+    return float(f"{x:.7g}") if _finite(x) else None
+
+
+def _column(values: list) -> Any:
+    """A column as one value when every entry is equal (a constant LR, full buckets), else the list."""
+    return values[0] if values and all(v == values[0] for v in values) else values
+
+
+def _at(column: Any, i: int) -> Any:
+    return column[i] if isinstance(column, list) else column
+
+
 # --- building an entry from one report ---------------------------------------------------------
 
 
@@ -101,8 +121,7 @@ def make_entry(plan: Sequence[Mapping] | None, step: int, steps: int, losses: Se
     pairs, ``before``/``after`` the tuner's summary before and after the report.
     """
     end = int(step)
-    steps = int(steps) or len(losses)
-    start = max(0, end - steps)
+    start = max(0, end - max(int(steps), len(losses)))
     per_step, constant = plan_lrs(plan)
     fallback = constant if _finite(constant) else (reported_lr if _finite(reported_lr) else None)
 
@@ -114,44 +133,49 @@ def make_entry(plan: Sequence[Mapping] | None, step: int, steps: int, losses: Se
         return fallback
 
     loss_steps = [end - len(losses) + 1 + j for j in range(len(losses))]
-    entry: dict[str, Any] = {"s": start, "e": end, "p": _series_points(start, end, loss_steps, losses, lr_at)}
+    entry: dict[str, Any] = {"s": start, "e": end, **_series_points(start, end, loss_steps, losses, lr_at)}
     if losses:
-        entry["last"] = [end, losses[-1]]
+        entry["last"] = [end, _r(losses[-1])]
     if evals:
-        entry["ev"] = [[start + int(p), v] for p, v in evals]
+        entry["ev"] = [[start + int(p), _r(v)] for p, v in evals]
     hs = list((hypergrad or {}).get("h") or [])
     if hs:  # one per step (hd), aligned to the end, or one at the end (tangent methods)
-        entry["h"] = [[end - len(hs) + 1 + j, h] for j, h in enumerate(hs)]
+        entry["h"] = {"t": end - len(hs) + 1, "v": [_r(h) for h in hs]}
     before = before or {}
     ctx = {k: before[k] for k in CONTEXT_KEYS if isinstance(before.get(k), (str, int, float))}
     if ctx:
         entry["ctx"] = ctx
     if ctx.get("phase") == "trial" and "stage" in ctx and "trial" in ctx:
-        entry["win"] = _trial_window(ctx, steps, losses, evals, fallback)
+        entry["win"] = _trial_window(ctx, end - start, losses, evals, fallback)
     if ctx.get("phase") == "bounds" and losses:
-        entry["sweep"] = [[lr_at(t), v] for t, v in zip(loss_steps, losses) if lr_at(t) is not None][:MAX_SWEEP]
+        pairs = [(lr_at(t), v) for t, v in zip(loss_steps, losses) if lr_at(t) is not None][:MAX_SWEEP]
+        entry["sweep"] = {"lr": [_r(lr) for lr, _ in pairs], "loss": [_r(v) for _, v in pairs]}
     stage = (after or {}).get("last_stage")
     if isinstance(stage, Mapping) and stage.get("stage") != (before.get("last_stage") or {}).get("stage"):
         entry["stage"] = dict(stage)
     return entry
 
 
-def _series_points(start: int, end: int, loss_steps: list[int], losses: Sequence[float], lr_at) -> list[list]:
-    """The segment as series points at the bucket width of its end step: [step, lr, mean, n, bad]."""
+def _series_points(start: int, end: int, loss_steps: list[int], losses: Sequence[float], lr_at) -> dict:
+    """The segment's buckets at the width of its end step, as columns: ``w`` the width, ``b`` the
+    first bucket (the rest follow, one per bucket up to the end step), ``lr`` the LR of each
+    bucket's last step, ``m`` the mean of its finite losses (None without), ``n`` and ``x`` how
+    many finite and non-finite losses it had. Columns that are constant are one value."""
     w = bucket_width(end, SERIES_POINTS)
-    buckets: dict[int, list] = {}
-    first = min([start + 1] + loss_steps[:1])
-    for b in range((max(first, 1) - 1) // w, (max(end, 1) - 1) // w + 1):
-        last = min(end, (b + 1) * w)
-        buckets[b] = [last, lr_at(last), 0.0, 0, 0]
+    first, last = (max(start + 1, 1) - 1) // w, (max(end, 1) - 1) // w
+    sums = [0.0] * (last - first + 1)
+    counts = [0] * len(sums)
+    bad = [0] * len(sums)
     for t, v in zip(loss_steps, losses):
-        point = buckets.setdefault((max(t, 1) - 1) // w, [t, lr_at(t), 0.0, 0, 0])
+        i = (max(t, 1) - 1) // w - first
         if _finite(v):
-            point[2] += v
-            point[3] += 1
+            sums[i] += v
+            counts[i] += 1
         else:
-            point[4] += 1
-    return [[p[0], p[1], p[2] / p[3] if p[3] else None, p[3], p[4]] for _, p in sorted(buckets.items())]
+            bad[i] += 1
+    lrs = [_r(lr_at(min(end, (first + i + 1) * w))) for i in range(len(sums))]
+    return {"w": w, "b": first, "lr": _column(lrs), "m": [_r(t / n) if n else None for t, n in zip(sums, counts)],
+            "n": _column(counts), "x": _column(bad)}
 
 
 def _trial_window(ctx: Mapping, steps: int, losses: Sequence[float], evals: Sequence[Sequence[float]],
@@ -164,20 +188,22 @@ def _trial_window(ctx: Mapping, steps: int, losses: Sequence[float], evals: Sequ
     else:
         pts = [(float(steps - len(losses) + j), v) for j, v in enumerate(losses)]
         kind = "train"
-    return {"stage": ctx["stage"], "trial": ctx["trial"], "lr": lr, "kind": kind, "points": _reduce(pts, WINDOW_POINTS)}
+    points = _reduce(pts, WINDOW_POINTS)
+    return {"stage": ctx["stage"], "trial": ctx["trial"], "lr": lr, "kind": kind,
+            "points": [[_r(p), _r(v)] for p, v in points]}
 
 
-def _reduce(points: Sequence[tuple[float, float]], limit: int) -> list[list]:
+def _reduce(points: Sequence[tuple[float, float]], limit: int) -> list[tuple]:
     """At most ``limit`` points: the mean position and mean finite value of equal slices
     (a slice holding only non-finite values gives None: divergence shows as a gap)."""
     n = len(points)
     if n <= limit:
-        return [[p, v if _finite(v) else None] for p, v in points]
+        return [(p, v if _finite(v) else None) for p, v in points]
     out = []
     for i in range(limit):
         chunk = points[i * n // limit:(i + 1) * n // limit]
         vals = [v for _, v in chunk if _finite(v)]
-        out.append([sum(p for p, _ in chunk) / len(chunk), sum(vals) / len(vals) if vals else None])
+        out.append((sum(p for p, _ in chunk) / len(chunk), sum(vals) / len(vals) if vals else None))
     return out
 
 
@@ -204,16 +230,21 @@ class JobHistory:
 
     def apply(self, entry: Mapping) -> None:
         self.reports += 1
-        self.last_step = max(self.last_step, int(entry.get("e", 0)))
+        end = int(entry.get("e", 0))
+        self.last_step = max(self.last_step, end)
         self._rebucket()
-        for step, lr, mean, n, bad in entry.get("p", ()):
-            self._add_series(step, lr, (mean or 0.0) * n, n, bad)
+        w, first = entry.get("w", 1), entry.get("b", 0)
+        for i, mean in enumerate(entry.get("m", ())):
+            n = _at(entry["n"], i)
+            self._add_series(min(end, (first + i + 1) * w), _at(entry["lr"], i), (mean or 0.0) * n, n,
+                             _at(entry["x"], i))
         if entry.get("last") is not None:
             self.last_loss = list(entry["last"])
         for step, value in entry.get("ev", ()):
             self._add_mean(self.evals, step, value)
-        for step, value in entry.get("h", ()):
-            self._add_mean(self.hyper, step, value)
+        if "h" in entry:
+            for j, value in enumerate(entry["h"]["v"]):
+                self._add_mean(self.hyper, entry["h"]["t"] + j, value)
         if "stage" in entry:
             self._add_stage(entry["stage"])
         if "win" in entry:
@@ -221,7 +252,8 @@ class JobHistory:
             self.windows[(int(win["stage"]), int(win["trial"]))] = dict(win)
             self._trim_windows()
         if "sweep" in entry and len(self.sweep) < MAX_SWEEP:
-            self.sweep.extend(entry["sweep"][:MAX_SWEEP - len(self.sweep)])
+            pairs = [list(p) for p in zip(entry["sweep"]["lr"], entry["sweep"]["loss"])]
+            self.sweep.extend(pairs[:MAX_SWEEP - len(self.sweep)])
 
     def _rebucket(self) -> None:
         width = bucket_width(self.last_step, SERIES_POINTS)
@@ -281,10 +313,11 @@ class JobHistory:
     # -- snapshot (the compacted journal) and the dashboard's view
 
     def snapshot(self) -> dict:
+        def rounded(table: dict) -> list:
+            return [[p[0], *(_r(x) if isinstance(x, float) else x for x in p[1:])] for _, p in sorted(table.items())]
+
         return {"format": FORMAT, "reports": self.reports, "last_step": self.last_step, "last_loss": self.last_loss,
-                "series": [self.series[b] for b in sorted(self.series)],
-                "evals": [self.evals[b] for b in sorted(self.evals)],
-                "hyper": [self.hyper[b] for b in sorted(self.hyper)],
+                "series": rounded(self.series), "evals": rounded(self.evals), "hyper": rounded(self.hyper),
                 "stages": [self.stages[s] for s in sorted(self.stages)],
                 "windows": [self.windows[k] for k in sorted(self.windows)], "sweep": self.sweep}
 
@@ -349,12 +382,22 @@ def replay(lines: Iterable[bytes], history: JobHistory | None = None) -> JobHist
 
 class HistoryRecorder:
     """Appends each applied report to its job's journal. Called by the dispatcher with the job's
-    lock held, so one job's appends and compactions never interleave. Never raises."""
+    lock held; never raises. Journals past ``journal_bytes`` are compacted on a background
+    thread (``background=False``: at once, in the caller's thread)."""
 
-    def __init__(self, jobs_dir: str | Path, fsync: bool = False, journal_bytes: int = JOURNAL_BYTES):
+    def __init__(self, jobs_dir: str | Path, fsync: bool = False, journal_bytes: int = JOURNAL_BYTES,
+                 background: bool = True):
         self.jobs_dir = Path(jobs_dir)
         self.fsync = fsync
         self.journal_bytes = journal_bytes
+        self.background = background
+        # One job's appends and its compaction never interleave.
+        self._locks = KeyedLocks()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued: set[str] = set()
+        self._guard = threading.Lock()
+        self._idle = threading.Condition(self._guard)
+        self._thread: threading.Thread | None = None
 
     def path(self, job_id: str) -> Path:
         return self.jobs_dir / job_id / FILENAME
@@ -362,7 +405,8 @@ class HistoryRecorder:
     def start(self, job_id: str) -> None:
         """A new session of ``job_id``: drop the history of the one it replaces, if any."""
         try:
-            self.path(job_id).unlink(missing_ok=True)
+            with self._locks.hold(job_id):
+                self.path(job_id).unlink(missing_ok=True)
         except OSError:
             log.exception("could not remove the old history of job %s", job_id)
 
@@ -378,28 +422,66 @@ class HistoryRecorder:
 
     def append(self, job_id: str, entry: Mapping) -> None:
         path = self.path(job_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            f.write(protocol.dumps({"r": entry}) + b"\n")
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-            size = f.tell()
+        line = protocol.dumps({"r": entry}) + b"\n"
+        with self._locks.hold(job_id):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(line)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+                size = f.tell()
         if size > self.journal_bytes:
-            self.compact(job_id)
+            if self.background:
+                self._schedule(job_id)
+            else:
+                self.compact(job_id)
 
     def compact(self, job_id: str) -> None:
         """Rewrite the journal as one snapshot line (atomically: a reader sees old or new)."""
         path = self.path(job_id)
-        with open(path, "rb") as f:
-            history = replay(f)
-        tmp = path.with_name(f"{FILENAME}.tmp-{os.getpid()}-{threading.get_ident()}")
-        with open(tmp, "wb") as f:
-            f.write(protocol.dumps({"snapshot": history.snapshot()}) + b"\n")
-            if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with self._locks.hold(job_id):
+            try:
+                with open(path, "rb") as f:
+                    history = replay(f)
+            except FileNotFoundError:
+                return
+            for stale in path.parent.glob(f"{FILENAME}.tmp-*"):  # left by a crash mid-compaction
+                stale.unlink(missing_ok=True)
+            tmp = path.with_name(f"{FILENAME}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.write(protocol.dumps({"snapshot": history.snapshot()}) + b"\n")
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until no compaction is queued or running; returns whether that happened in time."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._queued, timeout)
+
+    def _schedule(self, job_id: str) -> None:
+        with self._guard:
+            if job_id in self._queued:
+                return
+            self._queued.add(job_id)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._compact_queued, name="autolrs-history", daemon=True)
+                self._thread.start()
+        self._queue.put(job_id)
+
+    def _compact_queued(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            try:
+                self.compact(job_id)
+            except Exception:  # noqa: BLE001 - the journal stays as it was; tried again when it grows
+                log.exception("could not compact the history of job %s", job_id)
+            finally:
+                with self._idle:
+                    self._queued.discard(job_id)
+                    self._idle.notify_all()
 
 
 # --- reading (the dashboard) ---------------------------------------------------------------------
