@@ -145,14 +145,16 @@ class Dispatcher:
                   "uptime_s": round(time.monotonic() - self.started, 3), "sessions": len(sessions)}
         return protocol.ok_reply(req, {"server": server, "sessions": sessions})
 
-    def rows(self, now: float | None = None) -> list[dict]:
-        """Every job's status row (loaded or unloaded), by job id: what ``status`` lists and the
-        dashboard shows. Summaries are the cached ones; no job's lock is waited for."""
+    def rows(self, now: float | None = None, only: str | None = None) -> list[dict]:
+        """Every job's status row (loaded or unloaded; or only job ``only``'s), by job id: what
+        ``status`` lists and the dashboard shows. Summaries are the cached ones; no job's lock is
+        waited for."""
         now = time.time() if now is None else now
         live, evicted = self.store.listing()
-        rows = {s.job_id: self._row(s, now) for s in live}
+        rows = {s.job_id: self._row(s, now) for s in live if only is None or s.job_id == only}
         for job_id, row in evicted.items():
-            rows.setdefault(job_id, row)
+            if only is None or job_id == only:
+                rows.setdefault(job_id, row)
         return [rows[job] for job in sorted(rows)]
 
     def _row(self, s: Session, now: float) -> dict:

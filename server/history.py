@@ -42,7 +42,6 @@ import math
 import os
 import queue
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -62,8 +61,6 @@ MAX_STAGES = 1000
 MAX_SWEEP = 2000
 #: The journal is compacted into one snapshot line once it is larger than this.
 JOURNAL_BYTES = 512 * 1024
-#: How much of a journal's first line identifies the file (with its inode) to a reader.
-IDENTITY_BYTES = 64
 #: Summary keys copied into an entry's context (which phase, stage and trial a segment was).
 CONTEXT_KEYS = ("phase", "stage", "trial", "mode")
 
@@ -360,6 +357,14 @@ class JobHistory:
         }
 
 
+def apply_record(history: JobHistory, record: Mapping) -> JobHistory:
+    """One journal record applied: a snapshot replaces the history, an entry adds to it."""
+    if "snapshot" in record:
+        return JobHistory.from_snapshot(record["snapshot"])
+    history.apply(record["r"])
+    return history
+
+
 def replay(lines: Iterable[bytes], history: JobHistory | None = None) -> JobHistory:
     """Apply journal lines to ``history`` (a new one by default); undecodable lines are skipped."""
     history = history if history is not None else JobHistory()
@@ -367,11 +372,7 @@ def replay(lines: Iterable[bytes], history: JobHistory | None = None) -> JobHist
         if not line.strip():
             continue
         try:
-            record = protocol.loads(line)
-            if "snapshot" in record:
-                history = JobHistory.from_snapshot(record["snapshot"])
-            else:
-                history.apply(record["r"])
+            history = apply_record(history, protocol.loads(line))
         except Exception as exc:  # noqa: BLE001 - a torn or damaged line loses one report, not the job
             log.warning("skipped a damaged history line (%s: %s)", type(exc).__name__, exc)
     return history
@@ -484,75 +485,20 @@ class HistoryRecorder:
                     self._idle.notify_all()
 
 
-# --- reading (the dashboard) ---------------------------------------------------------------------
+# --- reading -------------------------------------------------------------------------------------
 
 
-class HistoryReader:
-    """Replays journals for the dashboard, incrementally: a job's history is cached with the
-    offset read so far, and only lines appended since are applied (a compacted file, a new
-    inode, is replayed whole). Thread-safe; keeps the last ``cache_jobs`` jobs."""
-
-    def __init__(self, jobs_dir: str | Path, cache_jobs: int = 32):
-        self.jobs_dir = Path(jobs_dir)
-        self.cache_jobs = cache_jobs
-        # job id -> (file identity, offset read, history)
-        self._cache: OrderedDict[str, tuple[tuple, int, JobHistory]] = OrderedDict()
-        self._guard = threading.Lock()
-
-    def view(self, job_id: str) -> dict:
-        """The job's history view (an empty one when it has no journal)."""
-        with self._guard:
-            return self._load(job_id).view()
-
-    def _load(self, job_id: str) -> JobHistory:
-        path = self.jobs_dir / job_id / FILENAME
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            self._cache.pop(job_id, None)
-            return JobHistory()
-        with f:
-            # A compaction replaces the file: a new inode, and a first line that counts the
-            # reports (inode numbers alone can be reused).
-            identity = (os.fstat(f.fileno()).st_ino, f.read(IDENTITY_BYTES))
-            cached = self._cache.get(job_id)
-            history, offset = JobHistory(), 0
-            if cached is not None and cached[0] == identity and cached[1] <= os.fstat(f.fileno()).st_size:
-                _, offset, history = cached
-            f.seek(offset)
-            data = f.read()
-        complete = data.rfind(b"\n") + 1  # a line still being written is read next time
-        history = replay(data[:complete].splitlines(), history)
-        self._cache[job_id] = (identity, offset + complete, history)
-        self._cache.move_to_end(job_id)
-        while len(self._cache) > self.cache_jobs:
-            self._cache.popitem(last=False)
-        return history
-
-
-def last_loss(path: str | Path, tail_bytes: int = 256 * 1024) -> list | None:
-    """``[step, value]`` of the last loss in a journal, read from its end (None without one)."""
+def load(path: str | Path) -> JobHistory:
+    """The history a journal file holds (an empty one when there is no file). The dashboard
+    follows journals incrementally instead (autolrs.server.dashboard.follow)."""
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - tail_bytes))
-            data = f.read()
+            return replay(f)
     except FileNotFoundError:
-        return None
-    lines = data.split(b"\n")
-    if size > tail_bytes:
-        lines = lines[1:]  # the first is probably cut
-    for line in reversed(lines):
-        if not line.strip():
-            continue
-        try:
-            record = protocol.loads(line)
-        except Exception:  # noqa: BLE001 - torn line
-            continue
-        found = record.get("snapshot", {}).get("last_loss") if "snapshot" in record else record["r"].get("last")
-        if found is not None:
-            return found
-    if size > tail_bytes:  # no loss in the tail: replay the whole file
-        with open(path, "rb") as f:
-            return replay(f).last_loss
-    return None
+        return JobHistory()
+
+
+def last_loss_of(last: list | None, record: Mapping) -> list | None:
+    """Fold a journal record into the last ``[step, loss]`` seen (None until one is)."""
+    found = record["snapshot"].get("last_loss") if "snapshot" in record else record["r"].get("last")
+    return found if found is not None else last

@@ -2,27 +2,29 @@
 
 Built from a source's rows (see :mod:`.sources`), each job's history journal (see
 :mod:`autolrs.server.history`) and the tail of its ``decisions.jsonl``. Non-finite numbers
-become ``null`` (standard JSON has none; a chart shows a gap). Files are read incrementally or
-from their end and cached by their stat, so a poll costs little whatever a job's length.
+become ``null`` (standard JSON has none; a chart shows a gap). The files are followed
+(:mod:`.follow`): a poll reads only what was appended since the last, whatever a job's length.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from autolrs import protocol
 
 from autolrs.server import history
+from autolrs.server.dashboard.follow import Follower
 
-#: Decision-log records a job page shows (the newest), and how much of the file's end is read.
+#: Decision-log records a job page shows (the newest), and how much of a log's end is read first.
 DECISIONS_SHOWN = 200
-DECISIONS_TAIL_BYTES = 1024 * 1024
+DECISIONS_TAIL_BYTES = 512 * 1024
+#: How much of a journal's end is read first for its last loss.
+LAST_LOSS_TAIL_BYTES = 64 * 1024
 #: Tuners that put back the weights they started from: all their steps are search.
 MEASURING_TUNERS = ("range_test", "loss_diff")
 
@@ -59,9 +61,11 @@ class DashboardAPI:
     def __init__(self, source):
         self.source = source
         self.jobs_dir = Path(source.jobs_dir)
-        self.histories = history.HistoryReader(self.jobs_dir)
-        self._last_losses = _StatCache(lambda path: history.last_loss(path))
-        self._decisions = _StatCache(lambda path: read_decisions(path))
+        self._histories = Follower(history.JobHistory, history.apply_record, cache_files=32)
+        self._last_losses = Follower(lambda: None, history.last_loss_of, tail_bytes=LAST_LOSS_TAIL_BYTES,
+                                     empty=lambda last: last is None, cache_files=1_000_000)
+        self._decisions = Follower(lambda: deque(maxlen=DECISIONS_SHOWN), _add_decision,
+                                   tail_bytes=DECISIONS_TAIL_BYTES, cache_files=32)
 
     def jobs(self) -> dict:
         rows = self.source.rows()
@@ -75,16 +79,17 @@ class DashboardAPI:
         """One job's page data; None when the job is unknown."""
         if not protocol.is_valid_job_id(job_id):
             return None
-        row = next((r for r in self.source.rows() if r["job_id"] == job_id), None)
-        if row is None:
+        rows = self.source.rows(only=job_id)
+        if not rows:
             return None
+        row = rows[0]
         directory = self.jobs_dir / job_id
-        view = self.histories.view(job_id)
+        view = self._histories.get(directory / history.FILENAME, lambda h: h.view())
         job = self._compact(row, view["last_loss"])
         job["summary"] = row.get("summary") or {}
+        decisions = self._decisions.get(directory / "decisions.jsonl", lambda records: list(reversed(records)))
         return {"server": self.source.server_info(), "time": time.time(), "job": job,
-                "config": self.source.job_config(job_id), "history": view,
-                "decisions": self._decisions.get(directory / "decisions.jsonl") or []}
+                "config": self.source.job_config(job_id), "history": view, "decisions": decisions}
 
     @staticmethod
     def _compact(row: dict, last_loss: list | None) -> dict:
@@ -99,61 +104,13 @@ class DashboardAPI:
                 "created": row.get("created"), "updated": row.get("updated"), "requests": row.get("requests")}
 
 
-class _StatCache:
-    """``load(path)`` cached until the file's inode, size or mtime changes."""
-
-    def __init__(self, load):
-        self._load = load
-        self._cache: dict[Path, tuple[tuple, Any]] = {}
-        self._guard = threading.Lock()
-
-    def get(self, path: Path) -> Any:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            with self._guard:
-                self._cache.pop(path, None)
-            return None
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        with self._guard:
-            cached = self._cache.get(path)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        value = self._load(path)
-        with self._guard:
-            self._cache[path] = (key, value)
-        return value
-
-
 # --- the decision log -----------------------------------------------------------------------------
 
 
-def read_decisions(path: Path, limit: int = DECISIONS_SHOWN, tail_bytes: int = DECISIONS_TAIL_BYTES) -> list[dict]:
-    """The newest ``limit`` records of a decisions.jsonl, newest first, each made compact
-    (the plan as text, the report's numbers, the summary's phase, stage and LR)."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - tail_bytes))
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    if size > tail_bytes:
-        lines = lines[1:]  # cut by the seek
-    out = []
-    for line in reversed(lines):
-        if len(out) >= limit:
-            break
-        if not line.strip():
-            continue
-        try:
-            record = protocol.loads(line)
-        except protocol.ProtocolError:
-            continue  # a line being written
-        if isinstance(record, dict):
-            out.append(compact_decision(record))
-    return out
+def _add_decision(records: deque, record: Any) -> deque:
+    if isinstance(record, dict):
+        records.append(compact_decision(record))
+    return records
 
 
 def compact_decision(record: dict) -> dict:

@@ -33,10 +33,11 @@ class LiveSource:
         self.jobs_dir = dispatcher.store.jobs_dir
         self.state_dir = dispatcher.store.state_dir
 
-    def rows(self) -> list[dict]:
+    def rows(self, only: str | None = None) -> list[dict]:
+        """The status rows of every job (or only job ``only``'s), with ``lease_left_s``."""
         now = time.time()
-        rows = self.dispatcher.rows(now)
-        sessions = {s.job_id: s for s in self.dispatcher.store.listing()[0]}
+        rows = self.dispatcher.rows(now, only)
+        sessions = {s.job_id: s for s in self.dispatcher.store.listing()[0] if only is None or s.job_id == only}
         leases = self.dispatcher.leases
         for row in rows:
             session = sessions.get(row["job_id"])
@@ -76,10 +77,12 @@ class StateDirSource:
         self._cache: dict[str, tuple[tuple, dict, dict | None]] = {}
         self._guard = threading.Lock()
 
-    def rows(self) -> list[dict]:
+    def rows(self, only: str | None = None) -> list[dict]:
+        """The rows of every job under the folder (or only job ``only``'s)."""
         with self._guard:
             seen = set()
-            for directory in sorted(p for p in self.jobs_dir.iterdir() if p.is_dir()):
+            directories = [self.jobs_dir / only] if only is not None else self.jobs_dir.iterdir()
+            for directory in sorted(p for p in directories if p.is_dir()):
                 job_id = directory.name
                 if not protocol.is_valid_job_id(job_id):
                     continue
@@ -92,6 +95,8 @@ class StateDirSource:
                 cached = self._cache.get(job_id)
                 if cached is None or cached[0] != key:
                     self._cache[job_id] = (key, *self._load(directory))
+            if only is not None:
+                return [dict(self._cache[only][1])] if only in seen else []
             for gone in set(self._cache) - seen:
                 del self._cache[gone]
             return [dict(self._cache[job][1]) for job in sorted(self._cache)]

@@ -9,8 +9,8 @@ import pytest
 
 from autolrs import protocol
 from autolrs.server import history
-from autolrs.server.history import (HistoryReader, HistoryRecorder, JobHistory, bucket_width, make_entry,
-                                    replay)
+from autolrs.server.dashboard.follow import Follower
+from autolrs.server.history import HistoryRecorder, JobHistory, bucket_width, make_entry, replay
 from autolrs.testing import SimulatedClient
 
 from server_testlib import hello_body
@@ -102,22 +102,27 @@ def test_the_journal_is_compacted_and_replays_to_the_same_history(tmp_path, back
     assert not list(tmp_path.glob("job/*.tmp-*"))
 
 
-def test_a_torn_last_line_is_skipped_and_read_once_complete(tmp_path):
-    recorder = HistoryRecorder(tmp_path)
-    reader = HistoryReader(tmp_path)
+def test_a_follower_reads_appended_lines_once_complete_and_rereads_a_compacted_file(tmp_path):
+    recorder = HistoryRecorder(tmp_path, background=False)
+    follower = Follower(JobHistory, history.apply_record)
+    path = recorder.path("job")
     first, _ = segment(100, 100, 0.1)
     recorder.append("job", first)
-    assert reader.view("job")["reports"] == 1
+    assert follower.get(path).reports == 1
     second, _ = segment(200, 100, 0.2)
     line = protocol.dumps({"r": second}) + b"\n"
-    with open(recorder.path("job"), "ab") as f:
+    with open(path, "ab") as f:
         f.write(line[:40])  # a writer caught mid-line
-    assert reader.view("job")["reports"] == 1
-    with open(recorder.path("job"), "ab") as f:
+    assert follower.get(path).reports == 1
+    with open(path, "ab") as f:
         f.write(line[40:])
-    view = reader.view("job")
+    view = follower.get(path).view()
     assert view["reports"] == 2 and view["series"]["lr"][-1] == 0.2
-    assert view == HistoryReader(tmp_path).view("job")  # incremental read == full replay
+    assert view == history.load(path).view()  # incremental read == full replay
+    recorder.compact("job")  # replaced by a snapshot line: read again from the start
+    third, _ = segment(300, 100, 0.3)
+    recorder.append("job", third)
+    assert follower.get(path).view()["reports"] == 3 == history.load(path).reports
 
 
 def test_trial_windows_are_reduced_and_kept_for_the_last_stages():
@@ -161,7 +166,7 @@ def test_the_dispatcher_records_autolrs_stages_windows_and_the_bounds_sweep(harn
     run_job(harness, "auto", "autolrs", config, max_steps=1500)
     state = protocol.loads((harness.state_dir / "jobs" / "auto" / "state.json").read_bytes())
     stages = state["tuner_state"]["stages"]
-    view = HistoryReader(harness.state_dir / "jobs").view("auto")
+    view = history.load(harness.state_dir / "jobs" / "auto" / history.FILENAME).view()
     assert view["stages"] == stages  # every stage's record, as the tuner keeps it
     for record in stages:  # each trial's window, with the LR the trial ran at
         for i, trial in enumerate(record["trials"]):
@@ -177,7 +182,7 @@ def test_history_survives_a_restart_and_a_new_session_starts_a_new_one(harness):
     reply = harness.call("hello", hello_body("cosine", {"T_0": 300, "chunk": 100}), job_id="cos", seq=0)
     for seq in range(1, 4):
         reply = harness.call("report", client.execute(reply["body"]["plan"]).to_body(), job_id="cos", seq=seq)
-    before = HistoryReader(harness.state_dir / "jobs").view("cos")
+    before = history.load(harness.state_dir / "jobs" / "cos" / history.FILENAME).view()
     assert before["reports"] == 3 and before["last_step"] == 300
     restarted = harness.restart()
     try:
@@ -185,12 +190,12 @@ def test_history_survives_a_restart_and_a_new_session_starts_a_new_one(harness):
                                job_id="cos", seq=4)
         assert reply["body"]["resumed"] is True
         restarted.call("report", client.execute(reply["body"]["plan"]).to_body(), job_id="cos", seq=5)
-        after = HistoryReader(restarted.state_dir / "jobs").view("cos")
+        after = history.load(restarted.state_dir / "jobs" / "cos" / history.FILENAME).view()
         assert after["reports"] == 4 and after["series"]["step"][:300] == before["series"]["step"]
         restarted.call("goodbye", {"step": 400}, job_id="cos", seq=6)
         # A hello after the job finished starts a new session: the old history goes with the old state.
         restarted.call("hello", hello_body("cosine", {"T_0": 300, "chunk": 100}), job_id="cos",
                        client_id="client-b", seq=0)
-        assert HistoryReader(restarted.state_dir / "jobs").view("cos")["reports"] == 0
+        assert history.load(restarted.state_dir / "jobs" / "cos" / history.FILENAME).view()["reports"] == 0
     finally:
         restarted.store.close()

@@ -73,13 +73,21 @@ const Dash = (() => {
       : `server up ${duration(server.uptime_s)} \u00b7 ${server.state_dir} \u00b7 autolrs ${server.version}`;
   }
 
-  // Call fn now and again POLL_MS after each call ends (never two at once).
+  // Call fn now and again POLL_MS after each call ends (never two at once); a hidden tab
+  // does not poll, and catches up as soon as it is shown again.
   function poll(fn) {
+    let timer = null;
     const tick = async () => {
-      try { await fn(); banner(""); }
-      catch (e) { banner(e.status === 401 ? e.message : `cannot reach the dashboard API: ${e.message}`); }
-      setTimeout(tick, POLL_MS);
+      timer = null;
+      if (!document.hidden) {
+        try { await fn(); banner(""); }
+        catch (e) { banner(e.status === 401 ? e.message : `cannot reach the dashboard API: ${e.message}`); }
+      }
+      timer = setTimeout(tick, POLL_MS);
     };
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && timer !== null) { clearTimeout(timer); tick(); }
+    });
     tick();
   }
 
