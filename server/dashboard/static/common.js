@@ -33,10 +33,12 @@ const Dash = (() => {
     return num(job.last_loss);
   }
 
-  function duration(seconds) {
+  // coarse: whole minutes from 2 minutes on (a column that then changes once a minute).
+  function duration(seconds, coarse) {
     if (typeof seconds !== "number" || !isFinite(seconds)) return "-";
     const s = Math.max(0, Math.round(seconds));
     if (s < 60) return `${s}s`;
+    if (coarse && s >= 120 && s < 3600) return `${Math.floor(s / 60)}m`;
     if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
     return `${Math.floor(s / 3600)}h${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`;
   }
@@ -48,7 +50,8 @@ const Dash = (() => {
 
   function clock(epoch) {
     if (typeof epoch !== "number") return "-";
-    return new Date(epoch * 1000).toLocaleTimeString();
+    const when = new Date(epoch * 1000);
+    return when.toDateString() === new Date().toDateString() ? when.toLocaleTimeString() : when.toLocaleString();
   }
 
   function badge(status) {

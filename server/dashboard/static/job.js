@@ -11,7 +11,7 @@
   document.title = `${jobId} \u00b7 autolrs`;
   $("title").textContent = jobId;
   if (Dash.token) $("home").href = `/?token=${encodeURIComponent(Dash.token)}`;
-  $("stage-select").addEventListener("change", e => { chosenStage = e.target.value; if (last) render(last); });
+  $("stage-select").addEventListener("change", e => { chosenStage = e.target.value; if (last) render(last, true); });
   let last = null;
 
   function fact(label, value) {
@@ -259,19 +259,27 @@
     $("decisions-note").textContent = `(newest first, last ${rows.length})`;
   }
 
-  function render(data) {
+  // The charts and tables change only when the job does: redraw them then (or when the
+  // stage picked changes); the facts (lease, "updated ... ago") on every poll.
+  let drawnFor = null;
+
+  function render(data, force) {
     last = data;
     Dash.serverInfo(data.server);
     renderFacts(data);
-    renderSeries(data);
-    renderAutoLRS(data);
-    renderRange(data);
-    renderLossDiff(data);
-    renderHypergrad(data);
-    renderDecisions(data);
-    $("config").textContent = JSON.stringify(data.config, null, 2);
+    const signature = `${data.job.requests}|${data.job.status}|${data.history.reports}|${data.decisions.length}`;
+    if (force || signature !== drawnFor) {
+      drawnFor = signature;
+      renderSeries(data);
+      renderAutoLRS(data);
+      renderRange(data);
+      renderLossDiff(data);
+      renderHypergrad(data);
+      renderDecisions(data);
+      $("config").textContent = JSON.stringify(data.config, null, 2);
+    }
     document.body.dataset.renderedAt = String(performance.now());
   }
 
-  Dash.poll(async () => render(await Dash.api(`/api/jobs/${encodeURIComponent(jobId)}`)));
+  Dash.poll(async () => render(await Dash.api(`/api/jobs/${encodeURIComponent(jobId)}`), false));
 })();

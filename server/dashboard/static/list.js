@@ -3,7 +3,7 @@
 (() => {
   const tbody = document.querySelector("#jobs tbody");
   const filter = document.getElementById("filter");
-  let jobs = [], now = Date.now() / 1000;
+  let jobs = [];
   let sortKey = "job_id", sortDir = 1;
 
   function compare(a, b) {
@@ -14,30 +14,62 @@
     return (x < y ? -1 : 1) * sortDir;
   }
 
+  // Rows are kept per job and only cells whose text changed are touched: a poll of many jobs
+  // then costs the browser little.
+  const rowsByJob = new Map();
+
+  function cells(j) {
+    return [
+      j.tuner || "-", j.status || "-", j.phase ? (j.stage ? `${j.phase} (stage ${j.stage})` : j.phase) : "-",
+      j.step === null ? "-" : String(j.step), Dash.num(j.lr), Dash.lossText(j),
+      j.lease_left_s === null ? "-" : Dash.duration(j.lease_left_s, true),
+      j.search_steps === null ? "-" : `${j.search_steps} / ${j.train_steps}`, Dash.clock(j.updated),
+    ];
+  }
+
+  function makeRow(j) {
+    const tr = document.createElement("tr");
+    tr.dataset.job = j.job_id;
+    const link = document.createElement("a");
+    link.href = `/jobs/${encodeURIComponent(j.job_id)}${Dash.token ? `?token=${encodeURIComponent(Dash.token)}` : ""}`;
+    link.textContent = j.job_id;
+    Dash.cell(tr, link);
+    for (const [i, cls] of ["", "status", "", "num", "num", "num", "num", "num", "num"].entries()) {
+      const td = Dash.cell(tr, i === 1 ? Dash.badge("") : "", cls);
+      td.dataset.text = "";
+    }
+    return tr;
+  }
+
+  function update(tr, j) {
+    const tds = tr.children;
+    cells(j).forEach((text, i) => {
+      const td = tds[i + 1];
+      if (td.dataset.text === text) return;
+      td.dataset.text = text;
+      if (i === 1) { td.firstChild.textContent = text; td.firstChild.className = `badge ${j.status || ""}`; }
+      else td.textContent = text;
+    });
+  }
+
   function render() {
     const needle = filter.value.trim().toLowerCase();
     const shown = jobs.filter(j => !needle || `${j.job_id} ${j.tuner} ${j.status}`.toLowerCase().includes(needle));
     shown.sort(compare);
-    const frag = document.createDocumentFragment();
+    const seen = new Set();
+    let previous = null;
     for (const j of shown) {
-      const tr = document.createElement("tr");
-      tr.dataset.job = j.job_id;
-      const link = document.createElement("a");
-      link.href = `/jobs/${encodeURIComponent(j.job_id)}${Dash.token ? `?token=${encodeURIComponent(Dash.token)}` : ""}`;
-      link.textContent = j.job_id;
-      Dash.cell(tr, link);
-      Dash.cell(tr, j.tuner || "-");
-      Dash.cell(tr, Dash.badge(j.status), "status");
-      Dash.cell(tr, j.phase ? (j.stage ? `${j.phase} (stage ${j.stage})` : j.phase) : "-");
-      Dash.cell(tr, j.step === null ? "-" : String(j.step), "num");
-      Dash.cell(tr, Dash.num(j.lr), "num");
-      Dash.cell(tr, Dash.lossText(j), "num");
-      Dash.cell(tr, j.lease_left_s === null ? "-" : Dash.duration(j.lease_left_s), "num");
-      Dash.cell(tr, j.search_steps === null ? "-" : `${j.search_steps} / ${j.train_steps}`, "num");
-      Dash.cell(tr, Dash.ago(j.updated, now), "num");
-      frag.appendChild(tr);
+      let tr = rowsByJob.get(j.job_id);
+      if (!tr) { tr = makeRow(j); rowsByJob.set(j.job_id, tr); }
+      update(tr, j);
+      seen.add(j.job_id);
+      const expected = previous ? previous.nextSibling : tbody.firstChild;
+      if (expected !== tr) tbody.insertBefore(tr, expected);
+      previous = tr;
     }
-    tbody.replaceChildren(frag);
+    for (const [id, tr] of rowsByJob) {
+      if (!seen.has(id)) { tr.remove(); if (!jobs.some(j => j.job_id === id)) rowsByJob.delete(id); }
+    }
     document.getElementById("count").textContent =
       shown.length === jobs.length ? `${jobs.length} job(s)` : `${shown.length} of ${jobs.length} job(s)`;
     document.getElementById("empty").hidden = jobs.length > 0;
@@ -62,7 +94,6 @@
   Dash.poll(async () => {
     const data = await Dash.api("/api/jobs");
     jobs = data.jobs;
-    now = data.time;
     Dash.serverInfo(data.server);
     render();
   });
