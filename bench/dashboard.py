@@ -40,7 +40,7 @@ from autolrs.server.history import HistoryRecorder
 from autolrs.server.process import ServerProcess
 from autolrs.testing import SimulatedClient
 from benchlib import write_report
-from server_load import JOB_CONFIG, measure
+from server_load import JOB_CONFIG, cpu_seconds, measure
 
 OUT = Path(__file__).resolve().parent / "out"
 TARGET_LIST_S = 1.0
@@ -126,10 +126,39 @@ def list_load(jobs: int, repeats: int) -> dict:
 # --- 2. the server's latency with the dashboard open ----------------------------------------------
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    total = 0.0
+    for pid in tree:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+#: Browser CPU per load run (percent of one core), filled by dashboard_pages.
+BROWSER_CPU: list[float] = []
+
+
 @contextlib.contextmanager
 def dashboard_pages(server):
     """Headless Chromium with the job list open in one tab and the first job's page in another."""
     with headless.Browser() as browser:
+        driver_pid = browser.driver.service.process.pid
+        cpu0, t0 = tree_cpu_seconds(driver_pid), time.monotonic()
         d = browser.driver
         d.get(server.dashboard_url)
         list_tab = d.current_window_handle
@@ -145,6 +174,7 @@ def dashboard_pages(server):
             open();""")
         d.switch_to.window(list_tab)
         yield browser
+        BROWSER_CPU.append(100 * (tree_cpu_seconds(driver_pid) - cpu0) / (time.monotonic() - t0))
 
 
 def poll_api(url: str, stop) -> None:
@@ -185,9 +215,12 @@ def load_pairs(jobs: int, repeats: int, seconds: float, step_ms: float, processe
         for arm, during in ARMS.items():
             result = measure(jobs, seconds, step_ms, processes, ["--http-port", "0"], during=during)
             result.update({"arm": arm, "repeat": r})
+            if during is dashboard_pages:
+                result["browser_cpu_pct"] = BROWSER_CPU[-1]
             rows.append(result)
+            browser = f", browser CPU {result['browser_cpu_pct']:.1f}%" if "browser_cpu_pct" in result else ""
             print(f"  repeat {r} {arm:>10}: p99 {result['p99_ms']:7.1f} ms, median {result['median_ms']:6.2f} ms, "
-                  f"{result['replies_per_s']:6.1f} replies/s, server CPU {result['server_cpu_pct']:.0f}%, "
+                  f"{result['replies_per_s']:6.1f} replies/s, server CPU {result['server_cpu_pct']:.0f}%{browser}, "
                   f"load average {os.getloadavg()[0]:.1f}", flush=True)
     return rows
 

@@ -157,3 +157,13 @@ def test_damaged_state_files_are_listed_as_unreadable_and_left_alone(tmp_path):
             assert (tmp_path / "state" / "jobs" / job / "state.json").read_bytes() == content
     finally:
         browse.close()
+
+
+def test_host_header_rule():
+    from autolrs.server.dashboard.access import host_allowed
+
+    for host in ("127.0.0.1:8080", "localhost:8080", "localhost", "[::1]:8080", "127.0.0.2:80"):
+        assert host_allowed("127.0.0.1", host), host
+    for host in ("attacker.example", "attacker.example:8080", "10.0.0.1:8080", "", None):
+        assert not host_allowed("127.0.0.1", host), host
+    assert host_allowed("0.0.0.0", "server.example:8080")  # bound publicly: the token guards it

@@ -42,7 +42,9 @@ const Charts = (() => {
     if (lo === Infinity) return null;
     if (lo === hi) {
       if (log) { lo /= 2; hi *= 2; } else { const d = Math.abs(lo) * 0.1 || 1; lo -= d; hi += d; }
-    } else if (!log) {
+    } else if (log) {  // a margin so points at the ends do not sit on the axes
+      const pad = Math.pow(hi / lo, 0.03); lo /= pad; hi *= pad;
+    } else {
       const pad = (hi - lo) * 0.04; lo -= pad; hi += pad;
     }
     return [lo, hi];

@@ -240,8 +240,12 @@
     });
   }
 
+  const decisionRows = new Map();  // "time|seq|kind" -> its row, built once
+
   function renderDecisions(data) {
     const rows = data.decisions.map(d => {
+      const key = `${d.time}|${d.seq}|${d.kind}`;
+      if (decisionRows.has(key)) return decisionRows.get(key);
       const tr = document.createElement("tr");
       Dash.cell(tr, Dash.clock(d.time));
       Dash.cell(tr, String(d.seq ?? "-"), "num");
@@ -253,9 +257,13 @@
       Dash.cell(tr, d.phase ? (d.stage ? `${d.phase} ${d.stage}` : d.phase) : "-");
       Dash.cell(tr, Dash.num(d.lr), "num");
       Dash.cell(tr, d.note || "", "wrap");
+      decisionRows.set(key, tr);
       return tr;
     });
-    $("decisions-table").tBodies[0].replaceChildren(...rows);
+    const shown = new Set(rows);
+    for (const [key, tr] of decisionRows) if (!shown.has(tr)) decisionRows.delete(key);
+    const body = $("decisions-table").tBodies[0];
+    if (rows.length !== body.rows.length || rows.some((tr, i) => body.rows[i] !== tr)) body.replaceChildren(...rows);
     $("decisions-note").textContent = `(newest first, last ${rows.length})`;
   }
 
