@@ -34,8 +34,8 @@ from pathlib import Path
 
 import zmq
 
-from autolrs import protocol
-from autolrs.server.dashboard import headless
+from autolrs.wire import protocol
+from autolrs.testing import browser as headless
 from autolrs.server.history import HistoryRecorder
 from autolrs.server.process import ServerProcess
 from autolrs.testing import SimulatedClient

@@ -38,7 +38,7 @@ from cifar_models import MODELS, default_model  # noqa: E402
 
 # What each tuner gets unless --tuner-config says otherwise: sized for this example's budget.
 EXAMPLE_TUNER_DEFAULTS = {
-    "autolrs": {"min_lr": 1e-3, "max_lr": 1.0},
+    "autolrs": {"lr_min": 1e-3, "lr_max": 1.0},
     # Hyper-LRs sized for SGD with momentum on the small CNN (bench/hypergradient.py).
     "hd": {"beta": 0.01, "clip": 0.5},
     "rtho": {"beta": 0.005, "clip": 0.5},
@@ -124,22 +124,6 @@ def split_validation(x, y, fraction: float, seed: int):
     return x[train], y[train], x[val], y[val]
 
 
-def server_job_summary(server: str, job: str) -> dict | None:
-    """The tuner's own account of the job (stages, candidates), from the server's status."""
-    from autolrs.callbacks.client import Client, ServerError, ServerUnavailable
-    client = Client(server, job, timeout=2.0)
-    try:
-        body = client.request("status", {})
-    except (ServerError, ServerUnavailable):
-        return None
-    finally:
-        client.close()
-    for session in body.get("sessions", []):
-        if session.get("job_id") == job:
-            return session
-    return None
-
-
 def plot_curves(path: Path, lrs: list[float], losses: list[float], title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -161,26 +145,28 @@ def plot_curves(path: Path, lrs: list[float], losses: list[float], title: str) -
     plt.close(fig)
 
 
-def plot_range_test(path: Path, session: dict | None) -> None:
+def plot_range_test(path: Path, summary: dict | None) -> None:
     """The range test's loss-versus-LR curve, as the server recorded it, with its suggestion."""
-    history = ((session or {}).get("summary") or {}).get("history") or {}
+    history = (summary or {}).get("history") or {}
     if len(history.get("lr", [])) < 2:
         print("range test: the server returned no curve to plot", file=sys.stderr)
         return
+    from autolrs import lr_curve
     from autolrs.callbacks.lr_finder import plot_curve
 
-    method = (session["summary"].get("method") or "steepest") if session.get("summary") else "steepest"
-    try:
-        _, lr, _ = plot_curve(history["lr"], history["smoothed"], method=method, path=str(path))
+    method = summary.get("method") or lr_curve.DEFAULT_METHOD
+    try:  # the suggestion is the tuner's: on the bias-corrected curve of the raw losses
+        _, lr, _ = plot_curve(history["lr"], history["smoothed"], method=method, path=str(path),
+                              rule_losses=lr_curve.debiased(history["loss"]))
         print(f"range test: suggested LR ({method}) {lr:.3g} -> {path}")
     except RuntimeError as exc:  # too short a curve for a suggestion: plot it unmarked
         plot_curve(history["lr"], history["smoothed"], suggest_lr=False, path=str(path))
         print(f"range test: {exc} -> {path}")
 
 
-def plot_loss_diff(path: Path, session: dict | None) -> None:
+def plot_loss_diff(path: Path, summary: dict | None) -> None:
     """The loss_diff tuner's mean one-step loss change per LR, with its t interval and choice."""
-    summary = (session or {}).get("summary") or {}
+    summary = summary or {}
     if not summary.get("stats"):
         print("loss_diff: the server returned no statistics to plot", file=sys.stderr)
         return
@@ -296,10 +282,10 @@ def main(argv=None) -> dict | None:
                 if step >= total_steps or tuner_done():
                     break
         bar.close()
-        stages = server_job_summary(args.server, callback.job) if callback and ranks.is_main else None
     finally:
         if callback:
-            callback.close()
+            callback.close(timeout=5.0)  # the goodbye reply carries the tuner's account of the job
+    tuner_summary = callback.summary if callback else None
     wall = time.time() - started
     ranks.close()
     if not ranks.is_main:
@@ -318,7 +304,7 @@ def main(argv=None) -> dict | None:
         "model": model_name, "device": str(device), "batch_size": args.batch_size, "nproc": ranks.world,
         "steps": len(lrs), "planned_steps": total_steps, "wall_time_s": round(wall, 2),
         "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc, "val_loss": val_loss,
-        "job": callback.job if callback else None, "server_session": stages,
+        "job": callback.job if callback else None, "tuner_summary": tuner_summary,
         "lrs": lrs, "losses": losses,
     }
     if args.eval_every:
@@ -328,9 +314,9 @@ def main(argv=None) -> dict | None:
     plot_curves(out / "curves.png", lrs, losses, f"CIFAR-10 {model_name}, tuner {args.tuner}: "
                                                   f"test accuracy {test_acc:.3f}")
     if args.tuner == "range_test":
-        plot_range_test(out / "range_test.png", stages)
+        plot_range_test(out / "range_test.png", tuner_summary)
     elif args.tuner == "loss_diff":
-        plot_loss_diff(out / "loss_diff.png", stages)
+        plot_loss_diff(out / "loss_diff.png", tuner_summary)
     print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  steps {len(lrs)}  "
           f"wall {wall:.1f}s  -> {out}/summary.json, {out}/curves.png")
     return summary

@@ -27,10 +27,12 @@ The bounds (the downsampling rule):
   its length doubles past that, neighbouring buckets merge (exact weighted means).
 * **evals** (validation losses) and **hypergradients**: the same rule with 512 buckets.
 * **AutoLRS stages**: the record of each stage (its trials' LRs, forecasts and statuses, the
-  winner), the last MAX_STAGES (1,000); each trial's loss window, reduced to at most
-  WINDOW_POINTS (32) means of equal slices, for the last WINDOW_STAGES (16) stages.
-* **sweep**: the (LR, loss) points of the range test behind AutoLRS's automatic bounds, the
-  first MAX_SWEEP (2,000) (the tuner drops that curve once it has derived the bounds).
+  winner), the last MAX_STAGES (1,000); each trial's loss window (AutoLRS's and ``auto``'s),
+  reduced to at most WINDOW_POINTS (32) means of equal slices, for the last WINDOW_STAGES (16)
+  stages.
+* **sweep**: the (LR, loss) points of the range test behind AutoLRS's automatic bounds or
+  ``auto``'s first phase, the first MAX_SWEEP (2,000) (the tuners drop that curve once they
+  have used it).
 
 So a job's file stays under its snapshot (a few hundred kB at most) plus JOURNAL_BYTES.
 """
@@ -45,7 +47,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from autolrs import protocol
+from autolrs.wire import protocol
 
 from autolrs.server.keyed_locks import KeyedLocks
 
@@ -63,6 +65,11 @@ MAX_SWEEP = 2000
 JOURNAL_BYTES = 512 * 1024
 #: Summary keys copied into an entry's context (which phase, stage and trial a segment was).
 CONTEXT_KEYS = ("phase", "stage", "trial", "mode")
+#: Phases whose segments are trials (AutoLRS's ``trial``, ``auto``'s ``trials``): their loss
+#: windows are kept; and phases that sweep the LR (AutoLRS's automatic bounds, ``auto``'s
+#: range test): their (LR, loss) points are kept.
+TRIAL_PHASES = ("trial", "trials")
+SWEEP_PHASES = ("bounds", "sweep")
 
 
 def bucket_width(last_step: int, points: int) -> int:
@@ -142,9 +149,13 @@ def make_entry(plan: Sequence[Mapping] | None, step: int, steps: int, losses: Se
     ctx = {k: before[k] for k in CONTEXT_KEYS if isinstance(before.get(k), (str, int, float))}
     if ctx:
         entry["ctx"] = ctx
-    if ctx.get("phase") == "trial" and "stage" in ctx and "trial" in ctx:
-        entry["win"] = _trial_window(ctx, end - start, losses, evals, fallback)
-    if ctx.get("phase") == "bounds" and losses:
+    if ctx.get("phase") in TRIAL_PHASES:
+        # AutoLRS numbers its stages and trials; ``auto`` has one round of trials, counted.
+        stage, trial = before.get("stage", 0), before.get("trial", len(before.get("trials") or ()))
+        # A trial's LR: the one set for it, else the first of its per-step LRs (an annealed trial's peak).
+        lr = constant if _finite(constant) else (per_step[0] if per_step else fallback)
+        entry["win"] = _trial_window({**ctx, "stage": stage, "trial": trial}, end - start, losses, evals, lr)
+    if ctx.get("phase") in SWEEP_PHASES and losses:
         pairs = [(lr_at(t), v) for t, v in zip(loss_steps, losses) if lr_at(t) is not None][:MAX_SWEEP]
         entry["sweep"] = {"lr": [_r(lr) for lr, _ in pairs], "loss": [_r(v) for _, v in pairs]}
     stage = (after or {}).get("last_stage")

@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from autolrs import protocol
+from autolrs.wire import protocol
 
 from autolrs.server import history
 from autolrs.server.dashboard.follow import Follower

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
-from autolrs import protocol
+from autolrs.wire import protocol
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import autolrs
-from autolrs import protocol
+from autolrs.wire import protocol
 
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.sessions import ACTIVE, Session

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server_tests"))
 
 from server_testlib import DispatcherHarness  # noqa: E402
 
-from autolrs.server.dashboard import headless  # noqa: E402
+from autolrs.testing import browser as headless  # noqa: E402
 
 
 @pytest.fixture

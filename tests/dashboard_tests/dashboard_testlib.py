@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shared_testlib import make_mlp
+from autolrs.testing.training import make_mlp
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Screenshots land next to the benchmarks' output.

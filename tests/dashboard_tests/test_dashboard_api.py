@@ -13,7 +13,7 @@ from autolrs.server.dashboard import dashboard_token
 from dashboard_testlib import DashboardProcess, DigitsLoop, get, get_json, wait_for
 
 SECRET = "dashboard-test-secret-0123456789abcdef"
-AUTOLRS_CONFIG = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 40, "k": 3, "tau_max": 80}
+AUTOLRS_CONFIG = {"lr_min": 1e-3, "lr_max": 1.0, "tau": 40, "k": 3, "tau_max": 80}
 
 
 def start_autolrs(server, digits, job="digits-dash", max_steps=300, **kw):
@@ -33,7 +33,7 @@ def test_api_lists_a_training_job_and_its_page_data(live_server, digits, tmp_pat
         assert listing["server"]["mode"] == "live"
         [row] = listing["jobs"]
         assert row["job_id"] == "digits-dash" and row["tuner"] == "autolrs" and row["status"] == "active"
-        assert row["step"] > 0 and AUTOLRS_CONFIG["min_lr"] <= row["lr"] <= AUTOLRS_CONFIG["max_lr"]
+        assert row["step"] > 0 and AUTOLRS_CONFIG["lr_min"] <= row["lr"] <= AUTOLRS_CONFIG["lr_max"]
         assert row["search_steps"] > 0 and row["train_steps"] > 0
         assert row["search_steps"] + row["train_steps"] == row["step"]
         assert 0 < row["last_loss"] < 5 and 0 < row["lease_left_s"] <= 3600

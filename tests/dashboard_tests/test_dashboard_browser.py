@@ -2,7 +2,7 @@
 a real server process serves it while the callback trains on scikit-learn's digits. The job
 list shows the running job, the job pages draw their charts (non-empty SVG), they follow the
 job live, and the console stays free of errors (script errors, failed loads, CSP refusals).
-Skipped, with the reason, where no browser can run (see autolrs.server.dashboard.headless)."""
+Skipped, with the reason, where no browser can run (see autolrs.testing.browser)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def running(server, digits):
     """An AutoLRS job mid-training (its callback open: the job is active)."""
     loop = DigitsLoop(digits)
     cb = AutoLRS(loop.model, loop.optimizer, tuner="autolrs", server=server.endpoint, job=JOB, max_steps=400,
-                 seed=0, config={"min_lr": 1e-3, "max_lr": 1.0, "tau": 40, "k": 3, "tau_max": 80})
+                 seed=0, config={"lr_min": 1e-3, "lr_max": 1.0, "tau": 40, "k": 3, "tau_max": 80})
     assert loop.train(cb, 160) == 160
     yield loop, cb
     cb.close()
@@ -102,21 +102,23 @@ def test_the_job_page_follows_the_job_live(browser, server, running):
     assert browser.console_errors() == []
 
 
-def test_range_test_loss_diff_and_hypergradient_pages(browser, server, digits):
+def test_range_test_loss_diff_hypergradient_and_auto_pages(browser, server, digits):
     """One real job per tuner view: each page draws its own chart and its table."""
-    jobs = {"digits-range": ("range_test", {"start_lr": 1e-4, "end_lr": 10, "num_iter": 60}),
-            "digits-lossdiff": ("loss_diff", {"lr_min": 1e-3, "lr_max": 3.0, "num_evals": 8, "num_subsamples": 5}),
-            "digits-hd": ("hd", {"every": 5, "beta": 1e-3})}
-    for job, (tuner, config) in jobs.items():
+    jobs = {"digits-range": ("range_test", {"start_lr": 1e-4, "end_lr": 10, "num_iter": 60}, 60),
+            "digits-lossdiff": ("loss_diff", {"lr_min": 1e-3, "lr_max": 3.0, "num_evals": 8, "num_subsamples": 5}, 60),
+            "digits-hd": ("hd", {"every": 5, "beta": 1e-3}, 60),
+            "digits-auto": ("auto", {}, 600)}
+    for job, (tuner, config, steps) in jobs.items():
         loop = DigitsLoop(digits, lr=0.01)
         with AutoLRS(loop.model, loop.optimizer, tuner=tuner, config=config, server=server.endpoint, job=job,
-                     probe_fn=loop.probe_loss if tuner == "loss_diff" else None, max_steps=60) as cb:
-            loop.train(cb, 60)
+                     probe_fn=loop.probe_loss if tuner == "loss_diff" else None, max_steps=steps) as cb:
+            loop.train(cb, steps)
     browser.console_errors()
     d = browser.driver
     views = {"digits-range": ("range", "chart-range", "#suggestions-table tbody tr"),
              "digits-lossdiff": ("lossdiff", "chart-lossdiff", "#best-table tbody tr"),
-             "digits-hd": ("hypergrad", "chart-hypergrad", None)}
+             "digits-hd": ("hypergrad", "chart-hypergrad", None),
+             "digits-auto": ("auto", "chart-auto-trials", None)}
     for job, (section, chart, table) in views.items():
         d.get(f"{server.dashboard_url}jobs/{job}")
         wait(d, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-rendered-at"), f"{job}'s page")
@@ -125,6 +127,7 @@ def test_range_test_loss_diff_and_hypergradient_pages(browser, server, digits):
         if table:
             rows = d.find_elements(By.CSS_SELECTOR, table)
             assert rows and all(r.find_elements(By.CSS_SELECTOR, "td.num")[0].text not in ("", "-") for r in rows[:1])
+    assert drawn(d, "chart-auto-sweep") > 0 and "centre" in d.find_element(By.ID, "chart-auto-sweep").text
     # The range test's three suggestions are drawn as labelled rules on its chart.
     d.get(f"{server.dashboard_url}jobs/digits-range")
     wait(d, lambda d: drawn(d, "chart-range") > 0, "the range-test chart")

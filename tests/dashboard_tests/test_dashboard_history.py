@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.server import history
 from autolrs.server.dashboard.follow import Follower
 from autolrs.server.history import HistoryRecorder, JobHistory, bucket_width, make_entry, replay
@@ -162,7 +162,7 @@ def run_job(harness, job, tuner, config, max_steps, seq=0, client=None):
 
 
 def test_the_dispatcher_records_autolrs_stages_windows_and_the_bounds_sweep(harness):
-    config = {"tau": 100, "k": 4, "tau_max": 200, "min_lr": "auto", "max_lr": "auto", "auto_num_iter": 50}
+    config = {"tau": 100, "k": 4, "tau_max": 200, "lr_min": "auto", "lr_max": "auto", "auto_num_iter": 50}
     run_job(harness, "auto", "autolrs", config, max_steps=1500)
     state = protocol.loads((harness.state_dir / "jobs" / "auto" / "state.json").read_bytes())
     stages = state["tuner_state"]["stages"]
@@ -175,6 +175,17 @@ def test_the_dispatcher_records_autolrs_stages_windows_and_the_bounds_sweep(harn
     assert len(view["sweep"]["lr"]) == 50  # the range test behind the bounds, gone from the tuner's state
     assert view["sweep"]["lr"] == sorted(view["sweep"]["lr"])
     assert view["last_step"] == 1500 and view["series"]["step"][-1] == 1500
+
+
+def test_the_auto_tuner_s_sweep_and_trial_windows_are_recorded(harness):
+    run_job(harness, "auto-job", "auto", {}, max_steps=1000)
+    summary = harness.call("status")["body"]["sessions"][0]["summary"]
+    view = history.load(harness.state_dir / "jobs" / "auto-job" / history.FILENAME).view()
+    # Every step the sweep ran: the tuner's curve, plus the steps of its last chunk past a divergence.
+    assert summary["sweep"]["points"] <= len(view["sweep"]["lr"]) < summary["sweep"]["points"] + 10
+    windows = [w for w in view["windows"] if w["stage"] == 0]
+    assert [w["lr"] for w in windows] == pytest.approx([t[0] for t in summary["trials"]], rel=1e-6)
+    assert all(len(w["points"]) > 0 for w in windows)
 
 
 def test_history_survives_a_restart_and_a_new_session_starts_a_new_one(harness):

@@ -88,9 +88,16 @@ const Charts = (() => {
     const named = bands.filter(b => b.name).map((b, i) => [b.name, b.color || PALETTE[i % PALETTE.length]])
       .concat(series.map((s, i) => [s.name, s.color || PALETTE[i % PALETTE.length], s.hideLegend])
       .filter(([name, , hide]) => name && !hide));
-    // The legend sits in rows under the title, out of the plot's way.
-    const perRow = Math.max(1, Math.floor((width - 70) / 170));
-    const legendRows = Math.ceil(named.length / perRow);
+    // The legend sits in rows under the title, out of the plot's way (items flow, ~6.5 px a character).
+    const places = [];
+    let lx = 62, row = 0;
+    for (const [name] of named) {
+      const w = 22 + 6.5 * String(name).length;
+      if (lx > 62 && lx + w > width - 14) { row++; lx = 62; }
+      places.push([lx, row]);
+      lx += w;
+    }
+    const legendRows = named.length ? row + 1 : 0;
     const height = (spec.height || 260) + 14 * legendRows;
     const m = { left: 62, right: 14, top: (spec.title ? 24 : 8) + 14 * legendRows + 6, bottom: 38 };
     const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
@@ -99,7 +106,7 @@ const Charts = (() => {
       svg.setAttribute("aria-label", spec.title);
     }
     named.forEach(([name, color], i) => {
-      const x = m.left + (i % perRow) * 170, y = (spec.title ? 24 : 8) + 14 * Math.floor(i / perRow);
+      const x = places[i][0], y = (spec.title ? 24 : 8) + 14 * places[i][1];
       el("rect", { x, y, width: 10, height: 10, fill: color }, svg);
       el("text", { x: x + 14, y: y + 9, class: "legend" }, svg).textContent = name;
     });

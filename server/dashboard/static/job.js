@@ -81,7 +81,7 @@
   function renderAutoLRS(data) {
     const stages = stagesOf(data);
     const sweep = data.history.sweep;
-    const show = stages.length > 0 || sweep.lr.length > 0;
+    const show = data.job.tuner === "autolrs" && (stages.length > 0 || sweep.lr.length > 0);
     $("autolrs").hidden = !show;
     if (!show) return;
     const penalty = ((data.config || {}).config || {}).loss_penalty ?? 1e6;
@@ -160,6 +160,59 @@
                 { x: s.max_lr, label: `max_lr ${fmt(s.max_lr)}`, color: "#d62728" }],
       });
     }
+  }
+
+  // The auto tuner: its range test, its annealed trials and the rollbacks of its training run.
+  function renderAuto(data) {
+    const s = data.job.summary || {};
+    const show = data.job.tuner === "auto";
+    $("auto").hidden = !show;
+    if (!show) return;
+    const sweep = data.history.sweep, result = s.sweep || {};
+    const candidates = s.candidates || [];
+    Charts.draw($("chart-auto-sweep"), {
+      title: "Range test", xLabel: "LR (log)", yLabel: "loss", xLog: true, height: 300,
+      series: [{ name: "loss", x: sweep.lr, y: sweep.loss, color: "#9467bd", mode: "both", radius: 1.8 }],
+      rules: (result.centre ? [{ x: result.centre, label: `centre ${fmt(result.centre)}`, color: "#d62728" }] : [])
+        .concat(candidates.filter(c => c !== result.centre).map(c => ({ x: c, color: "#888888", dash: "2 3" }))),
+      empty: "no sweep yet",
+    });
+    const trials = s.trials || [];
+    const scores = trials.map(t => t[1]);
+    const best = scores.reduce((b, v, i) => (typeof v === "number" && (b < 0 || v < scores[b]) ? i : b), -1);
+    const windows = data.history.windows.filter(w => w.stage === 0);
+    Charts.draw($("chart-auto-trials"), {
+      title: "Trials (LR annealed to 0 over each)", xLabel: "steps since the trials' checkpoint", yLabel: "loss",
+      height: 300, empty: "no trial yet",
+      series: windows.map(w => {
+        const score = trials[w.trial] ? trials[w.trial][1] : null;
+        return { name: `LR ${fmt(w.lr)} (score ${fmt(score)})${w.trial === best ? " winner" : ""}`,
+                 x: w.points.map(p => p[0]), y: w.points.map(p => p[1]),
+                 color: Charts.PALETTE[w.trial % Charts.PALETTE.length], width: w.trial === best ? 3 : 1.3 };
+      }),
+    });
+    $("auto-note").textContent = [
+      result.source ? `centre from ${result.source}` : "",
+      candidates.length ? `candidates ${candidates.map(fmt).join(", ")}` : "",
+      s.peak !== undefined ? `peak LR ${fmt(s.peak)}, ${s.cuts} cut(s)` : "",
+      s.stop_reason ? `stopped: ${s.stop_reason}` : "",
+    ].filter(Boolean).join(" · ");
+    const rows = (s.events || []).map(e => {
+      const tr = document.createElement("tr");
+      Dash.cell(tr, String(e.step ?? "-"), "num");
+      Dash.cell(tr, e.action || "-");
+      Dash.cell(tr, e.reason || "", "wrap");
+      Dash.cell(tr, String(e.to_step ?? "-"), "num");
+      Dash.cell(tr, Dash.num(e.lr_before), "num");
+      Dash.cell(tr, Dash.num(e.lr_after), "num");
+      return tr;
+    });
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      Dash.cell(tr, "none so far", "muted").colSpan = 6;
+      rows.push(tr);
+    }
+    $("events-table").tBodies[0].replaceChildren(...rows);
   }
 
   function renderRange(data) {
@@ -280,6 +333,7 @@
       drawnFor = signature;
       renderSeries(data);
       renderAutoLRS(data);
+      renderAuto(data);
       renderRange(data);
       renderLossDiff(data);
       renderHypergrad(data);

@@ -1,4 +1,4 @@
-"""Open the dashboard in a real headless browser (the tests and bench/dashboard.py use it).
+"""Open the dashboard in a real headless browser (the dashboard tests and bench/dashboard.py).
 
 Debian's ``chromium`` driven by ``chromedriver`` through selenium (the ``test`` extra), started
 so that it works on a closed network: without these flags Chromium waits on background
