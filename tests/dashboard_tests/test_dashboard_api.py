@@ -167,3 +167,18 @@ def test_host_header_rule():
     for host in ("attacker.example", "attacker.example:8080", "10.0.0.1:8080", "", None):
         assert not host_allowed("127.0.0.1", host), host
     assert host_allowed("0.0.0.0", "server.example:8080")  # bound publicly: the token guards it
+
+
+def test_dashboard_config_keys_are_checked():
+    import pytest
+
+    from autolrs.errors import ConfigError
+    from autolrs.server.config import load_config
+
+    assert load_config().http_port is None  # no dashboard unless asked for
+    config = load_config(overrides={"server": {"http_port": "0", "http_host": "::1"}})
+    assert config.http_port == 0 and config.http_host == "::1"
+    with pytest.raises(ConfigError, match="server.http_port"):
+        load_config(overrides={"server": {"http_port": 70000}})
+    with pytest.raises(ConfigError, match="server.http_host"):
+        load_config(overrides={"server": {"http_host": ""}})
