@@ -258,7 +258,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1000, help="jobs for the list-load measurement")
     p.add_argument("--list-repeats", type=int, default=5)
     p.add_argument("--load-jobs", type=int, default=256, help="simulated jobs for the latency measurement")
-    p.add_argument("--repeats", type=int, default=3, help="with/without pairs of the latency measurement")
+    p.add_argument("--repeats", type=int, default=4, help="rounds of the latency measurement (one run per arm)")
     p.add_argument("--seconds", type=float, default=30.0, help="measurement window of each load run")
     p.add_argument("--step-ms", type=float, default=100.0)
     p.add_argument("--processes", type=int, default=4)
@@ -284,8 +284,8 @@ def main() -> None:
 
     load = None
     if not args.skip_load and headless.missing() is None:
-        print(f"{args.load_jobs}-job load, alternating without / with the dashboard open "
-              f"({args.repeats} pairs, {args.seconds:g} s windows):", flush=True)
+        print(f"{args.load_jobs}-job load, alternating {', '.join(ARMS)} "
+              f"({args.repeats} rounds, {args.seconds:g} s windows):", flush=True)
         runs = load_pairs(args.load_jobs, args.repeats, args.seconds, args.step_ms, args.processes)
         med = {arm: {k: statistics.median(r[k] for r in runs if r["arm"] == arm)
                      for k in ("p99_ms", "median_ms", "ping_p99_ms", "server_cpu_pct", "replies_per_s")}

@@ -119,6 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route(send_body=False)
 
     def _refuse_method(self) -> None:
+        self.close_connection = True  # its body (if any) is not read: do not reuse the connection
         self._send(405, b'{"error": "the dashboard is read-only: GET and HEAD only"}', "application/json",
                    extra={"Allow": "GET, HEAD"})
 
