@@ -15,7 +15,7 @@ does to the server's reply latency under load.
 3. **Recording the history** (always on, browser or not): the time ``HistoryRecorder`` takes
    per report, for an AutoLRS trial report (100 losses) and a 500-step schedule report.
 
-    python bench/dashboard.py [--jobs 1000] [--load-jobs 256] [--repeats 3] [--seconds 30]
+    python bench/dashboard.py [--jobs 1000] [--load-jobs 256] [--repeats 4] [--seconds 30]
 """
 
 from __future__ import annotations
