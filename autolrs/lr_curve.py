@@ -45,7 +45,7 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "sweep_lr", "sweep_lrs", "smooth", "Smoo
 
 METHODS = ("steepest", "valley", "minimum")
 #: The rule the range test applies by default (measured on bench/quality.py: see the README).
-DEFAULT_METHOD = "valley"
+DEFAULT_METHOD = "minimum"
 STEP_MODES = ("exp", "linear")
 
 

@@ -99,6 +99,10 @@ class AutoLRS:
         self._should_stop = False
         self._closed = False
         self._summary: dict | None = None
+        #: ``[saved_at, restored_at]`` global-step windows whose training a restore threw away
+        #: (search trials, range tests, rollbacks): the steps off the path to the final weights.
+        self.discarded: list[list[int]] = []
+        self._saved_at: dict[str, int] = {}
         self._warn = WarnOnce(leader=self._dist is None or self._dist.leader)
         self._segment = Segment(self.set_lr, self._evaluate, job)
         self._probes: list[list[float]] = []  # [loss_before, loss_after] per probed LR, for the next report
@@ -318,6 +322,7 @@ class AutoLRS:
     def _checkpoint(self, slot: str) -> None:
         try:
             self._checkpoints.save(slot)
+            self._saved_at[slot] = self.global_step
         except (OSError, RuntimeError) as exc:
             self._checkpoints.discard(slot)
             self._warn("checkpoint", (f"autolrs: job {self.job} could not save checkpoint {slot!r} ({exc}); a later "
@@ -325,6 +330,9 @@ class AutoLRS:
 
     def _restore(self, slot: str) -> None:
         if self._checkpoints.restore(slot):
+            saved = self._saved_at.get(slot)
+            if saved is not None and self.global_step > saved:
+                self.discarded.append([saved, self.global_step])
             # The restored optimizer carries the LR it was saved with; the LR is the plan's
             # business (a set_lr follows a restore), so keep the current one.
             self.set_lr(self.lr)

@@ -97,7 +97,7 @@ PRESETS = ("default", "paper")
 
 #: ``preset: paper``: the published method's choices for every knob the user does not set.
 PAPER = {"keep_best_trial": False, "final_decay": "none", "loss_floor": None, "pessimism": 0.0,
-         "tie_break": "best", "check_trials": False}
+         "tie_break": "best", "check_trials": False, "val_from": "tau_max"}
 
 
 def decayed_lr(lr: float, i: int, n: int, kind: str) -> float:
@@ -141,7 +141,7 @@ class AutoLRSTuner(Tuner):
         "warmup_lr": None,  # LR the warm-up ends at; None: initial_lr, else sqrt(min_lr * max_lr)
         "val_points": 16,  # validation evaluations per trial in validation mode
         "use_val": True,  # judge trials on validation loss (needs has_val_fn) from `val_from` on
-        "val_from": "tau_max",  # "tau_max": once tau reaches tau_max (the paper); "start": from stage 1
+        "val_from": "start",  # "start": from stage 1; "tau_max": once tau reaches tau_max (the paper)
         "keep_best_trial": True,  # exploit from the best trial's end weights (one extra copy)
         "loss_penalty": 1e6,  # forecast recorded for a diverged (NaN/inf) trial
         "final_decay": "cosine",  # "cosine", "linear" or "none": anneal the run that ends the job (with max_steps)

@@ -116,6 +116,8 @@ def test_checkpoint_restore_evaluate(peer, storage, tmp_path):
     with make(p.endpoint, model, optimizer, val_fn=val_fn, checkpoint=storage, checkpoint_dir=tmp_path) as cb:
         train(cb, model, optimizer, DigitsBatches(), 20)
         assert cb.should_stop and cb.global_step == 7
+        # Both restores went back to step 0: steps 1-3, then 1-7, are off the training path.
+        assert cb.discarded == [[0, 3], [0, 7]]
         # The final restore brought the initial state back (and the LR stays the plan's).
         assert_bitwise_equal(snapshot(model, optimizer)["model"], initial["model"])
         assert cb.lr == 0.01 and optimizer.param_groups[0]["lr"] == 0.01

@@ -64,7 +64,7 @@ def test_phases_sweep_trials_then_annealed_run_within_the_budget():
     assert lrs[1] / lrs[0] == pytest.approx(2.0) and lrs[2] / lrs[1] == pytest.approx(2.0)
     # The search share (sweep + losing trials) stays under 15 % of the budget.
     assert s["search_steps"] / 2000 <= 0.15
-    assert s["search_steps"] == 100 + 2 * 60
+    assert s["search_steps"] == tuner.sweep.pos + 2 * 60 and tuner.sweep.pos <= 100  # the sweep stops at divergence
     # Every trial anneals to 0; the run ends annealed.
     for plan in plans[first_trial:first_trial + 3]:
         lrs_run = plan[-1]["lrs"]

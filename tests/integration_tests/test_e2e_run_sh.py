@@ -56,3 +56,19 @@ def test_run_sh_stops_the_server_when_the_example_fails(tmp_path):
     assert result.returncode != 0
     assert "no_such_tuner" in result.stderr
     assert_server_stopped(out)
+
+
+def test_run_sh_defaults_to_the_auto_tuner_and_reports_its_account(tmp_path):
+    out = tmp_path / "run"
+    result = run_sh(out, "--max-steps", "80", "--batch-size", "32", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (out / "summary.json").read_text()
+    assert text.startswith("{\n")  # indented, for people
+    summary = json.loads(text)
+    assert summary["tuner"] == "auto" and summary["steps"] == 80
+    account = summary["tuner_summary"]
+    assert account["search_steps"] > 0 and len(account["trials"]) == 3
+    # The range test and the losing trials were undone: the callback says which steps.
+    assert summary["discarded"] and summary["discarded"][0][0] == 0
+    assert "steps searching" in result.stdout and "peak LR" in result.stdout
+    assert_server_stopped(out)
