@@ -37,8 +37,8 @@ PY
     local stamp="$VENV/.autolrs-install" want
     want=$(cat setup.py pyproject.toml requirements.txt | cksum)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c "import autolrs.server, autolrs.callbacks" 2>/dev/null; then
-        echo "run.sh: installing autolrs (editable) and its requirements" >&2
-        pip install --quiet -e . -r requirements.txt
+        echo "run.sh: installing autolrs (editable, with its test extra) and its requirements" >&2
+        pip install --quiet -e ".[test]" -r requirements.txt
         echo "$want" > "$stamp"
     fi
 }
