@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from autolrs.server.sessions import Session
 from autolrs.wire import protocol
 from autolrs.server import history
 from autolrs.server.dashboard.follow import Follower
@@ -165,7 +166,7 @@ def test_the_dispatcher_records_autolrs_stages_windows_and_the_bounds_sweep(harn
     config = {"tau": 100, "k": 4, "tau_max": 200, "lr_min": "auto", "lr_max": "auto", "auto_num_iter": 50}
     run_job(harness, "auto", "autolrs", config, max_steps=1500)
     state = protocol.loads((harness.state_dir / "jobs" / "auto" / "state.json").read_bytes())
-    stages = state["tuner_state"]["stages"]
+    stages = Session.from_state(state).tuner.stages  # the tuner as the server would resume it
     view = history.load(harness.state_dir / "jobs" / "auto" / history.FILENAME).view()
     assert view["stages"] == stages  # every stage's record, as the tuner keeps it
     for record in stages:  # each trial's window, with the LR the trial ran at
