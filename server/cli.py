@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, help="serve the dashboard on this port (0 picks a free one; "
                        "default from config: no dashboard)")
     serve.add_argument("--http-host", help="the dashboard's address (default from config: 127.0.0.1)")
+    serve.add_argument("--processes", help="tuner processes, jobs pinned to one by their id: auto (one per core) "
+                       "or a number; 0 runs the tuners in the server process (default from config: auto)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO)")
 
@@ -114,7 +116,8 @@ def serve(args: argparse.Namespace) -> int:
                                                               ("secret_file", args.secret_file),
                                                               ("curve_secret_key_file", args.curve_secret_key_file),
                                                               ("http_host", args.http_host),
-                                                              ("http_port", args.http_port))
+                                                              ("http_port", args.http_port),
+                                                              ("processes", args.processes))
                                      if v is not None}}
     if args.insecure:
         overrides["server"]["allow_insecure"] = True
@@ -124,7 +127,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
 
-    from autolrs.server.transport import make_server  # after config errors are reported
+    from autolrs.server.transport import answering_threads, make_server  # after config errors are reported
 
     try:
         server = make_server(config)
@@ -158,8 +161,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"{PROG} listening on {server.endpoint} state_dir={server.dispatcher.store.state_dir}", flush=True)
         if dashboard is not None:
             print(f"{DASHBOARD_PREFIX}{dashboard.open_url}", flush=True)
-        log.info("serving %d job(s) from %s with %d worker(s); requests %s", len(server.dispatcher.store),
-                 server.dispatcher.store.state_dir, config.workers,
+        log.info("serving %d job(s) from %s with %d worker thread(s) and %d tuner process(es); requests %s",
+                 len(server.dispatcher.store), server.dispatcher.store.state_dir, answering_threads(config),
+                 config.processes,
                  "must be signed" if server.verifier is not None else "are not authenticated")
         if server.public_key is not None:
             log.info("CURVE encryption on; clients need the server's public key %s", server.public_key.decode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,9 @@ class ServerConfig:
     tuners: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Many jobs and authentication (see defaults.yaml).
     workers: int = 16
+    #: Tuner processes (server/tuner_host.py); 0: tuners run in the server process.
+    processes: int = 0
+    tuner_timeout_s: float = 60.0
     max_sessions: int = 1000
     lease_s: float = 3600.0
     secret_file: str | None = None
@@ -162,6 +166,8 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     return ServerConfig(host=host, port=port, state_dir=str(state_dir), max_message_bytes=max_bytes,
                         fsync=fsync, tuners=copy.deepcopy(dict(merged.get("tuners") or {})),
                         workers=_int(s["workers"], "server.workers", 1, 256),
+                        processes=_processes(s["processes"]),
+                        tuner_timeout_s=_seconds(s["tuner_timeout_s"], "server.tuner_timeout_s"),
                         max_sessions=_int(s["max_sessions"], "server.max_sessions", 1, 1_000_000),
                         lease_s=_seconds(s["lease_s"], "server.lease_s"),
                         secret_file=None if secret_file is None else str(secret_file),
@@ -169,6 +175,23 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
                         allow_insecure=allow_insecure,
                         curve_secret_key_file=None if curve_file is None else str(curve_file),
                         http_host=http_host, http_port=http_port)
+
+
+def _processes(value: Any) -> int:
+    """``server.processes``: ``auto`` is one per core this process may run on."""
+    if value == "auto":
+        return available_cores()
+    try:
+        return _int(value, "server.processes", 0, 1024)
+    except ConfigError:
+        raise ConfigError(f"server.processes must be auto or an integer in [0, 1024], got {value!r}") from None
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _seconds(value: Any, key: str) -> float:

@@ -29,7 +29,7 @@ from autolrs import actions
 from autolrs.wire import messages, protocol
 from autolrs.wire.protocol import ErrorCode, ProtocolError
 from autolrs.errors import ConfigError
-from autolrs.tuners import TUNERS, UnknownTunerError, make_tuner
+from autolrs.tuners import TUNERS, UnknownTunerError
 
 from autolrs.server.config import ServerConfig, job_tuner_config
 from autolrs.server.history import HistoryRecorder
@@ -144,7 +144,8 @@ class Dispatcher:
     def _status(self, req: dict, body: dict) -> dict:
         sessions = self.rows()
         server = {"version": autolrs.__version__, "protocol": protocol.PROTOCOL_VERSION,
-                  "uptime_s": round(time.monotonic() - self.started, 3), "sessions": len(sessions)}
+                  "uptime_s": round(time.monotonic() - self.started, 3), "sessions": len(sessions),
+                  "tuner_processes": self.store.tuners.describe()}
         return protocol.ok_reply(req, messages.StatusReply(server, sessions).to_body())
 
     def rows(self, now: float | None = None, only: str | None = None) -> list[dict]:
@@ -211,7 +212,7 @@ class Dispatcher:
         seed = hello.seed if hello.seed is not None else zlib.crc32(job_id.encode("utf-8"))
         try:
             config = job_tuner_config(self.config, hello.tuner, hello.config, dataclasses.asdict(hello))
-            tuner = make_tuner(hello.tuner, config, seed)
+            tuner = self.store.tuners.make(hello.tuner, config, seed, job=job_id)
             plan = tuner.ask()
         except UnknownTunerError as exc:
             raise ProtocolError(ErrorCode.UNKNOWN_TUNER, str(exc)) from None
@@ -338,7 +339,7 @@ class Dispatcher:
         except Exception:
             # Rebuild from the snapshot rather than trusting load_state_dict on a half-told
             # tuner: derived state outside state_dict() could otherwise survive.
-            self.store.put(Session.from_snapshot(snap))
+            self.store.put(Session.from_snapshot(snap, self.store.tuners.make))
             raise
         kind = record.pop("kind")
         self._log(session, req, kind, record.pop("plan"), **record)

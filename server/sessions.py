@@ -19,10 +19,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from autolrs.wire import protocol
-from autolrs.tuners import Tuner, make_tuner
+from autolrs.tuners import Tuner
+
+from autolrs.server.tuner_host import InProcessTuners, build_tuner
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +72,12 @@ class Session:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> "Session":
-        """Rebuild a session (and its tuner) from ``to_state()``; raises on anything missing."""
+    def from_state(cls, state: Mapping[str, Any], make_tuner: Callable[..., Tuner] = build_tuner) -> "Session":
+        """Rebuild a session (and its tuner, through ``make_tuner``: a tuner host's ``make``)
+        from ``to_state()``; raises on anything missing."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"state format {state.get('format')!r} is not {STATE_FORMAT}")
-        tuner = make_tuner(state["tuner"], state["config"], state["seed"])
-        tuner.load_state_dict(state["tuner_state"])
+        tuner = make_tuner(state["tuner"], state["config"], state["seed"], state["tuner_state"], job=state["job_id"])
         last = state["last"] or {}
         status = state["status"]
         if status not in (ACTIVE, FINISHED):
@@ -91,16 +93,19 @@ class Session:
         return protocol.dumps(self.to_state())
 
     @classmethod
-    def from_snapshot(cls, snap: bytes) -> "Session":
-        return cls.from_state(protocol.loads(snap))
+    def from_snapshot(cls, snap: bytes, make_tuner: Callable[..., Tuner] = build_tuner) -> "Session":
+        return cls.from_state(protocol.loads(snap), make_tuner)
 
 
 class SessionStore:
-    """The sessions of one server, in memory and under ``state_dir``."""
+    """The sessions of one server, in memory and under ``state_dir``. ``tuners``: where the
+    sessions' tuners run (:mod:`autolrs.server.tuner_host`; default: in this process); the
+    store closes it with itself."""
 
-    def __init__(self, state_dir: str | Path, fsync: bool = False, lock: bool = True):
+    def __init__(self, state_dir: str | Path, fsync: bool = False, lock: bool = True, tuners: Any = None):
         self.state_dir = Path(state_dir).resolve()
         self.fsync = fsync
+        self.tuners = tuners if tuners is not None else InProcessTuners()
         self.jobs_dir = self.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = self._acquire_lock() if lock else None
@@ -199,15 +204,14 @@ class SessionStore:
         if self.sessions:
             log.info("loaded %d session(s) from %s", len(self.sessions), self.state_dir)
 
-    @staticmethod
-    def _read(directory: Path) -> Session | None:
+    def _read(self, directory: Path) -> Session | None:
         """The session saved in ``directory``; None if there is none or it is damaged (then the
         file is moved aside and the job skipped)."""
         path = directory / "state.json"
         if not path.exists():
             return None
         try:
-            session = Session.from_snapshot(path.read_bytes())
+            session = Session.from_snapshot(path.read_bytes(), self.tuners.make)
             if session.job_id != directory.name:
                 raise ValueError(f"holds job {session.job_id!r}, not {directory.name!r}")
         except Exception as exc:  # noqa: BLE001 - any damage: keep the file, skip the job
@@ -237,7 +241,9 @@ class SessionStore:
         return fd
 
     def close(self) -> None:
-        """Release the state-dir lock (sessions are already on disk: every change is saved)."""
+        """Release the state-dir lock and end the tuner processes (sessions are already on disk:
+        every change is saved)."""
+        self.tuners.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None

@@ -30,6 +30,7 @@ from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.pool import WorkerPool
 from autolrs.server.security import check_bind, curve_keys, server_secret
 from autolrs.server.sessions import SessionStore
+from autolrs.server.tuner_host import make_host
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Server:
         if self._closed:
             raise RuntimeError("server is closed")
         self._idle.clear()
-        pool = self.pool = WorkerPool(self.context, self.dispatcher.respond, self.config.workers)
+        pool = self.pool = WorkerPool(self.context, self.dispatcher.respond, answering_threads(self.config))
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(pool.replies, zmq.POLLIN)
@@ -178,9 +179,17 @@ class Server:
         self.close()
 
 
+def answering_threads(config: ServerConfig) -> int:
+    """Threads answering requests: ``workers``, and at least two per tuner process (a thread
+    waits while its request's tuner works, so each process needs one busy and one queued)."""
+    return max(config.workers, 2 * config.processes)
+
+
 def make_server(config: ServerConfig, store: SessionStore | None = None, *,
                 secret: str | bytes | None = None) -> Server:
-    """Load the sessions under ``config.state_dir`` and bind the socket; does not block.
+    """Load the sessions under ``config.state_dir``, start the tuner processes
+    (``server.processes``; their imports go on in the background) and bind the socket; does not
+    wait for requests.
 
     The secret is ``secret``, else ``server.secret_file``, else ``$AUTOLRS_SECRET`` /
     ``$AUTOLRS_SECRET_FILE``; with none, requests need no signature, and a non-loopback
@@ -190,9 +199,17 @@ def make_server(config: ServerConfig, store: SessionStore | None = None, *,
     check_bind(config, key)
     verifier = None if key is None else auth.Verifier(key, config.auth_window_s)
     curve = curve_keys(config)
-    store = store if store is not None else SessionStore(Path(config.state_dir), fsync=config.fsync)
+    if store is None:
+        tuners = make_host(config.processes, config.tuner_timeout_s)
+        try:
+            store = SessionStore(Path(config.state_dir), fsync=config.fsync, tuners=tuners)
+        except BaseException:
+            tuners.close()
+            raise
     try:
-        return Server(config, Dispatcher(config, store), verifier=verifier, curve=curve)
+        server = Server(config, Dispatcher(config, store), verifier=verifier, curve=curve)
+        store.tuners.start()
+        return server
     except BaseException:
         store.close()  # release the state-dir lock when the port cannot be bound
         raise

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import pytest
 
-from autolrs.server.config import ConfigError, ServerConfig, job_tuner_config, load_config, load_defaults
+from autolrs.server.config import (ConfigError, ServerConfig, available_cores, job_tuner_config, load_config,
+                                   load_defaults)
 
 
 def test_embedded_defaults():
     d = load_defaults()
     assert d == {"server": {"host": "127.0.0.1", "port": 5555, "state_dir": "autolrs-state",
-                            "max_message_bytes": 1048576, "fsync": False, "workers": 16, "max_sessions": 1000,
-                            "lease_s": 3600, "secret_file": None, "auth_window_s": 120,
+                            "max_message_bytes": 1048576, "fsync": False, "workers": 16, "processes": "auto",
+                            "tuner_timeout_s": 60, "max_sessions": 1000, "lease_s": 3600, "secret_file": None, "auth_window_s": 120,
                             "allow_insecure": False, "curve_secret_key_file": None,
                             "http_host": "127.0.0.1", "http_port": None}, "tuners": {}}
     c = load_config()
     assert c == ServerConfig(host="127.0.0.1", port=5555, state_dir="autolrs-state",
-                             max_message_bytes=1048576, fsync=False, tuners={}, workers=16, max_sessions=1000,
+                             max_message_bytes=1048576, fsync=False, tuners={}, workers=16,
+                             processes=available_cores(), tuner_timeout_s=60.0, max_sessions=1000,
                              lease_s=3600.0, secret_file=None, auth_window_s=120.0, allow_insecure=False)
+
+
+@pytest.mark.parametrize("value, expected", [("auto", available_cores()), (0, 0), (3, 3), ("2", 2)])
+def test_processes(value, expected):
+    assert load_config(overrides={"server": {"processes": value}}).processes == expected
+
+
+@pytest.mark.parametrize("value", [-1, "many", 1.5, 2000, True])
+def test_bad_processes(value):
+    with pytest.raises(ConfigError, match="server.processes must be auto or an integer"):
+        load_config(overrides={"server": {"processes": value}})
 
 
 def test_yaml_then_overrides(tmp_path):
