@@ -110,6 +110,10 @@ class _Unavailable(Exception):
     """The process cannot take a call now; nothing was sent (the call may run elsewhere)."""
 
 
+class _NotSent(Exception):
+    """The request could not be written to the process (it had died): it was not seen."""
+
+
 class ProcessTuners:
     """``processes`` tuner processes; jobs are pinned to one by a hash of their id."""
 
@@ -308,21 +312,40 @@ class TunerProcess:
         """Build ``tuner`` in this process from its last state; _Unavailable if there is no
         process to build it in."""
         with self._lock:
-            self._ensure_ready()
-            self._make(tuner)
+            self._sending(tuner, lambda: None)
 
     def call(self, tuner: "RemoteTuner", method: str, args: tuple, kwargs: dict) -> Any:
         """``tuner.method(*args, **kwargs)`` in this process (built there first if needed); its
         view is refreshed. _Unavailable when nothing could be sent."""
         with self._lock:
-            self._ensure_ready()
-            if tuner.incarnation != self.incarnation:
-                self._make(tuner)
-            (ok, blob), view = self._exchange(tuner, "call", (method, args, kwargs))
-            tuner.refresh(view, self.incarnation)
+            ok, blob = self._sending(tuner, lambda: self._exchange(tuner, "call", (method, args, kwargs)))
         if not ok:
             tuner_worker.raise_error(blob)
         return pickle.loads(blob)
+
+    def _sending(self, tuner: "RemoteTuner", exchange: Any) -> Any:
+        """Make sure ``tuner`` is in a live process, then ``exchange()`` (lock held). A process
+        found dead before the request was sent (it died between calls) is replaced and the
+        request sent to the new one; one that dies once the request is sent raises
+        TunerProcessDied, whether or not it had read it (it may be what killed it)."""
+        for attempt in range(2):
+            self._ensure_ready()
+            try:
+                if tuner.incarnation != self.incarnation:
+                    self._make(tuner)
+                outcome = exchange()
+            except _NotSent as exc:
+                self._reap(f"died between requests ({exc})")
+                if attempt:
+                    raise TunerProcessDied(f"tuner process {self.index} could not take a request of job "
+                                           f"{tuner.job!r} ({exc})") from None
+                continue
+            if outcome is None:
+                return None
+            result, view = outcome
+            tuner.refresh(view, self.incarnation)
+            return result
+        raise AssertionError("unreachable")
 
     def _ensure_ready(self) -> None:
         """A live, ready process (lock held): one that died since its last call is replaced
@@ -348,10 +371,12 @@ class TunerProcess:
         self._held.difference_update(drops)
         self.busy = tuner.job
         try:
+            if self._conn.poll(0):  # nothing is due between calls: this is the EOF of a process gone
+                raise _NotSent("its pipe is closed")
             try:
                 self._conn.send((drops, op, tuner.key, payload))
-            except (BrokenPipeError, OSError) as exc:
-                raise self._died(tuner, f"could not take a request ({exc})") from None
+            except (BrokenPipeError, OSError) as exc:  # its end is closed: it never saw this request
+                raise _NotSent(str(exc)) from None
             if not _readable(self._conn, self._proc, self.timeout_s):
                 raise self._died(tuner, f"did not answer within tuner_timeout_s ({self.timeout_s:g} s) and "
                                         "was killed")
