@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from autolrs.tuners import JOB_KEYS, TUNERS
+from autolrs.tuners.guard import DEFAULTS as GUARD_KNOBS
 
 
 class ConfigError(ValueError):
@@ -109,7 +110,7 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
         knobs = {} if knobs is None else knobs
         if not isinstance(knobs, Mapping):
             raise ConfigError(f"{source}: 'tuners.{name}' must be a mapping of knobs")
-        valid = TUNERS[name].defaults
+        valid = {**TUNERS[name].defaults, **GUARD_KNOBS}  # the divergence guard's knobs go with every tuner
         for knob in knobs:
             if knob in JOB_KEYS:
                 # These come from each job's hello (the optimizer, the client's budget).

@@ -693,6 +693,27 @@ class AutoLRSTuner(Tuner):
         if state.get("range_test") is not None:
             self.range_test.load_state_dict(state["range_test"])
 
+    def in_search(self) -> bool:
+        return self.phase in ("bounds", "trial")
+
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """The divergence guard rolled the stage's training back: the stage's LR (or the final
+        run's) is cut by ``factor`` for what remains of it, and later stages search below the LR
+        that diverged (``max_lr`` lowered, the interval keeping its width in decades)."""
+        cur = self.current
+        if self.phase == "exploit" and cur is not None and cur["winner"] is not None:
+            winner = cur["trials"][cur["winner"]]
+            winner["lr"] *= factor
+            winner["guard_cut"] = winner.get("guard_cut", 1.0) * factor
+        elif self.phase == "final":
+            self.lr *= factor
+        before = info.get("lr_before")
+        if before is not None and math.isfinite(self.max_lr) and before * factor < self.max_lr:
+            hi = before * factor
+            lo = self.min_lr if self.min_lr < hi else hi * self.min_lr / self.max_lr
+            self._set_bounds(lo, hi)
+            self.bounds_source += f"; max_lr cut to {hi:.4g} by the divergence guard"
+
     def lr_bounds(self) -> tuple[float, float]:
         """``(min_lr, max_lr)``, widened to include the warm-up ramp when there is one (it
         starts at ``warmup_lr / warmup_steps`` and ends at ``warmup_lr``) and, with automatic
