@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 import quality
+from autolrs.tuners.guard import default_every
 from benchlib import write_report
 from tasks import TASKS, Batches, Task, collapsed, evaluate, metric_of
 
@@ -55,7 +56,8 @@ RECOVERY_METHODS = ("constant", "cosine", "hd")
 HIGH = 10.0  # the initial LR as a multiple of the practitioner's
 SPIKE_FACTOR, SPIKE_STEPS, SPIKE_AT = 100.0, 5, 0.6
 QUICK_TASKS = ("digits_mlp", "digits_cnn", "diabetes_mse")
-COST_PAIRS = 4
+COST_PAIRS = 3
+COST_BLOCK = 25
 
 
 def tuner_config(method: str, steps: int, guard: bool, guard_every: int | None) -> tuple[str, dict]:
@@ -76,7 +78,7 @@ def train(task: Task, seed: int, steps: int, lr: float, tuner: str, config: dict
     optimizer = task.make_optimizer(model, lr)
     recorder = quality.Recorder(task, model, steps) if record else None
     job = f"g-{task.name}-{tuner}-{seed}-{uuid.uuid4().hex[:8]}"
-    step, started = 0, time.perf_counter()
+    step, started = 0, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with AutoLRS(model, optimizer, tuner=tuner, config=config, server=endpoint, job=job, max_steps=steps,
@@ -98,13 +100,15 @@ def train(task: Task, seed: int, steps: int, lr: float, tuner: str, config: dict
                         g["lr"] = value
                 step += 1
                 cb.step(loss)
+                if started is None:  # time the steps, not the hello before them
+                    started = time.perf_counter()
                 if recorder is not None:
                     recorder.after_step(step)
+            wall = time.perf_counter() - started if started is not None else 0.0
             final_lr = cb.lr
-    wall = time.perf_counter() - started
     summary = _last_summary(state_dir, job)
     guard = summary.get("guard") or {}
-    info = {"steps_run": step, "wall_s": wall, "s_per_step": wall / max(1, step), "final_lr": final_lr,
+    info = {"steps_run": step, "wall_s": wall, "s_per_step": wall / max(1, step - 1), "final_lr": final_lr,
             "rollbacks": guard.get("rollbacks", 0), "steps_rolled_back": guard.get("steps_rolled_back", 0),
             "guard_stopped": guard.get("stopped"), "lr_scale": guard.get("lr_scale", 1.0),
             "events": [{k: e.get(k) for k in ("step", "action", "to_step", "lr_before", "lr_after", "reason")}
@@ -204,8 +208,13 @@ def run_matrix(runs: list[dict], jobs: int, work: Path, guard_every: int | None)
     return rows
 
 
-def measure_cost(tasks: list[str], budget: str, work: Path, guard_every: int | None, pairs: int) -> list[dict]:
-    """Guard on and off alternated in this process (one thread), no evaluations along the run."""
+def measure_cost(tasks: list[str], budget: str, work: Path, guard_every: int | None, pairs: int,
+                 block: int = COST_BLOCK) -> list[dict]:
+    """Two jobs of the same healthy run (cosine at the practitioner's LR), one guarded and one
+    not, trained side by side in this process (one thread) in alternating blocks of ``block``
+    steps, so that machine noise hits both alike; ``pairs`` such job pairs per task. The ratio
+    is of the median block times."""
+    from autolrs.callbacks import AutoLRS
     from autolrs.server.process import ServerProcess
 
     torch.set_num_threads(1)
@@ -214,23 +223,45 @@ def measure_cost(tasks: list[str], budget: str, work: Path, guard_every: int | N
         for name in tasks:
             task = TASKS[name]
             steps = task.steps(budget)
-            per_step: dict[bool, list[float]] = {True: [], False: []}
-            snapshots = []
-            for i in range(pairs):
-                for guard in ((False, True) if i % 2 == 0 else (True, False)):
+            times: dict[bool, list[float]] = {True: [], False: []}
+            reports = {True: 0, False: 0}
+            for pair in range(pairs + 1):  # the first pair warms up and is not counted
+                runs = {}
+                for guard in (False, True):
+                    model = task.model(pair)
+                    optimizer = task.make_optimizer(model, task.default_lr)
                     tuner, config = tuner_config("cosine", steps, guard, guard_every)
-                    info = train(task, 0, steps, task.default_lr, tuner, config, server.endpoint,
-                                 str(work / "cost-state"), record=False)
-                    per_step[guard].append(info["s_per_step"])
-                    if guard:
-                        snapshots.append(info)
-            on, off = statistics.median(per_step[True]), statistics.median(per_step[False])
+                    cb = AutoLRS(model, optimizer, tuner=tuner, config=config, server=server.endpoint,
+                                 job=f"cost-{name}-{guard}-{pair}-{uuid.uuid4().hex[:6]}", max_steps=steps, timeout=30.0)
+                    runs[guard] = (model, optimizer, cb, iter(Batches(task, pair)))
+                try:
+                    for i in range(steps // block):
+                        for guard in ((False, True) if i % 2 == 0 else (True, False)):
+                            model, optimizer, cb, batches = runs[guard]
+                            started = time.perf_counter()
+                            for _ in range(block):
+                                xb, yb = next(batches)
+                                optimizer.zero_grad(set_to_none=True)
+                                loss = task.criterion(model(xb), yb)
+                                loss.backward()
+                                optimizer.step()
+                                cb.step(loss)
+                            if pair:
+                                times[guard].append(time.perf_counter() - started)
+                finally:
+                    for guard, (_, _, cb, _) in runs.items():
+                        if pair:
+                            reports[guard] += cb.reports
+                        cb.close()
+            on, off = statistics.median(times[True]), statistics.median(times[False])
             nbytes = copy_bytes(task, task.default_lr)
-            out.append({"task": name, "steps": steps, "pairs": pairs, "ms_per_step_off": 1e3 * off,
-                        "ms_per_step_on": 1e3 * on, "ratio": on / off,
-                        "ratios": [a / b for a, b in zip(per_step[True], per_step[False])],
-                        "copy_bytes": nbytes, "rollbacks": sum(s["rollbacks"] for s in snapshots)})
-            print(f"  cost {name}: {1e3 * off:.3f} -> {1e3 * on:.3f} ms/step (x{on / off:.3f}), "
+            out.append({"task": name, "steps": steps, "pairs": pairs, "block": block, "blocks": len(times[True]),
+                        "guard_every": guard_every or default_every(steps),
+                        "ms_per_step_off": 1e3 * off / block, "ms_per_step_on": 1e3 * on / block, "ratio": on / off,
+                        "reports_per_1000_steps_off": 1000 * reports[False] / (pairs * steps),
+                        "reports_per_1000_steps_on": 1000 * reports[True] / (pairs * steps),
+                        "copy_bytes": nbytes})
+            print(f"  cost {name}: {1e3 * off / block:.3f} -> {1e3 * on / block:.3f} ms/step (x{on / off:.3f}), "
                   f"copy {nbytes / 1024:.1f} KiB", flush=True)
     return out
 
@@ -331,9 +362,11 @@ def print_tables(analysis: dict, cost: list[dict]) -> None:
               f"{str(s.get('spike+guard', {}).get('rollbacks')):>9}  {'met' if s.get('met') else 'MISSED'}")
     if cost:
         print("\nCost on a healthy run (cosine at the practitioner's LR, guard on vs off alternated, medians)")
-        print(f"  {'task':<18}{'ms/step off':>12}{'ms/step on':>12}{'ratio':>8}{'copy KiB':>10}")
+        print(f"  {'task':<18}{'every':>6}{'reports/1k':>11}{'ms/step off':>12}{'ms/step on':>12}{'ratio':>8}"
+              f"{'copy KiB':>10}")
         for c in cost:
-            print(f"  {c['task']:<18}{c['ms_per_step_off']:>12.3f}{c['ms_per_step_on']:>12.3f}{c['ratio']:>8.3f}"
+            print(f"  {c['task']:<18}{c['guard_every']:>6}{c['reports_per_1000_steps_on']:>11.0f}"
+                  f"{c['ms_per_step_off']:>12.3f}{c['ms_per_step_on']:>12.3f}{c['ratio']:>8.3f}"
                   f"{c['copy_bytes'] / 1024:>10.1f}")
 
 
@@ -350,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(OUT / "guard.json"))
     args = p.parse_args(argv)
     if args.quick:
-        args.tasks, args.seeds, args.pairs = list(QUICK_TASKS), [0], 2
+        args.tasks, args.seeds, args.pairs = list(QUICK_TASKS), [0], 1
     if "cifar_cnn" in args.tasks:
         try:
             TASKS["cifar_cnn"].data()

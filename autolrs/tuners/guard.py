@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
 }
 #: The default segment: this share of max_steps, within [MIN_EVERY, MAX_EVERY].
 EVERY_FRACTION, MIN_EVERY, MAX_EVERY = 0.02, 10, 100
+#: What the guard keeps of an inner run in flight (the run itself is the inner tuner's plan).
+PROGRESS = ("consumed", "started", "scale", "lr", "segments", "committed", "rollbacks")
 #: Guard events kept in the state and summary (the decision log keeps every one).
 EVENTS_KEPT = 50
 
@@ -119,6 +121,7 @@ class Guarded(Tuner):
         return getattr(self.inner, name)
 
     def _reset(self) -> None:
+        self._asked: tuple[list[dict], bool] | None = None  # the inner tuner's plan, until it is told something
         initial = self.config.get("initial_lr")
         self._step = 0
         #: The LR the client is at (the last one a plan set), None while unknown.
@@ -146,21 +149,26 @@ class Guarded(Tuner):
 
     # ------------------------------------------------------------------ plans
 
-    def _adopt(self, plan: list[dict]) -> dict:
-        """The inner plan as the guard's record of an inner run (nothing sent yet)."""
-        *prefix, last = plan
-        run = last if last["op"] == "run" else None
-        whole = run is None or self.inner.in_search() or \
-            (run.get("hypergrad") or {}).get("method") == "tangent" or run["steps"] <= self.every
-        lr = self._lr
-        for action in prefix:
-            if action["op"] == "set_lr":
-                lr = action["lr"]
-        return {"prefix": prefix, "last": last, "search": self.inner.in_search(), "whole": whole,
-                "consumed": 0, "started": False, "scale": 1.0, "lr": lr, "segments": [], "committed": 0}
-
     def _current(self) -> dict:
-        return self._pending if self._pending is not None else self._adopt(self.inner.ask())
+        """The inner run in flight: the inner tuner's plan, with the guard's progress through it.
+        The inner tuner is told nothing until its run is done, so asking it again gives the
+        same plan back: only the progress (``PROGRESS``) is state."""
+        if self._asked is None:  # the inner tuner changes only through this wrapper: ask it once a change
+            self._asked = (self.inner.ask(), self.inner.in_search())
+        (*prefix, last), search = self._asked
+        whole = last["op"] != "run" or search or (last.get("hypergrad") or {}).get("method") == "tangent" \
+            or last["steps"] <= self.every
+        progress = self._pending
+        if progress is None:
+            lr = self._lr
+            for action in prefix:
+                if action["op"] == "set_lr":
+                    lr = action["lr"]
+            progress = {"consumed": 0, "started": False, "scale": 1.0, "lr": lr, "segments": [], "committed": 0,
+                        "rollbacks": []}
+        # Fresh lists: tell() edits them; the segments themselves are never edited.
+        return {"prefix": prefix, "last": last, "search": search, "whole": whole, **progress,
+                "segments": list(progress["segments"]), "rollbacks": list(progress["rollbacks"])}
 
     def _compose(self, p: dict) -> tuple[list[dict], dict]:
         """The plan for the next segment of ``p`` and what it does to the guard's slot."""
@@ -173,15 +181,15 @@ class Guarded(Tuner):
                 plan.append(actions.set_lr(self._owed["lr"]))
         last = p["last"]
         if last["op"] == "stop" or p["search"]:
-            plan += p["prefix"]
+            plan += [dict(a) for a in p["prefix"]]
             if self._slot:  # a search brings its own copies; the guard's is saved again after it
                 plan.append(actions.discard(SLOT))
                 effects["discard"] = True
-            plan.append(last)
-            effects["run"] = last if last["op"] == "run" else None
+            plan.append(dict(last))
+            effects["run"] = plan[-1] if last["op"] == "run" else None
             return plan, effects
         if not p["started"]:
-            plan += p["prefix"]
+            plan += [dict(a) for a in p["prefix"]]
         jumped = not p["started"] and any(a["op"] == "restore" for a in p["prefix"])
         if not self._slot or self._save_due or jumped:
             plan += [actions.discard(SLOT), actions.checkpoint(SLOT)]
@@ -239,7 +247,7 @@ class Guarded(Tuner):
         self._action = None
         self._step = max(0, int(observation.step))
         if p["search"] or p["last"]["op"] != "run":
-            self._pending = None
+            self._pending, self._asked = None, None
             self.inner.tell(observation)
             return
         p["started"] = True
@@ -272,10 +280,12 @@ class Guarded(Tuner):
             self._pending = None
             return
         if p["consumed"] >= r["steps"]:
-            self._pending = None
+            self._pending, self._asked = None, None
+            for info in p["rollbacks"]:  # the inner tuner follows the cuts, then hears how its run went
+                self.inner.on_rollback(self.factor, info)
             self.inner.tell(self._merged(p, observation))
         else:
-            self._pending = p
+            self._pending = {key: p[key] for key in PROGRESS}
         if self._action is not None and self._action["action"] == "rollback":
             self._action["lr_after"] = _first_lr(self.ask())  # what the next step really trains at
 
@@ -327,7 +337,7 @@ class Guarded(Tuner):
                 "reason": reason, "rollbacks": self._rollbacks, "strikes": self._strikes}
         self._event("rollback", reason, to_step=self._good_step, steps_back=lost, lr_before=lr_before,
                     lr_after=lr_after, strike=self._strikes)
-        self.inner.on_rollback(self.factor, info)
+        p["rollbacks"].append(info)
 
     def _event(self, kind: str, reason: str, **fields: Any) -> None:
         event = {"step": self._step, "action": kind, "reason": reason, **fields}
@@ -386,7 +396,7 @@ class Guarded(Tuner):
             raise RuntimeError(f"{self.name}: the tuner's state has a 'guard' key of its own")
         return {**state, "guard": {
             "version": STATE_VERSION, "step": self._step, "lr": self._lr, "slot": self._slot,
-            "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": copy.deepcopy(self._pending),
+            "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": _copy_progress(self._pending),
             "owed": copy.deepcopy(self._owed), "window": list(self._window), "window_steps": self._window_steps, "tail": list(self._tail),
             "ref": self._ref, "noise": self._noise, "start": self._start, "strikes": self._strikes,
             "rollbacks": self._rollbacks, "snapshots": self._snapshots, "steps_lost": self._steps_lost,
@@ -406,7 +416,7 @@ class Guarded(Tuner):
         self._step, self._lr = int(g["step"]), None if g["lr"] is None else float(g["lr"])
         self._slot, self._good_step, self._save_due = bool(g["slot"]), g["good_step"], bool(g["save_due"])
         self._base_step = int(g["base_step"])
-        self._pending, self._owed = copy.deepcopy(g["pending"]), copy.deepcopy(g["owed"])
+        self._pending, self._owed = _copy_progress(g["pending"]), copy.deepcopy(g["owed"])
         self._window, self._window_steps = [float(x) for x in g["window"]], int(g["window_steps"])
         self._tail = [float(x) for x in g["tail"]]
         self._ref, self._noise, self._start = g["ref"], g["noise"], g["start"]
@@ -414,6 +424,16 @@ class Guarded(Tuner):
         self._snapshots, self._steps_lost, self._scale = int(g["snapshots"]), int(g["steps_lost"]), float(g["scale"])
         self._events, self._action = copy.deepcopy(g["events"]), copy.deepcopy(g["action"])
         self._stopped = g["stopped"]
+
+
+def _copy_progress(progress: dict | None) -> dict | None:
+    """A copy of the progress through an inner run that shares nothing editable with it."""
+    if progress is None:
+        return None
+    return {**progress, "segments": [{**seg, "losses": list(seg["losses"]), "evals": [list(e) for e in seg["evals"]],
+                                      "hypergrad": copy.deepcopy(seg["hypergrad"]),
+                                      "probes": [list(x) for x in seg["probes"]]} for seg in progress["segments"]],
+            "rollbacks": [dict(info) for info in progress["rollbacks"]]}
 
 
 def _last_lr(plan: list[dict]) -> float | None:
