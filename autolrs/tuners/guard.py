@@ -6,23 +6,25 @@ schedulers: it asks the inner tuner for its plans and edits them, with the verbs
 already has.
 
 * **Segments.** A training ``run`` of the inner tuner is carried out in segments of at most
-  ``guard_every`` steps (its per-step ``lrs`` sliced, its evaluations kept at their positions:
-  a segment ends at an evaluation it cannot hold whole). Each segment's report is judged by
+  ``guard_every`` steps (default :func:`default_every`: 2 % of ``max_steps``, 10 to 100), its
+  per-step ``lrs`` sliced and its evaluations kept at their positions (a segment ends at an
+  evaluation it cannot hold whole). Each segment's report is judged by
   :func:`autolrs.divergence.judge_segment`; once the inner run is done, the kept segments'
   losses, evaluations and hypergradients are told to the inner tuner as the one observation it
   expects. Runs shorter than ``guard_every`` go out unchanged, and so do the runs of the
   tangent hypergradient (``rtho``, ``marthe``: one hypergradient at the run's end).
 * **Last good snapshot.** Before the first guarded segment, and after every ``guard_every``
   healthy steps, the plan saves a checkpoint in slot ``"guard"`` (``discard`` first, so memory
-  holds one copy, not two, while it is refreshed). A segment that ends in a spike
-  (``suspect``) is not saved; the next one decides.
-* **Rollback.** On a non-finite loss or a rise judged as divergence the next plan restores
-  the slot and cuts the LR by ``guard_factor``: the rest of the inner run in flight goes on at
-  ``guard_factor`` times its LRs, and the inner tuner is told through
-  :meth:`~autolrs.tuners.base.Tuner.on_rollback` so that its later plans follow (a schedule
-  scales what remains, ``hd``/``rtho``/``marthe`` lower their LR and ``lr_max``, AutoLRS its
-  stage's LR and the search interval of later stages). The data of the undone segments is
-  not told. The steps undone still count against ``max_steps`` (they were computed).
+  holds one copy, not two, while it is refreshed). After a segment with a loss beyond the
+  spike threshold (``suspect``) nothing is saved; the next segment decides.
+* **Rollback.** On a non-finite loss, a spike or a rise judged as divergence the next plan
+  restores the slot and sets the LR cut by ``guard_factor``: the rest of the inner run in flight
+  goes on at ``guard_factor`` times its LRs; when that run is done the inner tuner is told
+  through :meth:`~autolrs.tuners.base.Tuner.on_rollback` (then its observation, without the
+  undone segments) so that its later plans follow: a schedule scales what remains,
+  ``hd``/``rtho``/``marthe`` lower their LR and ``lr_max``, AutoLRS its stage's LR and the search
+  interval of later stages. The steps undone still count against ``max_steps`` (they were
+  computed).
 * **Give up.** Rollbacks in a row without a healthy window in between cut the LR again each
   time; a divergence after ``guard_max`` of them restores the last good snapshot and stops the
   job, with the reason in its summary.
