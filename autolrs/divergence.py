@@ -40,6 +40,14 @@ and answers with a :class:`Verdict`:
   on, but do not save this state as good; the next segment decides.
 * ``ok`` otherwise.
 
+**Early in a run** (``early=True``: the caller's judgement that the loss has not fallen
+``UNDERWAY`` (10 %) below its start level yet) the spike threshold is at most ``EARLY_RISE - 1``
+(25 %) of ``|start|`` above the start level (or 3 standard deviations of the noise of the first
+steps, if larger): from initial weights a good LR does not raise the loss above its start for
+3 of 5 steps. A too large LR often does, in the first few steps, and then leaves a network
+sitting at chance level whose loss is no higher than at the start and shows no more spikes
+(dead ReLU units); this is the one moment the damage can be seen.
+
 What no rule can see: the update of a segment's last step shows only in the next segment's
 first loss, so a blow-up in exactly that step is saved as good; the next segment then diverges
 from its first step.
@@ -54,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["RISE", "VAL_TOLERANCE", "PROGRESS", "Verdict", "segment_level", "segment_noise", "start_level",
-           "check_segment", "judge_segment"]
+           "under_way", "check_segment", "judge_segment"]
 
 RISE = 1.5
 VAL_TOLERANCE = 0.05
@@ -67,6 +75,9 @@ TAIL_MIN = 5
 SPIKE_COUNT, SPIKE_WINDOW = 3, 5
 SPIKE_RISE = 2.0
 SPIKE_PROGRESS = 0.5
+#: Before the loss is ``UNDERWAY`` below its start level, a spike is ``EARLY_RISE - 1`` above it.
+UNDERWAY = 0.1
+EARLY_RISE = 1.25
 #: A median's standard error in units of sigma / sqrt(n) (normal noise), times 3.
 _MEDIAN_SE3 = 3 * 1.2533
 
@@ -91,6 +102,11 @@ def _rise_threshold(ref: float, margin: float, start: float | None = None, rise:
     if start is not None and math.isfinite(start) and start > ref:
         threshold = max(threshold, progress * (start - ref))
     return threshold
+
+
+def under_way(level: float, start: float | None) -> bool:
+    """Whether a level is ``UNDERWAY`` below the run's start level (the run is learning)."""
+    return start is not None and math.isfinite(level) and level < start - UNDERWAY * abs(start)
 
 
 def start_level(losses: Sequence[float]) -> float:
@@ -136,14 +152,15 @@ class Verdict:
 
 
 def judge_segment(losses: Sequence[float], ref: float | None, start: float | None = None,
-                  noise: float | None = None, before: Sequence[float] = ()) -> Verdict:
+                  noise: float | None = None, before: Sequence[float] = (), early: bool = False) -> Verdict:
     """May training go on from where this segment ended (see the module doc)?
 
     ``ref``: the lowest level of the run's healthy windows so far (None: none yet; the
     segment's own start level is used). ``start``: the run's start level (for the progress
     terms; None: none). ``noise``: the robust standard deviation of the losses of a healthy
     window (None: unknown, no noise margin). ``before``: the previous segment's last losses,
-    when training went on from where it ended (spikes across the boundary)."""
+    when training went on from where it ended (spikes across the boundary). ``early``: the run
+    is not under way yet (see the module doc; needs ``start``)."""
     y = np.asarray(list(losses), dtype=float)
     if y.size == 0:
         return Verdict("ok")
@@ -161,11 +178,14 @@ def judge_segment(losses: Sequence[float], ref: float | None, start: float | Non
     if end - ref > _rise_threshold(ref, margin, start):
         return Verdict("diverged", f"loss rose to {end:.4g} (median of the last {k} steps) from {ref:.4g}")
     spike = ref + _rise_threshold(ref, 3 * noise if noisy else 0.0, start, SPIKE_RISE, SPIKE_PROGRESS)
+    if early and start is not None and math.isfinite(start):
+        spike = min(spike, start + max((EARLY_RISE - 1) * abs(start), 3 * noise if noisy else 0.0))
     above = y > spike
     prior = np.asarray(list(before)[-(SPIKE_WINDOW - 1):], dtype=float)
     prior = prior[np.isfinite(prior)] > spike
-    if _most_in_a_window(np.concatenate([prior, above]), SPIKE_WINDOW) >= SPIKE_COUNT:
-        return Verdict("diverged", f"a spike: {int(above.sum())} losses above {spike:.4g} (up to "
+    most = _most_in_a_window(np.concatenate([prior, above]), SPIKE_WINDOW)
+    if most >= SPIKE_COUNT:
+        return Verdict("diverged", f"a spike: {most} of {SPIKE_WINDOW} losses in a row above {spike:.4g} (up to "
                                    f"{float(y.max()):.4g}; level {ref:.4g})")
     if above.any():
         return Verdict("suspect", f"{int(above.sum())} loss(es) above {spike:.4g} (up to {float(y.max()):.4g}; "

@@ -9,7 +9,8 @@ Three parts, each through a real server (one ``autolrs-server`` process) and the
 at the practitioner's optimizer (SGD momentum 0.9, Adam or AdamW; see ``bench/tasks.py``):
 
 * ``recovery``: ``constant``, ``cosine`` (to 0 over the budget) and ``hd`` from an initial LR
-  10x the practitioner's (1.0 for SGD with momentum, 1e-2 for Adam/AdamW), with the guard and
+  10x the practitioner's (1.0 for SGD with momentum, 1e-2 for Adam/AdamW; ``hd`` not on AdamW,
+  which it does not model), with the guard and
   without it (``guard: false``), against the grid best of ``bench/quality.py`` (constant,
   cosine and step schedules at the task's 5 grid LRs, trained in process, same seeds and
   steps). Target: where a method collapses without the guard (``tasks.collapsed``), it ends
@@ -35,7 +36,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -47,7 +47,7 @@ import torch
 import quality
 from autolrs.tuners.guard import default_every
 from benchlib import write_report
-from tasks import TASKS, Batches, Task, collapsed, evaluate, metric_of
+from tasks import TASKS, Batches, Task
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -159,6 +159,8 @@ def plan(args) -> list[dict]:
                         runs.append({"part": "grid", "task": name, "seed": seed, "steps": steps, "method": sched,
                                      "lr": lr})
                 for method in RECOVERY_METHODS:
+                    if method == "hd" and task.optimizer == "adamw":
+                        continue  # hd models SGD and Adam only
                     for guard in (True, False):
                         runs.append({"part": "recovery", "task": name, "seed": seed, "steps": steps,
                                      "method": method, "guard": guard, "lr": task.default_lr * HIGH})

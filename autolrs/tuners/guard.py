@@ -69,6 +69,8 @@ DEFAULTS: dict[str, Any] = {
 EVERY_FRACTION, MIN_EVERY, MAX_EVERY = 0.02, 10, 100
 #: What the guard keeps of an inner run in flight (the run itself is the inner tuner's plan).
 PROGRESS = ("consumed", "started", "scale", "lr", "segments", "committed", "rollbacks")
+#: Healthy windows after which the run counts as under way even if its loss has not fallen.
+EARLY_WINDOWS = 10
 #: Guard events kept in the state and summary (the decision log keeps every one).
 EVENTS_KEPT = 50
 
@@ -140,6 +142,9 @@ class Guarded(Tuner):
         self._ref: float | None = None  # lowest level of the healthy windows
         self._noise: float | None = None  # robust std of the last healthy window
         self._start: float | None = None  # the run's start level (median of its first losses)
+        self._start_noise: float | None = None  # robust std of its first losses
+        self._underway = False  # the loss has fallen below its start level (see divergence.under_way)
+        self._early_windows = 0  # healthy windows before that
         self._strikes = 0  # rollbacks since the last healthy window
         self._rollbacks = 0
         self._snapshots = 0
@@ -264,13 +269,16 @@ class Guarded(Tuner):
             level = divergence.start_level(observation.losses)
             if math.isfinite(level):
                 self._start = level
-        # Until a healthy window gives a level, the run's start is the reference.
+                self._start_noise = divergence.segment_noise(observation.losses[:divergence.TAIL_MIN])
+        # Until a healthy window gives a level and its noise, the run's start gives them.
         ref = self._ref if self._ref is not None else self._start
-        verdict = divergence.judge_segment(observation.losses, ref, self._start, self._noise, before=self._tail)
+        noise = self._noise if self._noise is not None else self._start_noise
+        verdict = divergence.judge_segment(observation.losses, ref, self._start, noise, before=self._tail,
+                                           early=not self._underway)
         self._tail = [] if verdict.kind == "diverged" else list(observation.losses[-divergence.SPIKE_WINDOW:])
         self._window_steps += max(0, segment["steps"])
         if verdict.kind == "diverged":
-            self._rollback(p, verdict.reason, start_step)
+            self._rollback(p, verdict.reason)
         else:
             p["segments"].append(segment)
             self._window += [x for x in observation.losses if math.isfinite(x)]
@@ -312,11 +320,18 @@ class Guarded(Tuner):
         if math.isfinite(level):
             self._ref = level if self._ref is None else min(self._ref, level)
             self._noise = divergence.segment_noise(self._window)
+        if not self._underway:
+            # Until the run is learning, the snapshot stays the one it started from: a network
+            # that a too large LR killed at once looks no worse than at its start.
+            self._early_windows += 1
+            self._underway = divergence.under_way(level, self._start) or self._early_windows >= EARLY_WINDOWS
+            if not self._underway:
+                return
         self._save_due = True
         self._strikes = 0
         p["committed"] = len(p["segments"])
 
-    def _rollback(self, p: dict, reason: str, start_step: int) -> None:
+    def _rollback(self, p: dict, reason: str) -> None:
         lost = self._step - self._base_step  # training steps the restore undoes
         lr_before = self._lr
         if self._strikes >= self.max_rollbacks:
@@ -386,6 +401,7 @@ class Guarded(Tuner):
                         "rollbacks": self._rollbacks, "strikes": self._strikes, "lr_scale": self._scale,
                         "steps_rolled_back": self._steps_lost, "snapshots": self._snapshots,
                         "last_good_step": self._good_step, "watching": not self.in_search(),
+                        "under_way": self._underway,
                         "action": copy.deepcopy(self._action), "events": copy.deepcopy(self._events),
                         "stopped": self._stopped}
         if self._stopped is not None:
@@ -400,7 +416,9 @@ class Guarded(Tuner):
             "version": STATE_VERSION, "step": self._step, "lr": self._lr, "slot": self._slot,
             "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": _copy_progress(self._pending),
             "owed": copy.deepcopy(self._owed), "window": list(self._window), "window_steps": self._window_steps, "tail": list(self._tail),
-            "ref": self._ref, "noise": self._noise, "start": self._start, "strikes": self._strikes,
+            "ref": self._ref, "noise": self._noise, "start": self._start,
+            "start_noise": self._start_noise, "underway": self._underway, "early_windows": self._early_windows,
+            "strikes": self._strikes,
             "rollbacks": self._rollbacks, "snapshots": self._snapshots, "steps_lost": self._steps_lost,
             "scale": self._scale, "events": copy.deepcopy(self._events), "action": copy.deepcopy(self._action),
             "stopped": self._stopped}}
@@ -422,6 +440,8 @@ class Guarded(Tuner):
         self._window, self._window_steps = [float(x) for x in g["window"]], int(g["window_steps"])
         self._tail = [float(x) for x in g["tail"]]
         self._ref, self._noise, self._start = g["ref"], g["noise"], g["start"]
+        self._start_noise, self._underway = g["start_noise"], bool(g["underway"])
+        self._early_windows = int(g["early_windows"])
         self._strikes, self._rollbacks = int(g["strikes"]), int(g["rollbacks"])
         self._snapshots, self._steps_lost, self._scale = int(g["snapshots"]), int(g["steps_lost"]), float(g["scale"])
         self._events, self._action = copy.deepcopy(g["events"]), copy.deepcopy(g["action"])

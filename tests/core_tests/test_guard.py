@@ -4,7 +4,6 @@ up, searches left alone, and the rules of autolrs.divergence it judges with."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pytest
@@ -75,7 +74,7 @@ class ScriptedClient:
 
 def healthy(step: int) -> float:
     """A falling loss with a little deterministic noise."""
-    return 2.0 * math.exp(-step / 60) + 0.3 + 0.02 * math.sin(step * 1.7)
+    return 2.0 * math.exp(-step / 20) + 0.3 + 0.02 * math.sin(step * 1.7)
 
 
 def with_spike(steps: range, value: float = 50.0):
@@ -172,6 +171,28 @@ def test_the_snapshot_is_never_taken_after_a_segment_with_a_bad_loss():
     tuner = guarded()
     client = ScriptedClient(lambda s: 50.0 if s >= 40 else healthy(s)).drive(tuner, max_reports=6)
     assert client.restores == [(50, 30)]
+
+
+def test_until_the_loss_falls_the_snapshot_stays_the_start_one():
+    # A loss that hardly falls (a network a too large LR killed at once looks like this) is
+    # never saved as good: a rollback goes back to where the run began.
+    flat = lambda s: 2.3 + 0.02 * math.sin(s * 1.7)  # noqa: E731
+    tuner = guarded()
+    client = ScriptedClient(lambda s: math.nan if s == 75 else flat(s)).drive(tuner, max_reports=9)
+    assert client.restores == [(80, 0)]
+    assert tuner.summary()["guard"]["under_way"] is False
+    # A falling loss is under way after its first window: snapshots from then on.
+    tuner = guarded()
+    client = ScriptedClient(healthy).drive(tuner, max_reports=3)
+    assert tuner.summary()["guard"]["under_way"] is True and client.saved[SLOT] == 20
+
+
+def test_early_a_climb_above_the_start_level_is_a_spike():
+    # Before the loss has fallen, 3 of 5 losses 25% above its start are divergence; later the
+    # spike threshold is twice the level (and half the progress) above it.
+    climb = [2.3, 2.3, 2.3, 3.1, 3.0, 3.2, 2.4, 2.35] + [2.3] * 12
+    assert divergence.judge_segment(climb, ref=2.3, start=2.3, early=True).kind == "diverged"
+    assert divergence.judge_segment(climb, ref=2.3, start=2.3, early=False).kind == "ok"
 
 
 def test_repeated_divergence_backs_off_then_stops_with_the_last_good_weights():
