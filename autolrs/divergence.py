@@ -42,8 +42,8 @@ and answers with a :class:`Verdict`:
 
 **Early in a run** (``early=True``: the caller's judgement that the loss has not fallen
 ``UNDERWAY`` (10 %) below its start level yet) the spike threshold is at most ``EARLY_RISE - 1``
-(25 %) of ``|start|`` above the start level (or 3 standard deviations of the noise of the first
-steps, if larger): from initial weights a good LR does not raise the loss above its start for
+(25 %) of ``|start|`` above the start level (or 3 standard deviations of healthy noise, once
+known, if larger): from initial weights a good LR does not raise the loss above its start for
 3 of 5 steps. A too large LR often does, in the first few steps, and then leaves a network
 sitting at chance level whose loss is no higher than at the start and shows no more spikes
 (dead ReLU units); this is the one moment the damage can be seen.

@@ -142,7 +142,6 @@ class Guarded(Tuner):
         self._ref: float | None = None  # lowest level of the healthy windows
         self._noise: float | None = None  # robust std of the last healthy window
         self._start: float | None = None  # the run's start level (median of its first losses)
-        self._start_noise: float | None = None  # robust std of its first losses
         self._underway = False  # the loss has fallen below its start level (see divergence.under_way)
         self._early_windows = 0  # healthy windows before that
         self._strikes = 0  # rollbacks since the last healthy window
@@ -269,11 +268,9 @@ class Guarded(Tuner):
             level = divergence.start_level(observation.losses)
             if math.isfinite(level):
                 self._start = level
-                self._start_noise = divergence.segment_noise(observation.losses[:divergence.TAIL_MIN])
-        # Until a healthy window gives a level and its noise, the run's start gives them.
+        # Until a healthy window gives a level (and a noise), the run's start is the reference.
         ref = self._ref if self._ref is not None else self._start
-        noise = self._noise if self._noise is not None else self._start_noise
-        verdict = divergence.judge_segment(observation.losses, ref, self._start, noise, before=self._tail,
+        verdict = divergence.judge_segment(observation.losses, ref, self._start, self._noise, before=self._tail,
                                            early=not self._underway)
         self._tail = [] if verdict.kind == "diverged" else list(observation.losses[-divergence.SPIKE_WINDOW:])
         self._window_steps += max(0, segment["steps"])
@@ -417,7 +414,7 @@ class Guarded(Tuner):
             "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": _copy_progress(self._pending),
             "owed": copy.deepcopy(self._owed), "window": list(self._window), "window_steps": self._window_steps, "tail": list(self._tail),
             "ref": self._ref, "noise": self._noise, "start": self._start,
-            "start_noise": self._start_noise, "underway": self._underway, "early_windows": self._early_windows,
+            "underway": self._underway, "early_windows": self._early_windows,
             "strikes": self._strikes,
             "rollbacks": self._rollbacks, "snapshots": self._snapshots, "steps_lost": self._steps_lost,
             "scale": self._scale, "events": copy.deepcopy(self._events), "action": copy.deepcopy(self._action),
@@ -440,7 +437,7 @@ class Guarded(Tuner):
         self._window, self._window_steps = [float(x) for x in g["window"]], int(g["window_steps"])
         self._tail = [float(x) for x in g["tail"]]
         self._ref, self._noise, self._start = g["ref"], g["noise"], g["start"]
-        self._start_noise, self._underway = g["start_noise"], bool(g["underway"])
+        self._underway = bool(g["underway"])
         self._early_windows = int(g["early_windows"])
         self._strikes, self._rollbacks = int(g["strikes"]), int(g["rollbacks"])
         self._snapshots, self._steps_lost, self._scale = int(g["snapshots"]), int(g["steps_lost"]), float(g["scale"])
