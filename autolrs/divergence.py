@@ -42,8 +42,8 @@ and answers with a :class:`Verdict`:
 
 **Early in a run** (``early=True``: the caller's judgement that the loss has not fallen
 ``UNDERWAY`` (10 %) below its start level yet) the spike threshold is at most ``EARLY_RISE - 1``
-(25 %) of ``|start|`` above the start level (or 3 standard deviations of healthy noise, once
-known, if larger): from initial weights a good LR does not raise the loss above its start for
+(25 %) of ``|start|`` above the start level (or 3 standard deviations of the noise, if larger;
+before a healthy window gives it, the noise of the segment's second half): from initial weights a good LR does not raise the loss above its start for
 3 of 5 steps. A too large LR often does, in the first few steps, and then leaves a network
 sitting at chance level whose loss is no higher than at the start and shows no more spikes
 (dead ReLU units); this is the one moment the damage can be seen.
@@ -158,7 +158,7 @@ def judge_segment(losses: Sequence[float], ref: float | None, start: float | Non
     ``ref``: the lowest level of the run's healthy windows so far (None: none yet; the
     segment's own start level is used). ``start``: the run's start level (for the progress
     terms; None: none). ``noise``: the robust standard deviation of the losses of a healthy
-    window (None: unknown, no noise margin). ``before``: the previous segment's last losses,
+    window (None: unknown; estimated from the segment's second half). ``before``: the previous segment's last losses,
     when training went on from where it ended (spikes across the boundary). ``early``: the run
     is not under way yet (see the module doc; needs ``start``)."""
     y = np.asarray(list(losses), dtype=float)
@@ -171,6 +171,10 @@ def judge_segment(losses: Sequence[float], ref: float | None, start: float | Non
         if y.size < 2 * TAIL_MIN:  # too short to tell its start from what follows
             return Verdict("ok")
         ref = start_level(y)
+    if (noise is None or not math.isfinite(noise)) and y.size >= 2 * TAIL_MIN:
+        # No healthy window yet: the noise of the segment's second half (a blow-up at the very
+        # start of a run is over by then; one that is not shows as a rise or a spike anyway).
+        noise = segment_noise(y[y.size // 2:])
     noisy = noise is not None and math.isfinite(noise)
     k = min(y.size, max(TAIL_MIN, math.ceil(y.size / 4)))
     margin = _MEDIAN_SE3 * noise / math.sqrt(k) if noisy else 0.0
