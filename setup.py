@@ -11,9 +11,10 @@ setup(
     python_requires=">=3.9",
     # Listed explicitly: a find_packages() at the root would also install bare
     # `server`, `callbacks`, `tests` and `examples` packages.
-    packages=["autolrs", "autolrs.tuners", "autolrs.optim", "autolrs.server", "autolrs.callbacks"],
+    packages=["autolrs", "autolrs.wire", "autolrs.testing", "autolrs.tuners", "autolrs.optim", "autolrs.server",
+              "autolrs.server.dashboard", "autolrs.callbacks"],
     package_dir={"autolrs.server": "server", "autolrs.callbacks": "callbacks"},
-    package_data={"autolrs.server": ["defaults.yaml"]},
+    package_data={"autolrs.server": ["defaults.yaml"], "autolrs.server.dashboard": ["static/*"]},
     install_requires=[
         # A floor only: an installed torch >= 2.1 satisfies it and pip fetches nothing.
         "torch>=2.1",
@@ -25,6 +26,6 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"vision": ["torchvision"], "test": ["pytest"]},
+    extras_require={"vision": ["torchvision"], "test": ["pytest", "selenium"]},
     entry_points={"console_scripts": ["autolrs-server=autolrs.server.cli:main"]},
 )

@@ -6,7 +6,7 @@ Rows:
 * ``autolrs``: the AutoLRS tuner with the LR range [1e-3, 1] and nothing else tuned;
   ``autolrs+keep_best``: the same with ``keep_best_trial: true``;
   ``autolrs+keep_best+cosine``: and ``final_decay: cosine`` (the last stage anneals to 0);
-  ``autolrs+auto``: no range at all, ``min_lr``/``max_lr`` ``auto`` (a 100-step range test sets it).
+  ``autolrs+auto``: no range at all, ``lr_min``/``lr_max`` ``auto`` (a 100-step range test sets it).
 * Baselines, one per LR of a grid (default 0.003 0.01 0.03 0.1 0.3): ``constant`` (``--tuner none``),
   ``cosine`` (tuner ``cosine`` with ``T_0`` = budget, ``T_mult`` 1: decay to 0 over the budget) and
   ``step`` (tuner ``step``, x0.1 at half the budget).
@@ -50,14 +50,14 @@ from pathlib import Path
 
 import torch
 
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from benchlib import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cifar10.py"
 SHARED_DATA = Path("/work/shared/data/cifar-10-subset-py")
 
-AUTOLRS_RANGE = {"min_lr": 1e-3, "max_lr": 1.0}
+AUTOLRS_RANGE = {"lr_min": 1e-3, "lr_max": 1.0}
 TARGET_GAP = 0.01  # AutoLRS's final accuracy at most 1 point below the best baseline's
 TARGET_RATIO = 0.8  # ... and the best baseline's final accuracy reached in <= 0.8x its steps
 DEFAULT_LRS = [0.003, 0.01, 0.03, 0.1, 0.3]
@@ -66,7 +66,7 @@ AUTOLRS_ROWS = {
     "autolrs": {},
     "autolrs+keep_best": {"keep_best_trial": True},
     "autolrs+keep_best+cosine": {"keep_best_trial": True, "final_decay": "cosine"},
-    "autolrs+auto": {"min_lr": "auto", "max_lr": "auto"},  # no range given: a range test sets it
+    "autolrs+auto": {"lr_min": "auto", "lr_max": "auto"},  # no range given: a range test sets it
 }
 
 
@@ -187,10 +187,11 @@ def run_one(run: dict, args: argparse.Namespace, endpoint: str, work: Path) -> d
            "train_wall_s": summary["wall_time_s"], "process_wall_s": round(wall, 2),
            "test_curve": summary["test_curve"], "final_train_loss": _tail_mean(summary["losses"], 50)}
     if run["family"] == "autolrs":
-        row["server_session"] = summary.get("server_session")
-        row["stages"] = autolrs_stages(work / "state", job)
+        row["tuner_summary"] = summary.get("tuner_summary")
+        row["winners"] = (summary.get("tuner_summary") or {}).get("winners", [])
+        row["discarded"] = summary.get("discarded", [])
         row["lr_segments"] = segments(summary["lrs"])
-        s = (summary.get("server_session") or {}).get("summary") or {}
+        s = summary.get("tuner_summary") or {}
         row["search_steps"], row["train_steps"] = s.get("search_steps"), s.get("train_steps")
     return row
 
@@ -211,32 +212,11 @@ def segments(lrs: list[float]) -> list[list]:
     return out
 
 
-def autolrs_stages(state_dir: Path, job: str) -> list[dict]:
-    """Every stage record of the job (the status summary only carries the last one)."""
-    path = state_dir / "jobs" / job / "state.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    return list((state.get("tuner_state") or {}).get("stages") or [])
-
-
-def search_windows(stages: list[dict]) -> list[tuple[int, int]]:
-    """(start, end) step ranges of each stage's trials; an evaluation strictly inside one saw
-    weights the search then discarded."""
-    out = []
-    for st in stages:
-        start = int(st["start_step"])
-        out.append((start, start + len(st["trials"]) * int(st["trial_steps"])))
-    return out
-
-
 def on_path_curve(row: dict) -> list[list[float]]:
-    curve = row["test_curve"]
-    if row["family"] != "autolrs":
-        return curve
-    windows = search_windows(row.get("stages") or [])
-    return [pt for pt in curve if not any(a < pt[0] < b for a, b in windows)]
+    """The test curve without the evaluations a restore threw away (inside the callback's
+    ``discarded`` windows: trials, the range test)."""
+    windows = row.get("discarded") or []
+    return [pt for pt in row["test_curve"] if not any(a < pt[0] < b for a, b in windows)]
 
 
 def first_reach(curve: list[list[float]], threshold: float) -> int | None:
@@ -340,11 +320,13 @@ def print_table(rows: list[dict], analysis: dict, args: argparse.Namespace) -> N
             continue
         print(f"\n{r['name']} (seed {r['seed']}): search {r.get('search_steps')} steps, "
               f"training {r.get('train_steps')} steps")
-        for st in r.get("stages") or []:
-            tried = ", ".join(f"{t['lr']:.3g}:{t['forecast']:.3f}" for t in st["trials"])
-            print(f"  stage {st['stage']} @{st['start_step']} ({st['mode']}, {len(st['trials'])}x"
-                  f"{st['trial_steps']} trial + {st['exploit_steps']} exploit): winner {st['winner']:.4g}; "
-                  f"tried lr:forecast {tried}")
+        for start, winner in r.get("winners") or []:
+            print(f"  stage from step {start}: winner {winner:.4g}")
+        last = (r.get("tuner_summary") or {}).get("last_stage")
+        if last:
+            tried = ", ".join(f"{t['lr']:.3g}:{t['forecast']:.3f}" for t in last["trials"])
+            print(f"  last stage ({last['mode']}, {len(last['trials'])}x{last['trial_steps']} trial + "
+                  f"{last['exploit_steps']} exploit): tried lr:forecast {tried}")
 
 
 def main(argv=None) -> dict:

@@ -23,7 +23,8 @@ Methods (one configuration each for every task; nothing is tuned per task):
 Per task and budget the report has, for every method: the median and worst seed of the final
 test metric, collapses (a final metric at chance level or beyond it, or non-finite: see
 ``tasks.collapse_level``), the steps needed to first reach the grid best's median final metric
-(search steps included; evaluations inside discarded trials do not count), and the share of
+(search steps included; evaluations in steps a restore threw away, the callback's
+``discarded`` windows, do not count), and the share of
 steps spent searching. JSON under bench/out/ and one summary plot.
 """
 
@@ -64,7 +65,7 @@ METHODS: dict[str, tuple[str, dict, float]] = {
     "auto": ("auto", {}, 1.0),
     "autolrs": ("autolrs", {}, 1.0),
     "autolrs-30": ("autolrs", {"tau": 300, "tau_max": 2400, "k": 10, "trial_fraction": 0.1,
-                               "min_lr": 1e-3, "max_lr": 1.0}, 1.0),
+                               "lr_min": 1e-3, "lr_max": 1.0}, 1.0),
     "range_test": ("range_test", RANGE_TEST, 1.0),
     "loss_diff": ("loss_diff", LOSS_DIFF, 1.0),
     "hd": ("hd", {}, 1.0),
@@ -72,6 +73,10 @@ METHODS: dict[str, tuple[str, dict, float]] = {
     "auto@low": ("auto", {}, 0.1),
     "auto@high": ("auto", {}, 10.0),
     "autolrs-paper": ("autolrs", {"preset": "paper"}, 1.0),
+    "autolrs-auto": ("autolrs", {"lr_min": "auto", "lr_max": "auto"}, 1.0),
+    "autolrs-valstart": ("autolrs", {"val_from": "start"}, 1.0),
+    "autolrs-k5": ("autolrs", {"k": 5}, 1.0),
+    "auto-c4": ("auto", {"candidates": 4, "spacing": 3.0, "trial_fraction": 0.025}, 1.0),
     **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}, 1.0)
        for rule in ("steepest", "valley", "minimum")},
 }
@@ -141,8 +146,7 @@ def run_baseline(task: Task, seed: int, steps: int, schedule: str, lr: float) ->
     return _finish(task, model, recorder, {"search_steps": 0, "diverged": diverged})
 
 
-def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, state_dir: str,
-              lr: float | None = None) -> dict:
+def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, lr: float | None = None) -> dict:
     """One run of a tuner method through the server; ``lr``: the optimizer's initial LR
     (default: the practitioner's)."""
     from autolrs.callbacks import AutoLRS
@@ -162,7 +166,7 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
     def probe_fn():
         return task.criterion(model(current["x"]), current["y"])
 
-    job = f"q-{task.name}-{method}-{seed}-{uuid.uuid4().hex[:8]}"
+    job = f"q-{task.name}-{method.replace('@', '-at-')}-{seed}-{uuid.uuid4().hex[:8]}"
     extra: dict = {}
     search = 0
     if tuner == "loss_diff":
@@ -179,8 +183,8 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
                      max_steps=steps, seed=seed, timeout=30.0, **extra) as cb:
             step, diverged = _train_steps(task, model, optimizer, batches, steps, recorder, cb=cb)
             chosen = cb.lr
-    session = _session(state_dir, job)
-    summary = (session or {}).get("tuner_state") or {}
+        discarded = list(cb.discarded)
+    summary = cb.summary or {}  # the tuner's account of the job, from the goodbye reply
     if tuner in ("range_test", "loss_diff"):
         search = step if tuner == "range_test" else step + LOSS_DIFF["num_evals"] * LOSS_DIFF["num_subsamples"]
         # The tuner restored the weights and set its pick: train on with cosine from it.
@@ -190,51 +194,14 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
             step, diverged = _train_steps(task, model, optimizer, batches, steps, recorder, start=step,
                                           scheduler=scheduler)
     elif tuner in ("autolrs", "auto"):
-        search = _autolrs_search_steps(summary)
+        search = int(summary.get("search_steps", 0)) + int(summary.get("bounds_steps", 0))
     info = {"search_steps": search, "diverged": diverged, "chosen_lr": chosen, "job": job,
-            "off_path": _off_path_windows(state_dir, job) if tuner in ("autolrs", "auto") else []}
+            "off_path": discarded}
     if tuner == "auto":
-        info["auto"] = {k: summary.get(k) for k in ("sweep_result", "candidates", "trials", "events", "stop_reason")}
-        info["auto"]["peak"] = (summary.get("train") or {}).get("peak")
+        info["auto"] = {k: summary.get(k) for k in ("sweep", "candidates", "trials", "events", "stop_reason", "peak")}
     if tuner == "autolrs":
-        info["stages"] = [{"winner": s["winner"], "trials": [[t["lr"], t["forecast"]] for t in s["trials"]],
-                           "mode": s["mode"], "start_step": s["start_step"]} for s in summary.get("stages", [])]
+        info["stages"] = summary.get("winners", [])
     return _finish(task, model, recorder, info)
-
-
-def _session(state_dir: str, job: str) -> dict | None:
-    path = Path(state_dir) / "jobs" / job / "state.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _autolrs_search_steps(state: dict) -> int:
-    return int(state.get("search_steps", 0)) + int(state.get("bounds_steps", 0))
-
-
-def _off_path_windows(state_dir: str, job: str) -> list[list[int]]:
-    """Step ranges ``(a, b]`` whose weights a later restore threw away, from the job's decision
-    log: a restore at step ``b`` of a slot saved at step ``a`` discards the steps in between."""
-    path = Path(state_dir) / "jobs" / job / "decisions.jsonl"
-    saved: dict[str, int] = {}
-    windows = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        rec = json.loads(line)
-        step = int(rec.get("step", 0) or 0)
-        for action in rec.get("plan") or []:
-            if action.get("op") == "checkpoint":
-                saved[action["slot"]] = step
-            elif action.get("op") == "restore" and action.get("slot") in saved:
-                a = saved[action["slot"]]
-                if step > a:
-                    windows.append([a, step])
-    return windows
 
 
 def _finish(task: Task, model, recorder: Recorder, info: dict) -> dict:
@@ -280,23 +247,24 @@ def _cost(task: Task) -> float:
 _WORKER: dict = {}
 
 
-def _init_worker(endpoint: str, state_dir: str) -> None:
+def _init_worker(endpoint: str) -> None:
     torch.set_num_threads(1)
-    _WORKER.update(endpoint=endpoint, state_dir=state_dir)
+    _WORKER.update(endpoint=endpoint)
 
 
 def _execute(run: dict) -> dict:
     task = TASKS[run["task"]]
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     try:
         if run["method"] in SCHEDULES:
             row = run_baseline(task, run["seed"], run["steps"], run["method"], run["lr"])
         else:
-            row = run_tuner(task, run["seed"], run["steps"], run["method"], _WORKER["endpoint"],
-                            _WORKER["state_dir"], lr=run.get("lr"))
+            row = run_tuner(task, run["seed"], run["steps"], run["method"], _WORKER["endpoint"], lr=run.get("lr"))
     except Exception as exc:  # noqa: BLE001 - one failed run is reported, the suite goes on
         row = {"metric": None, "error": f"{type(exc).__name__}: {exc}", "collapsed": True, "curve": []}
-    return {**run, **row, "wall_s": round(time.time() - started, 2)}
+    # CPU seconds of this worker (training and callback): unlike wall time, not inflated by
+    # whatever else the machine runs; the server's share is small and not included.
+    return {**run, **row, "wall_s": round(time.time() - started, 2), "cpu_s": round(time.process_time() - cpu, 2)}
 
 
 def run_matrix(runs: list[dict], jobs: int, work: Path) -> list[dict]:
@@ -306,7 +274,7 @@ def run_matrix(runs: list[dict], jobs: int, work: Path) -> list[dict]:
     started = time.time()
     with ServerProcess(work / "state", log_path=work / "server.log") as server:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(jobs, initializer=_init_worker, initargs=(server.endpoint, str(work / "state"))) as pool:
+        with ctx.Pool(jobs, initializer=_init_worker, initargs=(server.endpoint,)) as pool:
             for i, row in enumerate(pool.imap_unordered(_execute, runs), 1):
                 rows.append(row)
                 if i % 25 == 0 or i == len(runs):
@@ -347,7 +315,7 @@ def analyse(rows: list[dict]) -> dict:
                             "errors": [r["error"] for r in group if r.get("error")],
                             "search_share": statistics.fmean(r.get("search_steps", 0) / r["steps"] for r in group),
                             "chosen_lr": [r.get("chosen_lr") for r in group] if r_is_tuner(group) else None}
-        grid = {k: v for k, v in stats.items() if "@" in k}
+        grid = {k: v for k, v in stats.items() if by_label[k][0]["method"] in SCHEDULES}
         entry: dict = {"steps": rs[0]["steps"], "methods": stats, "higher_is_better": task.higher_is_better,
                        "collapse_level": collapse_level(task)}
         if grid:
@@ -489,6 +457,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core)")
     p.add_argument("--quick", action="store_true", help=f"tasks {', '.join(QUICK_TASKS)}, seeds 0 1, short budget")
     p.add_argument("--out", default=None, help="JSON path (default bench/out/quality.json, quick: quality_quick.json)")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="run nothing: analyse an earlier report again (its JSON and plot are rewritten) and print it")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = args.tasks or list(QUICK_TASKS)
@@ -502,8 +472,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def report_only(path: Path) -> dict:
+    report = json.loads(path.read_text())
+    rows = report["rows"]
+    methods = sorted({r["method"] for r in rows if r["method"] not in SCHEDULES}, key=list(METHODS).index)
+    report["analysis"] = analyse(rows)
+    print_report(report["analysis"], methods)
+    write_report(path, report)
+    plot(report["analysis"], methods, path.with_suffix(".png"))
+    return report
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.report:
+        return report_only(Path(args.report))
     runs = plan_runs(args)
     print(f"{len(runs)} runs ({len(args.tasks)} tasks x {len(args.budgets)} budgets x {len(args.seeds)} seeds), "
           f"{args.jobs} at a time", flush=True)
@@ -519,7 +502,8 @@ def main(argv=None) -> dict:
     methods = sorted({r["method"] for r in rows if r["method"] not in SCHEDULES}, key=list(METHODS).index)
     print_report(analysis, methods)
     wall = time.time() - started
-    print(f"\nwall time {wall:.0f}s")
+    cpu = sum(r.get("cpu_s", 0.0) for r in rows)
+    print(f"\nwall time {wall:.0f}s; the runs' CPU time {cpu:.0f}s (about {cpu / 2 / 60:.0f} minutes on 2 idle cores)")
     report = {
         "benchmark": "quality",
         "config": {"tasks": args.tasks, "budgets": args.budgets, "seeds": args.seeds, "methods": methods,
@@ -532,6 +516,7 @@ def main(argv=None) -> dict:
         "analysis": analysis,
         "rows": rows,
         "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),
     }
     write_report(args.out, report)
     plot(analysis, methods, args.out.with_suffix(".png"))

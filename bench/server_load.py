@@ -21,6 +21,7 @@ server's CPU time over the window. For scale, the bench first times the tuner al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import random
@@ -33,8 +34,8 @@ from pathlib import Path
 
 import zmq
 
-from autolrs import protocol
-from autolrs.server.process import ServerProcess
+from autolrs.wire import messages, protocol
+from autolrs.server import ServerProcess
 from autolrs.testing import SimulatedClient
 from autolrs.tuners import make_tuner
 from benchlib import write_report
@@ -96,9 +97,7 @@ def run_job(endpoint: str, index: int, step_s: float, start_at: float, measure_f
             stats["errors"] = stats.get("errors", 0) + 1
         return reply
 
-    hello = {"tuner": "autolrs", "config": JOB_CONFIG, "initial_lr": 0.1, "param_groups": 1, "step": 0,
-             "max_steps": None, "has_val_fn": False, "seed": index}
-    reply = call("hello", hello)
+    reply = call("hello", messages.Hello("autolrs", JOB_CONFIG, initial_lr=0.1, seed=index).to_body())
     while time.time() < stop_at and reply.get("status") == "ok":
         obs = sim.execute(reply["body"]["plan"])
         if obs is None:
@@ -107,8 +106,7 @@ def run_job(endpoint: str, index: int, step_s: float, start_at: float, measure_f
         time.sleep(max(0.0, min(obs.steps * step_s, stop_at - time.time())))
         if time.time() >= stop_at:
             break
-        reply = call("report", {"step": obs.step, "steps": obs.steps, "losses": obs.losses,
-                                "evals": [list(e) for e in obs.evals]})
+        reply = call("report", messages.Report(obs).to_body())
     stats["timeouts"] = stats.get("timeouts", 0) + caller.timeouts
     caller.close()
 
@@ -173,12 +171,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def measure(n: int, seconds: float, step_ms: float, processes: int, server_args: list[str]) -> dict:
+def measure(n: int, seconds: float, step_ms: float, processes: int, server_args: list[str],
+            during=None) -> dict:
+    """``during(server)`` (optional): a context manager held from before the jobs start until the
+    window ends, e.g. a browser with the server's dashboard open (bench/dashboard.py)."""
     step_s = step_ms / 1000
     stagger = JOB_CONFIG["tau"] * JOB_CONFIG["trial_fraction"] * step_s  # one trial
-    with tempfile.TemporaryDirectory(prefix="autolrs-load-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="autolrs-load-") as tmp, contextlib.ExitStack() as stack:
         server = ServerProcess(Path(tmp) / "state", "--log-level", "WARNING", *server_args)
         try:
+            if during is not None:
+                stack.enter_context(during(server))
             idle = memory_kb(server.proc.pid)["VmRSS"]
             ctx = mp.get_context("spawn")
             ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()

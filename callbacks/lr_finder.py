@@ -3,7 +3,7 @@
 It drives its own loop through an :class:`~autolrs.callbacks.AutoLRS` callback with
 ``tuner="range_test"``: the server plans the sweep, smooths the loss, detects divergence and
 suggests; the finder trains one (possibly accumulated) batch per ``cb.step`` and reads the
-curve back with the server's ``status`` request::
+curve from the job's summary, which the server's goodbye reply carries::
 
     finder = LRFinder(model, optimizer, criterion, server="tcp://127.0.0.1:5555")
     finder.range_test(train_loader, end_lr=10, num_iter=100)
@@ -31,9 +31,9 @@ import torch
 from autolrs import lr_curve
 from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.errors import AutoLRSWarning
-from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, job_summary,
-                                          model_device, move_to_device, open_axes)
-from autolrs.callbacks.state import set_group_lr
+from autolrs.callbacks.lr import write_lrs
+from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, model_device,
+                                          move_to_device, open_axes)
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ class LRFinder(StandaloneTool):
                 calls += 1
                 cb.step(loss)
             finished = cb.should_stop
-            outcome = cb._server("request", "status", {}, wait=self.timeout)
-        summary = job_summary(outcome, job)
+            cb.close(timeout=self.timeout)  # its goodbye reply carries the job's summary
+        summary = cb.summary
         if not finished or summary is None:
             # The server never closed the sweep (it stopped answering): put everything back.
             self.reset()
@@ -136,8 +136,7 @@ class LRFinder(StandaloneTool):
             values = [float(v) for v in start_lr]
         else:
             values = [float(start_lr)] * len(groups)
-        for g, v in zip(groups, values):
-            set_group_lr(g, v)
+        write_lrs(self.optimizer, values)
 
     def _train_batch(self, batches: Batches, accumulation_steps: int, non_blocking: bool) -> torch.Tensor:
         self.model.train()

@@ -8,6 +8,7 @@ knobs; each entry must name a registered tuner and only that tuner's own knobs.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,12 +17,13 @@ from typing import Any, Mapping
 
 import yaml
 
+from autolrs.errors import ConfigError
 from autolrs.tuners import JOB_KEYS, TUNERS
 from autolrs.tuners.guard import DEFAULTS as GUARD_KNOBS
 
+__all__ = ["ConfigError", "ServerConfig", "job_tuner_config", "load_config", "load_defaults"]
 
-class ConfigError(ValueError):
-    """A server configuration that cannot be used; the message names the key and the source."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class ServerConfig:
     auth_window_s: float = 120.0
     allow_insecure: bool = False
     curve_secret_key_file: str | None = None
+    #: The dashboard (server/dashboard/): its address, and its port (None: not served).
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
 
 
 def load_defaults() -> dict:
@@ -110,15 +115,23 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
         knobs = {} if knobs is None else knobs
         if not isinstance(knobs, Mapping):
             raise ConfigError(f"{source}: 'tuners.{name}' must be a mapping of knobs")
-        valid = {**TUNERS[name].defaults, **GUARD_KNOBS}  # the divergence guard's knobs go with every tuner
+        cls = TUNERS[name]
         for knob in knobs:
             if knob in JOB_KEYS:
                 # These come from each job's hello (the optimizer, the client's budget).
                 raise ConfigError(f"{source}: 'tuners.{name}.{knob}' is set per job by the client, "
                                   "not in the server config")
-            if knob not in valid:
+            if knob in GUARD_KNOBS:  # the divergence guard's knobs go with every tuner
+                continue
+            if knob not in cls.defaults and knob not in cls.aliases and knob not in cls.aliases.values():
                 raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'; "
-                                  f"valid: {', '.join(sorted(valid)) or '(none)'}")
+                                  f"valid: {', '.join(sorted(map(cls.public_name, cls.defaults))) or '(none)'}")
+        try:
+            knobs, notes = cls.canonical_config(knobs)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: 'tuners.{name}': {exc}") from None
+        for note in notes:
+            log.warning("%s: %s", source, note)
         out.setdefault(name, {}).update(knobs)
     return out
 
@@ -142,6 +155,10 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     curve_file = s["curve_secret_key_file"]
     if curve_file is not None and (not isinstance(curve_file, (str, Path)) or not str(curve_file)):
         raise ConfigError(f"server.curve_secret_key_file must be a path or null, got {curve_file!r}")
+    http_host = s["http_host"]
+    if not isinstance(http_host, str) or not http_host:
+        raise ConfigError(f"server.http_host must be a non-empty string, got {http_host!r}")
+    http_port = None if s["http_port"] is None else _int(s["http_port"], "server.http_port", 0, 65535)
     allow_insecure = s["allow_insecure"]
     if not isinstance(allow_insecure, bool):
         raise ConfigError(f"server.allow_insecure must be true or false, got {allow_insecure!r}")
@@ -153,7 +170,8 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
                         secret_file=None if secret_file is None else str(secret_file),
                         auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
                         allow_insecure=allow_insecure,
-                        curve_secret_key_file=None if curve_file is None else str(curve_file))
+                        curve_secret_key_file=None if curve_file is None else str(curve_file),
+                        http_host=http_host, http_port=http_port)
 
 
 def _seconds(value: Any, key: str) -> float:
@@ -182,10 +200,14 @@ def job_tuner_config(config: ServerConfig, tuner: str, hello_config: Mapping[str
     """The config a job's tuner is built with: server defaults < hello config < job keys.
 
     Job keys (``JOB_KEYS``: initial_lr, max_steps, has_val_fn) come from the hello body; a key
-    the client sent as null means "unknown" and does not erase a value set by a lower layer.
+    the client sent as null means "unknown" and does not erase a value set by a lower layer. A
+    renamed knob counts as the same knob under either name (:meth:`Tuner.canonical_config`).
     """
     merged: dict = dict(config.tuners.get(tuner, {}))
-    merged.update(hello_config or {})
+    hello_config = dict(hello_config or {})
+    if tuner in TUNERS:
+        hello_config = TUNERS[tuner].canonical_config(hello_config)[0]
+    merged.update(hello_config)
     for key in JOB_KEYS:
         if job.get(key) is not None:
             merged[key] = job[key]

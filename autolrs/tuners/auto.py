@@ -5,11 +5,16 @@ overfitting.
 Phases, all within ``max_steps`` (required):
 
 1. **sweep**: an LR range test (:class:`~autolrs.tuners.range_test.RangeTestTuner`, exponential
-   from ``initial_lr / 1e4`` to ``initial_lr * 100`` by default) over ``sweep_fraction`` of the
-   budget (20 to 100 steps); the weights are restored afterwards. Its bias-corrected curve gives
-   the centre ``p`` of the candidates by ``rule`` (default ``minimum``: the LR of the lowest
-   loss / 10; see :mod:`autolrs.lr_curve`). These steps are spent.
-2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (3: ``p/3, p, 3p``), each
+   from ``initial_lr / 1e4`` to ``initial_lr * 1000`` by default, wide enough to see divergence
+   with Adam's LR scale too, and with the optimizer's LR 10x off) over ``sweep_fraction`` of the
+   budget (30 to 100 steps, fewer only within a tenth of a budget under 300 steps); the weights
+   are restored afterwards. ``rule`` (default
+   ``minimum``: the LR of the lowest loss / 10; see :mod:`autolrs.lr_curve`) applied to the
+   lag-free running-median curve (:func:`autolrs.lr_curve.centred`; the last points are not
+   skipped when the sweep never diverged) gives the centre ``p`` of the candidates; a sweep
+   whose loss never fell 2 % below its start gives no evidence, and ``p`` is the optimizer's
+   LR. These steps are spent.
+2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (3: ``p/2, p, 2p``), each
    trained ``trial_fraction`` of the budget from the same checkpoint with the LR annealed
    linearly to 0 (an annealed short run ranks LRs far better than a constant one: a large
    constant LR looks best early and worst late). Each is scored by its validation loss at the
@@ -38,22 +43,14 @@ from typing import Any
 from autolrs import actions, divergence, lr_curve
 from autolrs.actions import Observation
 from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.phases import warmup_cosine
 from autolrs.tuners.range_test import SLOT as SWEEP_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
 
 STATE_VERSION = 1
 PHASES = ("sweep", "trials", "train", "done")
 BASE, BEST, GOOD = "auto_base", "auto_best", "auto_good"
-CHUNK = 1000  # per-step LRs per message
-
-
-def warmup_cosine(peak: float, i: int, n: int, warmup: int) -> float:
-    """LR of step ``i`` of an ``n``-step run: a linear ramp to ``peak`` over ``warmup`` steps,
-    then cosine from ``peak`` to 0 at step ``n`` (``CosineAnnealingLR`` with ``T_max = n - warmup``)."""
-    if i < warmup:
-        return peak * (i + 1) / warmup
-    span = max(1, n - warmup)
-    return peak * (1 + math.cos(math.pi * min(i - warmup, span) / span)) / 2
+FALL = 0.02  # a sweep whose smoothed loss never falls 2 % below its start saw no learning
 
 
 class AutoTuner(Tuner):
@@ -62,11 +59,11 @@ class AutoTuner(Tuner):
     name = "auto"
     defaults = {
         "sweep_min": None,  # the sweep's first LR; None: initial_lr / 1e4
-        "sweep_max": None,  # its last LR; None: initial_lr * 100
-        "sweep_fraction": 0.05,  # of max_steps (20 to 100 steps)
+        "sweep_max": None,  # its last LR; None: initial_lr * 1000
+        "sweep_fraction": 0.05,  # of max_steps (30 to 100 steps; at most a tenth of a small budget)
         "rule": "minimum",  # range-test rule giving the candidates' centre
         "candidates": 3,  # LRs tried, spaced by `spacing` around the rule's LR
-        "spacing": 3.0,
+        "spacing": 2.0,
         "trial_fraction": 0.03,  # of max_steps, per trial (at least 5 steps)
         "warmup_fraction": 0.02,  # of max_steps: linear ramp to the peak
         "check_fraction": 0.05,  # of max_steps: a report (and a val_fn call) this often
@@ -87,7 +84,7 @@ class AutoTuner(Tuner):
             if initial is None or not (isinstance(initial, (int, float)) and initial > 0 and math.isfinite(initial)):
                 raise ConfigError("auto: set sweep_min and sweep_max, or start the job with an optimizer LR")
         self.sweep_min = require_positive(c["sweep_min"] if c["sweep_min"] is not None else initial / 1e4, "sweep_min")
-        self.sweep_max = require_positive(c["sweep_max"] if c["sweep_max"] is not None else initial * 100, "sweep_max")
+        self.sweep_max = require_positive(c["sweep_max"] if c["sweep_max"] is not None else initial * 1000, "sweep_max")
         if not self.sweep_min < self.sweep_max:
             raise ConfigError(f"auto: sweep_min ({self.sweep_min}) must be below sweep_max ({self.sweep_max})")
         for key in ("sweep_fraction", "trial_fraction", "warmup_fraction", "check_fraction"):
@@ -107,7 +104,8 @@ class AutoTuner(Tuner):
             raise ConfigError(f"auto: use_val must be true or false, got {c['use_val']!r}")
         self.use_val = c["use_val"] and bool(c["has_val_fn"])
         n = self.max_steps
-        self.sweep_steps = min(100, max(20, round(c["sweep_fraction"] * n)))
+        # At least 30 points (fewer only when that is over a tenth of a small budget), at most 100.
+        self.sweep_steps = min(100, max(round(c["sweep_fraction"] * n), min(30, round(0.1 * n)), 5))
         self.trial_steps = max(5, round(c["trial_fraction"] * n))
         self.check_steps = max(10, round(c["check_fraction"] * n))
         self.warmup_frac = float(c["warmup_fraction"])
@@ -137,13 +135,17 @@ class AutoTuner(Tuner):
 
     def _end_sweep(self) -> None:
         rt = self.sweep
-        self.search_steps += len(rt.history["lr"]) if rt.history["lr"] else self.sweep_steps
-        self.search_steps = max(self.search_steps, rt.pos)
-        suggestion = (rt.suggestions or {}).get(self.rule) or {}
+        self.search_steps += max(len(rt.history["lr"]), rt.pos)
+        # The rule on the lag-free curve: a short sweep is all lag for an exponential average.
+        # A sweep that never diverged has no divergence tail to skip: its last points count.
+        curve = lr_curve.centred(rt.history["loss"])
+        skips = {"skip_end": 0} if rt.done != "diverged" else {}
+        suggestion = lr_curve.suggest(rt.history["lr"], curve, self.rule, **skips)
         centre = suggestion.get("lr")
         source = f"range test ({rt.done}, {len(rt.history['lr'])} points, {self.rule})"
-        if centre is None:  # too short or flat a curve: fall back on the optimizer's LR
-            centre, source = self.initial_lr, f"optimizer LR (no {self.rule} suggestion: {suggestion.get('reason')})"
+        if centre is None or not lr_curve.fell(curve, FALL):  # too short, or the loss never fell: the optimizer's LR
+            reason = suggestion.get("reason") or "the loss did not fall during the sweep"
+            centre, source = self.initial_lr, f"optimizer LR (no {self.rule} suggestion: {reason})"
         centre = min(max(centre, self.sweep_min), self.sweep_max)
         k = self.n_candidates
         self.candidates = [centre * self.spacing ** (j - (k - 1) / 2) for j in range(k)]

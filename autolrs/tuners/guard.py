@@ -114,6 +114,7 @@ class Guarded(Tuner):
         self.config = inner.config
         self.seed = inner.seed
         self.notices = inner.notices
+        self.deprecations = getattr(inner, "deprecations", [])
         self.every = default_every(inner.config.get("max_steps")) if every is None else int(every)
         self.factor, self.max_rollbacks = float(factor), int(max_rollbacks)
         self._reset()

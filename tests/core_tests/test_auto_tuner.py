@@ -8,7 +8,8 @@ import pytest
 from autolrs import divergence
 from autolrs.testing import QuadraticBowl, SimulatedClient
 from autolrs.tuners import ConfigError, make_tuner
-from autolrs.tuners.auto import BASE, BEST, GOOD, warmup_cosine
+from autolrs.tuners.auto import BASE, BEST, GOOD
+from autolrs.tuners.phases import warmup_cosine
 
 JOB = {"max_steps": 2000, "initial_lr": 0.1}
 
@@ -61,10 +62,10 @@ def test_phases_sweep_trials_then_annealed_run_within_the_budget():
     assert s["phase"] == "done" and sim.step == 2000 and sim.stopped
     assert len(s["trials"]) == 3
     lrs = [t[0] for t in s["trials"]]
-    assert lrs[1] / lrs[0] == pytest.approx(3.0) and lrs[2] / lrs[1] == pytest.approx(3.0)
+    assert lrs[1] / lrs[0] == pytest.approx(2.0) and lrs[2] / lrs[1] == pytest.approx(2.0)
     # The search share (sweep + losing trials) stays under 15 % of the budget.
     assert s["search_steps"] / 2000 <= 0.15
-    assert s["search_steps"] == 100 + 2 * 60
+    assert s["search_steps"] == tuner.sweep.pos + 2 * 60 and tuner.sweep.pos <= 100  # the sweep stops at divergence
     # Every trial anneals to 0; the run ends annealed.
     for plan in plans[first_trial:first_trial + 3]:
         lrs_run = plan[-1]["lrs"]

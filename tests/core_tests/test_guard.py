@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from autolrs import actions, divergence, protocol
+from autolrs import actions, divergence
+from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.testing import QuadraticBowl, SimulatedClient
 from autolrs.tuners import ConfigError, make_tuner
@@ -386,12 +387,20 @@ def test_autolrs_cuts_its_stage_lr_and_searches_below_the_lr_that_diverged():
     client = SimulatedClient(seed=0)
     while tuner.phase != "exploit":
         tuner.tell(client.execute(tuner.ask()))
-    winner = tuner.current["trials"][tuner.current["winner"]]["lr"]
+    machine = tuner.stage_machine()
+    winner = machine.current.trials[machine.current.winner].lr
     tuner.on_rollback(0.5, {"lr_before": winner})
     plan = tuner.ask()
     assert [a["lr"] for a in plan if a["op"] == "set_lr"] == [pytest.approx(winner / 2)]
-    assert tuner.max_lr == pytest.approx(winner / 2) and "divergence guard" in tuner.summary()["bounds_source"]
-    assert tuner.min_lr < tuner.max_lr
+    lo, hi = tuner.interval
+    assert hi == pytest.approx(winner / 2) and lo < hi
+    # ... and the next stage's trials stay below it, also after a restart
+    resumed = make_tuner("autolrs", config, seed=0)
+    resumed.load_state_dict(protocol.loads(protocol.dumps(tuner.state_dict())))
+    assert resumed.interval == tuner.interval
+    while tuner.phase == "exploit":
+        tuner.tell(client.execute(tuner.ask()))
+    assert tuner.phase == "trial" and all(lr <= winner / 2 for lr in actions.plan_lrs(tuner.ask()))
 
 
 def test_guard_knobs_are_checked_and_the_guard_can_be_off():

@@ -8,7 +8,7 @@ import torch
 
 from autolrs.callbacks import AutoLRS
 
-from shared_testlib import make_mlp
+from autolrs.testing.training import make_mlp
 
 MIN_LR, MAX_LR, BUDGET = 1e-3, 1.0, 480
 
@@ -49,7 +49,7 @@ def train(train_set, val_set, callback_factory=None, lr=MIN_LR):
 def test_autolrs_beats_training_at_min_lr(live_server, digits, tmp_path):
     server = live_server(tmp_path / "state")
     train_set, val_set = split(digits)
-    config = {"min_lr": MIN_LR, "max_lr": MAX_LR, "tau": 60, "k": 4, "tau_max": 240}
+    config = {"lr_min": MIN_LR, "lr_max": MAX_LR, "tau": 60, "k": 4, "tau_max": 240}
 
     def factory(model, optimizer, val_fn):
         return AutoLRS(model, optimizer, tuner="autolrs", config=config, server=server.endpoint,
@@ -73,11 +73,11 @@ def test_autolrs_beats_training_at_min_lr(live_server, digits, tmp_path):
 
 
 def test_autolrs_with_auto_bounds_needs_no_lr_range(live_server, digits, tmp_path):
-    """min_lr/max_lr "auto": a range test on the real model sets the interval, the weights it
+    """lr_min/lr_max "auto": a range test on the real model sets the interval, the weights it
     started from are restored, and the search that follows still beats training at 1e-3."""
     server = live_server(tmp_path / "state")
     train_set, val_set = split(digits)
-    config = {"min_lr": "auto", "max_lr": "auto", "auto_start_lr": 1e-5, "auto_num_iter": 60,
+    config = {"lr_min": "auto", "lr_max": "auto", "auto_start_lr": 1e-5, "auto_num_iter": 60,
               "tau": 60, "k": 4, "tau_max": 240}
 
     def factory(model, optimizer, val_fn):
@@ -94,10 +94,10 @@ def test_autolrs_with_auto_bounds_needs_no_lr_range(live_server, digits, tmp_pat
     plans = [r["plan"] for r in records if r.get("plan")]
     # The first plan after the sweep puts the pre-sweep weights back before stage 1's checkpoint.
     first_stage = next(p for p in plans if any(a.get("slot") == "stage" for a in p))
-    assert [a["op"] for a in first_stage[:3]] == ["restore", "discard", "checkpoint"]
+    assert [a["op"] for a in first_stage[:4]] == ["restore", "discard", "set_lr", "checkpoint"]
     last = [r["summary"] for r in records if r.get("summary")][-1]
     assert last["bounds_source"].startswith("range test")
-    assert 1e-5 <= last["min_lr"] < last["max_lr"] <= 10.0
+    assert 1e-5 <= last["lr_min"] < last["lr_max"] <= 10.0
     assert last["bounds_steps"] + last["search_steps"] + last["train_steps"] == BUDGET
     stages = [s["last_stage"] for s in (r["summary"] for r in records if r.get("summary")) if s.get("last_stage")]
-    assert all(last["min_lr"] <= t["lr"] <= last["max_lr"] for stage in stages for t in stage["trials"])
+    assert all(last["lr_min"] <= t["lr"] <= last["lr_max"] for stage in stages for t in stage["trials"])

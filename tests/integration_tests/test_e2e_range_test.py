@@ -12,7 +12,8 @@ import torch
 from autolrs import lr_curve
 from autolrs.callbacks import AutoLRS, LRFinder
 
-from shared_testlib import assert_bitwise_equal, make_mlp
+from autolrs.testing.bitwise import assert_bitwise_equal
+from autolrs.testing.training import make_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

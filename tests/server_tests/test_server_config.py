@@ -12,7 +12,8 @@ def test_embedded_defaults():
     assert d == {"server": {"host": "127.0.0.1", "port": 5555, "state_dir": "autolrs-state",
                             "max_message_bytes": 1048576, "fsync": False, "workers": 16, "max_sessions": 1000,
                             "lease_s": 3600, "secret_file": None, "auth_window_s": 120,
-                            "allow_insecure": False, "curve_secret_key_file": None}, "tuners": {}}
+                            "allow_insecure": False, "curve_secret_key_file": None,
+                            "http_host": "127.0.0.1", "http_port": None}, "tuners": {}}
     c = load_config()
     assert c == ServerConfig(host="127.0.0.1", port=5555, state_dir="autolrs-state",
                              max_message_bytes=1048576, fsync=False, tuners={}, workers=16, max_sessions=1000,
@@ -82,3 +83,12 @@ def test_job_tuner_config_precedence():
     assert got == {"T_0": 20, "chunk": 50, "max_steps": 100, "initial_lr": 0.3, "has_val_fn": True}
     assert job_tuner_config(c, "step", None, {"initial_lr": 0.1}) == {"initial_lr": 0.1}
     assert c.tuners["cosine"] == {"T_0": 10, "chunk": 50}  # not mutated
+
+
+def test_one_config_error_class_for_tuners_and_server():
+    import autolrs.errors
+    import autolrs.tuners
+
+    assert ConfigError is autolrs.errors.ConfigError is autolrs.tuners.ConfigError
+    with pytest.raises(autolrs.errors.ConfigError):
+        autolrs.tuners.make_tuner("cosine", {"T_0": -1})
