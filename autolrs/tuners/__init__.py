@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from autolrs.tuners.auto import AutoTuner
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
+from autolrs.tuners import guard
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
 from autolrs.tuners.hypergradient import HDTuner, MartheTuner, RTHOTuner
 from autolrs.tuners.loss_diff import LossDiffTuner
@@ -32,13 +33,30 @@ for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTun
     register(_cls)
 
 
+#: Tuners the guard is off for unless a job asks for it (``guard: true``): ``record`` promises
+#: never to send an LR (the client owns it), and ``auto`` rolls back on its own.
+GUARD_OFF_BY_DEFAULT = frozenset({"auto", "record"})
+
+
 def make_tuner(name: str, config: Mapping[str, Any] | None = None, seed: int = 0) -> Tuner:
-    """Build a registered tuner; raises UnknownTunerError or ConfigError with a clear message."""
+    """Build a registered tuner, wrapped in the divergence guard (:mod:`autolrs.tuners.guard`)
+    unless its config says ``guard: false``; raises UnknownTunerError or ConfigError with a
+    clear message. The guard's knobs (``guard``, ``guard_every``, ``guard_factor``,
+    ``guard_max``) are accepted by every tuner."""
     try:
         cls = TUNERS[name]
     except KeyError:
         raise UnknownTunerError(f"unknown tuner {name!r}; registered: {', '.join(sorted(TUNERS))}") from None
-    return cls(config, seed)
+    config = dict(config or {})
+    if name in GUARD_OFF_BY_DEFAULT:
+        config.setdefault("guard", False)
+    knobs, rest = guard.split_config(config)
+    knobs = guard.check_knobs(knobs)
+    inner = cls(rest, seed)
+    if not knobs["guard"]:
+        return inner
+    return guard.Guarded(inner, every=knobs["guard_every"], factor=knobs["guard_factor"],
+                         max_rollbacks=knobs["guard_max"])
 
 
 __all__ = ["TUNERS", "JOB_KEYS", "ConfigError", "Tuner", "UnknownTunerError", "make_tuner", "register"]

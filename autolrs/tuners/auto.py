@@ -362,6 +362,9 @@ class AutoTuner(Tuner):
         self.events = [dict(e) for e in state["events"]]
         self.stop_reason = str(state["stop_reason"])
 
+    def in_search(self) -> bool:
+        return self.phase in ("sweep", "trials")
+
     def lr_bounds(self) -> tuple[float, float]:
         lo = min(self.sweep_min, self.initial_lr)
         hi = max(self.sweep_max, self.initial_lr)

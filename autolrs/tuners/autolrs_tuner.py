@@ -287,10 +287,11 @@ class AutoLRSTuner(Tuner):
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """The search interval ``(lr_min, lr_max)``; None while the range test runs."""
+        """The search interval ``(lr_min, lr_max)`` (below the divergence guard's cut, if any);
+        None while the range test runs."""
         machine = self.stage_machine()
         if machine is not None:
-            return machine.s.lr_min, machine.s.lr_max
+            return machine.space.min_lr, machine.space.max_lr
         return None if self.range_test is not None and self.core_phase() == "bounds" else self._interval
 
     def stage_machine(self) -> AutoLRSStages | None:

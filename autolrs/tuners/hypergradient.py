@@ -66,6 +66,7 @@ class HypergradientTuner(Tuner):
         self.skipped = 0  # non-finite hypergradients (or LR updates) dropped
         self.clipped = 0
         self.missing = 0  # segments that came back without the hypergradient asked for
+        self.skip_next = False  # drop the next hypergradient (it spans a rollback of the guard)
 
     def _validate(self) -> None:
         """Check the subclass's own knobs (raise ConfigError)."""
@@ -91,6 +92,12 @@ class HypergradientTuner(Tuner):
         if not hs:
             self.missing += 1
             return
+        if self.skip_next:
+            # Its previous direction (hd) or tangent (rtho, marthe) belongs to the training the
+            # guard undid: no information about the LR from the restored weights.
+            self.skip_next = False
+            self.skipped += 1
+            hs = hs[1:]
         for h in hs:
             self._hyper_step(h, report)
 
@@ -118,12 +125,22 @@ class HypergradientTuner(Tuner):
     def _after_step(self, report: dict) -> None:
         """Hook after an applied hyper step (MARTHE's adaptive mu)."""
 
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """Never again the LR that diverged: ``lr_max`` and the LR go to ``factor`` times it."""
+        before = info.get("lr_before")
+        before = self.lr if before is None else min(float(before), self.lr_max)
+        self.lr_max = max(before * factor, 0.0)
+        self.lr_min = min(self.lr_min, self.lr_max)
+        self.lr = min(self.lr * factor, self.lr_max)
+        self.h_prev = None
+        self.skip_next = True
+
     # --- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         return {"step": self.step, "lr": self.lr, "beta": self.beta, "h_prev": self.h_prev,
                 "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
-                "missing": self.missing}
+                "missing": self.missing, "lr_min": self.lr_min, "lr_max": self.lr_max, "skip_next": self.skip_next}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
@@ -131,12 +148,15 @@ class HypergradientTuner(Tuner):
         self.h_prev = None if state["h_prev"] is None else float(state["h_prev"])
         self.applied, self.skipped = int(state["applied"]), int(state["skipped"])
         self.clipped, self.missing = int(state["clipped"]), int(state["missing"])
+        self.lr_min = float(state.get("lr_min", self.lr_min))
+        self.lr_max = float(state.get("lr_max", self.lr_max))
+        self.skip_next = bool(state.get("skip_next", False))
 
     def lr_bounds(self) -> tuple[float, float]:
         return (self.lr_min, self.lr_max)
 
     def summary(self) -> dict:
-        return {"step": self.step, "lr": self.lr, "beta": self.beta, "last_h": self.h_prev,
+        return {"step": self.step, "lr": self.lr, "lr_max": self.lr_max, "beta": self.beta, "last_h": self.h_prev,
                 "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
                 "missing": self.missing}
 

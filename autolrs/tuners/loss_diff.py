@@ -138,6 +138,9 @@ class LossDiffTuner(Tuner):
 
     # --- contract -----------------------------------------------------------------------
 
+    def in_search(self) -> bool:
+        return True  # every probe and step is undone by the final restore
+
     def lr_bounds(self) -> tuple[float, float]:
         lrs = [self.lrs[0], self.lrs[-1]] + ([self.initial_lr] if self.initial_lr is not None else [])
         return min(lrs), max(lrs)

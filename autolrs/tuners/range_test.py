@@ -155,6 +155,9 @@ class RangeTestTuner(Tuner):
 
     # --- contract -----------------------------------------------------------------------
 
+    def in_search(self) -> bool:
+        return True  # the sweep is undone by the final restore; its divergence is its result
+
     def lr_bounds(self) -> tuple[float, float]:
         lrs = [self.start_lr, self.end_lr] + ([self.initial_lr] if self.initial_lr is not None else [])
         lo, hi = min(lrs), max(lrs)

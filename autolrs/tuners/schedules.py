@@ -7,7 +7,8 @@ exponential decay, the same cosine expression), so a job matches the torch sched
 once per optimizer step exactly, not just approximately.
 
 State is the schedule's position: the step the next segment starts at and the recurrence
-variables there. Going back (never needed in practice) replays from step 0.
+variables there. Going back (never needed in practice) replays from step 0. After a rollback of
+the divergence guard every later LR is multiplied by ``scale``, the product of the guard's cuts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ScheduleTuner(Tuner):
         self._validate()
         self.step = 0
         self.vars = self._initial()
+        self.scale = 1.0  # the divergence guard's cuts so far
 
     def _validate(self) -> None:
         """Check the schedule's own knobs (raise ConfigError)."""
@@ -63,7 +65,7 @@ class ScheduleTuner(Tuner):
         for i in range(n):
             if i:
                 v = self._next(v, self.step + i)
-            lrs.append(self._lr(v))
+            lrs.append(self._lr(v) * self.scale)
         return [actions.run(n, self.step, lrs=lrs)]
 
     def tell(self, observation: Observation) -> None:
@@ -73,15 +75,20 @@ class ScheduleTuner(Tuner):
         self.vars = self._advance(self.vars, self.step, target)
         self.step = target
 
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """Scale what remains of the schedule."""
+        self.scale *= factor
+
     def state_dict(self) -> dict:
-        return {"step": self.step, "vars": dict(self.vars)}
+        return {"step": self.step, "vars": dict(self.vars), "scale": self.scale}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.vars = dict(state["vars"])
+        self.scale = float(state.get("scale", 1.0))
 
     def summary(self) -> dict:
-        return {"step": self.step, "lr": self._lr(self.vars)}
+        return {"step": self.step, "lr": self._lr(self.vars) * self.scale}
 
 
 class ConstantTuner(ScheduleTuner):
