@@ -343,6 +343,7 @@ class HypergradEngine:
             self._warn("hypergrad_report", f"autolrs: computing the hypergradient failed ({exc!r}); "
                        "reported without it (the server keeps the LR)")
             report = {"h": [], "vb": None, "val_loss": None}
+        report["optimizer"] = self.kind  # the server scales its default hyper-LR by it
         self.last_report = report
         return report
 

@@ -38,11 +38,15 @@ class HypergradientTuner(Tuner):
         "lr": None,  # initial LR (default: the optimizer's)
         "lr_min": 0.0,
         "lr_max": None,  # default: 100 x the initial LR
-        "beta": 1e-3,  # hyper-LR
+        "beta": None,  # hyper-LR per training step (default: ``default_beta`` of the optimizer)
         "alpha": 0.0,  # hyper-LR adaptation rate (0: beta fixed)
         "clip": None,  # |h| is clipped to this before a hyper step (None: no clipping)
         "every": 10,  # steps per report
     }
+
+    #: The hyper-LR per training step when ``beta`` is not set, by the optimizer the client
+    #: reports (before its first report, and for a client that does not say: SGD's).
+    default_beta: ClassVar[dict[str, float]] = {"sgd": 1e-3, "adam": 1e-7}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -53,7 +57,8 @@ class HypergradientTuner(Tuner):
         if not self.lr_min <= lr0 <= self.lr_max:
             raise ConfigError(f"{self.name}: the initial LR {lr0:g} is outside [lr_min, lr_max] = "
                               f"[{self.lr_min:g}, {self.lr_max:g}]")
-        self.beta0 = require_nonnegative(c["beta"], "beta")
+        self.optimizer: str | None = None  # "sgd" or "adam", from the client's first report
+        self.beta0 = self.default_beta["sgd"] if c["beta"] is None else require_nonnegative(c["beta"], "beta")
         self.alpha = require_nonnegative(c["alpha"], "alpha")
         self.clip = None if c["clip"] is None else require_positive(c["clip"], "clip")
         self.every = require_int(c, "every", minimum=1)
@@ -87,21 +92,30 @@ class HypergradientTuner(Tuner):
     def tell(self, observation: Observation) -> None:
         self.step = max(self.step, observation.step)
         report = observation.hypergrad
+        if report is not None and report.get("optimizer") and self.optimizer is None:
+            self.optimizer = report["optimizer"]
+            if self.config["beta"] is None:
+                self.beta = self.beta0 = self.default_beta[self.optimizer]
         hs = [] if report is None else report.get("h", [])
         if not hs:
             self.missing += 1
             return
+        weight = self._steps_per_h(observation, len(hs))
         for h in hs:
-            self._hyper_step(h, report)
+            self._hyper_step(h, report, weight)
 
-    def _hyper_step(self, h: float, report: dict) -> None:
+    def _steps_per_h(self, observation: Observation, n: int) -> int:
+        """Training steps each reported hypergradient stands for (``hd``: one)."""
+        return 1
+
+    def _hyper_step(self, h: float, report: dict, weight: int = 1) -> None:
         if not math.isfinite(h):
             self.skipped += 1
             return
         if self.clip is not None and abs(h) > self.clip:
             h = math.copysign(self.clip, h)
             self.clipped += 1
-        new = self.lr - self.beta * h
+        new = self.lr - self.beta * weight * h
         if math.isnan(new):  # only reachable through inf * 0; +-inf is clamped below
             self.skipped += 1
             return
@@ -113,21 +127,24 @@ class HypergradientTuner(Tuner):
                 self.beta = max(beta, 0.0)
         self.h_prev = h
         self.applied += 1
-        self._after_step(report)
+        self._after_step(report, weight)
 
-    def _after_step(self, report: dict) -> None:
-        """Hook after an applied hyper step (MARTHE's adaptive mu)."""
+    def _after_step(self, report: dict, weight: int) -> None:
+        """Hook after an applied hyper step standing for ``weight`` training steps (MARTHE's
+        adaptive mu)."""
 
     # --- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "lr": self.lr, "beta": self.beta, "h_prev": self.h_prev,
+        return {"step": self.step, "lr": self.lr, "beta": self.beta, "beta0": self.beta0, "h_prev": self.h_prev,
                 "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
-                "missing": self.missing}
+                "missing": self.missing, "optimizer": self.optimizer}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.lr, self.beta = float(state["lr"]), float(state["beta"])
+        self.beta0 = float(state.get("beta0", self.beta0))
+        self.optimizer = state.get("optimizer")
         self.h_prev = None if state["h_prev"] is None else float(state["h_prev"])
         self.applied, self.skipped = int(state["applied"]), int(state["skipped"])
         self.clipped, self.missing = int(state["clipped"]), int(state["missing"])
@@ -136,7 +153,7 @@ class HypergradientTuner(Tuner):
         return (self.lr_min, self.lr_max)
 
     def summary(self) -> dict:
-        return {"step": self.step, "lr": self.lr, "beta": self.beta, "last_h": self.h_prev,
+        return {"step": self.step, "lr": self.lr, "beta": self.beta, "optimizer": self.optimizer, "last_h": self.h_prev,
                 "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
                 "missing": self.missing}
 
@@ -160,7 +177,7 @@ class MartheTuner(HypergradientTuner):
     """
 
     name = "marthe"
-    defaults = {**HypergradientTuner.defaults, "beta": 1e-5, "mu": -1.0}
+    defaults = {**HypergradientTuner.defaults, "mu": -1.0}
 
     def _validate(self) -> None:
         mu = self.config["mu"]
@@ -173,14 +190,19 @@ class MartheTuner(HypergradientTuner):
     def _spec(self) -> dict:
         return {"method": "tangent", "mu": self.mu, "vb": self.adaptive}
 
-    def _after_step(self, report: dict) -> None:
+    def _steps_per_h(self, observation: Observation, n: int) -> int:
+        # One hypergradient at the end of a segment stands for each of its steps.
+        return max(1, observation.steps // n) if observation.steps else self.every
+
+    def _after_step(self, report: dict, weight: int) -> None:
         if not self.adaptive:
             return
         dot = report.get("vb")
         z = 0.0
         if dot is not None and math.isfinite(dot) and dot > 0:
             z = min(max(self.lr / dot, 0.0), 1.0)
-        self.c = self.c + self.mu if self.mu > 0 else 0.0
+        # AdaTune adds mu to c at every step; a segment stands for ``weight`` of them.
+        self.c = self.c + weight * self.mu if self.mu > 0 else 0.0
         self.mu = z ** (1.0 / (1.0 + self.c))
 
     def state_dict(self) -> dict:

@@ -112,7 +112,8 @@ def test_marthe_mu_one_is_rtho_and_mu_zero_is_hd_on_validation(live_server, digi
             vloss = F.cross_entropy(model(val[0]), val[1])
             grads = torch.autograd.grad(vloss, list(model.parameters()))
             h = -sum(float((g * (w0 - p.detach())).sum()) for g, w0, p in zip(grads, before, model.parameters())) / lr
-            lr = min(max(lr - config["beta"] * h, 0.0), 100 * 0.05)
+            # One hypergradient per segment stands for each of its steps: beta is per step.
+            lr = min(max(lr - config["beta"] * config["every"] * h, 0.0), 100 * 0.05)
             set_base_lr(opt, lr)
     assert marthe0 == pytest.approx(expected, rel=1e-6)
     assert marthe0 != pytest.approx(rtho, rel=1e-6)
