@@ -134,10 +134,11 @@ class AdaTuneHD:
     update is the reference's own (SGDHD's heavy ball; AdamHD's Adam)."""
 
     def __init__(self, params, kind: str, lr: float, beta: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+                 weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8, decoupled: bool = False):
         self.params = [p for p in params if p.requires_grad]
         self.kind, self.lr, self.beta = kind, lr, beta
         self.momentum, self.wd, self.betas, self.eps = momentum, weight_decay, betas, eps
+        self.decoupled = decoupled  # AdamW (not in AdaTune): w <- w (1 - lr wd) - lr a
         self.d_prev = torch.zeros(sum(p.numel() for p in self.params))  # SGDHD's grad_prev
         self.buf: torch.Tensor | None = None
         self.adam: dict[int, dict] = {}
@@ -155,7 +156,7 @@ class AdaTuneHD:
 
     def _grad(self, p) -> torch.Tensor:
         g = p.grad if p.grad is not None else torch.zeros_like(p)
-        return g + self.wd * p if self.wd else g
+        return g + self.wd * p if self.wd and not self.decoupled else g
 
     def _sgd(self) -> None:
         g = _flat([self._grad(p) for p in self.params])
@@ -181,7 +182,13 @@ class AdaTuneHD:
             t = st["step"]
             if t > 1:  # the moments before this step, the LR moved once per tensor (AdaTune's order)
                 h = float((g * (st["m"] / (st["v"].sqrt() + self.eps))).sum())
-                self.lr += self.beta * h * math.sqrt(1 - b2 ** (t - 1)) / (1 - b1 ** (t - 1))
+                h *= math.sqrt(1 - b2 ** (t - 1)) / (1 - b1 ** (t - 1))
+                if self.decoupled:
+                    h += self.wd * float((g * st["w_prev"]).sum())
+                self.lr += self.beta * h
+            if self.decoupled:
+                st["w_prev"] = p.detach().clone()
+                p.mul_(1 - self.lr * self.wd)
             st["m"].mul_(b1).add_(g, alpha=1 - b1)
             st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
             step_size = self.lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
@@ -199,6 +206,7 @@ class AdaTuneMarthe:
         group = optimizer.param_groups[0]
         self.lr = group["lr"]
         self.wd = group.get("weight_decay", 0.0)
+        self.decoupled = bool(group.get("decoupled_weight_decay"))  # AdamW: not in AdaTune
         self.adaptive = mu < 0
         self.mu = 0.0 if self.adaptive else mu
         self.c = 0.0
@@ -219,14 +227,16 @@ class AdaTuneMarthe:
             (g_flat * self.Z).sum().backward()
             hz = _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]).detach()
         with torch.no_grad():
-            g = g_flat.detach() + self.wd * _flat([p.detach() for p in self.params])
+            w = _flat([p.detach() for p in self.params])
+            coupled = 0.0 if self.decoupled else self.wd
+            g = g_flat.detach() + coupled * w
             self._tangent(g.clamp(-ADATUNE_CLIP, ADATUNE_CLIP),
-                          (hz + self.wd * self.Z).clamp(-ADATUNE_CLIP, ADATUNE_CLIP))
+                          (hz + coupled * self.Z).clamp(-ADATUNE_CLIP, ADATUNE_CLIP), w)
             self.b = g
         for p, gr in zip(self.params, grads):
             p.grad = gr.detach().clone()
 
-    def _tangent(self, g: torch.Tensor, dg: torch.Tensor) -> None:
+    def _tangent(self, g: torch.Tensor, dg: torch.Tensor, w: torch.Tensor) -> None:
         lr, mu = self.lr, self.mu
         if self.kind == "sgd":
             m = self.opt.param_groups[0]["momentum"]
@@ -252,6 +262,8 @@ class AdaTuneMarthe:
             du = torch.where(u > 0, (V / bc2) / (2 * u).clamp_min(1e-30), torch.zeros_like(u))
             ddir = (M / bc1) / den - (self.m / bc1) * du / (den * den)
             self.S = [mu * M, mu * V]
+            if self.decoupled:
+                direction, ddir = direction + self.wd * w, ddir + self.wd * self.Z
         self.Z = mu * (self.Z - lr * ddir) - direction
 
     def hyper_step(self, val_loss) -> None:
@@ -437,7 +449,10 @@ def run_reference(task: Task, seed: int, steps: int, method: str, lr: float, bet
     kind = optimizer_kind(task)
     batches, diverged, lrs = iter(Batches(task, seed)), False, []
     if method == "hd":
-        hd = AdaTuneHD(model.parameters(), kind, lr, beta, weight_decay=task.weight_decay)
+        opt = task.make_optimizer(model, lr)  # for its hyper-parameters only
+        group = opt.param_groups[0]
+        hd = AdaTuneHD(model.parameters(), kind, lr, beta, weight_decay=group.get("weight_decay", 0.0),
+                       decoupled=bool(group.get("decoupled_weight_decay")))
         for step in range(steps):
             xb, yb = next(batches)
             hd.zero_grad()
@@ -480,9 +495,13 @@ def run_reference(task: Task, seed: int, steps: int, method: str, lr: float, bet
 
 def run_pair(task: Task, seed: int, steps: int, method: str, lr: float, config: dict, endpoint: str,
              state_dir: str, reference: bool = True) -> dict:
-    ours = run_tuner(task, seed, steps, method, lr, config, endpoint, state_dir)
-    ref = run_reference(task, seed, steps, method, lr, ours["beta"]) if reference and ours["beta"] is not None \
-        else None
+    # The math attention kernel: the fused CPU one has no double backward (MARTHE's Hessian term).
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        ours = run_tuner(task, seed, steps, method, lr, config, endpoint, state_dir)
+        ref = run_reference(task, seed, steps, method, lr, ours["beta"]) if reference and ours["beta"] is not None \
+            else None
     return {"ours": ours, "reference": ref}
 
 
@@ -506,11 +525,8 @@ def _execute(job: dict) -> dict:
         elif job["kind"] == "alrao":
             out = run_alrao(task, job["seed"], job["steps"], job["switch"])
         else:
-            if task.optimizer == "adamw":
-                out = {"skipped": "AdamW: the hypergradient tuners (and AdaTune) model SGD and Adam only"}
-            else:
-                out = run_pair(task, job["seed"], job["steps"], job["kind"], job["lr"], job["config"],
-                               _WORKER["endpoint"], _WORKER["state_dir"], reference=job.get("reference", True))
+            out = run_pair(task, job["seed"], job["steps"], job["kind"], job["lr"], job["config"],
+                           _WORKER["endpoint"], _WORKER["state_dir"], reference=job.get("with_reference", True))
     except Exception as exc:  # noqa: BLE001 - one failed run is reported, the benchmark goes on
         out = {"error": f"{type(exc).__name__}: {exc}"}
     return {**job, **out, "wall_s": round(time.time() - started, 2)}
@@ -689,6 +705,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the product Switch to compare (default: autolrs.optim's default)")
     p.add_argument("--hd-config", type=json.loads, default={}, help="knobs on top of hd's defaults (JSON)")
     p.add_argument("--marthe-config", type=json.loads, default={}, help="knobs on top of marthe's defaults (JSON)")
+    p.add_argument("--lr-max-factor", type=float, default=None,
+                   help="hd/marthe: lr_max this many times the start LR (default: the tuner's own default)")
     p.add_argument("--no-reference", action="store_true", help="hd/marthe: the product only")
     p.add_argument("--out", default=None, help="JSON path (default bench/out/parity.json, quick: parity_quick.json)")
     args = p.parse_args(argv)
@@ -733,12 +751,15 @@ def main(argv=None) -> dict:
                 for method in ("hd", "marthe"):
                     if method not in args.parts or starts.get(name) is None:
                         continue
-                    config = args.hd_config if method == "hd" else args.marthe_config
+                    config = dict(args.hd_config if method == "hd" else args.marthe_config)
+                    if args.lr_max_factor is not None:
+                        config["lr_max"] = args.lr_max_factor * starts[name]
                     second += [{"task": name, "kind": method, "seed": seed, "steps": task.steps(args.budget),
-                                "lr": starts[name], "config": config, "reference": not args.no_reference}
+                                "lr": starts[name], "config": config, "with_reference": not args.no_reference}
                                for seed in args.seeds]
             if second:
                 rows += run_jobs(_order(second), args.jobs, server.endpoint, str(Path(tmp) / "state"))
+    write_report(args.out, {"benchmark": "parity", "partial": True, "rows": rows})  # kept if analysis fails
     analysis = analyse(rows, args)
     print_report(analysis)
     wall = time.time() - started

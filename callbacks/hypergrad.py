@@ -40,22 +40,26 @@ MAX_PENDING = 10_000
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> str:
-    """``"sgd"`` or ``"adam"``; ValueError for an optimizer the recursions do not model."""
+    """``"sgd"`` or ``"adam"`` (AdamW, Adam with decoupled weight decay, included);
+    ValueError for an optimizer the recursions do not model."""
     if type(optimizer) is torch.optim.SGD:
         kind = "sgd"
-    elif type(optimizer) is torch.optim.Adam:
+    elif type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
         kind = "adam"
     else:
-        raise ValueError(f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam, "
+        raise ValueError(f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam (and AdamW), "
                          f"not {type(optimizer).__name__}")
     for i, g in enumerate(optimizer.param_groups):
         if g.get("maximize"):
             raise ValueError(f"param group {i}: maximize=True is not supported by the hypergradient tuners")
         if kind == "adam" and g.get("amsgrad"):
             raise ValueError(f"param group {i}: amsgrad is not supported by the hypergradient tuners")
-        if kind == "adam" and g.get("decoupled_weight_decay"):
-            raise ValueError(f"param group {i}: decoupled weight decay (AdamW) is not supported")
     return kind
+
+
+def _decoupled(group: dict) -> bool:
+    """AdamW's weight decay: ``w <- w (1 - lr wd)`` beside the update, not in the gradient."""
+    return bool(group.get("decoupled_weight_decay")) and bool(group.get("weight_decay", 0))
 
 
 def _lr_of(group: dict) -> Any:
@@ -90,6 +94,7 @@ class HypergradEngine:
         self._S: dict[torch.Tensor, list[torch.Tensor]] = {}  # tangents of the optimizer state
         self._hvp: dict[torch.Tensor, torch.Tensor] | None = None  # H Z from backward()
         self._b: dict[torch.Tensor, torch.Tensor] = {}  # last training gradient (adaptive mu)
+        self._step_lrs: list[Any] = []  # each group's LR at the last step (AdamW's hd needs it)
         self.steps = 0
         self.last_report: dict | None = None
         self._hook = optimizer.register_step_pre_hook(self._pre_step)
@@ -176,6 +181,7 @@ class HypergradEngine:
             else:
                 self._tangent_step()
         self._hvp = None
+        self._step_lrs = [_lr_of(g) for g in self.optimizer.param_groups]
         self.steps += 1
 
     def _grad(self, group: dict, p: torch.Tensor) -> torch.Tensor | None:
@@ -184,7 +190,7 @@ class HypergradEngine:
             return None
         if g.is_sparse:
             g = g.to_dense()
-        wd = group.get("weight_decay", 0)
+        wd = 0 if _decoupled(group) else group.get("weight_decay", 0)
         return g.add(p, alpha=wd) if wd else g
 
     def _hd_step(self) -> None:
@@ -198,6 +204,12 @@ class HypergradEngine:
             st = opt_state.get(p, {})
             if self.kind == "adam":
                 prev = self._adam_direction(group, st)
+                if prev is not None and _decoupled(group) and k < len(self._step_lrs):
+                    # AdamW's last step: w_t = w_{t-1} (1 - lr wd) - lr a, so its direction is
+                    # a + wd w_{t-1}, with w_{t-1} = (w_t + lr a) / (1 - lr wd).
+                    lr_prev, wd = self._step_lrs[k], group["weight_decay"]
+                    w_prev = _axpy(p, lr_prev, prev) / (1 - lr_prev * wd)
+                    prev = prev.add_(w_prev, alpha=wd)
             else:
                 m, nesterov = group.get("momentum", 0), group.get("nesterov", False)
                 buf = st.get("momentum_buffer")
@@ -240,16 +252,21 @@ class HypergradEngine:
                 continue
             lr, rho = _lr_of(group), ratios[k]
             z = self._Z.get(p)
-            # dg/dlr = (H + wd) Z
+            # dg/dlr = (H + wd) Z (coupled weight decay), H Z (AdamW's)
             dg = None if hvp is None else hvp.get(p)
+            decoupled = _decoupled(group)
             wd = group.get("weight_decay", 0)
-            if z is not None and wd:
+            if z is not None and wd and not decoupled:
                 dg = z * wd if dg is None else dg.add(z, alpha=wd)
             st = opt_state.get(p, {})
             if self.kind == "sgd":
                 direction, ddir, new_s = self._sgd_tangent(group, st, g, dg, self._S.get(p))
             else:
                 direction, ddir, new_s = self._adam_tangent(group, st, g, dg, self._S.get(p))
+            if decoupled:  # w' = w - lr (a + wd w): direction a + wd w, its LR derivative da + wd Z
+                direction = direction.add(p, alpha=wd)
+                if z is not None:
+                    ddir = z * wd if ddir is None else ddir.add(z, alpha=wd)
             # Z <- mu * (Z - lr * d(direction)/dlr) - rho * direction
             z_new = -rho * direction if rho != 1 else -direction
             if mu > 0:

@@ -31,6 +31,10 @@ from autolrs.actions import Observation
 from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnegative, require_positive
 
 
+#: ``lr_max`` when not set: this many times the initial LR.
+LR_MAX_FACTOR = 100.0
+
+
 class HypergradientTuner(Tuner):
     """Shared LR rule; subclasses say what the client computes (``_spec``)."""
 
@@ -42,18 +46,20 @@ class HypergradientTuner(Tuner):
         "alpha": 0.0,  # hyper-LR adaptation rate (0: beta fixed)
         "clip": None,  # |h| is clipped to this before a hyper step (None: no clipping)
         "every": 10,  # steps per report
+        "doubling_steps": 10,  # the LR at most doubles in this many steps (None: no limit)
     }
 
     #: The hyper-LR per training step when ``beta`` is not set, by the optimizer the client
     #: reports (before its first report, and for a client that does not say: SGD's).
-    default_beta: ClassVar[dict[str, float]] = {"sgd": 1e-3, "adam": 1e-7}
+    default_beta: ClassVar[dict[str, float]] = {"sgd": 1e-3, "adam": 1e-5}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
         c = self.config
         lr0 = self.base_lr()
         self.lr_min = require_nonnegative(c["lr_min"], "lr_min")
-        self.lr_max = 100.0 * lr0 if c["lr_max"] is None else require_positive(c["lr_max"], "lr_max")
+        self.lr0 = lr0
+        self.lr_max = LR_MAX_FACTOR * lr0 if c["lr_max"] is None else require_positive(c["lr_max"], "lr_max")
         if not self.lr_min <= lr0 <= self.lr_max:
             raise ConfigError(f"{self.name}: the initial LR {lr0:g} is outside [lr_min, lr_max] = "
                               f"[{self.lr_min:g}, {self.lr_max:g}]")
@@ -62,6 +68,8 @@ class HypergradientTuner(Tuner):
         self.alpha = require_nonnegative(c["alpha"], "alpha")
         self.clip = None if c["clip"] is None else require_positive(c["clip"], "clip")
         self.every = require_int(c, "every", minimum=1)
+        self.doubling_steps = None if c["doubling_steps"] is None else require_positive(c["doubling_steps"],
+                                                                                          "doubling_steps")
         self._validate()
         self.step = 0
         self.lr = lr0
@@ -71,6 +79,9 @@ class HypergradientTuner(Tuner):
         self.skipped = 0  # non-finite hypergradients (or LR updates) dropped
         self.clipped = 0
         self.missing = 0  # segments that came back without the hypergradient asked for
+        self.limited = 0  # reports whose LR rise the doubling limit cut
+        self.first_loss: float | None = None  # the first segment's mean training loss
+        self.ceilings = 0  # times a loss above the first segment's lowered lr_max
 
     def _validate(self) -> None:
         """Check the subclass's own knobs (raise ConfigError)."""
@@ -91,6 +102,7 @@ class HypergradientTuner(Tuner):
 
     def tell(self, observation: Observation) -> None:
         self.step = max(self.step, observation.step)
+        self._ceiling_from_losses(observation.losses)
         report = observation.hypergrad
         if report is not None and report.get("optimizer") and self.optimizer is None:
             self.optimizer = report["optimizer"]
@@ -101,8 +113,32 @@ class HypergradientTuner(Tuner):
             self.missing += 1
             return
         weight = self._steps_per_h(observation, len(hs))
+        before = self.lr
         for h in hs:
             self._hyper_step(h, report, weight)
+        if self.doubling_steps is not None:
+            # From below a tenth of the initial LR it may first climb back to that much.
+            ceiling = max(before, 0.1 * self.lr0) * 2.0 ** (max(1, observation.steps) / self.doubling_steps)
+            if self.lr > ceiling:
+                self.lr = ceiling
+                self.limited += 1
+
+    def _ceiling_from_losses(self, losses: list[float]) -> None:
+        """The job's own evidence of too large an LR: a segment whose mean training loss is not
+        finite or more than twice the first segment's (``first + |first|``: training blew up,
+        far beyond the noise of a segment's mean) ran above what the job tolerates, so
+        ``lr_max`` drops to half the LR it ran at (never below ``lr_min``), and the LR with it."""
+        if not losses:
+            return
+        mean = sum(losses) / len(losses) if all(math.isfinite(x) for x in losses) else math.inf
+        if self.first_loss is None:
+            if math.isfinite(mean):
+                self.first_loss = mean
+            return
+        if mean > self.first_loss + abs(self.first_loss):
+            self.lr_max = max(self.lr_min, min(self.lr_max, 0.5 * self.lr))
+            self.lr = min(self.lr, self.lr_max)
+            self.ceilings += 1
 
     def _steps_per_h(self, observation: Observation, n: int) -> int:
         """Training steps each reported hypergradient stands for (``hd``: one)."""
@@ -138,13 +174,18 @@ class HypergradientTuner(Tuner):
     def state_dict(self) -> dict:
         return {"step": self.step, "lr": self.lr, "beta": self.beta, "beta0": self.beta0, "h_prev": self.h_prev,
                 "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
-                "missing": self.missing, "optimizer": self.optimizer}
+                "missing": self.missing, "limited": self.limited, "optimizer": self.optimizer,
+                "lr_max": self.lr_max, "first_loss": self.first_loss, "ceilings": self.ceilings}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.lr, self.beta = float(state["lr"]), float(state["beta"])
         self.beta0 = float(state.get("beta0", self.beta0))
         self.optimizer = state.get("optimizer")
+        self.limited = int(state.get("limited", 0))
+        self.lr_max = float(state.get("lr_max", self.lr_max))
+        self.first_loss = None if state.get("first_loss") is None else float(state["first_loss"])
+        self.ceilings = int(state.get("ceilings", 0))
         self.h_prev = None if state["h_prev"] is None else float(state["h_prev"])
         self.applied, self.skipped = int(state["applied"]), int(state["skipped"])
         self.clipped, self.missing = int(state["clipped"]), int(state["missing"])
@@ -155,7 +196,8 @@ class HypergradientTuner(Tuner):
     def summary(self) -> dict:
         return {"step": self.step, "lr": self.lr, "beta": self.beta, "optimizer": self.optimizer, "last_h": self.h_prev,
                 "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
-                "missing": self.missing}
+                "missing": self.missing, "limited": self.limited, "lr_max": self.lr_max,
+                "ceilings": self.ceilings}
 
 
 class HDTuner(HypergradientTuner):
