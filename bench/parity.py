@@ -10,9 +10,9 @@ What runs, per task and seed (same initial weights, same batches, same validatio
 * ``grid``: the task's optimizer at each constant LR of its grid (bench/tasks.py); the *grid best*
   is the constant LR with the best median metric.
 * ``alrao``: ``autolrs.optim`` Alrao (the task's model, its last Linear replaced by 10 copies;
-  AlraoSGD without momentum on [1e-5, 10] for SGD tasks, AlraoAdam on [1e-5, 1] for Adam tasks,
-  the original's settings) with the product's default Switch, against the same model, optimizer
-  and sampled LRs with :class:`OriginalSwitch` below in place of the Switch.
+  AlraoSGD without momentum for SGD tasks, AlraoAdam for Adam(W) tasks, both on [1e-5, 1], the
+  original scripts' defaults) with the product's default Switch, against the same model,
+  optimizer, copies and sampled LRs with :class:`OriginalSwitch` below in place of the Switch.
 * ``hd`` and ``marthe``: the tuner with its default knobs, through a real server and the real
   callback, from 10x below the grid best, against the AdaTune rule written below (in process,
   one hyper step per training step, the same hyper-LR ``beta`` the tuner used), from the same LR.
@@ -71,7 +71,7 @@ OUT = ROOT / "bench" / "out"
 
 PARTS = ("alrao", "hd", "marthe")
 QUICK_TASKS = ("digits_mlp", "digits_gru", "cancer_small")
-ALRAO_INTERVAL = {"sgd": (1e-5, 10.0), "adam": (1e-5, 1.0), "adamw": (1e-5, 1.0)}
+ALRAO_INTERVAL = (1e-5, 1.0)  # the original's main_cnn.py defaults (--minLR -5 --maxLR 0)
 ALRAO_COPIES = 10
 VAL_BATCH = 64
 ADATUNE_CLIP = 100.0  # AdaTune's --grad-clipping default: element-wise, on every vector
@@ -99,7 +99,12 @@ class OriginalSwitch(nn.Module):
 
     @torch.no_grad()
     def update(self, outputs, y) -> torch.Tensor:
-        losses = torch.stack([self.loss(o, y).detach().double() for o in outputs])
+        return self.update_losses(torch.stack([self.loss(o, y).detach() for o in outputs]), y)
+
+    @torch.no_grad()
+    def update_losses(self, losses: torch.Tensor, y) -> torch.Tensor:
+        """The update from each copy's mean loss on the batch (``alrao_step`` computes them)."""
+        losses = losses.detach().double()
         if self.n == 1:
             self.t += 1
             return losses
@@ -335,7 +340,9 @@ def run_grid(task: Task, seed: int, steps: int, lr: float) -> dict:
 
 class _AlraoPrediction(nn.Module):
     """What the task's ``evaluate`` needs from an AlraoModel: the mixture's log-probabilities
-    (classification) or its posterior-weighted mean prediction, shaped (n, 1) (regression)."""
+    (classification) or, for regression, the prediction of the copy with the largest posterior
+    (the original's ``sample_best_candidate``; a posterior-weighted mean would let a diverged
+    copy's huge outputs through however small its weight)."""
 
     def __init__(self, model):
         super().__init__()
@@ -345,7 +352,7 @@ class _AlraoPrediction(nn.Module):
         out = self.model(x)
         if self.model.task == "regression":
             stacked, post = out
-            return (stacked * post).sum(-1)
+            return stacked[..., int(post.argmax())]
         return out
 
 
@@ -371,7 +378,7 @@ def build_alrao(task: Task, seed: int, switch: str):
                        last.in_features, last.out_features, likelihood=likelihood)
     if switch == "original":
         model.switch = OriginalSwitch(ALRAO_COPIES, loss, model.task)
-    lo, hi = ALRAO_INTERVAL[task.optimizer]
+    lo, hi = ALRAO_INTERVAL
     opt = AlraoSGD(model, lo, hi, seed=seed) if task.optimizer == "sgd" else AlraoAdam(model, lo, hi, seed=seed)
     return model, opt
 

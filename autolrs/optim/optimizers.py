@@ -197,15 +197,26 @@ def alrao_step(model: AlraoModel, optimizer: _AlraoOptimizer, targets: torch.Ten
     """
     if model.last_x is None:
         raise RuntimeError("alrao_step before any forward of the model")
-    loss = loss if loss is not None else model.loss
+    own_loss = loss is None or loss is model.loss
+    loss = model.loss if loss is None else loss
     for copy in model.classifiers:
         for p in copy.parameters():
             p.grad = None
     with torch.enable_grad():
         x = model.last_x
-        losses = [loss(copy(x), targets) for copy in model.classifiers]
-        kept = [value for value in losses if not skip_nonfinite or torch.isfinite(value)]
+        own = [loss(copy(x), targets) for copy in model.classifiers]
+        losses = torch.stack([value.detach() for value in own])
+        # One sync for all copies; a non-finite copy stays out of the graph (a zero gradient
+        # through it would still be 0 * nan).
+        finite = torch.isfinite(losses).tolist() if skip_nonfinite else [True] * len(own)
+        kept = [value for value, ok in zip(own, finite) if ok]
         if kept:
             torch.stack(kept).sum().backward()
     optimizer.step()
+    if own_loss and model.last_outputs is not None:
+        # The copies' losses on the forward's features are the Switch's prequential losses.
+        losses = model.switch.update_losses(losses, targets)
+        if catch_up:
+            model.hard_catch_up()
+        return losses
     return model.update_switch(targets, catch_up=catch_up)

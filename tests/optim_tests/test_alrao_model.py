@@ -5,6 +5,7 @@ routing, method forwarding, regression, and the char-LSTM example."""
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,45 @@ def test_alrao_step_routes_gradients(digits):
     assert all(torch.equal(p.grad, g) for p, g in zip(model.preclassifier.parameters(), mixture_grads))
     for copy, grads in zip(model.classifiers, own):
         assert all(torch.allclose(p.grad, g) for p, g in zip(copy.parameters(), grads))
+
+
+@pytest.mark.parametrize("likelihood", ["mean", "batch"])
+def test_alrao_step_updates_the_switch_with_the_prequential_losses(digits, likelihood):
+    """alrao_step reuses the copies' own losses for the Switch: the same update as the Switch's
+    own from the outputs of the forward pass (before the step), and a copy with a non-finite loss
+    is left untrained without poisoning the others."""
+    x, y = digits[0][:32], digits[1][:32]
+    a, opt_a = make(n=3)
+    b, opt_b = make(n=3)
+    a.switch.likelihood = b.switch.likelihood = likelihood
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        for _ in range(3):
+            opt.zero_grad()
+            F.nll_loss(model(x), y).backward()
+            if model is a:
+                losses = alrao_step(model, opt, y)
+            else:
+                for copy in model.classifiers:
+                    for p in copy.parameters():
+                        p.grad = None
+                torch.stack([F.nll_loss(c(model.last_x), y) for c in model.classifiers]).sum().backward()
+                opt.step()
+                expected = model.update_switch(y)
+    torch.testing.assert_close(losses, expected)
+    torch.testing.assert_close(a.switch.logw, b.switch.logw)
+    assert int(a.switch.t) == 4
+    with torch.no_grad():
+        a.classifiers[1].fc.weight.fill_(math.inf)
+    before = [p.detach().clone() for p in a.classifiers[0].parameters()]
+    post_before = a.posterior()[1].item()
+    opt_a.zero_grad()
+    a.check_finite = False
+    F.nll_loss(a(x), y).backward()
+    alrao_step(a, opt_a, y)
+    assert a.classifiers[1].fc.weight.grad is None
+    assert all(torch.isfinite(p).all() and not torch.equal(p, q) for p, q in zip(a.classifiers[0].parameters(), before))
+    post = a.posterior()
+    assert torch.isfinite(post).all() and post[1] < post_before  # it keeps only what switching gives back
 
 
 def test_tuple_outputs_and_method_forwarding():
