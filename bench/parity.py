@@ -74,6 +74,7 @@ QUICK_TASKS = ("digits_mlp", "digits_gru", "cancer_small")
 ALRAO_INTERVAL = (1e-5, 1.0)  # the original's main_cnn.py defaults (--minLR -5 --maxLR 0)
 ALRAO_COPIES = 10
 VAL_BATCH = 64
+START_FACTOR = 0.1  # hd/marthe start 10x below the grid's best constant LR
 ADATUNE_CLIP = 100.0  # AdaTune's --grad-clipping default: element-wise, on every vector
 
 
@@ -603,7 +604,7 @@ def analyse(rows: list[dict], args) -> dict:
             best = pick(med, key=med.get)
             entry["grid"] = {f"{lr:g}": m for lr, m in sorted(med.items())}
             entry["grid_best_lr"], entry["grid_best"] = best, med[best]
-            entry["start_lr"] = best / 10
+            entry["start_lr"] = best * START_FACTOR
         for part in ("alrao",):
             rs = [r for r in rows if r["task"] == name and r["kind"] == "alrao"]
             if not rs:
@@ -619,18 +620,15 @@ def analyse(rows: list[dict], args) -> dict:
                                 "top_copy": [r.get("top_copy") for r in group],
                                 "errors": [r["error"] for r in rs if r["switch"] == sw and "error" in r]}
             d, o = sides["default"]["median"], sides["original"]["median"]
-            sides["default_minus_original"] = None if d is None or o is None else -gap(task, d, o)
+            sides["default_minus_original"] = None if d is None or o is None else 0.0 - gap(task, d, o)
             sides["default_at_least_original"] = None if d is None or o is None else (
                 d >= o - 1e-12 if task.higher_is_better else d <= o + 1e-12)
             entry["alrao"] = sides
-        for method in ("hd", "marthe"):
-            rs = [r for r in rows if r["task"] == name and r["kind"] == method]
+        for method, factor in ((m, f) for m in ("hd", "marthe") for f in args.start_factors):
+            rs = [r for r in rows if r["task"] == name and r["kind"] == method and r["start_factor"] == factor]
             if not rs:
                 continue
-            if any("skipped" in r for r in rs):
-                entry[method] = {"skipped": rs[0]["skipped"]}
-                continue
-            sides = {}
+            sides = {"start_factor": factor, "start_lr": rs[0]["lr"]}
             for side in ("ours", "reference"):
                 group = [r[side] for r in rs if r.get(side)]
                 vals = _values(task, group)
@@ -650,9 +648,14 @@ def analyse(rows: list[dict], args) -> dict:
                 bool(r["ours"]["diverged"] or r["ours"]["collapsed"]) and not bool(
                     r["reference"]["diverged"] or r["reference"]["collapsed"])
                 for r in rs if r.get("ours") and r.get("reference"))
-            entry[method] = sides
+            entry[method_key(method, factor)] = sides
         out[name] = entry
     return out
+
+
+def method_key(method: str, factor: float) -> str:
+    """``hd`` / ``marthe`` from 10x below the grid best (the parity check), else ``hd x1`` etc."""
+    return method if factor == START_FACTOR else f"{method} x{factor:g}"
 
 
 def _f(x, spec=".4f"):
@@ -663,7 +666,13 @@ def _f(x, spec=".4f"):
     return format(x, spec)
 
 
-def print_report(analysis: dict) -> None:
+def print_report(analysis: dict, factors: list[float]) -> None:
+    if any("alrao" in e for e in analysis.values()):
+        print_alrao(analysis)
+    print_tuners(analysis, factors)
+
+
+def print_alrao(analysis: dict) -> None:
     print("\nAlrao: default Switch vs the original's (test metric, median / worst over seeds)")
     print(f"  {'task':<18}{'opt':<6}{'metric':<9}{'default':>10}{'worst':>9}{'original':>10}{'worst':>9}"
           f"{'diff':>9}  ok")
@@ -674,21 +683,23 @@ def print_report(analysis: dict) -> None:
         print(f"  {name:<18}{e['optimizer']:<6}{e['metric']:<9}{_f(a['default']['median']):>10}"
               f"{_f(a['default']['worst']):>9}{_f(a['original']['median']):>10}{_f(a['original']['worst']):>9}"
               f"{_f(a['default_minus_original'], '+.2f'):>9}  {'yes' if a['default_at_least_original'] else 'NO'}")
-    for method in ("hd", "marthe"):
-        print(f"\n{method}: from 10x below the grid best, defaults vs the AdaTune rule (same beta); gap of the "
+
+
+def print_tuners(analysis: dict, factors: list[float]) -> None:
+    for method, factor in ((m, f) for m in ("hd", "marthe") for f in factors):
+        if not any(method_key(method, factor) in e for e in analysis.values()):
+            continue
+        print(f"\n{method}: from {factor:g}x the grid best, defaults vs the AdaTune rule (same beta); gap of the "
               "median to the grid best (accuracy points or % of the loss), worst seed's gap, divergences")
         print(f"  {'task':<18}{'opt':<6}{'start':>9}{'best':>9}{'grid':>9}{'beta':>10} | {'ours gap':>9}{'worst':>8}"
               f"{'LR':>9}{'div':>4} | {'ref gap':>9}{'worst':>8}{'LR':>9}{'div':>4} | ok")
         for name, e in analysis.items():
-            m = e.get(method)
+            m = e.get(method_key(method, factor))
             if not m:
-                continue
-            if "skipped" in m:
-                print(f"  {name:<18}{e['optimizer']:<6}skipped: {m['skipped']}")
                 continue
             o, r = m["ours"], m["reference"]
             ok = m["at_least_as_close"] and not m["diverges_where_reference_does_not"]
-            print(f"  {name:<18}{e['optimizer']:<6}{_f(e.get('start_lr'), '.2g'):>9}{_f(e.get('grid_best_lr'), '.2g'):>9}"
+            print(f"  {name:<18}{e['optimizer']:<6}{_f(m['start_lr'], '.2g'):>9}{_f(e.get('grid_best_lr'), '.2g'):>9}"
                   f"{_f(e.get('grid_best')):>9}{_f(o['beta'], '.2g'):>10} | {_f(o['gap_to_grid_best'], '+.2f'):>9}"
                   f"{_f(o['worst_gap'], '+.1f'):>8}{_f(o['final_lr'], '.2g'):>9}{o['diverged'] + o['collapsed']:>4} | "
                   f"{_f(r['gap_to_grid_best'], '+.2f'):>9}{_f(r['worst_gap'], '+.1f'):>8}{_f(r['final_lr'], '.2g'):>9}"
@@ -712,6 +723,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the product Switch to compare (default: autolrs.optim's default)")
     p.add_argument("--hd-config", type=json.loads, default={}, help="knobs on top of hd's defaults (JSON)")
     p.add_argument("--marthe-config", type=json.loads, default={}, help="knobs on top of marthe's defaults (JSON)")
+    p.add_argument("--start-factors", type=float, nargs="+", default=[START_FACTOR],
+                   help="hd/marthe start at these multiples of the grid best (default 0.1; e.g. 0.1 1 10 "
+                        "to see divergences from a good and a too large start too)")
     p.add_argument("--lr-max-factor", type=float, default=None,
                    help="hd/marthe: lr_max this many times the start LR (default: the tuner's own default)")
     p.add_argument("--no-reference", action="store_true", help="hd/marthe: the product only")
@@ -751,24 +765,25 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="autolrs-parity-") as tmp:
         with ServerProcess(Path(tmp) / "state", log_path=Path(tmp) / "server.log") as server:
             rows = run_jobs(_order(first), args.jobs, server.endpoint, str(Path(tmp) / "state"))
-            starts = {name: e.get("start_lr") for name, e in analyse(rows, args).items()}
+            best = {name: e.get("grid_best_lr") for name, e in analyse(rows, args).items()}
             second = []
             for name in args.tasks:
                 task = TASKS[name]
-                for method in ("hd", "marthe"):
-                    if method not in args.parts or starts.get(name) is None:
+                for method, factor in ((m, f) for m in ("hd", "marthe") for f in args.start_factors):
+                    if method not in args.parts or best.get(name) is None:
                         continue
+                    lr = best[name] * factor
                     config = dict(args.hd_config if method == "hd" else args.marthe_config)
                     if args.lr_max_factor is not None:
-                        config["lr_max"] = args.lr_max_factor * starts[name]
+                        config["lr_max"] = args.lr_max_factor * lr
                     second += [{"task": name, "kind": method, "seed": seed, "steps": task.steps(args.budget),
-                                "lr": starts[name], "config": config, "with_reference": not args.no_reference}
-                               for seed in args.seeds]
+                                "lr": lr, "start_factor": factor, "config": config,
+                                "with_reference": not args.no_reference} for seed in args.seeds]
             if second:
                 rows += run_jobs(_order(second), args.jobs, server.endpoint, str(Path(tmp) / "state"))
     write_report(args.out, {"benchmark": "parity", "partial": True, "rows": rows})  # kept if analysis fails
     analysis = analyse(rows, args)
-    print_report(analysis)
+    print_report(analysis, args.start_factors)
     wall = time.time() - started
     print(f"\nwall time {wall:.0f}s; load average at the end {os.getloadavg()[0]:.1f}")
     report = {
