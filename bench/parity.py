@@ -440,8 +440,21 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, lr: float, config:
                     break
     state = _tuner_state(state_dir, job)
     beta = state.get("beta0", state.get("beta"))
+    extra_paths = {}
+    if method == "marthe":
+        mus = [d["summary"].get("mu") for d in _decisions(state_dir, job) if d.get("summary")]
+        extra_paths["mu_path"] = mus[::max(1, len(mus) // 20)]
     return _finish(task, model, diverged, {"final_lr": lrs[-1], "max_lr": max(lrs), "beta": beta,
-                                           "lr_path": lrs[::max(1, steps // 20)], "tuner_state": state})
+                                           "lr_path": lrs[::max(1, steps // 20)], "tuner_state": state,
+                                           **extra_paths})
+
+
+def _decisions(state_dir: str, job: str) -> list[dict]:
+    try:
+        lines = (Path(state_dir) / "jobs" / job / "decisions.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _tuner_state(state_dir: str, job: str) -> dict:
@@ -451,8 +464,9 @@ def _tuner_state(state_dir: str, job: str) -> dict:
         return {}
 
 
-def run_reference(task: Task, seed: int, steps: int, method: str, lr: float, beta: float) -> dict:
-    """The AdaTune rule in process, one hyper step per training step."""
+def run_reference(task: Task, seed: int, steps: int, method: str, lr: float, beta: float, mu: float = -1.0) -> dict:
+    """The AdaTune rule in process, one hyper step per training step (``mu``: MARTHE's, negative
+    for adaptive)."""
     model = task.model(seed)
     kind = optimizer_kind(task)
     batches, diverged, lrs = iter(Batches(task, seed)), False, []
@@ -473,7 +487,7 @@ def run_reference(task: Task, seed: int, steps: int, method: str, lr: float, bet
                 break
     else:
         opt = task.make_optimizer(model, lr)
-        marthe = AdaTuneMarthe(model.parameters(), opt, kind, beta)
+        marthe = AdaTuneMarthe(model.parameters(), opt, kind, beta, mu)
         vb = val_batches(task, seed)
         state = {"i": 0}
 
@@ -486,6 +500,7 @@ def run_reference(task: Task, seed: int, steps: int, method: str, lr: float, bet
             finally:
                 model.train()
 
+        mus = []
         for step in range(steps):
             xb, yb = next(batches)
             opt.zero_grad(set_to_none=True)
@@ -494,11 +509,13 @@ def run_reference(task: Task, seed: int, steps: int, method: str, lr: float, bet
             opt.step()
             marthe.hyper_step(val_loss)
             lrs.append(marthe.lr)
+            mus.append(marthe.mu)
             if step % 10 == 9 and (_nonfinite(loss) or not math.isfinite(marthe.lr)):
                 diverged = True
                 break
+    extra = {"mu_path": mus[::max(1, steps // 20)]} if method == "marthe" else {}
     return _finish(task, model, diverged, {"final_lr": lrs[-1], "max_lr": max(lrs), "min_lr": min(lrs),
-                                           "beta": beta, "lr_path": lrs[::max(1, steps // 20)]})
+                                           "beta": beta, "lr_path": lrs[::max(1, steps // 20)], **extra})
 
 
 def run_pair(task: Task, seed: int, steps: int, method: str, lr: float, config: dict, endpoint: str,
@@ -508,8 +525,8 @@ def run_pair(task: Task, seed: int, steps: int, method: str, lr: float, config: 
 
     with sdpa_kernel(SDPBackend.MATH):
         ours = run_tuner(task, seed, steps, method, lr, config, endpoint, state_dir)
-        ref = run_reference(task, seed, steps, method, lr, ours["beta"]) if reference and ours["beta"] is not None \
-            else None
+        ref = run_reference(task, seed, steps, method, lr, ours["beta"], float(config.get("mu", -1.0))) \
+            if reference and ours["beta"] is not None else None
     return {"ours": ours, "reference": ref}
 
 

@@ -46,7 +46,7 @@ class HypergradientTuner(Tuner):
         "alpha": 0.0,  # hyper-LR adaptation rate (0: beta fixed)
         "clip": None,  # |h| is clipped to this before a hyper step (None: no clipping)
         "every": 10,  # steps per report
-        "doubling_steps": 10,  # the LR at most doubles in this many steps (None: no limit)
+        "doubling_steps": 10,  # the LR at most doubles or halves in this many steps (None: no limit)
     }
 
     #: The hyper-LR per training step when ``beta`` is not set, by the optimizer the client
@@ -79,7 +79,7 @@ class HypergradientTuner(Tuner):
         self.skipped = 0  # non-finite hypergradients (or LR updates) dropped
         self.clipped = 0
         self.missing = 0  # segments that came back without the hypergradient asked for
-        self.limited = 0  # reports whose LR rise the doubling limit cut
+        self.limited = 0  # reports whose LR change the doubling limit cut
         self.first_loss: float | None = None  # the first segment's mean training loss
         self.ceilings = 0  # times a loss above the first segment's lowered lr_max
 
@@ -117,10 +117,12 @@ class HypergradientTuner(Tuner):
         for h in hs:
             self._hyper_step(h, report, weight)
         if self.doubling_steps is not None:
+            factor = 2.0 ** (max(1, observation.steps) / self.doubling_steps)
             # From below a tenth of the initial LR it may first climb back to that much.
-            ceiling = max(before, 0.1 * self.lr0) * 2.0 ** (max(1, observation.steps) / self.doubling_steps)
-            if self.lr > ceiling:
-                self.lr = ceiling
+            ceiling = max(before, 0.1 * self.lr0) * factor
+            floor = max(self.lr_min, before / factor)
+            if self.lr > ceiling or self.lr < floor:
+                self.lr = min(max(self.lr, floor), ceiling)
                 self.limited += 1
 
     def _ceiling_from_losses(self, losses: list[float]) -> None:

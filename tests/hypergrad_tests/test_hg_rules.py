@@ -141,16 +141,24 @@ def test_default_beta_follows_the_optimizer_the_client_reports(name):
                                  ).hypergrad["optimizer"] == "adam"
 
 
-def test_rises_are_limited_to_doubling_per_doubling_steps():
+def test_the_lr_at_most_doubles_or_halves_per_doubling_steps():
     t = make_tuner("hd", {**JOB, "beta": 1.0})  # default doubling_steps: 10
     tell(t, [-1.0] * 10)  # the bare rule would reach 10.1
     assert t.lr == pytest.approx(0.2) and t.limited == 1
     tell(t, [-0.01] * 5)  # 5 steps: at most 2 ** 0.5; the bare rule gives 0.25
     assert t.lr == pytest.approx(0.25) and t.limited == 1
-    tell(t, [1.0] * 10)  # falls are not limited
-    assert t.lr == 0.0
-    tell(t, [-1.0] * 10)  # from below a tenth of the initial LR: back to that, then doubling
-    assert t.lr == pytest.approx(0.02) and t.limited == 2
+    tell(t, [1.0] * 10)  # the bare rule would hit lr_min (0): at most halved
+    assert t.lr == pytest.approx(0.125) and t.limited == 2
+    tell(t, [0.005] * 10)  # within the limits: the bare rule
+    assert t.lr == pytest.approx(0.075) and t.limited == 2
+    t = make_tuner("hd", {**JOB, "beta": 1.0, "lr_min": 0.001, "lr": 0.002})
+    tell(t, [1.0] * 10)  # halving stops at lr_min
+    assert t.lr == pytest.approx(0.001)
+    t = make_tuner("hd", {**JOB, "beta": 1e-3, "doubling_steps": None})
+    tell(t, [1e3] * 10)  # at lr_min = 0 (no limit)
+    t.doubling_steps = 10.0
+    tell(t, [-1e3] * 10)  # from below a tenth of the initial LR: back to that, then doubling
+    assert t.lr == pytest.approx(0.02)
     t = make_tuner("marthe", {**JOB, "beta": 1.0, "doubling_steps": 20})
     tell(t, [-1.0], steps=10)
     assert t.lr == pytest.approx(0.1 * 2 ** 0.5)
