@@ -654,6 +654,7 @@ def analyse(rows: list[dict], args) -> dict:
                                "worst_gap": gap(task, _worst(task, vals), entry.get("grid_best")),
                                "diverged": sum(bool(g["diverged"]) for g in group),
                                "collapsed": sum(bool(g["collapsed"]) for g in group),
+                               "failed": sum(bool(g["diverged"] or g["collapsed"]) for g in group),
                                "final_lr": _median([g["final_lr"] for g in group]),
                                "max_lr": max((g["max_lr"] for g in group), default=None),
                                "beta": _median([g["beta"] for g in group if g.get("beta") is not None])}
@@ -707,7 +708,8 @@ def print_tuners(analysis: dict, factors: list[float]) -> None:
         if not any(method_key(method, factor) in e for e in analysis.values()):
             continue
         print(f"\n{method}: from {factor:g}x the grid best, defaults vs the AdaTune rule (same beta); gap of the "
-              "median to the grid best (accuracy points or % of the loss), worst seed's gap, divergences")
+              "median to the grid best (accuracy points or % of the loss), worst seed's gap, final LR (median), "
+              "runs that diverged or collapsed")
         print(f"  {'task':<18}{'opt':<6}{'start':>9}{'best':>9}{'grid':>9}{'beta':>10} | {'ours gap':>9}{'worst':>8}"
               f"{'LR':>9}{'div':>4} | {'ref gap':>9}{'worst':>8}{'LR':>9}{'div':>4} | ok")
         for name, e in analysis.items():
@@ -718,9 +720,9 @@ def print_tuners(analysis: dict, factors: list[float]) -> None:
             ok = m["at_least_as_close"] and not m["diverges_where_reference_does_not"]
             print(f"  {name:<18}{e['optimizer']:<6}{_f(m['start_lr'], '.2g'):>9}{_f(e.get('grid_best_lr'), '.2g'):>9}"
                   f"{_f(e.get('grid_best')):>9}{_f(o['beta'], '.2g'):>10} | {_f(o['gap_to_grid_best'], '+.2f'):>9}"
-                  f"{_f(o['worst_gap'], '+.1f'):>8}{_f(o['final_lr'], '.2g'):>9}{o['diverged'] + o['collapsed']:>4} | "
+                  f"{_f(o['worst_gap'], '+.1f'):>8}{_f(o['final_lr'], '.2g'):>9}{o['failed']:>4} | "
                   f"{_f(r['gap_to_grid_best'], '+.2f'):>9}{_f(r['worst_gap'], '+.1f'):>8}{_f(r['final_lr'], '.2g'):>9}"
-                  f"{r['diverged'] + r['collapsed']:>4} | {'yes' if ok else 'NO'}")
+                  f"{r['failed']:>4} | {'yes' if ok else 'NO'}")
             for err in m["errors"][:2]:
                 print(f"      error: {err[:200]}")
 
@@ -747,6 +749,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="hd/marthe: lr_max this many times the start LR (default: the tuner's own default)")
     p.add_argument("--no-reference", action="store_true", help="hd/marthe: the product only")
     p.add_argument("--out", default=None, help="JSON path (default bench/out/parity.json, quick: parity_quick.json)")
+    p.add_argument("--reprint", metavar="JSON", default=None, help="print the tables of an earlier report and stop")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = args.tasks or list(QUICK_TASKS)
@@ -761,8 +764,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def reprint(path: str) -> dict:
+    """The tables of an earlier report, analysed again from its rows."""
+    report = json.loads(Path(path).read_text())
+    c = report["config"]
+    args = argparse.Namespace(tasks=c["tasks"], budget=c["budget"], alrao_switch=c["alrao_switch"],
+                              start_factors=c.get("start_factors", [START_FACTOR]))
+    analysis = analyse(report["rows"], args)
+    print_report(analysis, args.start_factors)
+    return analysis
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.reprint:
+        return reprint(args.reprint)
     torch.set_num_threads(1)
     started = time.time()
     first: list[dict] = []
@@ -808,6 +824,7 @@ def main(argv=None) -> dict:
         "config": {"tasks": args.tasks, "parts": args.parts, "seeds": args.seeds, "budget": args.budget,
                    "alrao_switch": args.alrao_switch, "alrao_interval": ALRAO_INTERVAL, "alrao_copies": ALRAO_COPIES,
                    "hd_config": args.hd_config, "marthe_config": args.marthe_config, "quick": args.quick,
+                   "start_factors": args.start_factors, "lr_max_factor": args.lr_max_factor,
                    "threads_per_run": 1, "jobs": args.jobs},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "cpu_count": os.cpu_count(), "load_average_end": os.getloadavg()},

@@ -4,20 +4,25 @@ The client computes on the device only the scalars a method needs (see
 ``autolrs.callbacks.hypergrad``); the server owns the LR rule. Every hypergradient ``h`` is
 dE/dLR (the derivative of the loss with respect to the base LR), and one hyper step is
 
-    LR   <- clamp(LR - beta * clip(h), lr_min, lr_max)
+    LR   <- clamp(LR - beta * n * clip(h), lr_min, lr_max)
     beta <- max(beta + alpha * h * h_prev, 0)          (gradient descent on beta, alpha > 0)
 
-A non-finite ``h`` is skipped and counted, never applied. Reports are batched: the client
-trains ``every`` steps at one LR and reports; the hyper steps of the report are applied in
-order and the next segment runs at the resulting LR (so the update lags up to ``every`` steps;
-``every: 1`` is the per-step algorithm at one round trip per step).
+with ``n`` the training steps ``h`` stands for, so ``beta`` is per training step (AdaTune's
+hyper-LR) whatever ``every`` is; its default depends on the optimizer the client reports (Adam's
+hypergradient has another scale than SGD's). A non-finite ``h`` is skipped and counted, never
+applied. Reports are batched: the client trains ``every`` steps at one LR and reports; the hyper
+steps of the report are applied in order and the next segment runs at the resulting LR (so the
+update lags up to ``every`` steps; ``every: 1`` is the per-step algorithm at one round trip per
+step). Because a report's hyper steps land at once, with no chance to correct a spike on the next
+step as the per-step rule does, the LR at most doubles or halves per ``doubling_steps`` steps,
+and a segment whose loss blew up lowers ``lr_max`` (:meth:`_ceiling_from_losses`).
 
 * ``hd`` (hypergradient descent, Baydin et al.): ``h`` of each step is the training
   hypergradient ``-g_t . d_{t-1}`` (``d`` the optimizer's previous update direction per unit
   LR); every step of a report is one hyper step.
 * ``rtho`` / ``marthe``: the client runs the tangent recursion ``Z = dw/dLR`` discounted by
   ``mu`` and, at the end of each segment, reports ``h = grad E_val(w) . Z`` (one hyper step per
-  segment). ``mu = 1`` is RTHO (Franceschi et al.), ``mu = 0`` is HD on the validation loss,
+  segment, standing for each of its ``n`` steps). ``mu = 1`` is RTHO (Franceschi et al.), ``mu = 0`` is HD on the validation loss,
   ``mu < 0`` MARTHE's adaptive rule (Donini et al.).
 """
 
@@ -216,8 +221,8 @@ class MartheTuner(HypergradientTuner):
 
     Adaptive rule (fixed from AdaTune, whose first exponent is 1/0): mu starts at 0 with
     ``c = 0``; after each hyper step ``z = clip(LR / (grad E_val . g_last), 0, 1)`` (0 when that
-    dot product is not positive or not finite), ``c <- c + mu`` while mu > 0 else 0, and
-    ``mu <- z ** (1 / (1 + c))``.
+    dot product is not positive or not finite), ``c <- c + n * mu`` while mu > 0 else 0 (``n``
+    the segment's steps: AdaTune adds mu at every step), and ``mu <- z ** (1 / (1 + c))``.
     """
 
     name = "marthe"
