@@ -1,9 +1,11 @@
 """Parity with the original implementations: each seed method with its default knobs against a
 reference implementation of the original's rule, on the quality suite's tasks (bench/tasks.py).
 
-    python bench/parity.py                    # every task, 3 seeds, short budget (~10 min on 2 cores)
-    python bench/parity.py --quick            # digits_mlp, digits_gru, cancer_small, 2 seeds
+    python bench/parity.py                    # every task, 3 seeds, short budget (5-13 min on 2 busy cores)
+    python bench/parity.py --quick            # digits_mlp, digits_gru, cancer_small, 2 seeds (~1-2 min)
     python bench/parity.py --tasks digits_mlp --parts hd --seeds 0 1 2 --hd-config '{"beta": 1e-3}'
+    python bench/parity.py --parts hd marthe --start-factors 1 10 --grid-from bench/out/parity.json
+    python bench/parity.py --reprint bench/out/parity.json
 
 What runs, per task and seed (same initial weights, same batches, same validation batches):
 
@@ -14,8 +16,10 @@ What runs, per task and seed (same initial weights, same batches, same validatio
   original scripts' defaults) with the product's default Switch, against the same model,
   optimizer, copies and sampled LRs with :class:`OriginalSwitch` below in place of the Switch.
 * ``hd`` and ``marthe``: the tuner with its default knobs, through a real server and the real
-  callback, from 10x below the grid best, against the AdaTune rule written below (in process,
-  one hyper step per training step, the same hyper-LR ``beta`` the tuner used), from the same LR.
+  callback, from 10x below the grid best (``--start-factors``), against the AdaTune rule written
+  below (in process, one hyper step per training step, the same hyper-LR ``beta`` the tuner used,
+  and its ``mu``), from the same LR. Runs with attention use the math attention kernel (the fused
+  CPU kernel has no double backward, which MARTHE's Hessian-vector product needs).
 
 The references follow /work/shared/reference/algorithms.md (sections 3 and 4.4), written here, not
 copied from the original repositories:
@@ -36,11 +40,14 @@ copied from the original repositories:
   does): the current LR in the recursion instead of the initial one, weight decay in the gradient
   and the Hessian term, the Adam tangent derived anew, mu starting at 0 instead of ``z^(1/0)``,
   ``mu = 0`` when the dot product is not positive, the validation batch in eval mode.
+* AdamW (digits_attention; AdaTune has no AdamW): both references add the decoupled decay,
+  ``w <- w (1 - lr wd) - lr a``, to the direction (``a + wd w``) and keep it out of the gradient.
 
 Reported per task: Alrao default vs original (median and worst seed of the task's test metric,
 validation metric too); hd/marthe vs the AdaTune rule: final LR, gap of the median metric to the
-grid best (accuracy points, or percent of the loss), worst seed, divergences (a non-finite loss or
-metric, or a collapse to chance: ``tasks.collapsed``). A table on stdout, JSON under bench/out/.
+grid best (accuracy points, or percent of the loss), worst seed, runs that diverged (a non-finite
+loss or metric) or collapsed (to chance: ``tasks.collapsed``). Each run uses one thread, two at a
+time. A table on stdout, JSON under bench/out/.
 """
 
 from __future__ import annotations
@@ -145,9 +152,10 @@ class AdaTuneHD:
         self.kind, self.lr, self.beta = kind, lr, beta
         self.momentum, self.wd, self.betas, self.eps = momentum, weight_decay, betas, eps
         self.decoupled = decoupled  # AdamW (not in AdaTune): w <- w (1 - lr wd) - lr a
-        self.d_prev = torch.zeros(sum(p.numel() for p in self.params))  # SGDHD's grad_prev
+        self.d_prev = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype)  # grad_prev
         self.buf: torch.Tensor | None = None
         self.adam: dict[int, dict] = {}
+        self.last_h = 0.0  # this step's hypergradient, AdaTune's sign (the LR moves by beta * h)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -166,7 +174,8 @@ class AdaTuneHD:
 
     def _sgd(self) -> None:
         g = _flat([self._grad(p) for p in self.params])
-        self.lr += self.beta * float(g @ self.d_prev)
+        self.last_h = float(g @ self.d_prev)
+        self.lr += self.beta * self.last_h
         if self.momentum:
             self.buf = g.clone() if self.buf is None else self.buf * self.momentum + g
             d = self.buf
@@ -181,6 +190,7 @@ class AdaTuneHD:
 
     def _adam(self) -> None:
         b1, b2 = self.betas
+        self.last_h = 0.0
         for i, p in enumerate(self.params):
             g = self._grad(p)
             st = self.adam.setdefault(i, {"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)})
@@ -192,6 +202,7 @@ class AdaTuneHD:
                 if self.decoupled:
                     h += self.wd * float((g * st["w_prev"]).sum())
                 self.lr += self.beta * h
+                self.last_h += h
             if self.decoupled:
                 st["w_prev"] = p.detach().clone()
                 p.mul_(1 - self.lr * self.wd)
@@ -216,14 +227,15 @@ class AdaTuneMarthe:
         self.adaptive = mu < 0
         self.mu = 0.0 if self.adaptive else mu
         self.c = 0.0
-        n = sum(p.numel() for p in self.params)
-        self.Z = torch.zeros(n)
-        self.S = [torch.zeros(n), torch.zeros(n)]  # SGD: buffer tangent; Adam: M, V tangents
+        n, dtype = sum(p.numel() for p in self.params), self.params[0].dtype
+        self.Z = torch.zeros(n, dtype=dtype)
+        self.S = [torch.zeros(n, dtype=dtype), torch.zeros(n, dtype=dtype)]  # SGD: buffer tangent; Adam: M, V
         self.buf: torch.Tensor | None = None
-        self.m = torch.zeros(n)
-        self.v = torch.zeros(n)
+        self.m = torch.zeros(n, dtype=dtype)
+        self.v = torch.zeros(n, dtype=dtype)
         self.t = 0
-        self.b = torch.zeros(n)
+        self.b = torch.zeros(n, dtype=dtype)
+        self.last_h = 0.0  # the last hyper step's hypergradient (the LR moved by -beta * h)
 
     def backward(self, loss: torch.Tensor) -> None:
         grads = torch.autograd.grad(loss, self.params, create_graph=self.mu > 0)
@@ -276,7 +288,7 @@ class AdaTuneMarthe:
         loss = val_loss()
         vg = _flat(torch.autograd.grad(loss, self.params, allow_unused=False)).detach()
         vg = vg.clamp(-ADATUNE_CLIP, ADATUNE_CLIP)
-        h = float(vg @ self.Z)
+        h = self.last_h = float(vg @ self.Z)
         if math.isfinite(h):
             self.lr = self.lr - self.beta * h
         for group in self.opt.param_groups:
@@ -750,6 +762,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-reference", action="store_true", help="hd/marthe: the product only")
     p.add_argument("--out", default=None, help="JSON path (default bench/out/parity.json, quick: parity_quick.json)")
     p.add_argument("--reprint", metavar="JSON", default=None, help="print the tables of an earlier report and stop")
+    p.add_argument("--grid-from", metavar="JSON", default=None,
+                   help="take the constant-LR grid from an earlier report (same tasks, seeds, budget)")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = args.tasks or list(QUICK_TASKS)
@@ -786,7 +800,7 @@ def main(argv=None) -> dict:
         task = TASKS[name]
         steps = task.steps(args.budget)
         for seed in args.seeds:
-            if {"hd", "marthe"} & set(args.parts):
+            if {"hd", "marthe"} & set(args.parts) and not args.grid_from:
                 first += [{"task": name, "kind": "grid", "seed": seed, "steps": steps, "lr": lr} for lr in task.grid]
             if "alrao" in args.parts:
                 first += [{"task": name, "kind": "alrao", "seed": seed, "steps": steps, "switch": sw}
@@ -797,7 +811,11 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="autolrs-parity-") as tmp:
         with ServerProcess(Path(tmp) / "state", log_path=Path(tmp) / "server.log") as server:
-            rows = run_jobs(_order(first), args.jobs, server.endpoint, str(Path(tmp) / "state"))
+            rows = run_jobs(_order(first), args.jobs, server.endpoint, str(Path(tmp) / "state")) if first else []
+            if args.grid_from:
+                rows += [r for r in json.loads(Path(args.grid_from).read_text())["rows"]
+                         if r["kind"] == "grid" and r["task"] in args.tasks and r["seed"] in args.seeds
+                         and r["steps"] == TASKS[r["task"]].steps(args.budget)]
             best = {name: e.get("grid_best_lr") for name, e in analyse(rows, args).items()}
             second = []
             for name in args.tasks:
@@ -825,6 +843,7 @@ def main(argv=None) -> dict:
                    "alrao_switch": args.alrao_switch, "alrao_interval": ALRAO_INTERVAL, "alrao_copies": ALRAO_COPIES,
                    "hd_config": args.hd_config, "marthe_config": args.marthe_config, "quick": args.quick,
                    "start_factors": args.start_factors, "lr_max_factor": args.lr_max_factor,
+                   "grid_from": args.grid_from,
                    "threads_per_run": 1, "jobs": args.jobs},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "cpu_count": os.cpu_count(), "load_average_end": os.getloadavg()},
