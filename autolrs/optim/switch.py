@@ -13,9 +13,8 @@ One update with log-likelihoods ``ℓ_j`` of the N models on a batch:
 ``likelihood='mean'`` (default, the original's) uses the batch-*mean* log-likelihood (minus each
 model's mean loss); ``'batch'`` uses the log-likelihood of the whole batch (the mean loss times the
 number of examples), the Bayesian update the algorithm assumes, which moves the posterior
-batch-size times faster. Measured on the eight tasks of ``bench/parity.py``, ``'batch'`` collapses
-the posterior onto one copy within a few hundred steps and is worse than ``'mean'`` on six of them,
-better on one (see the README), hence the default.
+batch-size times faster. Measured on the eight tasks of ``bench/parity.py``, ``'batch'`` is worse
+than ``'mean'`` on six of them, better on one (see the README), hence the default.
 """
 
 from __future__ import annotations
