@@ -2,7 +2,7 @@
 # autolrs launcher.
 #
 #   bash run.sh [example options]   set up, start a tuner server, train the CIFAR-10 example
-#                                   with AutoLRS, stop the server; results land in one folder
+#                                   with the auto tuner, stop the server; results land in one folder
 #                                   (--nproc N: N data-parallel ranks under torchrun)
 #   bash run.sh test [pytest args]  set up and run the test suite
 #
@@ -10,7 +10,7 @@
 # so an installed torch >= 2.1 is reused; only when none is found does it install
 # $AUTOLRS_TORCH_SPEC (default torch==2.13.0). torchvision is never installed here.
 # Environment: CIFAR10_DIR (data folder), AUTOLRS_OUT (output folder), AUTOLRS_PORT
-# (server port; default: a free one), AUTOLRS_TUNER (default autolrs).
+# (server port; default: a free one), AUTOLRS_TUNER (default auto).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -75,7 +75,7 @@ run_example() {
         exit 1
     fi
     echo "run.sh: server ready at $endpoint; output in $out" >&2
-    python examples/cifar10.py --tuner "${AUTOLRS_TUNER:-autolrs}" --server "$endpoint" --out "$out" "$@"
+    python examples/cifar10.py --tuner "${AUTOLRS_TUNER:-auto}" --server "$endpoint" --out "$out" "$@"
 }
 
 case "${1:-}" in

@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.9",
     # Listed explicitly: a find_packages() at the root would also install bare
     # `server`, `callbacks`, `tests` and `examples` packages.
-    packages=["autolrs", "autolrs.tuners", "autolrs.optim", "autolrs.server", "autolrs.callbacks"],
+    packages=["autolrs", "autolrs.wire", "autolrs.testing", "autolrs.tuners", "autolrs.optim", "autolrs.server",
+              "autolrs.callbacks"],
     package_dir={"autolrs.server": "server", "autolrs.callbacks": "callbacks"},
     package_data={"autolrs.server": ["defaults.yaml"]},
     install_requires=[

@@ -10,17 +10,12 @@ AutoLRS used through ``skopt.Optimizer``), plus explicit Gaussian noise::
 (skopt's lower length-scale bound is 0.01; see :data:`LENGTH_SCALE_MIN`) with ``normalize_y=True``
 and one L-BFGS run of the marginal likelihood (``n_restarts_optimizer=0``; seeded) of at most
 :data:`MAX_ITER` iterations, so the same observations, seed and start always give the same
-suggestion. Restarts tripled the cost of a suggestion (about 50 ms against 22 ms here, most of
-an AutoLRS report's server time) and changed the next point by more than 0.05 of the interval
-in 6 of 120 random 1-D problems of up to 10 points. The cap cuts the slow tail: a fit takes a
-median of 23 iterations (~0.5 ms each, mostly scikit-learn's kernel bookkeeping) but up to 89
-when it creeps along a bound; with the cap the tuner's p99 time per report fell from 36 to
-21 ms while simulated AutoLRS jobs chose exactly the same LRs.
+suggestion (restarts cost more than they changed; the cap cuts the slow tail of fits that creep
+along a bound: docs/benchmarks.md has the measurements).
 
 The run starts from the kernel's initial hyper-parameters, or with :func:`suggest_warm` from an
 earlier fit's. The AutoLRS tuner passes the stage's previous fit (kept in its state, so a
-restarted server suggests the same LR): a median of 6 iterations instead of 23, and on 60
-random noisy 1-D problems minima at least as good as with cold fits.
+restarted server suggests the same LR), which needs far fewer iterations.
 
 Acquisitions are computed on the posterior of the noise-free function (the fitted white-noise
 variance is taken out of the predictive variance):

@@ -1,6 +1,6 @@
 """Analysis of an LR range-test curve: the sweep's LRs, smoothing, suggestions, AutoLRS bounds.
 
-numpy only, no torch: the server's ``range_test`` tuner and the client's ``LRFinder`` share
+numpy (scipy lazily, for :func:`centred`), no torch: the server's ``range_test`` tuner and the client's ``LRFinder`` share
 this one copy.
 
 * :func:`sweep_lrs` / :func:`sweep_lr`: torch-lr-finder's ``ExponentialLR`` / ``LinearLR``
@@ -39,12 +39,13 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import median_filter
 
-__all__ = ["METHODS", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
-           "suggest", "suggest_all", "bounds_from_curve"]
+__all__ = ["METHODS", "DEFAULT_METHOD", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
+           "suggest", "suggest_all", "debiased", "centred", "bounds_from_curve"]
 
 METHODS = ("steepest", "valley", "minimum")
+#: The rule the range test applies by default (measured on bench/quality.py: see the README).
+DEFAULT_METHOD = "minimum"
 STEP_MODES = ("exp", "linear")
 
 
@@ -120,6 +121,41 @@ def smooth(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:
     """The smoothed curve of a whole list of raw losses (no divergence stop)."""
     s = Smoother(smooth_f, None)
     return [s.add(x)[0] for x in losses]
+
+
+def centred(losses: Sequence[float]) -> list[float]:
+    """A lag-free smoothing of raw losses: the centred running median over ``max(3, n // 10)``
+    points (made odd), ends padded with the edge values; non-finite points dropped first and
+    returned as NaN. Unlike an exponential average it neither starts at one batch's loss nor
+    trails the LR, which matters on short sweeps (a 30-point sweep is all lag at ``smooth_f =
+    0.05``)."""
+    from scipy.ndimage import median_filter
+
+    values = np.asarray(losses, dtype=np.float64)
+    keep = np.isfinite(values)
+    out = np.full(values.shape, np.nan)
+    if keep.any():
+        head = max(1, int(keep.sum()) // 10)
+        out[keep] = median_filter(values[keep], size=max(3, head | 1), mode="nearest")
+    return out.tolist()
+
+
+def debiased(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:
+    """fastai's bias-corrected smoothing of raw losses: ``avg = beta * avg + (1 - beta) * loss``
+    from ``avg = 0``, divided by ``1 - beta ** i`` (``beta = 1 - smooth_f``). Early points are
+    averages of the points so far (torch-lr-finder's curve is the first batch's loss for dozens
+    of points). Non-finite losses are carried through as NaN and do not enter the average."""
+    beta = 1.0 - float(smooth_f)
+    avg, weight, out = 0.0, 0.0, []
+    for x in losses:
+        x = float(x)
+        if not math.isfinite(x):
+            out.append(math.nan)
+            continue
+        avg = beta * avg + (1 - beta) * x
+        weight = beta * weight + (1 - beta)
+        out.append(avg / weight if weight > 0 else x)
+    return out
 
 
 # --- suggestions ----------------------------------------------------------------------------
@@ -246,18 +282,19 @@ def suggest_all(lrs: Sequence[float], losses: Sequence[float]) -> dict:
 
 
 def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fraction: float = 0.1,
-                      min_decades: float = 1.0) -> tuple[float, float]:
+                      min_decades: float = 1.0, below_minimum: float = 1.0) -> tuple[float, float]:
     """A search interval ``(min_lr, max_lr)`` for the ``autolrs`` tuner (or, with a wider
     ``min_decades``, an Alrao interval) from a range test.
 
     ``losses`` is the *raw* curve, one loss per LR (the ``range_test`` tuner's ``history["loss"]``,
     ``LRFinder``'s ``history["raw_loss"]``), ``lrs`` increasing. Non-finite points are dropped,
-    then the curve is smoothed by a centred running median over ``max(3, n // 10)`` points (odd;
-    ``scipy.ndimage.median_filter``): unlike the range test's exponential moving average it
-    neither starts at one batch's loss nor lags behind the LR. The rule:
+    then the curve is smoothed by :func:`centred` (a running median over ``max(3, n // 10)``
+    points). The rule:
 
-    * ``max_lr`` is the LR at the lowest smoothed loss: past it the loss rises, so a constant LR
-      above it would diverge or train worse (Leslie Smith's "where the loss stops descending").
+    * ``max_lr`` is the LR at the lowest smoothed loss divided by ``below_minimum``: past that
+      LR the loss rises, so a constant LR above it would diverge or train worse (Leslie Smith's
+      "where the loss stops descending"); and a constant LR at it is already on the edge
+      (the ``autolrs`` tuner's automatic bounds divide by 3, measured in bench/quality.py).
     * ``start`` is the median of the first tenth of the raw points (at least one).
     * ``min_lr`` is the LR from which on the smoothed loss stays at least ``drop_fraction`` (10 %)
       of the total fall ``start - min`` below ``start`` up to the minimum ("where the loss starts
@@ -275,13 +312,15 @@ def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fra
         raise ValueError("bounds_from_curve needs positive LRs")
     head = max(1, len(loss) // 10)
     start = float(np.median(loss[:head]))
-    loss = median_filter(loss, size=max(3, head | 1), mode="nearest")
+    loss = np.asarray(centred(loss))
     i_min = head + int(np.argmin(loss[head:]))
     fall = start - loss[i_min]
     if not fall > 0:
         raise ValueError("the loss never fell below its start during the range test; no LR interval "
                          "can be derived (start the sweep lower or check the model)")
-    max_lr = float(lr[i_min])
+    if not below_minimum >= 1:
+        raise ValueError(f"below_minimum must be >= 1, got {below_minimum!r}")
+    max_lr = float(lr[i_min]) / below_minimum
     threshold = start - drop_fraction * fall
     # The fall starts after the last point above the threshold (before the minimum): a noisy or
     # lucky early point below it does not count as the start.

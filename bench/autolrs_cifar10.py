@@ -6,7 +6,7 @@ Rows:
 * ``autolrs``: the AutoLRS tuner with the LR range [1e-3, 1] and nothing else tuned;
   ``autolrs+keep_best``: the same with ``keep_best_trial: true``;
   ``autolrs+keep_best+cosine``: and ``final_decay: cosine`` (the last stage anneals to 0);
-  ``autolrs+auto``: no range at all, ``min_lr``/``max_lr`` ``auto`` (a 100-step range test sets it).
+  ``autolrs+auto``: no range at all, ``lr_min``/``lr_max`` ``auto`` (a 100-step range test sets it).
 * Baselines, one per LR of a grid (default 0.003 0.01 0.03 0.1 0.3): ``constant`` (``--tuner none``),
   ``cosine`` (tuner ``cosine`` with ``T_0`` = budget, ``T_mult`` 1: decay to 0 over the budget) and
   ``step`` (tuner ``step``, x0.1 at half the budget).
@@ -50,14 +50,14 @@ from pathlib import Path
 
 import torch
 
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from benchlib import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "cifar10.py"
 SHARED_DATA = Path("/work/shared/data/cifar-10-subset-py")
 
-AUTOLRS_RANGE = {"min_lr": 1e-3, "max_lr": 1.0}
+AUTOLRS_RANGE = {"lr_min": 1e-3, "lr_max": 1.0}
 TARGET_GAP = 0.01  # AutoLRS's final accuracy at most 1 point below the best baseline's
 TARGET_RATIO = 0.8  # ... and the best baseline's final accuracy reached in <= 0.8x its steps
 DEFAULT_LRS = [0.003, 0.01, 0.03, 0.1, 0.3]
@@ -66,7 +66,7 @@ AUTOLRS_ROWS = {
     "autolrs": {},
     "autolrs+keep_best": {"keep_best_trial": True},
     "autolrs+keep_best+cosine": {"keep_best_trial": True, "final_decay": "cosine"},
-    "autolrs+auto": {"min_lr": "auto", "max_lr": "auto"},  # no range given: a range test sets it
+    "autolrs+auto": {"lr_min": "auto", "lr_max": "auto"},  # no range given: a range test sets it
 }
 
 
@@ -187,10 +187,10 @@ def run_one(run: dict, args: argparse.Namespace, endpoint: str, work: Path) -> d
            "train_wall_s": summary["wall_time_s"], "process_wall_s": round(wall, 2),
            "test_curve": summary["test_curve"], "final_train_loss": _tail_mean(summary["losses"], 50)}
     if run["family"] == "autolrs":
-        row["server_session"] = summary.get("server_session")
+        row["tuner_summary"] = summary.get("tuner_summary")
         row["stages"] = autolrs_stages(work / "state", job)
         row["lr_segments"] = segments(summary["lrs"])
-        s = (summary.get("server_session") or {}).get("summary") or {}
+        s = summary.get("tuner_summary") or {}
         row["search_steps"], row["train_steps"] = s.get("search_steps"), s.get("train_steps")
     return row
 

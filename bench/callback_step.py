@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-# The scripted peer (a fake server answering with fixed plans) lives with the callback tests.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "callbacks_tests"))
-
-from autolrs.actions import run  # noqa: E402
-from autolrs.callbacks import AutoLRS  # noqa: E402
-from callbacks_testlib import ScriptedPeer, ScriptedTuner, digits  # noqa: E402
-from benchlib import write_report  # noqa: E402
+from autolrs.actions import run
+from autolrs.callbacks import AutoLRS
+from autolrs.testing.peer import ScriptedPeer, ScriptedTuner  # a fake server answering with fixed plans
+from autolrs.testing.training import digits
+from benchlib import write_report
 
 N = 10_000
 

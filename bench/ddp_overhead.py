@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from benchlib import write_report
 
 WORLD = 2

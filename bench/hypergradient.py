@@ -33,7 +33,7 @@ from cifar_data import Batches, evaluate, load_cifar10  # noqa: E402
 from cifar_models import small_cnn  # noqa: E402
 
 from autolrs.callbacks import AutoLRS  # noqa: E402
-from autolrs.server.process import ServerProcess  # noqa: E402
+from autolrs.server import ServerProcess  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/cifar-10-subset-py"
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ AutoLRS benchmark (bench/autolrs_cifar10.py).
 
 Model and optimizer are those of the CIFAR-10 example and the AutoLRS benchmark: small_cnn,
 SGD(momentum 0.9, weight decay 5e-4), batch 128, at initialisation. The tune runs through
-``LossDiffTuner`` (a real server process, started before any timing); the same probes are also
+``LossDiffFinder`` (a real server process, started before any timing); the same probes are also
 run in process (``run_probes`` on the same batches, no server) to show what the server adds.
 Prints a table and writes ``bench/out/loss_diff.json``. The AutoLRS benchmark's figures come
 from ``bench/out/autolrs_cifar10.json`` when it exists, else its recorded result (1,500 steps:
@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 from autolrs import delta_stats, lr_curve  # noqa: E402
-from autolrs.callbacks import LossDiffTuner, LRFinder  # noqa: E402
+from autolrs.callbacks import LossDiffFinder, LRFinder  # noqa: E402
 from autolrs.callbacks.probe import run_probes  # noqa: E402
 from autolrs.callbacks.state import CheckpointStore  # noqa: E402
-from autolrs.server.process import ServerProcess  # noqa: E402
+from autolrs.server import ServerProcess  # noqa: E402
 
 CIFAR_DIR = Path("/work/shared/data/cifar-10-subset-py")
 #: bench/autolrs_cifar10.py at 1,500 steps (seed 0), used when its JSON is not in bench/out/.
@@ -115,7 +115,7 @@ def main() -> None:
     server = ServerProcess(state_dir.name, port=0)
     try:
         model, optimizer = make_model_and_optimizer()
-        tuner = LossDiffTuner(model, optimizer, torch.nn.functional.cross_entropy, server=server.endpoint,
+        tuner = LossDiffFinder(model, optimizer, torch.nn.functional.cross_entropy, server=server.endpoint,
                               job="bench-loss-diff")
         t = time.perf_counter()
         tuner.tune(batches, lr_min=args.lr_min, lr_max=args.lr_max, num_evals=args.num_evals,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from autolrs.callbacks import AutoLRS
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from benchlib import write_report
 
 TARGET_RATIO = 1.02

@@ -319,10 +319,11 @@ def _finish(task: Task, model: nn.Module, diverged: bool, extra: dict) -> dict:
     split = task.data()
     test, val = evaluate(task, model, split.test_x, split.test_y), evaluate(task, model, split.val_x, split.val_y)
     metric, val_metric = metric_of(task, test), metric_of(task, val)
-    if diverged or not math.isfinite(test["loss"]):
+    diverged = bool(diverged) or not math.isfinite(test["loss"])
+    if diverged:
         metric = val_metric = 0.0 if task.higher_is_better else math.inf
-    return {"metric": metric, "val_metric": val_metric, "diverged": bool(diverged) or not math.isfinite(test["loss"]),
-            "collapsed": collapsed(task, metric), **extra}
+    return {"metric": metric, "val_metric": val_metric, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            "diverged": diverged, "collapsed": diverged or collapsed(task, test), **extra}
 
 
 def _nonfinite(loss: torch.Tensor) -> bool:
@@ -807,7 +808,7 @@ def main(argv=None) -> dict:
                           for sw in (args.alrao_switch, "original")]
     print(f"parity: {len(args.tasks)} tasks, seeds {args.seeds}, {args.budget} budget, parts {args.parts}, "
           f"{args.jobs} at a time; load average {os.getloadavg()[0]:.1f}", flush=True)
-    from autolrs.server.process import ServerProcess
+    from autolrs.server import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="autolrs-parity-") as tmp:
         with ServerProcess(Path(tmp) / "state", log_path=Path(tmp) / "server.log") as server:

@@ -23,7 +23,8 @@ Methods (one configuration each for every task; nothing is tuned per task):
 Per task and budget the report has, for every method: the median and worst seed of the final
 test metric, collapses (a final metric at chance level or beyond it, or non-finite: see
 ``tasks.collapse_level``), the steps needed to first reach the grid best's median final metric
-(search steps included; evaluations inside discarded trials do not count), and the share of
+(search steps included; evaluations in steps a restore threw away, the callback's
+``discarded`` windows, do not count), and the share of
 steps spent searching. JSON under bench/out/ and one summary plot.
 """
 
@@ -57,15 +58,29 @@ EVALS_PER_RUN = 10  # test-set evaluations along a run (for steps-to-target)
 RANGE_TEST = {"start_lr": 1e-7, "end_lr": 10.0, "num_iter": 100, "apply_suggestion": True}
 LOSS_DIFF = {"num_evals": 20, "num_subsamples": 10, "apply_best": True}  # grid 1e-6 .. 1 (its default)
 
-#: Tuner methods: (registered tuner, its config). ``autolrs-30`` is AutoLRS with 30-step trials.
-METHODS: dict[str, tuple[str, dict]] = {
-    "autolrs": ("autolrs", {}),
+#: Tuner methods: (registered tuner, its config, factor on the practitioner's LR for the
+#: optimizer). ``autolrs-30`` is AutoLRS with 30-step trials; ``@low``/``@high``: the optimizer's
+#: LR 10x too low or too high.
+METHODS: dict[str, tuple[str, dict, float]] = {
+    "auto": ("auto", {}, 1.0),
+    "autolrs": ("autolrs", {}, 1.0),
     "autolrs-30": ("autolrs", {"tau": 300, "tau_max": 2400, "k": 10, "trial_fraction": 0.1,
-                               "min_lr": 1e-3, "max_lr": 1.0}),
-    "range_test": ("range_test", RANGE_TEST),
-    "loss_diff": ("loss_diff", LOSS_DIFF),
-    "hd": ("hd", {}),
+                               "lr_min": 1e-3, "lr_max": 1.0}, 1.0),
+    "range_test": ("range_test", RANGE_TEST, 1.0),
+    "loss_diff": ("loss_diff", LOSS_DIFF, 1.0),
+    "hd": ("hd", {}, 1.0),
+    # Not in the default run: the optimizer's LR off by 10x; the published AutoLRS; each range-test rule.
+    "auto@low": ("auto", {}, 0.1),
+    "auto@high": ("auto", {}, 10.0),
+    "autolrs-paper": ("autolrs", {"preset": "paper"}, 1.0),
+    "autolrs-auto": ("autolrs", {"lr_min": "auto", "lr_max": "auto"}, 1.0),
+    "autolrs-valstart": ("autolrs", {"val_from": "start"}, 1.0),
+    "autolrs-k5": ("autolrs", {"k": 5}, 1.0),
+    "auto-c4": ("auto", {"candidates": 4, "spacing": 3.0, "trial_fraction": 0.025}, 1.0),
+    **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}, 1.0)
+       for rule in ("steepest", "valley", "minimum")},
 }
+DEFAULT_METHODS = ("auto", "autolrs", "autolrs-30", "range_test", "loss_diff", "hd", "auto@low", "auto@high")
 QUICK_TASKS = ("digits_mlp", "digits_cnn", "cancer_small")
 
 
@@ -137,8 +152,8 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
     (default: the practitioner's)."""
     from autolrs.callbacks import AutoLRS
 
-    tuner, config = METHODS[method]
-    lr = task.default_lr if lr is None else lr
+    tuner, config, factor = METHODS[method]
+    lr = task.default_lr * factor if lr is None else lr
     model = task.model(seed)
     optimizer = task.make_optimizer(model, lr)
     split = task.data()
@@ -152,7 +167,7 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
     def probe_fn():
         return task.criterion(model(current["x"]), current["y"])
 
-    job = f"q-{task.name}-{method}-{seed}-{uuid.uuid4().hex[:8]}"
+    job = f"q-{task.name}-{method.replace('@', '-at-')}-{seed}-{uuid.uuid4().hex[:8]}"
     extra: dict = {}
     search = 0
     if tuner == "loss_diff":
@@ -169,6 +184,7 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
                      max_steps=steps, seed=seed, timeout=30.0, **extra) as cb:
             step, diverged = _train_steps(task, model, optimizer, batches, steps, recorder, cb=cb)
             chosen = cb.lr
+        discarded = list(cb.discarded)
     session = _session(state_dir, job)
     summary = (session or {}).get("tuner_state") or {}
     if tuner in ("range_test", "loss_diff"):
@@ -179,10 +195,13 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
             scheduler = _schedule("cosine", optimizer, steps - step)
             step, diverged = _train_steps(task, model, optimizer, batches, steps, recorder, start=step,
                                           scheduler=scheduler)
-    elif tuner == "autolrs":
+    elif tuner in ("autolrs", "auto"):
         search = _autolrs_search_steps(summary)
     info = {"search_steps": search, "diverged": diverged, "chosen_lr": chosen, "job": job,
-            "off_path": _off_path_windows(state_dir, job) if tuner == "autolrs" else []}
+            "off_path": discarded}
+    if tuner == "auto":
+        info["auto"] = {k: summary.get(k) for k in ("sweep_result", "candidates", "trials", "events", "stop_reason")}
+        info["auto"]["peak"] = (summary.get("train") or {}).get("peak")
     if tuner == "autolrs":
         info["stages"] = [{"winner": s["winner"], "trials": [[t["lr"], t["forecast"]] for t in s["trials"]],
                            "mode": s["mode"], "start_step": s["start_step"]} for s in summary.get("stages", [])]
@@ -201,38 +220,18 @@ def _autolrs_search_steps(state: dict) -> int:
     return int(state.get("search_steps", 0)) + int(state.get("bounds_steps", 0))
 
 
-def _off_path_windows(state_dir: str, job: str) -> list[list[int]]:
-    """Step ranges ``(a, b]`` whose weights a later restore threw away, from the job's decision
-    log: a restore at step ``b`` of a slot saved at step ``a`` discards the steps in between."""
-    path = Path(state_dir) / "jobs" / job / "decisions.jsonl"
-    saved: dict[str, int] = {}
-    windows = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        rec = json.loads(line)
-        step = int(rec.get("step", 0) or 0)
-        for action in rec.get("plan") or []:
-            if action.get("op") == "checkpoint":
-                saved[action["slot"]] = step
-            elif action.get("op") == "restore" and action.get("slot") in saved:
-                a = saved[action["slot"]]
-                if step > a:
-                    windows.append([a, step])
-    return windows
-
-
 def _finish(task: Task, model, recorder: Recorder, info: dict) -> dict:
     split = task.data()
     final = evaluate(task, model, split.test_x, split.test_y)
+    if info.get("diverged"):
+        final = {"loss": math.inf, "accuracy": None if task.loss == "mse" else 0.0}
     metric = metric_of(task, final)
-    if info.get("diverged") or (task.metric == "loss" and not math.isfinite(metric)):
+    if not math.isfinite(final["loss"]):
         metric = 0.0 if task.higher_is_better else math.inf
     off = info.get("off_path") or []
     curve = [pt for pt in recorder.curve if not any(a < pt[0] < b for a, b in off)]
-    return {"metric": metric, "test_loss": final["loss"], "collapsed": collapsed(task, metric), "curve": curve, **info}
+    return {"metric": metric, "test_loss": final["loss"], "test_accuracy": final["accuracy"],
+            "collapsed": collapsed(task, final), "curve": curve, **info}
 
 
 # ------------------------------------------------------------------------------ the matrix
@@ -271,7 +270,7 @@ def _init_worker(endpoint: str, state_dir: str) -> None:
 
 def _execute(run: dict) -> dict:
     task = TASKS[run["task"]]
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     try:
         if run["method"] in SCHEDULES:
             row = run_baseline(task, run["seed"], run["steps"], run["method"], run["lr"])
@@ -280,7 +279,9 @@ def _execute(run: dict) -> dict:
                             _WORKER["state_dir"], lr=run.get("lr"))
     except Exception as exc:  # noqa: BLE001 - one failed run is reported, the suite goes on
         row = {"metric": None, "error": f"{type(exc).__name__}: {exc}", "collapsed": True, "curve": []}
-    return {**run, **row, "wall_s": round(time.time() - started, 2)}
+    # CPU seconds of this worker (training and callback): unlike wall time, not inflated by
+    # whatever else the machine runs; the server's share is small and not included.
+    return {**run, **row, "wall_s": round(time.time() - started, 2), "cpu_s": round(time.process_time() - cpu, 2)}
 
 
 def run_matrix(runs: list[dict], jobs: int, work: Path) -> list[dict]:
@@ -331,7 +332,7 @@ def analyse(rows: list[dict]) -> dict:
                             "errors": [r["error"] for r in group if r.get("error")],
                             "search_share": statistics.fmean(r.get("search_steps", 0) / r["steps"] for r in group),
                             "chosen_lr": [r.get("chosen_lr") for r in group] if r_is_tuner(group) else None}
-        grid = {k: v for k, v in stats.items() if "@" in k}
+        grid = {k: v for k, v in stats.items() if by_label[k][0]["method"] in SCHEDULES}
         entry: dict = {"steps": rs[0]["steps"], "methods": stats, "higher_is_better": task.higher_is_better,
                        "collapse_level": collapse_level(task)}
         if grid:
@@ -386,7 +387,8 @@ def print_report(analysis: dict, methods: list[str]) -> None:
     for key, entry in analysis.items():
         task = TASKS[key.split("/")[0]]
         unit = "pts" if task.higher_is_better else "%"
-        print(f"\n{key} ({entry['steps']} steps; metric: test {task.metric}; collapse at "
+        level = "MSE" if task.loss == "mse" else "accuracy"
+        print(f"\n{key} ({entry['steps']} steps; metric: test {task.metric}; collapse: test {level} at or beyond "
               f"{entry['collapse_level']:.3f})")
         if "grid_best" in entry:
             print(f"  grid best {entry['grid_best']} median {entry['grid_best_median']:.4f}; "
@@ -395,7 +397,7 @@ def print_report(analysis: dict, methods: list[str]) -> None:
               f"{'steps->best':>13}{'search':>8}")
         rows = [(m, entry["methods"][m]) for m in methods if m in entry["methods"]]
         if "grid_best" in entry:
-            for label in (entry["grid_best"], entry["default"]):
+            for label in dict.fromkeys((entry["grid_best"], entry["default"])):
                 if label in entry["methods"]:
                     rows.append((label, entry["methods"][label]))
         for label, s in rows:
@@ -472,6 +474,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2: one per core)")
     p.add_argument("--quick", action="store_true", help=f"tasks {', '.join(QUICK_TASKS)}, seeds 0 1, short budget")
     p.add_argument("--out", default=None, help="JSON path (default bench/out/quality.json, quick: quality_quick.json)")
+    p.add_argument("--report", default=None, metavar="JSON",
+                   help="run nothing: analyse an earlier report again (its JSON and plot are rewritten) and print it")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = args.tasks or list(QUICK_TASKS)
@@ -480,13 +484,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.tasks = args.tasks or list(TASKS)
     args.seeds = args.seeds if args.seeds is not None else [0, 1, 2, 3, 4]
     args.budgets = args.budgets or ["short", "long"]
-    args.methods = list(METHODS) if args.methods is None else args.methods
+    args.methods = list(DEFAULT_METHODS) if args.methods is None else args.methods
     args.out = Path(args.out or OUT / ("quality_quick.json" if args.quick else "quality.json"))
     return args
 
 
+def report_only(path: Path) -> dict:
+    report = json.loads(path.read_text())
+    rows = report["rows"]
+    methods = sorted({r["method"] for r in rows if r["method"] not in SCHEDULES}, key=list(METHODS).index)
+    report["analysis"] = analyse(rows)
+    print_report(report["analysis"], methods)
+    write_report(path, report)
+    plot(report["analysis"], methods, path.with_suffix(".png"))
+    return report
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.report:
+        return report_only(Path(args.report))
     runs = plan_runs(args)
     print(f"{len(runs)} runs ({len(args.tasks)} tasks x {len(args.budgets)} budgets x {len(args.seeds)} seeds), "
           f"{args.jobs} at a time", flush=True)
@@ -502,7 +519,8 @@ def main(argv=None) -> dict:
     methods = sorted({r["method"] for r in rows if r["method"] not in SCHEDULES}, key=list(METHODS).index)
     print_report(analysis, methods)
     wall = time.time() - started
-    print(f"\nwall time {wall:.0f}s")
+    cpu = sum(r.get("cpu_s", 0.0) for r in rows)
+    print(f"\nwall time {wall:.0f}s; the runs' CPU time {cpu:.0f}s (about {cpu / 2 / 60:.0f} minutes on 2 idle cores)")
     report = {
         "benchmark": "quality",
         "config": {"tasks": args.tasks, "budgets": args.budgets, "seeds": args.seeds, "methods": methods,
@@ -515,6 +533,7 @@ def main(argv=None) -> dict:
         "analysis": analysis,
         "rows": rows,
         "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(cpu, 1),
     }
     write_report(args.out, report)
     plot(analysis, methods, args.out.with_suffix(".png"))

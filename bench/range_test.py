@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from autolrs import lr_curve  # noqa: E402
 from autolrs.callbacks import LRFinder  # noqa: E402
-from autolrs.server.process import ServerProcess  # noqa: E402
+from autolrs.server import ServerProcess  # noqa: E402
 
 CIFAR_DIR = Path("/work/shared/data/cifar-10-subset-py")
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import zmq
 
-from autolrs import protocol
-from autolrs.server.process import ServerProcess
+from autolrs.wire import messages, protocol
+from autolrs.server import ServerProcess
 from autolrs.testing import SimulatedClient
 from autolrs.tuners import make_tuner
 from benchlib import write_report
@@ -96,9 +96,7 @@ def run_job(endpoint: str, index: int, step_s: float, start_at: float, measure_f
             stats["errors"] = stats.get("errors", 0) + 1
         return reply
 
-    hello = {"tuner": "autolrs", "config": JOB_CONFIG, "initial_lr": 0.1, "param_groups": 1, "step": 0,
-             "max_steps": None, "has_val_fn": False, "seed": index}
-    reply = call("hello", hello)
+    reply = call("hello", messages.Hello("autolrs", JOB_CONFIG, initial_lr=0.1, seed=index).to_body())
     while time.time() < stop_at and reply.get("status") == "ok":
         obs = sim.execute(reply["body"]["plan"])
         if obs is None:
@@ -107,8 +105,7 @@ def run_job(endpoint: str, index: int, step_s: float, start_at: float, measure_f
         time.sleep(max(0.0, min(obs.steps * step_s, stop_at - time.time())))
         if time.time() >= stop_at:
             break
-        reply = call("report", {"step": obs.step, "steps": obs.steps, "losses": obs.losses,
-                                "evals": [list(e) for e in obs.evals]})
+        reply = call("report", messages.Report(obs).to_body())
     stats["timeouts"] = stats.get("timeouts", 0) + caller.timeouts
     caller.close()
 

@@ -12,7 +12,7 @@ the test split. Seeds change the initial weights and the order of the batches, n
 | ``diabetes_mse`` | scikit-learn diabetes (regression) | MLP 10-64-64-1, MSE | SGD m0.9 | test MSE |
 | ``digits_gru`` | digits, rows as a sequence | GRU(32) | Adam | accuracy |
 | ``digits_attention`` | digits, rows as tokens | one transformer encoder layer | AdamW | accuracy |
-| ``cancer_small`` | breast cancer, 400 training rows | MLP 30-64-64-2 | SGD m0.9 | test loss (overfits) |
+| ``cancer_small`` | breast cancer, 332 training rows | MLP 30-64-64-2 | SGD m0.9 | test loss (overfits) |
 | ``noisy_bn`` | 20 features, 5 classes, 10% flipped labels | BatchNorm MLP | SGD m0.9 | test loss (overfits) |
 
 ``cancer_small`` and ``noisy_bn`` overfit within their budgets: the LR that lowers the training
@@ -129,25 +129,27 @@ def metric_of(task: Task, result: dict) -> float:
 
 
 def collapse_level(task: Task) -> float:
-    """The metric of a model that learned nothing: chance accuracy plus a margin of a fifth of
-    the way to perfect, or the test loss of predicting the training prior (the mean for MSE).
-    A run at or beyond it (or non-finite) counts as collapsed."""
+    """What a model that learned nothing scores: for a classifier, chance accuracy (guessing by
+    the training prior) plus a fifth of the way to perfect; for a regression, the test MSE of
+    predicting the training mean. A run at or beyond it, or with a non-finite loss, collapsed.
+    Classifiers are judged on accuracy even when their metric is the loss: an overfitted model
+    can have a test loss above the prior's and still predict well."""
     split = task.data()
     if task.loss == "mse":
         return float(((split.test_y - split.train_y.mean()) ** 2).mean())
     counts = torch.bincount(split.train_y).double()
     prior = counts / counts.sum()
-    if task.metric == "accuracy":
-        chance = float((prior[split.test_y]).mean())  # expected accuracy of guessing by the prior
-        return chance + (1 - chance) * 0.2
-    return float(-torch.log(prior[split.test_y]).mean())
+    chance = float((prior[split.test_y]).mean())  # expected accuracy of guessing by the prior
+    return chance + (1 - chance) * 0.2
 
 
-def collapsed(task: Task, metric: float) -> bool:
-    if not math.isfinite(metric):
+def collapsed(task: Task, result: dict) -> bool:
+    """Whether a final :func:`evaluate` result is a collapse (see :func:`collapse_level`)."""
+    if not math.isfinite(result["loss"]):
         return True
-    level = collapse_level(task)
-    return metric <= level if task.higher_is_better else metric >= level
+    if task.loss == "mse":
+        return result["loss"] >= collapse_level(task)
+    return result["accuracy"] <= collapse_level(task)
 
 
 # ------------------------------------------------------------------------------ batches

@@ -2,18 +2,20 @@
 
 Installed as ``autolrs.callbacks`` (setup.py maps this folder there). Modules:
 
-* ``client``: reliable request-reply over ZeroMQ ("Lazy Pirate"); knows no torch.
-* ``state``: checkpoints of model, optimizer, GradScaler and RNG states (real copies, in
-  memory or on disk) restored bitwise.
-* ``callback``: :class:`AutoLRS`, the object you call after ``optimizer.step()``.
+* ``callback``: :class:`AutoLRS`, the object you call after ``optimizer.step()``, made of:
+  ``options`` (its settings, checked), ``link`` (the fail-open line to the server),
+  ``client`` (reliable request-reply over ZeroMQ, "Lazy Pirate"; knows no torch),
+  ``segment`` (the ``run`` being trained), ``lr`` (the one place that writes param groups'
+  LRs), ``state`` (checkpoints of model, optimizer, GradScaler and RNG, restored bitwise),
+  ``probe`` (the ``probe`` action), ``hypergrad`` (the on-device scalars of ``hd``, ``rtho``,
+  ``marthe``) and ``distributed`` (DDP: rank 0 talks, every rank acts).
 * ``lr_finder``: :class:`LRFinder`, torch-lr-finder's interface to the ``range_test`` tuner.
-* ``loss_diff``: :class:`LossDiffTuner`, autolrtuner's interface to the ``loss_diff`` tuner
-  (``probe``: how the callback carries out its probes).
+* ``loss_diff``: :class:`LossDiffFinder`, autolrtuner's interface to the ``loss_diff`` tuner.
 * ``standalone``: what those two share (the snapshot behind ``reset()``, batches, plots).
 
-``AutoLRS``, ``LRFinder`` and ``CheckpointStore`` are loaded lazily, so ``import autolrs.callbacks.client``
-(or importing the exceptions) does not import torch. This package never imports the server
-or the tuners.
+``AutoLRS``, ``LRFinder``, ``LossDiffFinder`` and ``CheckpointStore`` are loaded lazily, so
+``import autolrs.callbacks.client`` (or importing the exceptions) does not import torch. This
+package never imports the server, the tuners, scipy or scikit-learn.
 """
 
 # Imported as bare ``callbacks`` (a checkout on sys.path), a second copy of every module would
@@ -25,6 +27,7 @@ if __name__ != "autolrs.callbacks":
 
 from autolrs.callbacks.errors import (  # noqa: E402
     AutoLRSConfigError,
+    AutoLRSDeprecationWarning,
     AutoLRSError,
     AutoLRSWarning,
     ServerError,
@@ -37,19 +40,26 @@ _LAZY = {
     "CheckpointStore": "autolrs.callbacks.state",
     "Client": "autolrs.callbacks.client",
     "LRFinder": "autolrs.callbacks.lr_finder",
-    "LossDiffTuner": "autolrs.callbacks.loss_diff",
+    "LossDiffFinder": "autolrs.callbacks.loss_diff",
 }
 
-__all__ = ["AutoLRS", "CheckpointStore", "Client", "LRFinder", "LossDiffTuner", "AutoLRSConfigError", "AutoLRSError",
-           "AutoLRSWarning", "ServerError", "ServerUnavailable", "ServerUnavailableWarning"]
+__all__ = ["AutoLRS", "CheckpointStore", "Client", "LRFinder", "LossDiffFinder", "AutoLRSConfigError",
+           "AutoLRSDeprecationWarning", "AutoLRSError", "AutoLRSWarning", "ServerError", "ServerUnavailable",
+           "ServerUnavailableWarning"]
 
 
 def __getattr__(name: str):
+    import importlib
+
+    if name == "LossDiffTuner":  # the former name: served, not cached, so every use warns
+        import warnings
+
+        loss_diff = importlib.import_module("autolrs.callbacks.loss_diff")
+        warnings.warn(loss_diff.RENAMED, DeprecationWarning, stacklevel=2)
+        return loss_diff.LossDiffFinder
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

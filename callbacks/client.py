@@ -20,7 +20,7 @@ A reply is accepted only when it decodes as protocol JSON and carries the pendin
 ``malformed``), and on a REQ socket that reply can only be the answer to our last send.
 
 With a shared secret (``secret=``, else ``$AUTOLRS_SECRET`` / ``$AUTOLRS_SECRET_FILE``) every
-transmission carries an auth frame (:mod:`autolrs.auth`), signed afresh for each resend so the
+transmission carries an auth frame (:mod:`autolrs.wire.auth`), signed afresh for each resend so the
 server's replay check never refuses a retry; the payload, and its ``seq``, stay the same.
 With the server's CURVE public key (``server_key=``, else ``$AUTOLRS_SERVER_KEY``) every socket
 encrypts its traffic and checks it talks to that server (an ephemeral client key pair).
@@ -35,7 +35,7 @@ from typing import Any
 
 import zmq
 
-from autolrs import auth, protocol
+from autolrs.wire import auth, protocol
 from autolrs.callbacks.errors import ServerError, ServerUnavailable
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Client:
 
     ``timeout`` is the default total time a blocking :meth:`request` may take; within it the
     request is sent up to ``attempts`` times, each on a fresh socket. ``secret`` (str or bytes;
-    default from the environment, see :func:`autolrs.auth.resolve_secret`) signs every request.
+    default from the environment, see :func:`autolrs.wire.auth.resolve_secret`) signs every request.
     """
 
     def __init__(self, endpoint: str, job_id: str, timeout: float = 5.0, client_id: str | None = None, *,
@@ -99,6 +99,11 @@ class Client:
     @property
     def pending_seq(self) -> int | None:
         return None if self._pending is None else self._pending[1]
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the next new request will carry."""
+        return self._next_seq
 
     @property
     def closed(self) -> bool:

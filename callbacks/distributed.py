@@ -1,7 +1,7 @@
 """The callback under ``torch.distributed`` (DDP): rank 0 talks to the server, every rank acts.
 
 Only rank 0 (the *leader*) has a client. Whatever it gets from the server (the plain-data
-outcome of :meth:`AutoLRS._server`) is broadcast to the other ranks, which then carry out the
+outcome of :meth:`ServerLink._server`) is broadcast to the other ranks, which then carry out the
 same plan: set the LR, checkpoint, restore, evaluate, run. So replicas stay identical, and all
 ranks reach the same collectives at the same steps:
 

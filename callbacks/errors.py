@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import warnings
+
+log = logging.getLogger("autolrs.callbacks")
+
 
 class AutoLRSError(Exception):
     """Base class of the errors raised by ``autolrs.callbacks``."""
@@ -34,3 +40,30 @@ class AutoLRSWarning(UserWarning):
 
 class ServerUnavailableWarning(AutoLRSWarning):
     """The server did not answer; training goes on at the current LR (emitted once per callback)."""
+
+
+class AutoLRSDeprecationWarning(AutoLRSWarning, DeprecationWarning):
+    """The server accepted a spelling it will drop (e.g. a tuner knob's old name); the message
+    names the new one. Shown like any DeprecationWarning: for code run as ``__main__``, in tests."""
+
+
+class WarnOnce:
+    """Issues each warning (by key) once per callback, also logged at INFO, pointed at the
+    user's line (the first frame outside ``autolrs.callbacks``). ``leader=False`` (a DDP rank
+    other than 0, which sees the same events) only logs."""
+
+    def __init__(self, leader: bool = True):
+        self.leader = leader
+        self._seen: set[str] = set()
+
+    def __call__(self, key: str, message: str, category: type[Warning] = AutoLRSWarning) -> None:
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        log.info("%s", message)
+        if not self.leader:
+            return
+        frame, level = sys._getframe(0), 1
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("autolrs.callbacks"):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(message, category, stacklevel=level)

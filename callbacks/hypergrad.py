@@ -27,39 +27,17 @@ backward's graph during ``backward``.
 from __future__ import annotations
 
 import itertools
-import math
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from autolrs.callbacks.tangents import adam_direction, adam_tangent, check_optimizer, decoupled, sgd_tangent
+
 __all__ = ["HypergradEngine", "check_optimizer", "engine_for"]
 
 #: Per-step hypergradients kept between two reports (the oldest are dropped beyond this).
 MAX_PENDING = 10_000
-
-
-def check_optimizer(optimizer: torch.optim.Optimizer) -> str:
-    """``"sgd"`` or ``"adam"`` (AdamW, Adam with decoupled weight decay, included);
-    ValueError for an optimizer the recursions do not model."""
-    if type(optimizer) is torch.optim.SGD:
-        kind = "sgd"
-    elif type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
-        kind = "adam"
-    else:
-        raise ValueError(f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam (and AdamW), "
-                         f"not {type(optimizer).__name__}")
-    for i, g in enumerate(optimizer.param_groups):
-        if g.get("maximize"):
-            raise ValueError(f"param group {i}: maximize=True is not supported by the hypergradient tuners")
-        if kind == "adam" and g.get("amsgrad"):
-            raise ValueError(f"param group {i}: amsgrad is not supported by the hypergradient tuners")
-    return kind
-
-
-def _decoupled(group: dict) -> bool:
-    """AdamW's weight decay: ``w <- w (1 - lr wd)`` beside the update, not in the gradient."""
-    return bool(group.get("decoupled_weight_decay")) and bool(group.get("weight_decay", 0))
 
 
 def _lr_of(group: dict) -> Any:
@@ -190,7 +168,7 @@ class HypergradEngine:
             return None
         if g.is_sparse:
             g = g.to_dense()
-        wd = 0 if _decoupled(group) else group.get("weight_decay", 0)
+        wd = 0 if decoupled(group) else group.get("weight_decay", 0)
         return g.add(p, alpha=wd) if wd else g
 
     def _hd_step(self) -> None:
@@ -203,8 +181,8 @@ class HypergradEngine:
                 continue
             st = opt_state.get(p, {})
             if self.kind == "adam":
-                prev = self._adam_direction(group, st)
-                if prev is not None and _decoupled(group) and k < len(self._step_lrs):
+                prev = adam_direction(group, st)
+                if prev is not None and decoupled(group) and k < len(self._step_lrs):
                     # AdamW's last step: w_t = w_{t-1} (1 - lr wd) - lr a, so its direction is
                     # a + wd w_{t-1}, with w_{t-1} = (w_t + lr a) / (1 - lr wd).
                     lr_prev, wd = self._step_lrs[k], group["weight_decay"]
@@ -227,17 +205,6 @@ class HypergradEngine:
                 dots.append((g * prev).sum() * (-ratios[k]))
         self._hd.append(_total(dots))
 
-    @staticmethod
-    def _adam_direction(group: dict, st: dict) -> torch.Tensor | None:
-        """Adam's last update per unit LR, from its state (None before the first step)."""
-        if "exp_avg" not in st:
-            return None
-        b1, b2 = group["betas"]
-        bc1, bc2 = _bias_corrections(st["step"], b1, b2)
-        denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt() if isinstance(bc2, torch.Tensor)
-                 else st["exp_avg_sq"].sqrt() / math.sqrt(bc2)).add_(group["eps"])
-        return st["exp_avg"] / bc1 / denom
-
     def _tangent_step(self) -> None:
         ratios = self._ratios()
         opt_state = self.optimizer.state
@@ -254,16 +221,16 @@ class HypergradEngine:
             z = self._Z.get(p)
             # dg/dlr = (H + wd) Z (coupled weight decay), H Z (AdamW's)
             dg = None if hvp is None else hvp.get(p)
-            decoupled = _decoupled(group)
+            is_decoupled = decoupled(group)
             wd = group.get("weight_decay", 0)
-            if z is not None and wd and not decoupled:
+            if z is not None and wd and not is_decoupled:
                 dg = z * wd if dg is None else dg.add(z, alpha=wd)
             st = opt_state.get(p, {})
             if self.kind == "sgd":
-                direction, ddir, new_s = self._sgd_tangent(group, st, g, dg, self._S.get(p))
+                direction, ddir, new_s = sgd_tangent(group, st, g, dg, self._S.get(p))
             else:
-                direction, ddir, new_s = self._adam_tangent(group, st, g, dg, self._S.get(p))
-            if decoupled:  # w' = w - lr (a + wd w): direction a + wd w, its LR derivative da + wd Z
+                direction, ddir, new_s = adam_tangent(group, st, g, dg, self._S.get(p))
+            if is_decoupled:  # w' = w - lr (a + wd w): direction a + wd w, its LR derivative da + wd Z
                 direction = direction.add(p, alpha=wd)
                 if z is not None:
                     ddir = z * wd if ddir is None else ddir.add(z, alpha=wd)
@@ -283,70 +250,6 @@ class HypergradEngine:
                 self._S.pop(p, None)
             if self.want_vb:
                 self._b[p] = g.clone() if g is p.grad else g
-
-    @staticmethod
-    def _sgd_tangent(group, st, g, dg, s):
-        """torch.optim.SGD: ``buf = m * buf + (1 - damp) * g`` (``buf = g`` at first), direction
-        ``buf`` or ``g + m * buf`` (Nesterov); the tangent ``Y`` of ``buf`` follows the same rule."""
-        m = group.get("momentum", 0)
-        if not m:
-            return g, dg, None
-        damp, nesterov = group.get("dampening", 0), group.get("nesterov", False)
-        buf = st.get("momentum_buffer")
-        y = None if s is None else s[0]
-        if buf is None:
-            new_buf, new_y = g, dg
-        else:
-            new_buf = (buf * m).add_(g, alpha=1 - damp)
-            new_y = None
-            if y is not None:
-                new_y = y * m
-            if dg is not None:
-                new_y = dg * (1 - damp) if new_y is None else new_y.add_(dg, alpha=1 - damp)
-        if nesterov:
-            direction = g.add(new_buf, alpha=m)
-            ddir = None if dg is None and new_y is None else (
-                dg if new_y is None else (new_y * m if dg is None else dg.add(new_y, alpha=m)))
-        else:
-            direction, ddir = new_buf, new_y
-        return direction, ddir, [new_y]
-
-    @staticmethod
-    def _adam_tangent(group, st, g, dg, s):
-        """torch.optim.Adam (coupled weight decay already in ``g``). With ``s = step + 1``,
-        ``a = (m'/bc1) / (sqrt(v'/bc2) + eps)``; its LR derivative from the tangents ``M`` of
-        ``m'`` and ``V`` of ``v'``: ``da = (M/bc1)/den - (m'/bc1) * (V/bc2) / (2 u den^2)``,
-        ``u = sqrt(v'/bc2)``, ``den = u + eps``. (AdaTune's version has no standalone Z term
-        and a (1 - lr*coeff) factor; this one is checked against finite differences.)"""
-        b1, b2 = group["betas"]
-        eps = group["eps"]
-        step = st.get("step", 0)
-        if "exp_avg" in st:
-            m1 = (st["exp_avg"] * b1).add_(g, alpha=1 - b1)
-            v1 = (st["exp_avg_sq"] * b2).addcmul_(g, g, value=1 - b2)
-        else:
-            m1, v1 = g * (1 - b1), (g * g).mul_(1 - b2)
-        bc1, bc2 = _bias_corrections(step + 1, b1, b2)
-        u = (v1 / bc2).sqrt_()
-        den = u + eps
-        mhat = m1 / bc1
-        direction = mhat / den
-        M = None if s is None else s[0]
-        V = None if s is None else s[1]
-        M1 = None if M is None else M * b1
-        if dg is not None:
-            M1 = dg * (1 - b1) if M1 is None else M1.add_(dg, alpha=1 - b1)
-        V1 = None if V is None else V * b2
-        if dg is not None:
-            gdg = (g * dg).mul_(2 * (1 - b2))
-            V1 = gdg if V1 is None else V1.add_(gdg)
-        if M1 is None and V1 is None:
-            return direction, None, None
-        ddir = torch.zeros_like(g) if M1 is None else (M1 / bc1) / den
-        if V1 is not None:
-            du = torch.where(u > 0, (V1 / bc2) / (2 * u).clamp_min(torch.finfo(u.dtype).tiny), torch.zeros_like(u))
-            ddir = ddir - mhat * du / (den * den)
-        return direction, ddir, [M1, V1]
 
     # --- the report ------------------------------------------------------------------------------
 
@@ -404,15 +307,6 @@ class HypergradEngine:
         return _total(hz), (_total(hb) if self.want_vb else None), loss.detach()
 
 
-def _bias_corrections(step: Any, b1: float, b2: float):
-    if isinstance(step, torch.Tensor):
-        if step.device.type == "cpu":
-            step = float(step)  # a CPU scalar: no device sync
-        else:
-            return 1 - torch.pow(b1, step), 1 - torch.pow(b2, step)
-    return 1 - b1 ** step, 1 - b2 ** step
-
-
 def _total(dots: list[torch.Tensor]) -> torch.Tensor:
     """Sum 0-d tensors (possibly on several devices) without a sync."""
     if not dots:
@@ -462,15 +356,18 @@ def batch_loss(model: torch.nn.Module, next_batch: Callable[[], Any], criterion:
     return loss
 
 
-def engine_for(cb: Any, val_batches: Any = None, val_criterion: Callable | None = None,
-               scaler: Any = None) -> HypergradEngine:
-    """The engine of an :class:`~autolrs.callbacks.AutoLRS` callback: the validation loss from
+def engine_for(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lrs: Any, warn: Callable[..., None], *,
+               val_fn: Callable[[], Any] | None = None, val_batches: Any = None,
+               val_criterion: Callable | None = None, scaler: Any = None) -> HypergradEngine:
+    """The engine of a callback's model and optimizer. ``lrs`` (a
+    :class:`~autolrs.callbacks.lr.GroupLRs`) gives the param groups' ratios to the base LR;
+    ``warn(key, message)`` issues a warning once. The validation loss comes from
     ``val_batches`` (``(inputs, targets)`` pairs, cycled; ``val_criterion`` defaults to
     cross-entropy) or else ``val_fn`` (which must then return a loss with a graph)."""
     val_loss = None
     if val_batches is not None:
         criterion = val_criterion or torch.nn.functional.cross_entropy
-        val_loss = batch_loss(cb.model, cycle_batches(val_batches), criterion)
-    elif cb.val_fn is not None:
-        val_loss = cb.val_fn
-    return HypergradEngine(cb.model, cb.optimizer, lambda: cb._ratios, val_loss, cb._warn_once, scaler)
+        val_loss = batch_loss(model, cycle_batches(val_batches), criterion)
+    elif val_fn is not None:
+        val_loss = val_fn
+    return HypergradEngine(model, optimizer, lambda: lrs.ratios, val_loss, warn, scaler)

@@ -1,20 +1,23 @@
-"""``LossDiffTuner``: autolrtuner's interface for a PyTorch model and a loader, through the
+"""``LossDiffFinder``: autolrtuner's interface for a PyTorch model and a loader, through the
 server's ``loss_diff`` tuner.
 
 The server plans the LR grid and does the statistics; this object feeds it subsamples. It
 drives an :class:`~autolrs.callbacks.AutoLRS` callback with a ``probe_fn`` over the current
 subsample: each ``cb.step`` hands the next subsample to the next ``probe`` action (no training
-step in between), and the results come back with the server's ``status``::
+step in between), and the results come back in the job's summary, with the goodbye reply::
 
-    tuner = LossDiffTuner(model, optimizer, criterion, server="tcp://127.0.0.1:5555")
-    tuner.tune(train_loader, lr_min=1e-5, lr_max=1.0, num_evals=30, num_subsamples=30)
-    lr = tuner.get_best_lr("mean")          # or "median", "variance", "max"
-    tuner.plot(path="loss_diff.png")        # mean delta-loss and its t interval against the LR
-    deltas = tuner.get_results()            # (num_subsamples, num_evals) numpy array
+    finder = LossDiffFinder(model, optimizer, criterion, server="tcp://127.0.0.1:5555")
+    finder.tune(train_loader, lr_min=1e-5, lr_max=1.0, num_evals=30, num_subsamples=30)
+    lr = finder.get_best_lr("mean")         # or "median", "variance", "max"
+    finder.plot(path="loss_diff.png")       # mean delta-loss and its t interval against the LR
+    deltas = finder.get_results()           # (num_subsamples, num_evals) numpy array
 
 Model and optimizer are bitwise as before the tune afterwards (the server restores its
 checkpoint), with the best LR set if ``apply_best=True``; :meth:`reset` restores the state of
 construction time.
+
+``LossDiffTuner`` is this class's former name (the server's tuner class is called that too);
+it still works, with a DeprecationWarning.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ import torch
 from autolrs import delta_stats
 from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.errors import AutoLRSWarning
-from autolrs.callbacks.standalone import Batches, StandaloneTool, finish_axes, job_summary, move_to_device, open_axes
+from autolrs.callbacks.standalone import Batches, StandaloneTool, finish_axes, move_to_device, open_axes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LossDiffTuner", "plot_deltas"]
+__all__ = ["LossDiffFinder", "plot_deltas"]
 
 
-class LossDiffTuner(StandaloneTool):
+class LossDiffFinder(StandaloneTool):
     """autolrtuner's one-step loss differentials through an autolrs server (see the module doc).
 
     ``criterion(model(x), y)`` is the loss of a subsample (reduced to a scalar); ``device=None``
@@ -89,8 +92,8 @@ class LossDiffTuner(StandaloneTool):
                 cb.step(None)  # no training step: it only hands this subsample to the next probe
                 calls += 1
             finished = cb.should_stop
-            outcome = cb._server("request", "status", {}, wait=self.timeout)
-        summary = job_summary(outcome, job)
+            cb.close(timeout=self.timeout)  # its goodbye reply carries the job's summary
+        summary = cb.summary
         if not finished or summary is None or summary.get("done") is None:
             self.reset()
             warnings.warn(f"autolrs: the loss_diff tune of job {job} did not finish on the server; the model and "
@@ -214,3 +217,14 @@ class _Subsamples:
         n = self.batch_size
         self._x, self._y, self._rows = [x[n:]], [y[n:]], len(x) - n
         return x[:n], y[:n]
+
+
+#: The warning the former name ``LossDiffTuner`` gives.
+RENAMED = "autolrs.callbacks.LossDiffTuner is now LossDiffFinder; the old name will be removed"
+
+
+def __getattr__(name: str):
+    if name == "LossDiffTuner":
+        warnings.warn(RENAMED, DeprecationWarning, stacklevel=2)
+        return LossDiffFinder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 It drives its own loop through an :class:`~autolrs.callbacks.AutoLRS` callback with
 ``tuner="range_test"``: the server plans the sweep, smooths the loss, detects divergence and
 suggests; the finder trains one (possibly accumulated) batch per ``cb.step`` and reads the
-curve back with the server's ``status`` request::
+curve from the job's summary, which the server's goodbye reply carries::
 
     finder = LRFinder(model, optimizer, criterion, server="tcp://127.0.0.1:5555")
     finder.range_test(train_loader, end_lr=10, num_iter=100)
@@ -31,9 +31,9 @@ import torch
 from autolrs import lr_curve
 from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.errors import AutoLRSWarning
-from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, job_summary,
-                                          model_device, move_to_device, open_axes)
-from autolrs.callbacks.state import set_group_lr
+from autolrs.callbacks.lr import write_lrs
+from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, model_device,
+                                          move_to_device, open_axes)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class LRFinder(StandaloneTool):
         self.amp_config = amp_config
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}
         self.best_loss: float | None = None
+        self._smooth_f = 0.05  # of the last test: the suggestions' bias-corrected curve uses it
         #: The tuner's summary at the end of the last test (history, suggestions, why it ended).
         self.summary: dict | None = None
         #: The dict of the last :meth:`suggestion` (``lr``, ``index``, ``loss``, ``reason``).
@@ -73,7 +74,7 @@ class LRFinder(StandaloneTool):
     def range_test(self, train_loader: Iterable, val_loader: Iterable | None = None, start_lr: Any = None,
                    end_lr: float = 10, num_iter: int = 100, step_mode: str = "exp", smooth_f: float = 0.05,
                    diverge_th: float | None = 5, accumulation_steps: int = 1, non_blocking_transfer: bool = True,
-                   *, chunk: int = 10, method: str = "steepest") -> None:
+                   *, chunk: int = 10, method: str = lr_curve.DEFAULT_METHOD) -> None:
         """Sweep the LR from ``start_lr`` (default: each group's current LR) to ``end_lr`` over
         ``num_iter`` optimizer steps; with ``val_loader`` each point is a full validation pass.
         Fills :attr:`history` (``lr``, ``loss`` smoothed as in torch-lr-finder, ``raw_loss``)."""
@@ -89,6 +90,7 @@ class LRFinder(StandaloneTool):
         self.history = {"lr": [], "loss": []}
         self.best_loss = None
         self.summary = None
+        self._smooth_f = float(smooth_f)
         self.model.to(self.device)
         if start_lr:
             self._set_start_lrs(start_lr)
@@ -109,8 +111,8 @@ class LRFinder(StandaloneTool):
                 calls += 1
                 cb.step(loss)
             finished = cb.should_stop
-            outcome = cb._server("request", "status", {}, wait=self.timeout)
-        summary = job_summary(outcome, job)
+            cb.close(timeout=self.timeout)  # its goodbye reply carries the job's summary
+        summary = cb.summary
         if not finished or summary is None:
             # The server never closed the sweep (it stopped answering): put everything back.
             self.reset()
@@ -134,8 +136,7 @@ class LRFinder(StandaloneTool):
             values = [float(v) for v in start_lr]
         else:
             values = [float(start_lr)] * len(groups)
-        for g, v in zip(groups, values):
-            set_group_lr(g, v)
+        write_lrs(self.optimizer, values)
 
     def _train_batch(self, batches: Batches, accumulation_steps: int, non_blocking: bool) -> torch.Tensor:
         self.model.train()
@@ -178,16 +179,27 @@ class LRFinder(StandaloneTool):
 
     # --- results ------------------------------------------------------------------------
 
-    def suggestion(self, method: str = "steepest", skip_start: int | None = None, skip_end: int | None = None,
-                   **kwargs) -> float | None:
-        """The suggested LR of ``method`` (``steepest``, ``valley``, ``minimum``) on the smoothed
-        curve, or None when the curve is too short (the reason is in ``last_suggestion``)."""
+    def suggestion(self, method: str = lr_curve.DEFAULT_METHOD, skip_start: int | None = None, skip_end: int | None = None,
+                   curve: str = "debiased", **kwargs) -> float | None:
+        """The suggested LR of ``method`` (default :data:`autolrs.lr_curve.DEFAULT_METHOD`;
+        ``steepest``, ``valley``, ``minimum``), or None when the
+        curve is too short (the reason is in ``last_suggestion``). ``curve="debiased"`` (default)
+        applies the rule to the bias-corrected smoothing of the raw losses
+        (:func:`autolrs.lr_curve.debiased`); ``curve="smoothed"`` to ``history["loss"]``, which
+        with ``method="steepest", wrt="index"`` is torch-lr-finder's exact suggestion."""
         skips = {k: v for k, v in (("skip_start", skip_start), ("skip_end", skip_end)) if v is not None}
-        result = lr_curve.suggest(self.history["lr"], self.history["loss"], method, **skips, **kwargs)
+        result = lr_curve.suggest(self.history["lr"], self._rule_curve(curve), method, **skips, **kwargs)
         self.last_suggestion = result
         if result["lr"] is None:
             log.info("autolrs: no %s suggestion: %s", method, result["reason"])
         return result["lr"]
+
+    def _rule_curve(self, curve: str) -> list[float]:
+        if curve == "smoothed":
+            return self.history["loss"]
+        if curve == "debiased":
+            return lr_curve.debiased(self.history.get("raw_loss", []), self._smooth_f)
+        raise ValueError(f"curve must be 'debiased' or 'smoothed', got {curve!r}")
 
     def bounds(self, min_decades: float = 1.0) -> tuple[float, float]:
         """The LR interval the curve supports (:func:`autolrs.lr_curve.bounds_from_curve`): the
@@ -195,10 +207,12 @@ class LRFinder(StandaloneTool):
         return lr_curve.bounds_from_curve(self.history["lr"], self.history["raw_loss"], min_decades=min_decades)
 
     def plot(self, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True, show_lr: float | None = None,
-             ax: Any = None, suggest_lr: bool = True, method: str = "steepest", path: str | None = None):
-        """Loss versus LR (see :func:`plot_curve`) of this finder's history."""
+             ax: Any = None, suggest_lr: bool = True, method: str = lr_curve.DEFAULT_METHOD, path: str | None = None):
+        """Loss versus LR (see :func:`plot_curve`) of this finder's history; the suggestion is
+        :meth:`suggestion`'s (on the bias-corrected curve), marked on the plotted curve."""
         out = plot_curve(self.history["lr"], self.history["loss"], skip_start=skip_start, skip_end=skip_end,
-                         log_lr=log_lr, show_lr=show_lr, ax=ax, suggest_lr=suggest_lr, method=method, path=path)
+                         log_lr=log_lr, show_lr=show_lr, ax=ax, suggest_lr=suggest_lr, method=method, path=path,
+                         rule_losses=self._rule_curve("debiased"))
         if suggest_lr:
             self.last_suggestion = out[2]
             return out[0], out[1]
@@ -209,11 +223,12 @@ class LRFinder(StandaloneTool):
 
 def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True,
                show_lr: float | None = None, ax: Any = None, suggest_lr: bool = True, method: str = "steepest",
-               path: str | None = None):
+               path: str | None = None, rule_losses: Any = None):
     """Loss versus LR (log x-axis by default) without the first ``skip_start`` and last
     ``skip_end`` points, the suggestion of ``method`` marked in red. ``path`` saves a PNG
     (with the Agg canvas when the figure is made here: nothing is shown). Returns
-    ``(ax, lr, suggestion)`` with ``suggest_lr``, else ``ax``."""
+    ``(ax, lr, suggestion)`` with ``suggest_lr``, else ``ax``. ``rule_losses``: the curve the
+    suggestion is computed on, when not the plotted one (same length)."""
     if skip_start < 0 or skip_end < 0:
         raise ValueError("skip_start and skip_end cannot be negative")
     if show_lr is not None and not isinstance(show_lr, float):
@@ -223,7 +238,8 @@ def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5
     shown_lrs, shown_losses = all_lrs[skip_start:end], all_losses[skip_start:end]
     suggested = result = None
     if suggest_lr:
-        result = lr_curve.suggest(all_lrs, all_losses, method, skip_start=skip_start, skip_end=skip_end)
+        rule = all_losses if rule_losses is None else list(rule_losses)
+        result = lr_curve.suggest(all_lrs, rule, method, skip_start=skip_start, skip_end=skip_end)
         if result["lr"] is None:
             raise RuntimeError(f"cannot suggest a learning rate ({method}): {result['reason']}")
         suggested = result["lr"]

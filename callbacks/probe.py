@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from autolrs.callbacks.state import CheckpointStore, set_group_lr
+from autolrs.callbacks.lr import write_lrs
+from autolrs.callbacks.state import CheckpointStore
 
 __all__ = ["run_probes"]
 
@@ -62,8 +63,7 @@ def run_probes(store: CheckpointStore, slot: str, lrs: Sequence[float], probe_fn
     finally:
         store.restore(slot)
         set_lr(lr_now)  # the caller's record of the LR ...
-        for g, lr in zip(optimizer.param_groups, saved):  # ... and every group's exact value
-            set_group_lr(g, lr)
+        write_lrs(optimizer, saved)  # ... and every group's exact value
         optimizer.zero_grad(set_to_none=True)
     # One copy to the host, through float64 so each value becomes the same Python float.
     floats = torch.stack([v.to(values[0].device) for v in values]).double().cpu().tolist()

@@ -1,7 +1,6 @@
-"""What the tools that run their own loop (``LRFinder``, ``LossDiffTuner``) share: a snapshot
+"""What the tools that run their own loop (``LRFinder``, ``LossDiffFinder``) share: a snapshot
 of model and optimizer taken at construction and restored by ``reset()``, moving batches to the
-device, an endless stream of batches, reading the job's summary from the server's ``status``
-reply, and a matplotlib figure that is saved headless or shown.
+device, an endless stream of batches, and a matplotlib figure that is saved headless or shown.
 """
 
 from __future__ import annotations
@@ -96,16 +95,6 @@ class Batches:
             except StopIteration:
                 raise ValueError("`train_loader` yields no batches") from None
         return inputs_labels(batch)
-
-
-def job_summary(outcome: Any, job: str) -> dict | None:
-    """The ``summary`` of ``job`` in a ``status`` outcome of the callback's client, or None."""
-    if not outcome or outcome[0] != "ok":
-        return None
-    for session in outcome[2].get("sessions", []):
-        if session.get("job_id") == job:
-            return session.get("summary")
-    return None
 
 
 def open_axes(ax: Any, path: str | None) -> tuple[Any, bool]:

@@ -24,27 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointStore", "lr_value", "set_group_lr"]
+__all__ = ["CheckpointStore"]
 
 STORAGES = ("memory", "disk")
-
-
-def lr_value(lr: Any) -> float:
-    """A param group's LR as a float (it may be a 0-d tensor)."""
-    return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
-
-
-def set_group_lr(group: dict, value: Any) -> None:
-    """Set a param group's LR: a tensor LR (capturable and compiled optimizers hold one, and
-    keep using that object) is written in place, a float one replaced."""
-    current = group["lr"]
-    if isinstance(current, torch.Tensor):
-        if isinstance(value, torch.Tensor):
-            current.copy_(value)
-        else:
-            current.fill_(value)
-    else:
-        group["lr"] = value
 
 
 class CheckpointStore:

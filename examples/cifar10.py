@@ -8,8 +8,9 @@ The training loop is an ordinary PyTorch loop; the tuner adds three lines: build
 trains at a fixed ``--lr`` with no server, as a baseline.
 
 Outputs in ``--out``: ``summary.json`` (test accuracy and loss, steps, wall time, the LR and
-loss of every step, the tuner's stages and candidates as the server reported them) and
-``curves.png`` (LR and training loss against steps); with ``--tuner range_test`` also
+loss of every step, the tuner's account of the job as the server reported it, the steps a
+restore threw away) and ``curves.png`` (LR and training loss against steps, search that was
+undone shaded, restores dashed); the run ends by printing the tuner's account; with ``--tuner range_test`` also
 ``range_test.png`` (loss against LR with the suggested LR marked); with ``--tuner loss_diff``
 ``loss_diff.png`` (mean one-step loss change against LR with its t interval): its probing steps
 are undone and training goes on at the LR it picked.
@@ -38,7 +39,7 @@ from cifar_models import MODELS, default_model  # noqa: E402
 
 # What each tuner gets unless --tuner-config says otherwise: sized for this example's budget.
 EXAMPLE_TUNER_DEFAULTS = {
-    "autolrs": {"min_lr": 1e-3, "max_lr": 1.0},
+    "autolrs": {"lr_min": 1e-3, "lr_max": 1.0},
     # Hyper-LRs sized for SGD with momentum on the small CNN (bench/hypergradient.py).
     "hd": {"beta": 0.01, "clip": 0.5},
     "rtho": {"beta": 0.005, "clip": 0.5},
@@ -49,9 +50,9 @@ EXAMPLE_TUNER_DEFAULTS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tuner", default="autolrs",
-                   help="a tuner registered on the server (autolrs, constant, step, exponential, cosine, hd, rtho, "
-                        "marthe, ...), "
+    p.add_argument("--tuner", default="auto",
+                   help="a tuner registered on the server (default auto, the recommended one; autolrs, constant, "
+                        "step, exponential, cosine, hd, rtho, marthe, ...), "
                         "'alrao' (random per-unit LRs in [--lr-min, --lr-max], no server) "
                         "or 'none' for a fixed --lr without a server")
     p.add_argument("--tuner-config", default=None,
@@ -124,35 +125,31 @@ def split_validation(x, y, fraction: float, seed: int):
     return x[train], y[train], x[val], y[val]
 
 
-def server_job_summary(server: str, job: str) -> dict | None:
-    """The tuner's own account of the job (stages, candidates), from the server's status."""
-    from autolrs.callbacks.client import Client, ServerError, ServerUnavailable
-    client = Client(server, job, timeout=2.0)
-    try:
-        body = client.request("status", {})
-    except (ServerError, ServerUnavailable):
-        return None
-    finally:
-        client.close()
-    for session in body.get("sessions", []):
-        if session.get("job_id") == job:
-            return session
-    return None
-
-
-def plot_curves(path: Path, lrs: list[float], losses: list[float], title: str) -> None:
+def plot_curves(path: Path, lrs: list[float], losses: list[float], title: str,
+                discarded: list[list[int]] = ()) -> None:
+    """LR (log scale) and training loss against the step. Steps a restore threw away (search
+    trials, range tests, rollbacks: the callback's ``discarded`` windows) are shaded, and each
+    restore is a dashed line where training went back to the checkpoint's weights."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_lr, ax_loss) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
-    ax_lr.plot(lrs, lw=0.8)
+    fig, (ax_lr, ax_loss) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    steps = range(1, len(lrs) + 1)
+    ax_lr.plot(steps, lrs, lw=0.8)
     ax_lr.set_yscale("log")
     ax_lr.set_ylabel("learning rate")
-    ax_loss.plot(losses, lw=0.5, alpha=0.6)
+    ax_loss.plot(steps, losses, lw=0.5, alpha=0.6)
     finite = [v for v in losses if math.isfinite(v)]
     if finite:
         ax_loss.set_ylim(0, min(max(finite), 3 * sorted(finite)[len(finite) // 2]))
+    for i, (saved, restored) in enumerate(discarded):
+        for ax in (ax_lr, ax_loss):
+            ax.axvspan(saved, restored, color="tab:orange", alpha=0.15, lw=0,
+                       label="search, undone by a restore" if i == 0 and ax is ax_lr else None)
+            ax.axvline(restored, color="tab:orange", lw=0.6, ls="--")
+    if discarded:
+        ax_lr.legend(loc="lower left", fontsize=8)
     ax_loss.set_ylabel("training loss")
     ax_loss.set_xlabel("optimizer step")
     fig.suptitle(title)
@@ -161,26 +158,58 @@ def plot_curves(path: Path, lrs: list[float], losses: list[float], title: str) -
     plt.close(fig)
 
 
-def plot_range_test(path: Path, session: dict | None) -> None:
+def tuner_account(tuner: str, summary: dict | None, steps: int) -> list[str]:
+    """What the tuner decided and what it cost, in a few lines (from the job's summary)."""
+    if not summary:
+        return [f"{tuner}: no summary from the server (it was unreachable at the end)"]
+    lines = []
+    search = summary.get("search_steps")
+    if search is not None:
+        lines.append(f"{tuner}: {search} of {steps} steps searching ({100 * search / max(1, steps):.0f}%), "
+                     f"the rest training")
+    if tuner == "auto":
+        sweep = summary.get("sweep") or {}
+        lines.append(f"  range test: centre {sweep.get('centre', float('nan')):.3g} from {sweep.get('source')}")
+        lines.append("  annealed trials (LR: score): " + ", ".join(f"{lr:.3g}: {score:.4f}"
+                                                                   for lr, score in summary.get("trials", [])))
+        lines.append(f"  peak LR {summary.get('peak', float('nan')):.3g}, warm-up then cosine to 0; "
+                     f"{summary.get('cuts', 0)} rollback(s)")
+        for event in summary.get("events", []):
+            lines.append(f"  step {event['step']}: {event['action']} ({event['reason']})")
+    elif tuner == "autolrs":
+        stage = summary.get("last_stage")
+        if stage:
+            tried = ", ".join(f"{t['lr']:.3g}: {t['forecast']:.4f}" for t in stage["trials"])
+            lines.append(f"  last stage {stage['stage']}: winner {stage['winner']:.3g}; trials (LR: forecast) {tried}")
+    elif summary.get("suggested_lr") is not None:
+        lines.append(f"  suggested LR ({summary.get('method')}): {summary['suggested_lr']:.3g}")
+    elif summary.get("best_lr") is not None:
+        lines.append(f"  best LR ({summary.get('method')}): {summary['best_lr']:.3g}")
+    return lines
+
+
+def plot_range_test(path: Path, summary: dict | None) -> None:
     """The range test's loss-versus-LR curve, as the server recorded it, with its suggestion."""
-    history = ((session or {}).get("summary") or {}).get("history") or {}
+    history = (summary or {}).get("history") or {}
     if len(history.get("lr", [])) < 2:
         print("range test: the server returned no curve to plot", file=sys.stderr)
         return
+    from autolrs import lr_curve
     from autolrs.callbacks.lr_finder import plot_curve
 
-    method = (session["summary"].get("method") or "steepest") if session.get("summary") else "steepest"
-    try:
-        _, lr, _ = plot_curve(history["lr"], history["smoothed"], method=method, path=str(path))
+    method = summary.get("method") or lr_curve.DEFAULT_METHOD
+    try:  # the suggestion is the tuner's: on the bias-corrected curve of the raw losses
+        _, lr, _ = plot_curve(history["lr"], history["smoothed"], method=method, path=str(path),
+                              rule_losses=lr_curve.debiased(history["loss"]))
         print(f"range test: suggested LR ({method}) {lr:.3g} -> {path}")
     except RuntimeError as exc:  # too short a curve for a suggestion: plot it unmarked
         plot_curve(history["lr"], history["smoothed"], suggest_lr=False, path=str(path))
         print(f"range test: {exc} -> {path}")
 
 
-def plot_loss_diff(path: Path, session: dict | None) -> None:
+def plot_loss_diff(path: Path, summary: dict | None) -> None:
     """The loss_diff tuner's mean one-step loss change per LR, with its t interval and choice."""
-    summary = (session or {}).get("summary") or {}
+    summary = summary or {}
     if not summary.get("stats"):
         print("loss_diff: the server returned no statistics to plot", file=sys.stderr)
         return
@@ -296,10 +325,11 @@ def main(argv=None) -> dict | None:
                 if step >= total_steps or tuner_done():
                     break
         bar.close()
-        stages = server_job_summary(args.server, callback.job) if callback and ranks.is_main else None
     finally:
         if callback:
-            callback.close()
+            callback.close(timeout=5.0)  # the goodbye reply carries the tuner's account of the job
+    tuner_summary = callback.summary if callback else None
+    discarded = list(callback.discarded) if callback else []
     wall = time.time() - started
     ranks.close()
     if not ranks.is_main:
@@ -318,19 +348,21 @@ def main(argv=None) -> dict | None:
         "model": model_name, "device": str(device), "batch_size": args.batch_size, "nproc": ranks.world,
         "steps": len(lrs), "planned_steps": total_steps, "wall_time_s": round(wall, 2),
         "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc, "val_loss": val_loss,
-        "job": callback.job if callback else None, "server_session": stages,
+        "job": callback.job if callback else None, "tuner_summary": tuner_summary, "discarded": discarded,
         "lrs": lrs, "losses": losses,
     }
     if args.eval_every:
         summary["eval_every"] = args.eval_every
         summary["test_curve"] = test_curve
-    (out / "summary.json").write_text(json.dumps(summary, default=float))
+    (out / "summary.json").write_text(json.dumps(summary, default=float, indent=1) + "\n")
     plot_curves(out / "curves.png", lrs, losses, f"CIFAR-10 {model_name}, tuner {args.tuner}: "
-                                                  f"test accuracy {test_acc:.3f}")
+                                                  f"test accuracy {test_acc:.3f}", discarded)
     if args.tuner == "range_test":
-        plot_range_test(out / "range_test.png", stages)
+        plot_range_test(out / "range_test.png", tuner_summary)
     elif args.tuner == "loss_diff":
-        plot_loss_diff(out / "loss_diff.png", stages)
+        plot_loss_diff(out / "loss_diff.png", tuner_summary)
+    if callback and not alrao:
+        print("\n".join(tuner_account(args.tuner, tuner_summary, len(lrs))))
     print(f"test accuracy {test_acc:.4f}  test loss {test_loss:.4f}  steps {len(lrs)}  "
           f"wall {wall:.1f}s  -> {out}/summary.json, {out}/curves.png")
     return summary

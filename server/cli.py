@@ -21,9 +21,10 @@ from typing import Any, Sequence
 import zmq
 
 import autolrs
-from autolrs import auth, protocol
+from autolrs.wire import auth, messages, protocol
 
-from autolrs.server.config import ConfigError, load_config
+from autolrs.errors import ConfigError
+from autolrs.server.config import load_config
 from autolrs.server.sessions import StateDirLocked
 
 PROG = "autolrs-server"
@@ -170,7 +171,8 @@ def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = Non
         sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
     try:
         sock.connect(endpoint)
-        payload = protocol.dumps(protocol.request(kind, {}, client_id=f"cli-{uuid.uuid4().hex[:12]}"))
+        body = messages.REQUESTS[kind]().to_body()
+        payload = protocol.dumps(protocol.request(kind, body, client_id=f"cli-{uuid.uuid4().hex[:12]}"))
         sock.send_multipart([payload] if secret is None else [payload, auth.sign(secret, payload)])
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             raise TimeoutError(f"no answer from {endpoint} within {timeout:g} s (is the server running?)")
@@ -209,12 +211,15 @@ def query(args: argparse.Namespace) -> int:
         print(f"{PROG} {kind}: server replied with error {err.get('code')}: {err.get('message')}", file=sys.stderr)
         return 1
     if not args.json:
-        body = reply.get("body", {})
+        try:
+            body = messages.REPLIES[kind].from_body(reply.get("body", {}))
+        except messages.BodyError as exc:
+            print(f"{PROG} {kind}: unreadable answer from {args.server}: {exc}", file=sys.stderr)
+            return 1
         if kind == "ping":
-            print(f"{args.server}: autolrs {body.get('version')} protocol {body.get('protocol')} "
-                  f"({elapsed_ms:.1f} ms)")
+            print(f"{args.server}: autolrs {body.version} protocol {body.protocol} ({elapsed_ms:.1f} ms)")
         else:
-            print(format_status(body))
+            print(format_status(body.to_body()))
     return 0
 
 

@@ -8,6 +8,7 @@ knobs; each entry must name a registered tuner and only that tuner's own knobs.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,11 +17,12 @@ from typing import Any, Mapping
 
 import yaml
 
+from autolrs.errors import ConfigError
 from autolrs.tuners import JOB_KEYS, TUNERS
 
+__all__ = ["ConfigError", "ServerConfig", "job_tuner_config", "load_config", "load_defaults"]
 
-class ConfigError(ValueError):
-    """A server configuration that cannot be used; the message names the key and the source."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,15 +111,21 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
         knobs = {} if knobs is None else knobs
         if not isinstance(knobs, Mapping):
             raise ConfigError(f"{source}: 'tuners.{name}' must be a mapping of knobs")
-        valid = TUNERS[name].defaults
+        cls = TUNERS[name]
         for knob in knobs:
             if knob in JOB_KEYS:
                 # These come from each job's hello (the optimizer, the client's budget).
                 raise ConfigError(f"{source}: 'tuners.{name}.{knob}' is set per job by the client, "
                                   "not in the server config")
-            if knob not in valid:
+            if knob not in cls.defaults and knob not in cls.aliases and knob not in cls.aliases.values():
                 raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'; "
-                                  f"valid: {', '.join(sorted(valid)) or '(none)'}")
+                                  f"valid: {', '.join(sorted(map(cls.public_name, cls.defaults))) or '(none)'}")
+        try:
+            knobs, notes = cls.canonical_config(knobs)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: 'tuners.{name}': {exc}") from None
+        for note in notes:
+            log.warning("%s: %s", source, note)
         out.setdefault(name, {}).update(knobs)
     return out
 
@@ -181,10 +189,14 @@ def job_tuner_config(config: ServerConfig, tuner: str, hello_config: Mapping[str
     """The config a job's tuner is built with: server defaults < hello config < job keys.
 
     Job keys (``JOB_KEYS``: initial_lr, max_steps, has_val_fn) come from the hello body; a key
-    the client sent as null means "unknown" and does not erase a value set by a lower layer.
+    the client sent as null means "unknown" and does not erase a value set by a lower layer. A
+    renamed knob counts as the same knob under either name (:meth:`Tuner.canonical_config`).
     """
     merged: dict = dict(config.tuners.get(tuner, {}))
-    merged.update(hello_config or {})
+    hello_config = dict(hello_config or {})
+    if tuner in TUNERS:
+        hello_config = TUNERS[tuner].canonical_config(hello_config)[0]
+    merged.update(hello_config)
     for key in JOB_KEYS:
         if job.get(key) is not None:
             merged[key] = job[key]

@@ -17,6 +17,7 @@ middle of a request.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,10 +25,11 @@ import zlib
 from typing import Any, NamedTuple
 
 import autolrs
-from autolrs import actions, protocol
-from autolrs.actions import Observation
-from autolrs.protocol import ErrorCode, ProtocolError
-from autolrs.tuners import ConfigError, UnknownTunerError, make_tuner
+from autolrs import actions
+from autolrs.wire import messages, protocol
+from autolrs.wire.protocol import ErrorCode, ProtocolError
+from autolrs.errors import ConfigError
+from autolrs.tuners import TUNERS, UnknownTunerError, make_tuner
 
 from autolrs.server.config import ServerConfig, job_tuner_config
 from autolrs.server.keyed_locks import KeyedLocks
@@ -134,7 +136,7 @@ class Dispatcher:
     # --- stateless requests ------------------------------------------------------------
 
     def _ping(self, req: dict, body: dict) -> dict:
-        return protocol.ok_reply(req, {"protocol": protocol.PROTOCOL_VERSION, "version": autolrs.__version__})
+        return protocol.ok_reply(req, messages.PingReply(protocol.PROTOCOL_VERSION, autolrs.__version__).to_body())
 
     def _status(self, req: dict, body: dict) -> dict:
         now = time.time()
@@ -145,7 +147,7 @@ class Dispatcher:
         sessions = [rows[job] for job in sorted(rows)]
         server = {"version": autolrs.__version__, "protocol": protocol.PROTOCOL_VERSION,
                   "uptime_s": round(time.monotonic() - self.started, 3), "sessions": len(sessions)}
-        return protocol.ok_reply(req, {"server": server, "sessions": sessions})
+        return protocol.ok_reply(req, messages.StatusReply(server, sessions).to_body())
 
     def _row(self, s: Session, now: float) -> dict:
         summary = self._summary(s)
@@ -174,7 +176,7 @@ class Dispatcher:
     # --- job requests ------------------------------------------------------------------
 
     def _hello(self, req: dict, body: dict) -> dict:
-        hello = _parse_hello(body)
+        hello = _parse(messages.Hello, body)
         job_id, client_id, seq = req["job_id"], req["client_id"], req["seq"]
         session = self.store.get(job_id)
         if session is not None:
@@ -184,22 +186,22 @@ class Dispatcher:
             if client_id == session.owner and session.last_seq is not None and seq < session.last_seq:
                 raise _stale(session, seq)
             if session.status == ACTIVE:
-                if hello["tuner"] != session.tuner_name or hello["config"] != session.hello_config:
+                if hello.tuner != session.tuner_name or hello.config != session.hello_config:
                     raise ProtocolError(ErrorCode.JOB_CONFLICT, (
                         f"job {job_id!r} is active with tuner {session.tuner_name!r} and config "
-                        f"{session.hello_config!r}; this hello asks for {hello['tuner']!r} with "
-                        f"{hello['config']!r}. Use another job id, or send goodbye for this one first"))
+                        f"{session.hello_config!r}; this hello asks for {hello.tuner!r} with "
+                        f"{hello.config!r}. Use another job id, or send goodbye for this one first"))
                 return self._apply(session, req, lambda s: self._resume(s, req, hello))
             log.info("job %s had finished; a new hello from client %s replaces it with a new session",
                      job_id, client_id)
         return self._create(req, hello, replaced=session)
 
-    def _create(self, req: dict, hello: dict, replaced: Session | None) -> dict:
+    def _create(self, req: dict, hello: messages.Hello, replaced: Session | None) -> dict:
         job_id = req["job_id"]
-        seed = hello["seed"] if hello["seed"] is not None else zlib.crc32(job_id.encode("utf-8"))
-        config = job_tuner_config(self.config, hello["tuner"], hello["config"], hello)
+        seed = hello.seed if hello.seed is not None else zlib.crc32(job_id.encode("utf-8"))
         try:
-            tuner = make_tuner(hello["tuner"], config, seed)
+            config = job_tuner_config(self.config, hello.tuner, hello.config, dataclasses.asdict(hello))
+            tuner = make_tuner(hello.tuner, config, seed)
             plan = tuner.ask()
         except UnknownTunerError as exc:
             raise ProtocolError(ErrorCode.UNKNOWN_TUNER, str(exc)) from None
@@ -208,10 +210,12 @@ class Dispatcher:
         _check_plan(plan, job_id)
         now = time.time()
         self._admit(job_id, now)
-        session = Session(job_id=job_id, tuner_name=hello["tuner"], config=config,
-                          hello_config=hello["config"], seed=seed, tuner=tuner, owner=req["client_id"],
-                          created=now, updated=now, step=hello["step"])
-        reply = protocol.ok_reply(req, {"plan": plan, "resumed": False, "seed": seed})
+        session = Session(job_id=job_id, tuner_name=hello.tuner, config=config,
+                          hello_config=hello.config, seed=seed, tuner=tuner, owner=req["client_id"],
+                          created=now, updated=now, step=hello.step)
+        # Notices and deprecation notes: said once to the user by the callback, as warnings.
+        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=False, seed=seed, notices=tuple(tuner.notices),
+                                                           deprecations=_deprecations(hello)).to_body())
         self._commit(session, req, reply)
         # Saved before it replaces anything in memory: if the save fails, the store still
         # holds what it held (nothing, or the finished session).
@@ -220,7 +224,7 @@ class Dispatcher:
             self.store.save(session)
             self.store.put(session)
         self._log(session, req, "hello", plan, resumed=False, replaced_finished=replaced is not None,
-                  tuner=hello["tuner"], config=config, seed=seed)
+                  tuner=hello.tuner, config=config, seed=seed)
         return reply
 
     def _admit(self, job_id: str, now: float) -> None:
@@ -231,12 +235,13 @@ class Dispatcher:
                 f"the server holds {live} live sessions (max_sessions {self.config.max_sessions}); job "
                 f"{job_id!r} was not created. Retry later, or raise server.max_sessions"))
 
-    def _resume(self, session: Session, req: dict, hello: dict) -> tuple[dict, dict]:
+    def _resume(self, session: Session, req: dict, hello: messages.Hello) -> tuple[dict, dict]:
         plan = session.tuner.ask()
         _check_plan(plan, session.job_id)
         session.owner = req["client_id"]
-        reply = protocol.ok_reply(req, {"plan": plan, "resumed": True, "seed": session.seed})
-        return reply, {"kind": "hello", "plan": plan, "resumed": True, "client_step": hello["step"]}
+        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=True, seed=session.seed,
+                                                           deprecations=_deprecations(hello)).to_body())
+        return reply, {"kind": "hello", "plan": plan, "resumed": True, "client_step": hello.step}
 
     def _report(self, req: dict, body: dict) -> dict:
         session = self._session_for(req)
@@ -244,17 +249,14 @@ class Dispatcher:
         if cached is not None:
             return cached
         self._check_writable(session, req)
-        try:
-            obs = Observation.from_body(body)
-        except ValueError as exc:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad report body: {exc}") from None
+        obs = _parse(messages.Report, body).observation
 
         def apply(s: Session) -> tuple[dict, dict]:
             s.tuner.tell(obs)
             plan = s.tuner.ask()
             _check_plan(plan, s.job_id)
             s.step = obs.step
-            return protocol.ok_reply(req, {"plan": plan}), {
+            return protocol.ok_reply(req, messages.ReportReply(plan).to_body()), {
                 "kind": "report", "plan": plan, "observation": observation_summary(obs.losses, obs.evals)}
 
         return self._apply(session, req, apply)
@@ -265,17 +267,15 @@ class Dispatcher:
         if cached is not None:
             return cached
         self._check_writable(session, req)
-        step, reason = body.get("step"), body.get("reason", "")
-        if step is not None and (not _is_int(step) or step < 0):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "goodbye 'step' must be an integer >= 0")
-        if not isinstance(reason, str):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "goodbye 'reason' must be a string")
+        goodbye = _parse(messages.Goodbye, body)
 
         def apply(s: Session) -> tuple[dict, dict]:
             s.status = FINISHED
-            if step is not None:
-                s.step = step
-            return protocol.ok_reply(req, {}), {"kind": "goodbye", "plan": None, "reason": reason}
+            if goodbye.step is not None:
+                s.step = goodbye.step
+            # The job's final account travels with the reply: the client needs no status.
+            reply = messages.GoodbyeReply(summary=self._cache_summary(s)).to_body()
+            return protocol.ok_reply(req, reply), {"kind": "goodbye", "plan": None, "reason": goodbye.reason}
 
         return self._apply(session, req, apply)
 
@@ -346,46 +346,18 @@ class Dispatcher:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _parse(kind: type, body: dict) -> Any:
+    """The request body as its :mod:`autolrs.wire.messages` class; ``bad_request`` if it is not one."""
+    try:
+        return kind.from_body(body)
+    except messages.BodyError as exc:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"bad {kind.KIND} body: {exc}") from None
 
 
-def _parse_hello(body: dict) -> dict:
-    """Check the hello body's types; return it with defaults filled in."""
-    def bad(msg: str) -> ProtocolError:
-        return ProtocolError(ErrorCode.BAD_REQUEST, f"bad hello body: {msg}")
-
-    tuner = body.get("tuner")
-    if not isinstance(tuner, str) or not tuner:
-        raise bad("'tuner' must be a non-empty string")
-    config = body.get("config")
-    config = {} if config is None else config
-    if not isinstance(config, dict):
-        raise bad("'config' must be an object")
-    initial_lr = body.get("initial_lr")
-    if initial_lr is not None and (not isinstance(initial_lr, (int, float)) or isinstance(initial_lr, bool)):
-        raise bad("'initial_lr' must be a number or null")
-    param_groups = body.get("param_groups", 1)
-    if not _is_int(param_groups) or param_groups < 1:
-        raise bad("'param_groups' must be an integer >= 1")
-    step = body.get("step", 0)
-    if not _is_int(step) or step < 0:
-        raise bad("'step' must be an integer >= 0")
-    max_steps = body.get("max_steps")
-    if max_steps is not None and not _is_int(max_steps):
-        raise bad("'max_steps' must be an integer or null")
-    has_val_fn = body.get("has_val_fn", False)
-    if not isinstance(has_val_fn, bool):
-        raise bad("'has_val_fn' must be true or false")
-    has_probe_fn = body.get("has_probe_fn", False)  # the callback can carry out 'probe' actions
-    if not isinstance(has_probe_fn, bool):
-        raise bad("'has_probe_fn' must be true or false")
-    seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
-        raise bad("'seed' must be an integer in [0, 2**63) or null")
-    return {"tuner": tuner, "config": config, "initial_lr": initial_lr, "param_groups": param_groups,
-            "step": step, "max_steps": max_steps, "has_val_fn": has_val_fn,
-            "has_probe_fn": has_probe_fn, "seed": seed}
+def _deprecations(hello: messages.Hello) -> tuple[str, ...]:
+    """Notes on the old knob names the hello's config used, for the client to show."""
+    cls = TUNERS.get(hello.tuner)
+    return () if cls is None else tuple(cls.canonical_config(hello.config)[1])
 
 
 def _check_plan(plan: Any, job_id: str) -> None:

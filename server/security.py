@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from autolrs import auth
-from autolrs.server.config import ConfigError, ServerConfig
+from autolrs.wire import auth
+from autolrs.errors import ConfigError
+from autolrs.server.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def is_loopback(host: str) -> bool:
 
 def server_secret(config: ServerConfig, secret: str | bytes | None = None) -> bytes | None:
     """The secret the server requires: ``secret``, else ``server.secret_file``, else the
-    environment (see :func:`autolrs.auth.resolve_secret`); None for an open server."""
+    environment (see :func:`autolrs.wire.auth.resolve_secret`); None for an open server."""
     try:
         return auth.resolve_secret(secret, config.secret_file)
     except auth.SecretError as exc:

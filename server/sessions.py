@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.tuners import Tuner, make_tuner
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 ROUTER (not REP) so that one malformed peer cannot wedge the socket's strict send/recv
 alternation, and so a reply goes back to exactly the peer that asked. Each incoming message is
 ``[routing frames..., payload]`` or, signed, ``[routing frames..., payload, auth]`` (see
-:mod:`autolrs.auth`): the routing frames are echoed back as the envelope (a REQ client sends
+:mod:`autolrs.wire.auth`): the routing frames are echoed back as the envelope (a REQ client sends
 ``[id, b"", payload]``). The loop polls with a short timeout so ``stop()`` from another thread
 or a signal handler is honoured promptly.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import zmq
 
-from autolrs import auth, protocol
-from autolrs.protocol import ErrorCode
+from autolrs.wire import auth, protocol
+from autolrs.wire.protocol import ErrorCode
 from autolrs.server.config import ServerConfig
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.pool import WorkerPool

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autolrs.server.process import ServerProcess
-from shared_testlib import make_mlp
+from autolrs.server import ServerProcess
+from autolrs.testing.training import digits as load_digits_tensors
+from autolrs.testing.training import make_mlp
 
 # Tiny models gain nothing from intra-op threads, and spinning OpenMP workers compete with the
 # server process for the two cores.
@@ -17,12 +18,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def digits():
     """The 1,797 8x8 digit images of scikit-learn as (x float32 in [0, 1], y int64) tensors."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.int64)
-    return x, y
+    return load_digits_tensors()
 
 
 @pytest.fixture

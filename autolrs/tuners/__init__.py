@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from autolrs.tuners.auto import AutoTuner
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
 from autolrs.tuners.hypergradient import HDTuner, MartheTuner, RTHOTuner
@@ -27,7 +28,7 @@ def register(cls: type[Tuner]) -> type[Tuner]:
 
 
 for _cls in (ConstantTuner, StepTuner, ExponentialTuner, CosineTuner, AutoLRSTuner, RangeTestTuner,
-             HDTuner, RTHOTuner, MartheTuner, RecordTuner, LossDiffTuner):
+             HDTuner, RTHOTuner, MartheTuner, RecordTuner, LossDiffTuner, AutoTuner):
     register(_cls)
 
 

@@ -39,7 +39,7 @@ Automatic bounds (``min_lr`` and/or ``max_lr`` set to ``"auto"``): before anythi
 tuner runs a short LR range test (an embedded :class:`~autolrs.tuners.range_test.RangeTestTuner`,
 ``auto_num_iter`` steps from ``auto_start_lr`` to ``auto_end_lr``, exponential), restores the
 weights it started from, and derives the search interval from the raw curve with
-:func:`autolrs.lr_curve.bounds_from_curve` (``max_lr`` at the lowest loss, ``min_lr`` where the
+:func:`autolrs.lr_curve.bounds_from_curve` (``max_lr`` a third of the LR at the lowest loss, ``min_lr`` where the
 loss has fallen by 10 % of its total fall, at least a decade below ``max_lr``). A bound given
 as a number is kept. The range test's restore leads the first plan after it. Its steps count
 against ``max_steps`` (the compute was spent) and are reported as ``bounds_steps``. If the curve
@@ -75,7 +75,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autolrs import actions, gp, lr_curve
+from autolrs import actions, gp, lr_curve, trial_checks
 from autolrs.actions import Observation
 from autolrs.forecast import fit_forecast
 from autolrs.space import LogSpace
@@ -83,11 +83,21 @@ from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positiv
 from autolrs.tuners.range_test import SLOT as RANGE_TEST_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
 
-STATE_VERSION = 2  # 2 added the automatic bounds; version 1 states load unchanged
+STATE_VERSION = 3  # 2 added the automatic bounds, 3 the forecasts' uncertainty and health; older states load
 WARMUP_CHUNK = 1000
 PHASES = ("bounds", "warmup", "trial", "exploit", "final", "done")
 AUTO = "auto"
+#: ``max_lr: auto`` is the range test's loss minimum divided by this: a constant LR at the
+#: minimum itself is on the edge of divergence (it collapsed a small CNN; bench/quality.py).
+AUTO_BELOW_MINIMUM = 3.0
 DECAYS = ("none", "cosine", "linear")
+TIE_BREAKS = ("best", "lowest")
+PRESETS = ("default", "paper")
+
+
+#: ``preset: paper``: the published method's choices for every knob the user does not set.
+PAPER = {"keep_best_trial": False, "final_decay": "none", "loss_floor": None, "pessimism": 0.0,
+         "tie_break": "best", "check_trials": False, "val_from": "tau_max"}
 
 
 def decayed_lr(lr: float, i: int, n: int, kind: str) -> float:
@@ -102,10 +112,19 @@ def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+def _finite(value: Any, key: str, minimum: float = -math.inf) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < minimum:
+        bound = "" if minimum == -math.inf else f" >= {minimum:g}"
+        raise ConfigError(f"option {key!r} must be a finite number{bound}, got {value!r}")
+    return float(value)
+
+
 class AutoLRSTuner(Tuner):
     """Per-stage LR search by Bayesian optimisation on exponential loss forecasts."""
 
     name = "autolrs"
+    #: Documented as lr_min/lr_max like every tuner's bounds; the old spellings still work (deprecated).
+    aliases: ClassVar[dict[str, str]] = {"min_lr": "lr_min", "max_lr": "lr_max"}
     defaults: ClassVar[dict[str, Any]] = {
         "min_lr": None,  # lower end of the search interval; None: initial_lr / 100, else 1e-3; "auto"
         "max_lr": None,  # upper end; None: initial_lr * 10, else 1.0; "auto": from a range test
@@ -121,13 +140,25 @@ class AutoLRSTuner(Tuner):
         "warmup_steps": 0,  # linear warm-up steps before stage 1
         "warmup_lr": None,  # LR the warm-up ends at; None: initial_lr, else sqrt(min_lr * max_lr)
         "val_points": 16,  # validation evaluations per trial in validation mode
-        "use_val": True,  # switch to validation loss once tau reaches tau_max (needs has_val_fn)
-        "keep_best_trial": False,  # exploit from the best trial's end weights (one extra copy)
+        "use_val": True,  # judge trials on validation loss (needs has_val_fn) from `val_from` on
+        "val_from": "start",  # "start": from stage 1; "tau_max": once tau reaches tau_max (the paper)
+        "keep_best_trial": True,  # exploit from the best trial's end weights (one extra copy)
         "loss_penalty": 1e6,  # forecast recorded for a diverged (NaN/inf) trial
-        "final_decay": "none",  # "cosine" or "linear": anneal the last stage's run to 0 (needs max_steps)
+        "final_decay": "cosine",  # "cosine", "linear" or "none": anneal the run that ends the job (with max_steps)
+        "loss_floor": 0.0,  # forecasts never go below it; null for a loss that can be negative
+        "pessimism": 1.0,  # trials are compared on forecast + pessimism * its standard deviation
+        "tie_break": "lowest",  # among trials the forecasts cannot tell from the best: "lowest" LR, or "best"
+        "check_trials": True,  # a trial with a rising tail, spikes or outsized noise cannot win
+        "preset": "default",  # "paper": the published method (the knobs in PAPER), for comparison
     }
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
+        config = dict(config or {})
+        preset = config.get("preset", "default")
+        if preset not in PRESETS:
+            raise ConfigError(f"autolrs: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        if preset == "paper":
+            config = {**PAPER, **config}
         super().__init__(config, seed)
         cfg = self.config
         initial = cfg["initial_lr"]
@@ -165,16 +196,31 @@ class AutoLRSTuner(Tuner):
         if cfg["warmup_lr"] is not None:
             require_positive(cfg["warmup_lr"], "warmup_lr")
         self.val_points = require_int(cfg, "val_points", minimum=1)
-        for key in ("use_val", "keep_best_trial"):
+        for key in ("use_val", "keep_best_trial", "check_trials"):
             if not isinstance(cfg[key], bool):
                 raise ConfigError(f"option {key!r} must be true or false, got {cfg[key]!r}")
         self.use_val = cfg["use_val"] and bool(cfg["has_val_fn"])
+        if cfg["val_from"] not in ("tau_max", "start"):
+            raise ConfigError(f"autolrs: val_from must be 'tau_max' or 'start', got {cfg['val_from']!r}")
+        self.val_from_start = cfg["val_from"] == "start"
         self.keep_best = cfg["keep_best_trial"]
         self.penalty = require_positive(cfg["loss_penalty"], "loss_penalty")
         if cfg["final_decay"] not in DECAYS:
             raise ConfigError(f"autolrs: final_decay must be one of {', '.join(DECAYS)}, got {cfg['final_decay']!r}")
         self.final_decay = cfg["final_decay"]
+        self.loss_floor = None if cfg["loss_floor"] is None else _finite(cfg["loss_floor"], "loss_floor")
+        self.pessimism = _finite(cfg["pessimism"], "pessimism", minimum=0.0)
+        if cfg["tie_break"] not in TIE_BREAKS:
+            raise ConfigError(f"autolrs: tie_break must be one of {', '.join(TIE_BREAKS)}, got {cfg['tie_break']!r}")
+        self.tie_break = cfg["tie_break"]
+        self.check_trials = cfg["check_trials"]
         self.max_steps = cfg["max_steps"]
+        #: Said to the user once at the start (the server passes them on in the hello reply).
+        self.notices: list[str] = []
+        if self.max_steps is None:
+            self.notices.append(
+                "autolrs: no max_steps given, so the stages cannot be planned to the budget and the run is "
+                "not annealed at the end; pass max_steps= (the number of optimizer steps) to the callback")
         # Exclusion radius around tried points (unit log-LR interval): a quarter of the spacing
         # k evenly spread points would have, at most 0.05.
         self.min_distance = min(0.05, 0.25 / self.k)
@@ -214,7 +260,7 @@ class AutoLRSTuner(Tuner):
         history = self.range_test.history
         given = {key: None if self.auto[key] else self.config[key] for key in ("min_lr", "max_lr")}
         try:
-            lo, hi = lr_curve.bounds_from_curve(history["lr"], history["loss"])
+            lo, hi = lr_curve.bounds_from_curve(history["lr"], history["loss"], below_minimum=AUTO_BELOW_MINIMUM)
             lo = lo if self.auto["min_lr"] else given["min_lr"]
             hi = hi if self.auto["max_lr"] else given["max_lr"]
             if not lo < hi:
@@ -305,7 +351,7 @@ class AutoLRSTuner(Tuner):
         self.warmup_done = 0
         self.stage = 0  # becomes 1 when the first stage starts
         self.tau = self.tau0
-        self.val_mode = False
+        self.val_mode = self.use_val and self.val_from_start
         self.current: dict | None = None  # the running stage's plan and trials
         self.stages: list[dict] = []  # finished searches, one record per stage
         self.search_steps = 0
@@ -350,7 +396,7 @@ class AutoLRSTuner(Tuner):
             "mode": "val" if self.val_mode else "train",
             "eval_every": eval_every,
             "start_step": self.step,
-            "trials": [],  # {"lr", "u", "forecast", "status", "failed"}
+            "trials": [],  # {"lr", "u", "forecast", "std", "status", "failed", "sigma", "rising", "spikes"}
             "next_lr": self._first_candidate(self.stage),
             "best_slot": None,  # trial index whose end weights are (or will be) in "best"
             "save_best": False,  # the next plan starts with checkpoint("best")
@@ -359,30 +405,51 @@ class AutoLRSTuner(Tuner):
         }
         self.phase = "trial"
 
-    def _forecast(self, obs: Observation) -> tuple[float, str, bool]:
-        """Forecast of a trial from its report: (value, status, failed)."""
+    def _forecast(self, obs: Observation) -> dict:
+        """A trial's record from its report: forecast, its uncertainty, status, window health."""
         cur = self.current
         losses = list(obs.losses)
         evals = [(p, v) for p, v in obs.evals if p > 0]
         if cur["mode"] == "val" and evals:
             if any(not math.isfinite(v) for v in losses):
-                return self.penalty, "nonfinite", True
+                return {"forecast": self.penalty, "std": 0.0, "status": "nonfinite", "failed": True}
             by_pos: dict[int, float] = {}
             for p, v in evals:
                 by_pos[int(p)] = float(v)
             pos = sorted(by_pos)
             e = cur["eval_every"]
-            fit = fit_forecast([by_pos[p] for p in pos], cur["exploit_steps"] / e, "val",
-                               x=[p / e for p in pos], penalty=self.penalty)
+            window = [by_pos[p] for p in pos]
+            fit = fit_forecast(window, cur["exploit_steps"] / e, "val", x=[p / e for p in pos],
+                               penalty=self.penalty, floor=self.loss_floor)
         else:
-            fit = fit_forecast(losses, cur["exploit_steps"], "train", penalty=self.penalty)
-        return float(fit.value), fit.status, fit.failed
+            window = losses
+            fit = fit_forecast(window, cur["exploit_steps"], "train", penalty=self.penalty, floor=self.loss_floor)
+        record = {"forecast": float(fit.value), "std": float(fit.std) if math.isfinite(fit.std) else 0.0,
+                  "status": fit.status, "failed": fit.failed}
+        if not fit.failed:
+            health = trial_checks.window_health(window)
+            record.update(sigma=health.sigma if math.isfinite(health.sigma) else None,
+                          rising=health.rising_tail, spikes=health.spikes)
+        return record
+
+    def _score(self, trial: dict) -> float:
+        """What trials are compared on: the forecast plus ``pessimism`` standard deviations."""
+        return trial["forecast"] + self.pessimism * trial.get("std", 0.0)
+
+    def _reasons(self, trials: list[dict]) -> list[list[str]]:
+        """Why each trial may not win (empty: it may); every finite trial may without checks."""
+        if not self.check_trials:
+            return [["failed"] if t["failed"] else [] for t in trials]
+        healths = [None if t["failed"] else trial_checks.WindowHealth(
+            bool(t.get("rising", False)), int(t.get("spikes", 0)),
+            math.nan if t.get("sigma") is None else float(t["sigma"])) for t in trials]
+        return trial_checks.unstable_reasons(healths)
 
     def _suggest(self) -> float:
         cur = self.current
         trials = cur["trials"]
         us = [t["u"] for t in trials]
-        ys = [math.inf if t["failed"] else t["forecast"] for t in trials]
+        ys = [math.inf if t["failed"] else self._score(t) for t in trials]
         seed = int(self._seed_seq(self.stage, len(trials)).generate_state(1)[0])
         # Each fit starts from the stage's previous one: one more point moves the optimum little.
         u, theta = gp.suggest_warm(us, ys, cur.get("gp_theta"), acquisition=self.acquisition, kappa=self.kappa,
@@ -396,11 +463,24 @@ class AutoLRSTuner(Tuner):
         return lr
 
     def _pick_winner(self) -> int:
+        """The stage's LR: among trials that may win (finite, and healthy with ``check_trials``)
+        the lowest score; with ``tie_break: lowest`` the lowest LR among those whose optimistic
+        forecast (forecast - pessimism * std) reaches that score, i.e. that the forecasts cannot
+        tell from it. With no healthy trial, the lowest finite LR; with no finite one, the lowest LR."""
         trials = self.current["trials"]
-        ok = [i for i, t in enumerate(trials) if not t["failed"]]
-        if ok:
-            return min(ok, key=lambda i: (trials[i]["forecast"], i))
-        return min(range(len(trials)), key=lambda i: (trials[i]["lr"], i))  # all diverged
+        reasons = self._reasons(trials)
+        finite = [i for i, t in enumerate(trials) if not t["failed"]]
+        if not finite:
+            return min(range(len(trials)), key=lambda i: (trials[i]["lr"], i))
+        pool = [i for i in finite if not reasons[i]]
+        if not pool:
+            return min(finite, key=lambda i: (trials[i]["lr"], i))
+        best = min(pool, key=lambda i: (self._score(trials[i]), i))
+        if self.tie_break == "best":
+            return best
+        bar = self._score(trials[best])
+        tied = [i for i in pool if trials[i]["forecast"] - self.pessimism * trials[i].get("std", 0.0) <= bar]
+        return min(tied, key=lambda i: (trials[i]["lr"], i))
 
     def _end_search(self) -> None:
         cur = self.current
@@ -411,7 +491,8 @@ class AutoLRSTuner(Tuner):
             "stage": cur["stage"], "start_step": cur["start_step"], "mode": cur["mode"],
             "tau": cur["tau"], "trial_steps": cur["trial_steps"], "exploit_steps": cur["exploit_steps"],
             "eval_every": cur["eval_every"],
-            "trials": [{"lr": t["lr"], "forecast": t["forecast"], "status": t["status"]} for t in trials],
+            "trials": [{"lr": t["lr"], "forecast": t["forecast"], "std": t.get("std", 0.0), "status": t["status"],
+                        "unstable": r} for t, r in zip(trials, self._reasons(trials))],
             "winner": trials[w]["lr"], "winner_forecast": trials[w]["forecast"],
             "all_failed": all(t["failed"] for t in trials),
         })
@@ -541,17 +622,18 @@ class AutoLRSTuner(Tuner):
         cur = self.current
         if self.phase == "trial":
             lr = cur["next_lr"]
-            value, status, failed = self._forecast(observation)
+            record = self._forecast(observation)
+            failed = record["failed"]
             i = len(cur["trials"])
-            cur["trials"].append({"lr": lr, "u": self.space.to_unit(lr), "forecast": value,
-                                  "status": status, "failed": failed})
+            cur["trials"].append({"lr": lr, "u": self.space.to_unit(lr), **record})
             self.search_steps += cur["trial_steps"]
             self.lr = lr
             if cur["save_best"]:  # the plan just carried out saved the previous best
                 cur["save_best"], cur["best_saved"] = False, True
-            if self.keep_best and not failed:
+            if self.keep_best and not failed and not (self.check_trials and (record["rising"] or record["spikes"]
+                                                                             >= trial_checks.MIN_SPIKES)):
                 b = cur["best_slot"]
-                if b is None or value < cur["trials"][b]["forecast"]:
+                if b is None or self._score(cur["trials"][i]) < self._score(cur["trials"][b]):
                     cur["best_slot"] = i
                     cur["save_best"] = i < self.k - 1
             if len(cur["trials"]) < self.k:
@@ -593,7 +675,7 @@ class AutoLRSTuner(Tuner):
                 "source": self.bounds_source}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("version") not in (1, STATE_VERSION):
+        if state.get("version") not in (1, 2, STATE_VERSION):
             raise ValueError(f"autolrs: unsupported state version {state.get('version')!r}")
         if state["phase"] not in PHASES:
             raise ValueError(f"autolrs: unknown phase {state['phase']!r}")
@@ -656,7 +738,7 @@ class AutoLRSTuner(Tuner):
             out.update({
                 "trial": len(cur["trials"]), "k": self.k, "trial_steps": cur["trial_steps"],
                 "exploit_steps": cur["exploit_steps"],
-                "trials": [[t["lr"], t["forecast"]] for t in cur["trials"]],
+                "trials": [[t["lr"], t["forecast"], t.get("std", 0.0)] for t in cur["trials"]],
             })
             if cur["winner"] is not None:
                 out["winner"] = cur["trials"][cur["winner"]]["lr"]

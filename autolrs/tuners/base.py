@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from autolrs.actions import Observation
+from autolrs.errors import ConfigError
 
 #: Keys the server fills in from the job's hello; every tuner accepts them.
 JOB_KEYS: dict[str, Any] = {
@@ -28,19 +29,23 @@ JOB_KEYS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
-    """A tuner configuration that cannot be used; the message says which knob and why."""
-
-
 class Tuner(abc.ABC):
     #: Registry name.
     name: ClassVar[str] = ""
     #: Every knob with its default. Keys outside this and JOB_KEYS are rejected.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Renamed knobs, ``{old name: new name}``: see :meth:`canonical_config`.
+    aliases: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
-        self.config = resolve_config(self.name, {**JOB_KEYS, **self.defaults}, config or {})
+        config, notes = self.canonical_config(config or {})
+        #: A note per deprecated knob name the config used (the server passes them to the client).
+        self.deprecations: list[str] = notes
+        self.config = resolve_config(self.name, {**JOB_KEYS, **self.defaults}, config, self.public_name)
         self.seed = int(seed)
+        #: Advice for the user about this job's set-up (e.g. a missing ``max_steps``): the server
+        #: sends it in the hello reply and the callback shows each once as a warning.
+        self.notices: list[str] = []
         if self.config["max_steps"] is not None:
             self.config["max_steps"] = require_int(self.config, "max_steps", minimum=1)
 
@@ -68,6 +73,30 @@ class Tuner(abc.ABC):
         """A few numbers for status listings and logs (override to add more)."""
         return {}
 
+    @classmethod
+    def canonical_config(cls, config: Mapping[str, Any]) -> tuple[dict, list[str]]:
+        """``config`` with each renamed knob under the key this tuner reads, and a deprecation
+        note for each old name used. Both names of an :attr:`aliases` pair are accepted (not
+        together); the new one is the documented spelling, and whichever of the two is in
+        :attr:`defaults` is the key the tuner's code reads, so a tuner can switch its own key
+        to the new name without breaking configs that use the old one."""
+        out, notes = dict(config), []
+        for old, new in cls.aliases.items():
+            key = new if new in cls.defaults else old
+            other = old if key == new else new
+            if other in out:
+                if key in out:
+                    raise ConfigError(f"{cls.name}: option {new!r} was given twice, also as {old!r}; give it once")
+                out[key] = out.pop(other)
+            if old in config:
+                notes.append(f"{cls.name}: option {old!r} is deprecated; use {new!r}")
+        return out, notes
+
+    @classmethod
+    def public_name(cls, key: str) -> str:
+        """The documented spelling of a key of :attr:`defaults`."""
+        return cls.aliases.get(key, key)
+
     def base_lr(self) -> float:
         """The tuner's ``lr`` knob if set, else the optimizer's initial LR."""
         lr = self.config.get("lr")
@@ -78,12 +107,14 @@ class Tuner(abc.ABC):
         return require_positive(lr, "lr")
 
 
-def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, Any]) -> dict:
-    """Merge ``config`` over ``defaults``; reject unknown keys and coerce numeric strings."""
+def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, Any],
+                   public_name: Callable[[str], str] = str) -> dict:
+    """Merge ``config`` over ``defaults``; reject unknown keys (listing the valid ones by their
+    ``public_name``) and coerce numeric strings."""
     unknown = sorted(set(config) - set(defaults))
     if unknown:
         raise ConfigError(f"{name}: unknown option(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(sorted(defaults))}")
+                          f"valid: {', '.join(sorted(map(public_name, defaults)))}")
     merged = dict(defaults)
     for key, value in config.items():
         default = defaults[key]

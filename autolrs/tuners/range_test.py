@@ -46,7 +46,7 @@ class RangeTestTuner(Tuner):
         "diverge_th": 5.0,  # null: no ratio test (negative losses); NaN/inf still stop the sweep
         "val": False,  # record the validation loss after every step instead of the training loss
         "chunk": 10,  # LRs per message; divergence is seen at chunk boundaries
-        "method": "steepest",  # the suggestion reported as suggested_lr (and applied)
+        "method": lr_curve.DEFAULT_METHOD,  # the suggestion reported as suggested_lr (and applied)
         "apply_suggestion": False,  # after the restore set the suggested LR instead of the initial one
         "skip_start": None,  # suggestion skips; null: each method's default
         "skip_end": None,
@@ -148,8 +148,10 @@ class RangeTestTuner(Tuner):
         return sorted(points)
 
     def _suggest(self) -> dict:
-        lrs, smoothed = self.history["lr"], self.history["smoothed"]
-        return {m: lr_curve.suggest(lrs, smoothed, m, **self.skips) for m in lr_curve.METHODS}
+        """Every rule on the bias-corrected curve (not torch-lr-finder's ``smoothed``, whose
+        start is one batch's loss): see :func:`autolrs.lr_curve.debiased`."""
+        lrs, curve = self.history["lr"], lr_curve.debiased(self.history["loss"], self.smooth_f)
+        return {m: lr_curve.suggest(lrs, curve, m, **self.skips) for m in lr_curve.METHODS}
 
     # --- contract -----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from autolrs.callbacks.hypergrad import HypergradEngine
 from autolrs.optim import Switch
-from shared_testlib import make_mlp
+from autolrs.testing.training import make_mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from parity import AdaTuneHD, AdaTuneMarthe, OriginalSwitch  # noqa: E402

@@ -1,161 +1,21 @@
-"""Helpers for the callback tests: a scripted ZeroMQ peer, a scripted tuner, real data.
+"""The ``peer`` fixture of the callback tests: scripted peers (:mod:`autolrs.testing.peer`)
+that stand in for the server, closed at teardown.
 
 Imported by the test modules as a plain module (pytest's default ``prepend`` import mode puts
-this folder on ``sys.path``). The scripted peer stands in for the server in unit tests only: it speaks ``autolrs.protocol``
-on a ROUTER socket bound to 127.0.0.1 on a random port, in a daemon thread, and answers each
-request with whatever a handler returns (``None`` drops the request unanswered). The real
-server is tested elsewhere.
+this folder on ``sys.path``), not defined in a ``conftest.py``: a folder-level conftest would
+shadow ``tests/conftest.py`` for modules that import it by its bare name.
 """
 
 from __future__ import annotations
 
-import copy
-import socket
-import threading
-import time
-from functools import lru_cache
-from typing import Callable
-
 import pytest
-import torch
-import zmq
 
-from autolrs import actions, protocol
-
-TIMEOUT_S = 5.0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def kind_of(req: dict) -> str:
-    return req["type"][: -len("_request")]
-
-
-class ScriptedPeer:
-    """A ROUTER socket in a thread answering with ``handler(request) -> reply | bytes | None``.
-
-    ``silent = True`` drops every request (a server that stopped answering). Every decoded
-    request is appended to ``received`` (dropped ones too), with the time it arrived.
-    """
-
-    def __init__(self, handler: Callable[[dict], object], port: int | None = None):
-        self.handler = handler
-        self.silent = False
-        self.received: list[dict] = []
-        self.times: list[float] = []
-        self._ctx = zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if port is None:
-            self.port = self._sock.bind_to_random_port("tcp://127.0.0.1")
-        else:
-            self._sock.bind(f"tcp://127.0.0.1:{port}")
-            self.port = port
-        self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._loop, name="scripted-peer", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        try:
-            while not self._stop.is_set():
-                if not poller.poll(20):
-                    continue
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                req = protocol.loads(frames[-1])
-                self.received.append(req)
-                self.times.append(time.monotonic())
-                if self.silent:
-                    continue
-                reply = self.handler(req)
-                if reply is None:
-                    continue
-                payload = reply if isinstance(reply, bytes) else protocol.dumps(reply)
-                self._sock.send_multipart(frames[:-1] + [payload])
-        except BaseException as exc:  # surfaced by close()
-            self.errors.append(exc)
-        finally:
-            self._sock.close(0)
-
-    def requests(self, kind: str | None = None) -> list[dict]:
-        return [r for r in self.received if kind is None or kind_of(r) == kind]
-
-    def wait_for(self, n: int, kind: str | None = None, timeout: float = TIMEOUT_S) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while len(self.requests(kind)) < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"peer got {len(self.requests(kind))} {kind or ''} requests, expected {n}")
-            time.sleep(0.005)
-        return self.requests(kind)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(TIMEOUT_S)
-        assert not self._thread.is_alive(), "scripted peer thread did not stop"
-        if self.errors:
-            raise self.errors[0]
-
-
-class ScriptedTuner:
-    """A handler that answers hello and report with the next plan of a script.
-
-    A plan may be a list of actions or a callable ``(request) -> list``. When the script runs
-    out it answers ``stop``. A resend of the last request (same client_id and seq) gets the
-    cached reply, as the real server does, so it does not use up a plan. ``errors`` maps a
-    request number (0-based over hello/report) to an error code to answer instead.
-    """
-
-    def __init__(self, plans, errors: dict[int, str] | None = None):
-        self.plans = list(plans)
-        self.errors = dict(errors or {})
-        self.applied: list[dict] = []  # hello/report requests that consumed a plan or error
-        self.goodbyes: list[dict] = []
-        self._last_key = None
-        self._last_reply = None
-
-    def __call__(self, req: dict):
-        key = (req.get("client_id"), req.get("seq"))
-        if key == self._last_key:
-            return self._last_reply
-        kind = kind_of(req)
-        if kind in ("hello", "report"):
-            n = len(self.applied)
-            self.applied.append(req)
-            if n in self.errors:
-                reply = protocol.error_reply(req, self.errors[n], f"scripted {self.errors[n]}")
-            else:
-                plan = self.plans.pop(0) if self.plans else [actions.stop("script done")]
-                if callable(plan):
-                    plan = plan(req)
-                reply = protocol.ok_reply(req, {"plan": copy.deepcopy(plan)})
-        elif kind == "goodbye":
-            self.goodbyes.append(req)
-            reply = protocol.ok_reply(req, {})
-        else:
-            reply = protocol.ok_reply(req, {"protocol": protocol.PROTOCOL_VERSION})
-        self._last_key, self._last_reply = key, reply
-        return reply
-
-    def reports(self) -> list[dict]:
-        return [r["body"] for r in self.applied if kind_of(r) == "report"]
+from autolrs.testing.peer import ScriptedPeer
 
 
 @pytest.fixture
 def peer():
-    """Factory of scripted peers (closed at teardown): ``peer(handler, port=None)``.
-
-    A fixture defined here and imported by the test modules, not in a ``conftest.py``: a
-    folder-level conftest would shadow ``tests/conftest.py`` for modules that import it by
-    its bare name.
-    """
+    """Factory of scripted peers (closed at teardown): ``peer(handler, port=None)``."""
     made = []
 
     def start(handler, port=None):
@@ -166,81 +26,3 @@ def peer():
     yield start
     for p in made:
         p.close()
-
-
-# --- real data: scikit-learn's digits (bundled, no download) -------------------------------
-
-
-@lru_cache(maxsize=1)
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(data.target, dtype=torch.long)
-    return x, y
-
-
-def mlp(batchnorm: bool = False, dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    layers: list[torch.nn.Module] = [torch.nn.Linear(64, 32)]
-    if batchnorm:
-        layers.append(torch.nn.BatchNorm1d(32))
-    layers.append(torch.nn.ReLU())
-    if dropout:
-        layers.append(torch.nn.Dropout(dropout))
-    layers.append(torch.nn.Linear(32, 10))
-    return torch.nn.Sequential(*layers)
-
-
-class Batches:
-    """Endless shuffled mini-batches of the digits (its own generator: reproducible)."""
-
-    def __init__(self, batch_size: int = 64, seed: int = 0):
-        self.x, self.y = digits()
-        self.batch_size = batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self._order = torch.empty(0, dtype=torch.long)
-        self._pos = 0
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._pos + self.batch_size > len(self._order):
-            self._order = torch.randperm(len(self.x), generator=self.gen)
-            self._pos = 0
-        idx = self._order[self._pos:self._pos + self.batch_size]
-        self._pos += self.batch_size
-        return self.x[idx], self.y[idx]
-
-
-def train_step(model, optimizer, batches: Batches, scaler=None) -> torch.Tensor:
-    model.train()
-    x, y = batches.next()
-    optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    return loss
-
-
-def val_loss(model) -> float:
-    x, y = digits()
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(model(x), y).item()
-    model.train(was_training)
-    return loss
-
-
-def snapshot(model, optimizer, scaler=None) -> dict:
-    """Independent copies of everything a checkpoint should bring back."""
-    snap = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict())}
-    if scaler is not None:
-        snap["scaler"] = copy.deepcopy(scaler.state_dict())
-    return snap

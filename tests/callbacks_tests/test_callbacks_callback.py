@@ -10,19 +10,14 @@ import warnings
 import pytest
 import torch
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.actions import checkpoint, discard, evaluate, restore, run, set_lr, stop
 from autolrs.callbacks import AutoLRS, AutoLRSConfigError, AutoLRSWarning, ServerUnavailableWarning
-from callbacks_testlib import (
-    Batches,
-    ScriptedTuner,
-    mlp,
-    peer,  # noqa: F401  (fixture)
-    snapshot,
-    train_step,
-    val_loss,
-)
-from shared_testlib import assert_bitwise_equal
+from autolrs.testing.bitwise import assert_bitwise_equal, snapshot
+from autolrs.testing.peer import ScriptedTuner
+from autolrs.testing.training import DigitsBatches, make_mlp, train_step, val_loss
+from callbacks_testlib import peer  # noqa: F401  (fixture)
 
 
 def two_group_sgd(model, lr0=0.1, lr1=0.01):
@@ -52,7 +47,7 @@ def make(peer_endpoint, model, optimizer, **kw):
 def test_hello_body_and_default_job_id(peer):
     script = ScriptedTuner([[run(5, 0)]])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = two_group_sgd(model)
     cb = AutoLRS(model, optimizer, tuner="cosine", config={"T_0": 10}, server=p.endpoint, val_fn=lambda: 1.0,
                  timeout=2.0, max_steps=100, seed=7)
@@ -76,14 +71,14 @@ def test_lrs_follow_the_plan_and_group_ratios_are_kept(peer):
         [stop("budget")],
     ])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = two_group_sgd(model, 0.1, 0.01)
     lrs, losses = [], []
     with make(p.endpoint, model, optimizer) as cb:
         assert cb.lr == 0.1  # lrs[0] right away (after the plan's set_lr)
-        train(cb, model, optimizer, Batches(), 20, lrs, losses)
+        train(cb, model, optimizer, DigitsBatches(), 20, lrs, losses)
         assert cb.should_stop and cb.global_step == 8
-        batches = Batches()
+        batches = DigitsBatches()
         for _ in range(4):  # after stop: steps are only counted
             cb.step(train_step(model, optimizer, batches))
         assert cb.global_step == 12
@@ -109,7 +104,7 @@ def test_checkpoint_restore_evaluate(peer, storage, tmp_path):
         [restore("start"), discard("start"), stop("done")],
     ])
     p = peer(script)
-    model = mlp(batchnorm=True)
+    model = make_mlp(batchnorm=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     initial = snapshot(model, optimizer)
     calls = []
@@ -119,8 +114,10 @@ def test_checkpoint_restore_evaluate(peer, storage, tmp_path):
         return val_loss(model)
 
     with make(p.endpoint, model, optimizer, val_fn=val_fn, checkpoint=storage, checkpoint_dir=tmp_path) as cb:
-        train(cb, model, optimizer, Batches(), 20)
+        train(cb, model, optimizer, DigitsBatches(), 20)
         assert cb.should_stop and cb.global_step == 7
+        # Both restores went back to step 0: steps 1-3, then 1-7, are off the training path.
+        assert cb.discarded == [[0, 3], [0, 7]]
         # The final restore brought the initial state back (and the LR stays the plan's).
         assert_bitwise_equal(snapshot(model, optimizer)["model"], initial["model"])
         assert cb.lr == 0.01 and optimizer.param_groups[0]["lr"] == 0.01
@@ -140,7 +137,7 @@ def test_checkpoint_restore_evaluate(peer, storage, tmp_path):
 def test_loss_floats_none_and_collect(peer):
     script = ScriptedTuner([[run(3, 0)], [run(2, 3, collect=())]])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with make(p.endpoint, model, optimizer) as cb:
         cb.step(1.5)
@@ -156,12 +153,12 @@ def test_loss_floats_none_and_collect(peer):
 def test_tensor_lr_is_filled_in_place(peer):
     script = ScriptedTuner([[run(2, 0, lrs=[0.003, 0.004])]])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     lr = torch.tensor(0.001)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=False)
     with make(p.endpoint, model, optimizer) as cb:
         assert optimizer.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.003)
-        train(cb, model, optimizer, Batches(), 1)
+        train(cb, model, optimizer, DigitsBatches(), 1)
         assert float(lr) == pytest.approx(0.004) and cb.lr == 0.004
 
 
@@ -171,12 +168,12 @@ def test_unknown_slot_and_missing_val_fn_warn_once(peer):
         [restore("nope"), evaluate(), run(2, 2)],
     ])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with make(p.endpoint, model, optimizer) as cb:
-            train(cb, model, optimizer, Batches(), 4)
+            train(cb, model, optimizer, DigitsBatches(), 4)
     ours = [w for w in caught if issubclass(w.category, AutoLRSWarning)]
     assert len(ours) == 2, [str(w.message) for w in ours]
     assert any("'nope'" in str(w.message) for w in ours) and any("val_fn" in str(w.message) for w in ours)
@@ -188,12 +185,12 @@ def test_unknown_slot_and_missing_val_fn_warn_once(peer):
 def test_invalid_plan_warns_once_and_training_goes_on(peer):
     script = ScriptedTuner([[{"op": "run", "steps": 0, "start_step": 0}]])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with make(p.endpoint, model, optimizer) as cb:
-            train(cb, model, optimizer, Batches(), 5)
+            train(cb, model, optimizer, DigitsBatches(), 5)
             assert cb.lr == 0.1 and not cb.should_stop
     ours = [w for w in caught if issubclass(w.category, AutoLRSWarning)]
     assert len(ours) == 1 and "invalid plan" in str(ours[0].message)
@@ -204,7 +201,7 @@ def test_invalid_plan_warns_once_and_training_goes_on(peer):
 @pytest.mark.parametrize("code", ["unknown_tuner", "bad_config", "job_conflict"])
 def test_rejected_hello_raises_config_error_and_cleans_up(peer, code, tmp_path):
     p = peer(ScriptedTuner([], errors={0: code}))
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(AutoLRSConfigError, match=code):
         make(p.endpoint, model, optimizer, checkpoint="disk", checkpoint_dir=tmp_path)
@@ -213,12 +210,12 @@ def test_rejected_hello_raises_config_error_and_cleans_up(peer, code, tmp_path):
 
 def test_other_hello_errors_fail_open(peer):
     p = peer(ScriptedTuner([], errors={0: "bad_request"}))
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with make(p.endpoint, model, optimizer) as cb:
-            train(cb, model, optimizer, Batches(), 3)
+            train(cb, model, optimizer, DigitsBatches(), 3)
             assert cb.lr == 0.1
     assert len([w for w in caught if issubclass(w.category, AutoLRSWarning)]) == 1
 
@@ -226,12 +223,12 @@ def test_other_hello_errors_fail_open(peer):
 def test_unknown_job_sends_a_fresh_hello_at_the_current_step(peer):
     script = ScriptedTuner([[run(3, 0)], [set_lr(0.02), run(2, 3)]], errors={1: "unknown_job"})
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with make(p.endpoint, model, optimizer) as cb:
-        train(cb, model, optimizer, Batches(), 3)
+        train(cb, model, optimizer, DigitsBatches(), 3)
         assert cb.lr == 0.02
-        train(cb, model, optimizer, Batches(), 2)
+        train(cb, model, optimizer, DigitsBatches(), 2)
     kinds = [(protocol_kind(r), r["body"].get("step")) for r in script.applied]
     assert kinds == [("hello", 0), ("report", 3), ("hello", 3), ("report", 5)]
 
@@ -239,19 +236,19 @@ def test_unknown_job_sends_a_fresh_hello_at_the_current_step(peer):
 def test_internal_error_is_retried_later(peer):
     script = ScriptedTuner([[run(2, 0)], [set_lr(0.03), run(3, 2)]], errors={1: "internal"})
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with make(p.endpoint, model, optimizer, retry_interval=0.05) as cb:
-            train(cb, model, optimizer, Batches(), 2)
+            train(cb, model, optimizer, DigitsBatches(), 2)
             assert cb.lr == 0.1  # the report failed: the LR stays
             import time
 
             deadline = time.monotonic() + 5
             while cb.lr != 0.03 and time.monotonic() < deadline:
                 time.sleep(0.01)
-                train(cb, model, optimizer, Batches(), 1)
+                train(cb, model, optimizer, DigitsBatches(), 1)
             assert cb.lr == 0.03
     assert len([w for w in caught if issubclass(w.category, AutoLRSWarning)]) == 1
     retried = script.reports()
@@ -266,11 +263,11 @@ def test_real_training_on_digits(peer):
 
     script = ScriptedTuner([chunk] * 8)
     p = peer(script)
-    model = mlp(batchnorm=True)
+    model = make_mlp(batchnorm=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
     lrs, losses = [], []
     with make(p.endpoint, model, optimizer, val_fn=lambda: val_loss(model)) as cb:
-        train(cb, model, optimizer, Batches(seed=3), 1000, lrs, losses)
+        train(cb, model, optimizer, DigitsBatches(seed=3), 1000, lrs, losses)
         assert cb.should_stop and cb.global_step == 200
     assert [g[0] for g in lrs] == pytest.approx([0.2 * 0.99 ** i for i in range(200)], rel=1e-12)
     reports = script.reports()

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.callbacks import ServerError, ServerUnavailable
 from autolrs.callbacks.client import Client
-from callbacks_testlib import free_port, peer  # noqa: F401  (peer: fixture)
+from autolrs.testing.peer import free_port
+from callbacks_testlib import peer  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +105,7 @@ def test_timeout_keeps_the_request_pending_and_a_late_server_answers():
         assert c.pending and c.pending_kind == "hello" and c.pending_seq == 0
         assert c.poll_reply(0) is None
 
-        from callbacks_testlib import ScriptedPeer
+        from autolrs.testing.peer import ScriptedPeer
 
         p = ScriptedPeer(echo, port=port)  # the server comes up on that port
         try:

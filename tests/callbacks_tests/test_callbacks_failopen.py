@@ -12,7 +12,8 @@ import torch
 
 from autolrs.actions import run, set_lr
 from autolrs.callbacks import AutoLRS, ServerUnavailableWarning
-from callbacks_testlib import Batches, ScriptedPeer, ScriptedTuner, free_port, mlp, train_step
+from autolrs.testing.peer import ScriptedPeer, ScriptedTuner, free_port
+from autolrs.testing.training import DigitsBatches, make_mlp, train_step
 from callbacks_testlib import peer  # noqa: F401  (fixture)
 
 TIMEOUT = 0.3
@@ -38,9 +39,9 @@ def timed_steps(cb, model, optimizer, batches, n, pause=0.0):
 
 def test_no_server_at_all(tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    batches = Batches()
+    batches = DigitsBatches()
     t0 = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -69,9 +70,9 @@ def test_server_stops_answering_mid_run_and_comes_back(peer):
         [run(1, 60)],
     ])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    batches = Batches()
+    batches = DigitsBatches()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with AutoLRS(model, optimizer, server=p.endpoint, job="flaky", timeout=TIMEOUT, retry_interval=RETRY) as cb:
@@ -110,9 +111,9 @@ def test_server_stops_answering_mid_run_and_comes_back(peer):
 
 def test_server_down_at_start_then_up_skips_ahead():
     port = free_port()
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    batches = Batches()
+    batches = DigitsBatches()
     script = ScriptedTuner([[run(30, 0, lrs=[0.001 * (i + 1) for i in range(30)])], [set_lr(0.05), run(10, 30)]])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -142,9 +143,9 @@ def test_server_down_at_start_then_up_skips_ahead():
 def test_late_reply_past_the_whole_segment_reports_at_the_next_step(peer):
     script = ScriptedTuner([[run(2, 0)], [run(3, 2, lrs=[0.2, 0.3, 0.4])], [set_lr(0.05), run(5, 0)]])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    batches = Batches()
+    batches = DigitsBatches()
     with AutoLRS(model, optimizer, server=p.endpoint, job="very-late", timeout=TIMEOUT, retry_interval=RETRY) as cb:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ServerUnavailableWarning)
@@ -167,7 +168,7 @@ def test_late_reply_past_the_whole_segment_reports_at_the_next_step(peer):
 def test_exception_inside_with_says_goodbye_with_error_and_removes_files(peer, tmp_path):
     script = ScriptedTuner([[run(10, 0)]])
     p = peer(script)
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ZeroDivisionError):
         with AutoLRS(model, optimizer, server=p.endpoint, checkpoint="disk", checkpoint_dir=tmp_path) as cb:
@@ -181,7 +182,7 @@ def test_exception_inside_with_says_goodbye_with_error_and_removes_files(peer, t
 
 def test_goodbye_to_a_dead_server_is_short(peer):
     p = peer(ScriptedTuner([[run(100, 0)]]))
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     cb = AutoLRS(model, optimizer, server=p.endpoint, timeout=5.0)
     p.silent = True
@@ -195,7 +196,7 @@ def test_step_fast_path_overhead():
     peer_script = ScriptedTuner([[run(10**6, 0)]])
     p = ScriptedPeer(peer_script)
     try:
-        model = mlp()
+        model = make_mlp()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         loss = torch.tensor(1.0, requires_grad=True) * 2
         with AutoLRS(model, optimizer, server=p.endpoint, timeout=2.0) as cb:

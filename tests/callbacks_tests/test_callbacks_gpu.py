@@ -8,8 +8,10 @@ import torch
 from autolrs.actions import run
 from autolrs.callbacks import AutoLRS
 from autolrs.callbacks.state import CheckpointStore
-from callbacks_testlib import ScriptedTuner, mlp, peer, snapshot  # noqa: F401
-from shared_testlib import assert_bitwise_equal
+from autolrs.testing.bitwise import assert_bitwise_equal, snapshot
+from autolrs.testing.peer import ScriptedTuner
+from autolrs.testing.training import make_mlp
+from callbacks_testlib import peer  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -25,7 +27,7 @@ def cuda_step(model, optimizer, x, y):
 
 @pytest.mark.parametrize("storage", ["memory", "disk"])
 def test_cuda_restore_is_bitwise_with_cuda_rng(storage, tmp_path):
-    model = mlp(batchnorm=True).cuda()
+    model = make_mlp(batchnorm=True).cuda()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = torch.randn(64, 64, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     store = CheckpointStore(model, optimizer, include_rng=True, storage=storage, directory=tmp_path)
@@ -43,7 +45,7 @@ def test_cuda_restore_is_bitwise_with_cuda_rng(storage, tmp_path):
 
 def test_step_does_not_sync_the_device(peer):
     p = peer(ScriptedTuner([[run(10_000, 0, lrs=[0.1] * 5_000 + [0.05] * 5_000)]]))
-    model = mlp().cuda()
+    model = make_mlp().cuda()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(64, 64, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
     with AutoLRS(model, optimizer, server=p.endpoint, timeout=5.0) as cb:

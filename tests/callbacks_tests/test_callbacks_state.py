@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from autolrs.callbacks.state import CheckpointStore
-from callbacks_testlib import Batches, mlp, snapshot, train_step
-from shared_testlib import assert_bitwise_equal
+from autolrs.testing.bitwise import assert_bitwise_equal, snapshot
+from autolrs.testing.training import DigitsBatches, make_mlp, train_step
 
 OPTIMIZERS = {
     "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-4),
@@ -30,9 +30,9 @@ def make_scaler():
 @pytest.mark.parametrize("storage", ["memory", "disk"])
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_restore_is_bitwise_and_repeatable(opt, storage, tmp_path):
-    model = mlp(batchnorm=True)
+    model = make_mlp(batchnorm=True)
     optimizer = OPTIMIZERS[opt](model.parameters())
-    batches = Batches(seed=1)
+    batches = DigitsBatches(seed=1)
     store = CheckpointStore(model, optimizer, storage=storage, directory=tmp_path)
     for _ in range(3):  # optimizer state exists (momentum buffers, Adam moments and step)
         train_step(model, optimizer, batches)
@@ -58,10 +58,10 @@ def test_restore_is_bitwise_and_repeatable(opt, storage, tmp_path):
 
 @pytest.mark.parametrize("storage", ["memory", "disk"])
 def test_scaler_and_rng_restore(storage, tmp_path):
-    model = mlp(dropout=0.2)
+    model = make_mlp(dropout=0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scaler = make_scaler()
-    batches = Batches(seed=2)
+    batches = DigitsBatches(seed=2)
     store = CheckpointStore(model, optimizer, scaler=scaler, include_rng=True, storage=storage, directory=tmp_path)
     for _ in range(2):
         train_step(model, optimizer, batches, scaler)
@@ -93,9 +93,9 @@ def test_scaler_and_rng_restore(storage, tmp_path):
 
 
 def test_memory_copies_are_independent_and_slots_behave():
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    batches = Batches()
+    batches = DigitsBatches()
     train_step(model, optimizer, batches)
     store = CheckpointStore(model, optimizer)
     store.save("a")
@@ -120,7 +120,7 @@ def test_memory_copies_are_independent_and_slots_behave():
 
 
 def test_restore_brings_back_lr_and_tensor_lr_is_copied(tmp_path):
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), foreach=False)
     store = CheckpointStore(model, optimizer)
     store.save("a")
@@ -134,7 +134,7 @@ def test_restore_brings_back_lr_and_tensor_lr_is_copied(tmp_path):
 
 
 def test_disk_files_live_in_a_private_dir_and_close_removes_them(tmp_path):
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     store = CheckpointStore(model, optimizer, storage="disk", directory=tmp_path)
     assert store.path is None  # nothing created before the first save
@@ -152,7 +152,7 @@ def test_disk_files_live_in_a_private_dir_and_close_removes_them(tmp_path):
 
 
 def test_disk_files_removed_on_exception_and_on_garbage_collection(tmp_path):
-    model = mlp()
+    model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(KeyError):
         with CheckpointStore(model, optimizer, storage="disk", directory=tmp_path) as store:
@@ -169,6 +169,6 @@ def test_disk_files_removed_on_exception_and_on_garbage_collection(tmp_path):
 
 
 def test_bad_storage_is_refused():
-    model = mlp()
+    model = make_mlp()
     with pytest.raises(ValueError):
         CheckpointStore(model, torch.optim.SGD(model.parameters(), lr=0.1), storage="cloud")

@@ -2,15 +2,18 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.testing import QuadraticBowl, SimulatedClient
 from autolrs.tuners import ConfigError, make_tuner
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
 
-BASE = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 100, "tau_max": 400, "k": 3}
+# The stage machine as published (preset "paper"); the default decision rules have tests of their own.
+BASE = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 100, "tau_max": 400, "k": 3, "preset": "paper"}
 
 
 def build(seed=0, **config):
@@ -395,8 +398,10 @@ def test_auto_bounds_run_a_range_test_first_and_use_its_curve():
     while tuner.phase == "bounds":
         tuner.tell(client.execute(tuner.ask()))
     history = tuner.range_test.history
-    expected = lr_curve.bounds_from_curve(history["lr"], history["loss"])
+    expected = lr_curve.bounds_from_curve(history["lr"], history["loss"], below_minimum=3.0)
     assert (tuner.min_lr, tuner.max_lr) == pytest.approx(expected)
+    at_minimum = lr_curve.bounds_from_curve(history["lr"], history["loss"])[1]
+    assert tuner.max_lr == pytest.approx(at_minimum / 3)  # safely below the loss minimum
     assert tuner.min_lr < 0.1 < tuner.max_lr < 3.0  # the optimum inside, divergence outside
     # The first stage starts from the weights the sweep started from, with the LR in the new interval.
     plan = tuner.ask()
@@ -492,3 +497,107 @@ def test_final_decay_needs_a_budget_and_a_known_kind():
     assert all("lrs" not in p[-1] for p in client.plans)
     with pytest.raises(ConfigError, match="final_decay"):
         build(final_decay="step")
+
+
+# --- the default decision rules (not the paper's) ------------------------------------------
+
+
+class ShapedClient(FlatClient):
+    """Reports, for each run, the window ``window(lr, n)`` (a list of ``n`` losses)."""
+
+    def __init__(self, window):
+        super().__init__()
+        self.window = window
+
+    def execute(self, plan):
+        actions.validate_plan(plan)
+        self.plans.append(plan)
+        for a in plan:
+            if a["op"] == "set_lr":
+                self.lr = a["lr"]
+            elif a["op"] == "stop":
+                self.stopped = True
+                return None
+            elif a["op"] == "run":
+                n = a["steps"]
+                lr = a["lrs"][-1] if a.get("lrs") else self.lr
+                self.step += n
+                return Observation(step=self.step, steps=n, losses=list(self.window(lr, n)), evals=[])
+
+
+def falling(level, n, seed):
+    """A loss that falls from 2.3 and levels off at ``level``, with a little noise."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(n)
+    return (2.3 - level) * np.exp(-8 * x / n) + level + 0.005 * rng.standard_normal(n)
+
+
+DEFAULTS = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 200, "tau_max": 200, "k": 6}
+
+
+def test_a_trial_with_a_rising_tail_never_wins():
+    def window(lr, n):
+        if lr > 0.1:  # falls lowest and fastest, then climbs: the classic near-divergence trial
+            y = falling(0.2, n, 1)
+            y[n // 2:] += np.linspace(0, 0.8, n - n // 2)
+            return y
+        return falling(0.6 - 0.2 * math.log10(lr * 10 + 1e-9) / 3, n, 2)
+
+    for seed in range(6):
+        tuner = make_tuner("autolrs", {**DEFAULTS, "max_steps": 2000}, seed=seed)
+        ShapedClient(window).drive(tuner, max_reports=40)
+        for stage in tuner.stages:
+            assert stage["winner"] <= 0.1, stage
+            for t in stage["trials"]:
+                if t["lr"] > 0.1 and t["status"] == "ok":
+                    assert "rising tail" in t["unstable"]
+    # The published rule picks it, on the same windows.
+    paper = make_tuner("autolrs", {**DEFAULTS, "max_steps": 2000, "preset": "paper"}, seed=0)
+    ShapedClient(window).drive(paper, max_reports=40)
+    assert any(st["winner"] > 0.1 for st in paper.stages if any(t["lr"] > 0.1 for t in st["trials"]))
+
+
+def test_forecasts_the_window_cannot_tell_apart_go_to_the_lowest_lr():
+    # Every LR falls in a straight line to nearly the same point: the asymptotes are not in the
+    # windows, so the forecasts are uncertain and the lowest LR is the safe choice.
+    def window(lr, n):
+        return np.linspace(2.3, 1.0 - 0.001 * math.log10(lr), n)
+
+    tuner = make_tuner("autolrs", {**DEFAULTS, "max_steps": 2000}, seed=0)
+    ShapedClient(window).drive(tuner, max_reports=40)
+    stage = tuner.stages[0]
+    assert stage["winner"] == min(t["lr"] for t in stage["trials"])
+    best = make_tuner("autolrs", {**DEFAULTS, "max_steps": 2000, "tie_break": "best"}, seed=0)
+    ShapedClient(window).drive(best, max_reports=40)
+    assert best.stages[0]["winner"] == max(t["lr"] for t in best.stages[0]["trials"])
+
+
+def test_a_clearly_better_trial_still_wins():
+    def window(lr, n):
+        return falling(0.3 if 0.02 < lr < 0.2 else 0.9, n, int(lr * 1e6) % 1000)
+
+    tuner = make_tuner("autolrs", {**DEFAULTS, "max_steps": 2000}, seed=1)
+    ShapedClient(window).drive(tuner, max_reports=40)
+    for stage in tuner.stages:
+        if any(0.02 < t["lr"] < 0.2 for t in stage["trials"]):
+            assert 0.02 < stage["winner"] < 0.2
+
+
+def test_defaults_keep_the_best_trial_and_anneal_and_paper_preset_does_not():
+    tuner = make_tuner("autolrs", {"max_steps": 1000, "initial_lr": 0.1})
+    cfg = tuner.config
+    assert cfg["keep_best_trial"] is True and cfg["final_decay"] == "cosine"
+    assert cfg["loss_floor"] == 0.0 and cfg["pessimism"] == 1.0 and cfg["check_trials"] is True
+    paper = make_tuner("autolrs", {"max_steps": 1000, "initial_lr": 0.1, "preset": "paper"})
+    assert paper.config["keep_best_trial"] is False and paper.config["final_decay"] == "none"
+    assert paper.config["loss_floor"] is None and paper.config["pessimism"] == 0.0
+    mixed = make_tuner("autolrs", {"preset": "paper", "keep_best_trial": True})
+    assert mixed.config["keep_best_trial"] is True  # a knob set by the user wins over the preset
+    with pytest.raises(ConfigError, match="preset"):
+        make_tuner("autolrs", {"preset": "fast"})
+
+
+def test_a_job_without_max_steps_gets_one_notice():
+    assert make_tuner("autolrs", {"max_steps": 1000}).notices == []
+    notices = make_tuner("autolrs", {}).notices
+    assert len(notices) == 1 and "max_steps" in notices[0]

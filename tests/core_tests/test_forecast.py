@@ -153,3 +153,45 @@ def test_a_straight_slope_is_not_extrapolated_far_below_the_window():
     fit = fit_forecast(y, 700)
     assert fit.status == "ok"
     assert 2.28 - 0.6 * 0.02 - 0.005 <= fit.value <= 2.28
+
+
+# --- the floor and the uncertainty --------------------------------------------------------
+
+LINEAR = list(np.linspace(2.3, 0.4, 60))  # a straight decline: its asymptote is not in the window
+CONCAVE = [15 - 12 * (x / 59) ** 2 for x in range(60)]  # falls ever faster, never below 3.0
+
+
+@pytest.mark.parametrize("series", [LINEAR, CONCAVE], ids=["linear", "concave"])
+def test_forecast_never_goes_below_the_loss_floor(series):
+    free = fit_forecast(series, 600, floor=None)
+    assert free.value < 0  # without a floor the extrapolation goes negative
+    fit = fit_forecast(series, 600)  # floor 0 by default: a loss bounded below
+    assert fit.status == "ok"
+    assert 0.0 <= fit.value <= min(series)
+    assert fit_forecast(series, 600, floor=0.25).value >= 0.25
+
+
+@pytest.mark.parametrize("series", [LINEAR, CONCAVE], ids=["linear", "concave"])
+def test_an_unidentified_asymptote_has_the_extrapolated_fall_as_its_uncertainty(series):
+    fit = fit_forecast(series, 600)
+    assert fit.last == pytest.approx(min(series), abs=0.05)
+    # forecast + one standard deviation is about what the window showed, not the extrapolation
+    assert fit.value + fit.std >= fit.last - 0.05
+
+
+def test_a_levelled_off_window_has_a_small_uncertainty():
+    y = exponential(200, b=-0.05, noise=0.01, seed=3)  # flattens out inside the window
+    fit = fit_forecast(y, 2000)
+    assert fit.value == pytest.approx(0.5, abs=0.03)
+    assert 0 < fit.std < 0.05
+
+
+def test_noisier_windows_have_larger_uncertainty():
+    quiet = fit_forecast(exponential(100, b=-0.03, noise=0.01, seed=1), 1000)
+    noisy = fit_forecast(exponential(100, b=-0.03, noise=0.2, seed=1), 1000)
+    assert noisy.std > 3 * quiet.std
+
+
+def test_floor_must_be_finite():
+    with pytest.raises(ValueError):
+        fit_forecast([3, 2, 1, 0.5], 10, floor=math.nan)

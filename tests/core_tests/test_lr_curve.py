@@ -175,3 +175,31 @@ def test_bounds_rule():
         lr_curve.bounds_from_curve(lrs, [1.0 + i for i in range(51)])
     with pytest.raises(ValueError, match="at least 3"):
         lr_curve.bounds_from_curve([1e-3, 1e-2], [1.0, 0.5])
+
+
+def test_debiased_is_fastais_bias_corrected_average():
+    raw = [2.0, 1.0, 3.0, float("nan"), 0.5]
+    beta = 0.9
+    avg, out = 0.0, []
+    for i, x in enumerate([2.0, 1.0, 3.0, 0.5], start=1):
+        avg = beta * avg + (1 - beta) * x
+        out.append(avg / (1 - beta ** i))
+    got = lr_curve.debiased(raw, 0.1)
+    assert got[:3] == pytest.approx(out[:3]) and math.isnan(got[3]) and got[4] == pytest.approx(out[3])
+    assert lr_curve.debiased([1.0, 2.0], 0.0) == [1.0, 2.0]
+
+
+def test_a_lucky_first_batch_does_not_fool_the_rules_on_the_debiased_curve():
+    # A regression-like sweep: the first batch happens to be easy (loss 0.2), the rest sit at
+    # 1.0, fall to 0.7 around LR 1e-2 and blow up past 1. torch-lr-finder's curve starts at 0.2
+    # and stays below 0.7 for dozens of points, so "minimum" lands near the sweep's start.
+    lrs = lr_curve.sweep_lrs(1e-7, 10.0, 100)
+    rng = np.random.default_rng(0)
+    raw = [1.0 - 0.3 / (1 + math.exp(-3 * (math.log10(lr) + 3))) + max(0.0, math.log10(lr)) * 3
+           + 0.02 * rng.standard_normal() for lr in lrs]
+    raw[0] = 0.2
+    legacy = lr_curve.minimum(lrs, lr_curve.smooth(raw, 0.05))["lr"]
+    assert legacy < 1e-6
+    for method in lr_curve.METHODS:
+        lr = lr_curve.suggest(lrs, lr_curve.debiased(raw, 0.05), method)["lr"]
+        assert 1e-4 <= lr <= 1.0, (method, lr)

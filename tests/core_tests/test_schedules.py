@@ -7,7 +7,7 @@ from autolrs.actions import Observation
 from autolrs.testing import SimulatedClient
 from autolrs.tuners import ConfigError, make_tuner
 
-from shared_testlib import torch_scheduler_lrs
+from autolrs.testing.training import torch_scheduler_lrs
 
 CASES = [
     ("step", {"step_size": 7, "gamma": 0.3},

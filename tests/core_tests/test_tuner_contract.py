@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.testing import QuadraticBowl, SimulatedClient
 from autolrs.tuners import TUNERS, make_tuner
 

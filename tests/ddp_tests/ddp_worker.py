@@ -16,15 +16,13 @@ import faulthandler
 import json
 import os
 import signal
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared_testlib import make_mlp  # noqa: E402
+from autolrs.testing.training import make_mlp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

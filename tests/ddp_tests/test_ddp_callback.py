@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -18,12 +17,10 @@ import torch
 
 import ddp_worker
 from autolrs.actions import run, set_lr
+from autolrs.testing.peer import ScriptedPeer, ScriptedTuner
 from ddp_testlib import decisions, lr_history
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "callbacks_tests"))
-from callbacks_testlib import ScriptedPeer, ScriptedTuner  # noqa: E402
-
-CONFIG = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 20, "k": 3, "tau_max": 40, "trial_fraction": 0.25, "val_points": 5}
+CONFIG = {"lr_min": 1e-3, "lr_max": 1.0, "tau": 20, "k": 3, "tau_max": 40, "trial_fraction": 0.25, "val_points": 5}
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")

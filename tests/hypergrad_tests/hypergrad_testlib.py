@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from autolrs.callbacks.hypergrad import HypergradEngine
-from shared_testlib import make_mlp
+from autolrs.testing.training import make_mlp
 
 
 def batches(digits, n: int, size: int = 64, offset: int = 0):

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.tuners import ConfigError, make_tuner
 from autolrs.tuners.hypergradient import HypergradientTuner

@@ -8,7 +8,7 @@ import torch
 
 from autolrs.callbacks import AutoLRS
 
-from shared_testlib import make_mlp
+from autolrs.testing.training import make_mlp
 
 MIN_LR, MAX_LR, BUDGET = 1e-3, 1.0, 480
 
@@ -49,7 +49,7 @@ def train(train_set, val_set, callback_factory=None, lr=MIN_LR):
 def test_autolrs_beats_training_at_min_lr(live_server, digits, tmp_path):
     server = live_server(tmp_path / "state")
     train_set, val_set = split(digits)
-    config = {"min_lr": MIN_LR, "max_lr": MAX_LR, "tau": 60, "k": 4, "tau_max": 240}
+    config = {"lr_min": MIN_LR, "lr_max": MAX_LR, "tau": 60, "k": 4, "tau_max": 240}
 
     def factory(model, optimizer, val_fn):
         return AutoLRS(model, optimizer, tuner="autolrs", config=config, server=server.endpoint,
@@ -73,11 +73,11 @@ def test_autolrs_beats_training_at_min_lr(live_server, digits, tmp_path):
 
 
 def test_autolrs_with_auto_bounds_needs_no_lr_range(live_server, digits, tmp_path):
-    """min_lr/max_lr "auto": a range test on the real model sets the interval, the weights it
+    """lr_min/lr_max "auto": a range test on the real model sets the interval, the weights it
     started from are restored, and the search that follows still beats training at 1e-3."""
     server = live_server(tmp_path / "state")
     train_set, val_set = split(digits)
-    config = {"min_lr": "auto", "max_lr": "auto", "auto_start_lr": 1e-5, "auto_num_iter": 60,
+    config = {"lr_min": "auto", "lr_max": "auto", "auto_start_lr": 1e-5, "auto_num_iter": 60,
               "tau": 60, "k": 4, "tau_max": 240}
 
     def factory(model, optimizer, val_fn):

@@ -12,7 +12,8 @@ import torch
 from autolrs import lr_curve
 from autolrs.callbacks import AutoLRS, LRFinder
 
-from shared_testlib import assert_bitwise_equal, make_mlp
+from autolrs.testing.bitwise import assert_bitwise_equal
+from autolrs.testing.training import make_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -92,16 +93,20 @@ def test_lr_finder_range_test_reset_and_plot(live_server, digits, tmp_path):
         assert len(calls) == 80  # one LR per optimizer step, two micro-batches each
         assert finder.history["lr"] == lr_curve.sweep_lrs(1e-5, 1.0, 40)
         assert finder.history["loss"] == lr_curve.smooth(finder.history["raw_loss"], 0.05)
+        debiased = lr_curve.debiased(finder.history["raw_loss"], 0.05)
         for method in lr_curve.METHODS:
-            expected = lr_curve.suggest(finder.history["lr"], finder.history["loss"], method)
+            expected = lr_curve.suggest(finder.history["lr"], debiased, method)
             assert finder.suggestion(method) == expected["lr"] == finder.summary["suggestions"][method]["lr"]
+            # torch-lr-finder's own choice stays available: its smoothed curve.
+            parity = lr_curve.suggest(finder.history["lr"], finder.history["loss"], method)
+            assert finder.suggestion(method, curve="smoothed") == parity["lr"]
         # Already restored by the server (bar the start LRs), and exactly by reset().
         assert_bitwise_equal(state_of(model, optimizer)["model"], before["model"])
         finder.reset()
         assert_bitwise_equal(state_of(model, optimizer), before)
         path = tmp_path / "lr_finder.png"
         ax, lr = finder.plot(path=str(path), skip_start=5, skip_end=2)
-        assert lr == finder.suggestion("steepest", skip_start=5, skip_end=2)
+        assert lr == finder.suggestion(skip_start=5, skip_end=2)
         assert path.read_bytes()[:8] == PNG_SIGNATURE
         import matplotlib.image
 

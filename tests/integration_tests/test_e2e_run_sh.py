@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autolrs.server.process import ServerProcess
+from autolrs.server import ServerProcess
 from shared_testlib import cifar_subset_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_run_sh_trains_the_example_and_stops_the_server(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and len(summary["lrs"]) == 30
     assert 0.0 <= summary["test_accuracy"] <= 1.0
-    assert summary["server_session"]["tuner"] == "cosine"
+    assert summary["tuner_summary"]["step"] > 0 and summary["tuner_summary"]["lr"] > 0  # from the goodbye reply
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "listening on" in (out / "server.out").read_text()
     assert_server_stopped(out)
@@ -55,4 +55,20 @@ def test_run_sh_stops_the_server_when_the_example_fails(tmp_path):
     result = run_sh(out, "--tuner", "no_such_tuner", "--max-steps", "5", "--no-progress")
     assert result.returncode != 0
     assert "no_such_tuner" in result.stderr
+    assert_server_stopped(out)
+
+
+def test_run_sh_defaults_to_the_auto_tuner_and_reports_its_account(tmp_path):
+    out = tmp_path / "run"
+    result = run_sh(out, "--max-steps", "80", "--batch-size", "32", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (out / "summary.json").read_text()
+    assert text.startswith("{\n")  # indented, for people
+    summary = json.loads(text)
+    assert summary["tuner"] == "auto" and summary["steps"] == 80
+    account = summary["tuner_summary"]
+    assert account["search_steps"] > 0 and len(account["trials"]) == 3
+    # The range test and the losing trials were undone: the callback says which steps.
+    assert summary["discarded"] and summary["discarded"][0][0] == 0
+    assert "steps searching" in result.stdout and "peak LR" in result.stdout
     assert_server_stopped(out)

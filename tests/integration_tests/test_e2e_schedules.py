@@ -10,7 +10,7 @@ import torch
 
 from autolrs.callbacks import AutoLRS, ServerUnavailableWarning
 
-from shared_testlib import make_mlp, torch_scheduler_lrs
+from autolrs.testing.training import make_mlp, torch_scheduler_lrs
 
 STEPS = 120
 SCHEDULES = [

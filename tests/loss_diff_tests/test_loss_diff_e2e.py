@@ -1,4 +1,4 @@
-"""loss_diff through a real server: LossDiffTuner and the in-loop form on real training.
+"""loss_diff through a real server: LossDiffFinder and the in-loop form on real training.
 
 State is restored bitwise before every probe and at the end; on a linear regression whose
 Hessian is 2*I the chosen LR is 1/L = 0.5; the statistics match numpy on the recorded deltas;
@@ -13,9 +13,10 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from autolrs.callbacks import AutoLRS, AutoLRSConfigError, LossDiffTuner
+from autolrs.callbacks import AutoLRS, AutoLRSConfigError, LossDiffFinder
 
-from shared_testlib import assert_bitwise_equal, make_mlp
+from autolrs.testing.bitwise import assert_bitwise_equal
+from autolrs.testing.training import make_mlp
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 F = torch.nn.functional
@@ -52,11 +53,11 @@ def test_probes_restore_state_bitwise_and_statistics_match_numpy(live_server, di
                                    "lrs": [g["lr"] for g in opt.param_groups]}))
 
     hook = optimizer.register_step_pre_hook(pre_step)
-    tuner = LossDiffTuner(model, optimizer, F.cross_entropy, server=server.endpoint, job="ld-bitwise")
-    best = tuner.tune(loader, lr_min=1e-4, lr_max=1.0, num_evals=6, num_subsamples=4, alpha=0.1)
+    finder = LossDiffFinder(model, optimizer, F.cross_entropy, server=server.endpoint, job="ld-bitwise")
+    best = finder.tune(loader, lr_min=1e-4, lr_max=1.0, num_evals=6, num_subsamples=4, alpha=0.1)
     hook.remove()
 
-    summary = tuner.summary
+    summary = finder.summary
     lrs = summary["lrs"]
     assert summary["done"] == "completed" and len(seen) == 6 * 4
     for k, state in enumerate(seen):  # every probe starts from the state before the tune ...
@@ -69,15 +70,15 @@ def test_probes_restore_state_bitwise_and_statistics_match_numpy(live_server, di
     assert all(g is None for g in after["grads"])
 
     # The statistics are those of the recorded deltas.
-    d = tuner.get_results()
+    d = finder.get_results()
     assert d.shape == (4, 6) and np.isfinite(d).all()
-    s = tuner.statistics()
+    s = finder.statistics()
     assert np.allclose(s["mean"], d.mean(0)) and np.allclose(s["median"], np.median(d, 0))
     assert np.allclose(s["std"], d.std(0, ddof=1))
     low, high = scipy_stats.t.interval(0.9, 3, loc=d.mean(0), scale=scipy_stats.sem(d, axis=0))
     assert np.allclose(s["ci_low"], low) and np.allclose(s["ci_high"], high)
-    assert best == tuner.get_best_lr("mean") == lrs[int(np.argmin(d.mean(0)))]
-    assert tuner.get_best_lr("variance") == lrs[int(np.argmin(d.std(0, ddof=1)))]
+    assert best == finder.get_best_lr("mean") == lrs[int(np.argmin(d.mean(0)))]
+    assert finder.get_best_lr("variance") == lrs[int(np.argmin(d.std(0, ddof=1)))]
 
     # A recorded delta is the one-step change done by hand: subsample 2, LR 4.
     m = copy.deepcopy(model)
@@ -92,9 +93,9 @@ def test_probes_restore_state_bitwise_and_statistics_match_numpy(live_server, di
         assert summary["before"][2] == pytest.approx(loss.item(), rel=1e-6)
         assert d[2, 4] == pytest.approx(F.cross_entropy(m(xb), yb).item() - loss.item(), rel=1e-5, abs=1e-7)
 
-    tuner.plot(path=str(tmp_path / "ld.png"))
+    finder.plot(path=str(tmp_path / "ld.png"))
     assert (tmp_path / "ld.png").read_bytes()[:8] == PNG_SIGNATURE
-    tuner.close()
+    finder.close()
 
 
 def whitened_regression(n=1024, d=5, seed=0):
@@ -121,15 +122,15 @@ def test_best_lr_of_a_quadratic_is_one_over_L(live_server, batch, tol):
     g = torch.Generator().manual_seed(2)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=True,
                                          generator=g)
-    tuner = LossDiffTuner(model, optimizer, mse, server=server.endpoint)
+    finder = LossDiffFinder(model, optimizer, mse, server=server.endpoint)
     # 41 log-spaced LRs from 0.05 to 5: the 21st is 0.5, its neighbours 12% away.
-    best = tuner.tune(loader, lr_min=0.05, lr_max=5.0, num_evals=41, num_subsamples=8, batch_size=batch)
-    assert tuner.summary["lrs"][20] == pytest.approx(0.5)
+    best = finder.tune(loader, lr_min=0.05, lr_max=5.0, num_evals=41, num_subsamples=8, batch_size=batch)
+    assert finder.summary["lrs"][20] == pytest.approx(0.5)
     # Full batch: exactly the grid point at 1/L. Subsamples of 128 rows: their Hessians scatter
     # around 2*I, and the mean rule lands near 1/L.
     assert abs(np.log(best / 0.5)) <= (tol if batch == 1024 else np.log(1 + tol)), best
     # A quadratic's one-step change is 0 at LR 2/L and positive beyond: "max" is below 1.0.
-    assert tuner.get_best_lr("max") < 1.0 + 1e-9
+    assert finder.get_best_lr("max") < 1.0 + 1e-9
     assert optimizer.param_groups[0]["lr"] == 0.01  # no apply_best: the LR is put back
 
 
@@ -160,9 +161,10 @@ def test_in_loop_loss_diff_restores_and_applies_the_best_lr(live_server, digits)
             steps += 1
             if cb.should_stop:
                 break
-        status = cb._server("request", "status", {}, wait=5.0)
+        assert cb.summary is None  # it comes with the goodbye reply
+        cb.close(timeout=5.0)
     assert cb.should_stop and steps == 5 + 1
-    summary = next(s["summary"] for s in status[2]["sessions"] if s["job_id"] == "ld-loop")
+    summary = cb.summary
     assert summary["done"] == "completed" and len(summary["deltas"]) == 5
     after = snapshot(model, optimizer)
     assert_bitwise_equal(after["model"], before["model"])
@@ -189,10 +191,23 @@ def test_loss_diff_tuner_fails_open_without_a_server(digits):
     before = snapshot(model, optimizer)
     x, y = digits
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
-    tuner = LossDiffTuner(model, optimizer, F.cross_entropy, server=f"tcp://127.0.0.1:{port}", timeout=0.3)
+    finder = LossDiffFinder(model, optimizer, F.cross_entropy, server=f"tcp://127.0.0.1:{port}", timeout=0.3)
     with pytest.warns(Warning) as record:
-        assert tuner.tune(loader, num_evals=3, num_subsamples=2) is None
+        assert finder.tune(loader, num_evals=3, num_subsamples=2) is None
     assert any("did not finish" in str(w.message) for w in record)
     assert_bitwise_equal(snapshot(model, optimizer), before)
     with pytest.raises(RuntimeError, match="tune"):
-        tuner.get_best_lr()
+        finder.get_best_lr()
+
+
+def test_the_former_name_loss_diff_tuner_still_works_with_a_deprecation_warning():
+    import autolrs.callbacks
+    import autolrs.callbacks.loss_diff
+
+    with pytest.warns(DeprecationWarning, match="LossDiffFinder") as record:
+        assert autolrs.callbacks.LossDiffTuner is LossDiffFinder
+    assert record[0].filename == __file__  # pointed at the line that used the old name
+    with pytest.warns(DeprecationWarning, match="LossDiffFinder"):
+        from autolrs.callbacks.loss_diff import LossDiffTuner  # noqa: F401
+    with pytest.warns(DeprecationWarning, match="LossDiffFinder"):
+        from autolrs.callbacks import LossDiffTuner  # noqa: F401,F811

@@ -10,7 +10,7 @@ import torch
 from autolrs.callbacks.probe import run_probes
 from autolrs.callbacks.state import CheckpointStore
 
-from shared_testlib import make_mlp
+from autolrs.testing.training import make_mlp
 
 F = torch.nn.functional
 

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from autolrs import actions, protocol
+from autolrs import actions
+from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.tuners import ConfigError, make_tuner
 

@@ -12,10 +12,10 @@ import torch
 import zmq
 from server_testlib import TIMEOUT_S, hello_body, report_body, run_cli
 
-from autolrs import auth, protocol
+from autolrs.wire import auth, protocol
 from autolrs.callbacks import AutoLRS, AutoLRSConfigError
 from autolrs.callbacks.client import Client, ServerError, ServerUnavailable
-from autolrs.protocol import ErrorCode
+from autolrs.wire.protocol import ErrorCode
 
 from multijob_testlib import SECRET
 

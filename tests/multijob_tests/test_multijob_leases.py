@@ -7,8 +7,8 @@ import time
 
 from server_testlib import ReqClient, hello_body, make_config, report_body, run_cli
 
-from autolrs import protocol
-from autolrs.protocol import ErrorCode
+from autolrs.wire import protocol
+from autolrs.wire.protocol import ErrorCode
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.sessions import SessionStore
 

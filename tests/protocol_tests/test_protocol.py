@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autolrs import actions as A
-from autolrs import protocol as P
+from autolrs.wire import protocol as P
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = sorted(GOLDEN.glob("*.json"))

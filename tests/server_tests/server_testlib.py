@@ -1,5 +1,5 @@
 """Helpers for the server tests: a dispatcher without sockets, a server process, and a raw REQ
-client speaking ``autolrs.protocol`` (every receive has a timeout)."""
+client speaking ``autolrs.wire.protocol`` (every receive has a timeout)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import zmq
 
-from autolrs import protocol
+from autolrs.actions import Observation
+from autolrs.wire import messages, protocol
 from autolrs.server.config import load_config
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.process import READY_PREFIX, ServerProcess  # noqa: F401  (re-exported for tests)
@@ -31,7 +32,7 @@ def make_config(state_dir, tuners=None, **server):
 
 
 class DispatcherHarness:
-    """Calls a dispatcher with envelopes built by ``autolrs.protocol``; returns decoded replies."""
+    """Calls a dispatcher with envelopes built by ``autolrs.wire.protocol``; returns decoded replies."""
 
     def __init__(self, state_dir: Path, tuners=None):
         self.state_dir = Path(state_dir)
@@ -64,13 +65,14 @@ class DispatcherHarness:
 
 def hello_body(tuner="cosine", config=None, *, initial_lr=0.1, max_steps=None, step=0, seed=None,
                has_val_fn=False):
-    return {"tuner": tuner, "config": {} if config is None else config, "initial_lr": initial_lr,
-            "param_groups": 1, "step": step, "max_steps": max_steps, "has_val_fn": has_val_fn, "seed": seed}
+    return messages.Hello(tuner, {} if config is None else config, initial_lr=initial_lr, step=step,
+                          max_steps=max_steps, has_val_fn=has_val_fn, seed=seed).to_body()
 
 
 def report_body(step, steps, losses=None, evals=None):
-    return {"step": step, "steps": steps, "losses": [1.0] * steps if losses is None else losses,
-            "evals": evals or []}
+    observation = Observation(step=step, steps=steps, losses=[1.0] * steps if losses is None else losses,
+                              evals=evals or [])
+    return messages.Report(observation).to_body()
 
 
 class ReqClient:

@@ -82,3 +82,12 @@ def test_job_tuner_config_precedence():
     assert got == {"T_0": 20, "chunk": 50, "max_steps": 100, "initial_lr": 0.3, "has_val_fn": True}
     assert job_tuner_config(c, "step", None, {"initial_lr": 0.1}) == {"initial_lr": 0.1}
     assert c.tuners["cosine"] == {"T_0": 10, "chunk": 50}  # not mutated
+
+
+def test_one_config_error_class_for_tuners_and_server():
+    import autolrs.errors
+    import autolrs.tuners
+
+    assert ConfigError is autolrs.errors.ConfigError is autolrs.tuners.ConfigError
+    with pytest.raises(autolrs.errors.ConfigError):
+        autolrs.tuners.make_tuner("cosine", {"T_0": -1})

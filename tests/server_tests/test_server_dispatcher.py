@@ -10,8 +10,9 @@ import pytest
 from server_testlib import DispatcherHarness, hello_body, report_body
 
 import autolrs
-from autolrs import actions, protocol
-from autolrs.protocol import ErrorCode
+from autolrs import actions
+from autolrs.wire import messages, protocol
+from autolrs.wire.protocol import ErrorCode
 
 ERROR_CODES = {v for k, v in vars(ErrorCode).items() if k.isupper()}
 
@@ -262,13 +263,19 @@ def test_hello_from_new_client_accepted_whatever_seq(harness):
 # --- goodbye -----------------------------------------------------------------------------
 
 
-def test_goodbye_finishes_job(harness):
+def test_goodbye_finishes_job_and_its_reply_carries_the_summary(harness):
     start_job(harness)
-    assert ok(harness.call("goodbye", {"step": 4, "reason": "done"}, seq=1)) == {}
+    ok(harness.call("report", report_body(10, 10), seq=1))
+    reply = ok(harness.call("goodbye", {"step": 14, "reason": "done"}, seq=2))
     s = harness.store.get("job-1")
-    assert s.status == "finished" and s.step == 4
-    err(harness.call("report", report_body(5, 1), seq=2), ErrorCode.JOB_FINISHED)
-    err(harness.call("goodbye", {}, seq=3), ErrorCode.JOB_FINISHED)
+    assert s.status == "finished" and s.step == 14
+    # The job's own summary, the same the server-wide status lists for it.
+    assert reply == {"summary": s.tuner.summary()} and reply["summary"]["step"] == 10
+    assert ok(harness.call("status"))["sessions"][0]["summary"] == reply["summary"]
+    assert harness.call("goodbye", {"step": 14, "reason": "done"}, seq=2)["body"] == reply  # a resend: cached
+    assert messages.GoodbyeReply.from_body(reply).summary == reply["summary"]
+    err(harness.call("report", report_body(15, 1), seq=3), ErrorCode.JOB_FINISHED)
+    err(harness.call("goodbye", {}, seq=4), ErrorCode.JOB_FINISHED)
     assert ok(harness.call("status"))["sessions"][0]["status"] == "finished"
 
 

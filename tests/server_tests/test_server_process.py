@@ -19,9 +19,9 @@ from server_testlib import READY_PREFIX, TIMEOUT_S, ReqClient, hello_body, repor
 
 import autolrs
 import autolrs.server
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.actions import Observation
-from autolrs.protocol import ErrorCode
+from autolrs.wire.protocol import ErrorCode
 from autolrs.tuners import make_tuner
 
 ERROR_CODES = {v for k, v in vars(ErrorCode).items() if k.isupper()}
@@ -62,6 +62,24 @@ def test_ready_line_ping_status_and_sigterm(server_process, req_client, tmp_path
     assert "stopped" in p.log()
     state = protocol.loads((tmp_path / "state" / "jobs" / "cifar-run-1" / "state.json").read_bytes())
     assert state["step"] == 500 and state["last"]["seq"] == 1
+
+
+def test_server_process_in_a_private_temp_folder_is_public_and_cleans_up(req_client):
+    # The public way to run a server as a child process: no state folder given.
+    with autolrs.server.ServerProcess(env={"AUTOLRS_TEST_MARKER": "1"}) as p:
+        assert p.alive and p.endpoint == f"tcp://127.0.0.1:{p.port}"
+        folder = p.state_dir.parent
+        assert folder.name.startswith("autolrs-server-") and p.log_path.parent == folder
+        assert req_client(p.endpoint).call("ping")["body"]["protocol"] == protocol.PROTOCOL_VERSION
+    assert not p.alive and p.proc.returncode == 0
+    assert not folder.exists()
+
+
+def test_server_process_that_cannot_start_raises_with_the_log(tmp_path):
+    (tmp_path / "bad.yaml").write_text("server: {workers: 0}\n")
+    with pytest.raises(RuntimeError, match="server.workers"):
+        # Closed at once should it start after all, so a failing test leaves no server behind.
+        autolrs.server.ServerProcess(tmp_path / "state", "--config", str(tmp_path / "bad.yaml")).close()
 
 
 def test_sigint_exits_cleanly(server_process):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.server.sessions import Session, SessionStore, StateDirLocked
 from autolrs.tuners import make_tuner

@@ -10,7 +10,7 @@ import pytest
 import zmq
 from server_testlib import TIMEOUT_S, hello_body, make_config, report_body
 
-from autolrs import protocol
+from autolrs.wire import protocol
 from autolrs.server.transport import make_server
 
 

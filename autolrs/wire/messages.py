@@ -1,0 +1,338 @@
+"""The body of every request and reply of protocol v1, defined once for both sides.
+
+The envelope (:mod:`autolrs.wire.protocol`) carries ``body``; this module says what is in it.
+Each body is a small frozen dataclass: the sender builds it and calls ``to_body()``, the
+receiver calls ``from_body(body)``, which checks every field it knows and raises
+:class:`BodyError` naming the first bad one. As in Jupyter's messaging, unknown fields are
+ignored (a newer peer may send more) and missing optional ones take their defaults; optional
+fields are left out of ``to_body()`` at their default where older peers never sent them, so
+the frames stay those of the golden files.
+
+=========  =======================  ============================================================
+kind       request body             reply body
+=========  =======================  ============================================================
+hello      :class:`Hello`           :class:`HelloReply`: the first plan, whether the job resumed
+report     :class:`Report`          :class:`ReportReply`: the next plan
+goodbye    :class:`Goodbye`         :class:`GoodbyeReply`: the job's summary from its tuner
+status     :class:`Status` (empty)  :class:`StatusReply`: the server and every job's row
+ping       :class:`Ping` (empty)    :class:`PingReply`: protocol and server version
+=========  =======================  ============================================================
+
+``REQUESTS`` and ``REPLIES`` map each kind to its classes. Plans are lists of actions
+(:mod:`autolrs.actions`, the tuners' vocabulary); a report's measurements are an
+:class:`~autolrs.actions.Observation`, the form a tuner is told them in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from autolrs import actions
+from autolrs.actions import Observation
+
+__all__ = ["BodyError", "Goodbye", "GoodbyeReply", "Hello", "HelloReply", "Ping", "PingReply", "REPLIES",
+           "REQUESTS", "Report", "ReportReply", "Status", "StatusReply"]
+
+
+class BodyError(ValueError):
+    """A body whose field is missing or has the wrong type; the message names the field."""
+
+
+# --- field checks ------------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(body: dict, key: str, default: Any, *, minimum: int = 0, nullable: bool = False) -> Any:
+    value = body.get(key, default)
+    if value is None and nullable:
+        return None
+    if not _is_int(value) or value < minimum:
+        raise BodyError(f"'{key}' must be an integer >= {minimum}{' or null' if nullable else ''}")
+    return value
+
+
+def _bool(body: dict, key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise BodyError(f"'{key}' must be true or false")
+    return value
+
+
+def _dict(body: dict, key: str, *, nullable: bool = True) -> dict | None:
+    value = body.get(key)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, dict):
+        raise BodyError(f"'{key}' must be an object{' or null' if nullable else ''}")
+    return value
+
+
+def _plan(body: dict) -> list[dict]:
+    try:
+        return actions.validate_plan(body.get("plan"))
+    except ValueError as exc:
+        raise BodyError(f"invalid plan: {exc}") from None
+
+
+def _strings(body: dict, key: str) -> tuple[str, ...]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise BodyError(f"'{key}' must be a list of strings")
+    return tuple(value)
+
+
+# --- hello ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A job starts (or a client takes it over): which tuner with which knobs, and the facts
+    of the job the server adds to them (``initial_lr``: param group 0's LR; ``max_steps``: the
+    step budget if known; whether the client can evaluate and probe). ``step`` is where the
+    client stands (0 for a new job); ``seed`` None lets the server derive one from the job id."""
+
+    KIND: ClassVar[str] = "hello"
+
+    tuner: str
+    config: dict = field(default_factory=dict)
+    initial_lr: float | None = None
+    param_groups: int = 1
+    step: int = 0
+    max_steps: int | None = None
+    has_val_fn: bool = False
+    has_probe_fn: bool = False
+    seed: int | None = None
+
+    def to_body(self) -> dict:
+        body = {"tuner": self.tuner, "config": self.config, "initial_lr": self.initial_lr,
+                "param_groups": self.param_groups, "step": self.step, "max_steps": self.max_steps,
+                "has_val_fn": self.has_val_fn, "seed": self.seed}
+        if self.has_probe_fn:  # only then: other hellos stay as older clients sent them
+            body["has_probe_fn"] = True
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Hello":
+        tuner = body.get("tuner")
+        if not isinstance(tuner, str) or not tuner:
+            raise BodyError("'tuner' must be a non-empty string")
+        config = _dict(body, "config")
+        initial_lr = body.get("initial_lr")
+        if initial_lr is not None and not _is_number(initial_lr):
+            raise BodyError("'initial_lr' must be a number or null")
+        max_steps = body.get("max_steps")
+        if max_steps is not None and not _is_int(max_steps):
+            raise BodyError("'max_steps' must be an integer or null")
+        seed = body.get("seed")
+        if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
+            raise BodyError("'seed' must be an integer in [0, 2**63) or null")
+        return cls(tuner=tuner, config={} if config is None else config, initial_lr=initial_lr,
+                   param_groups=_int(body, "param_groups", 1, minimum=1), step=_int(body, "step", 0),
+                   max_steps=max_steps, has_val_fn=_bool(body, "has_val_fn", False),
+                   has_probe_fn=_bool(body, "has_probe_fn", False), seed=seed)
+
+
+@dataclass(frozen=True)
+class HelloReply:
+    """The job's first plan; ``resumed``: the server already held this job and carries on with
+    it; ``seed``: the seed its tuner uses. ``notices``: the tuner's advice about the job's set-up
+    (e.g. a missing ``max_steps``); ``deprecations``: notes on knob names the tuner still accepts
+    but will drop. The callback shows each once, as a warning (a deprecation warning for the
+    second kind). Both are left out when empty."""
+
+    plan: list
+    resumed: bool = False
+    seed: int | None = None
+    notices: tuple[str, ...] = ()
+    deprecations: tuple[str, ...] = ()
+
+    def to_body(self) -> dict:
+        body = {"plan": self.plan, "resumed": self.resumed, "seed": self.seed}
+        if self.notices:
+            body["notices"] = list(self.notices)
+        if self.deprecations:
+            body["deprecations"] = list(self.deprecations)
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict) -> "HelloReply":
+        seed = body.get("seed")
+        if seed is not None and not _is_int(seed):
+            raise BodyError("'seed' must be an integer or null")
+        return cls(plan=_plan(body), resumed=_bool(body, "resumed", False), seed=seed,
+                   notices=_strings(body, "notices"), deprecations=_strings(body, "deprecations"))
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """The end of a ``run``: what the client measured (``observation``: global step, steps in
+    the segment, losses, evaluations, probes, hypergradients; see
+    :class:`~autolrs.actions.Observation` for the fields and their checks) and the base LR it
+    trained the last step at (``lr``, for the decision log; None when unknown)."""
+
+    KIND: ClassVar[str] = "report"
+
+    observation: Observation
+    lr: float | None = None
+
+    def to_body(self) -> dict:
+        body = self.observation.to_body()
+        if self.lr is not None:
+            body["lr"] = self.lr
+        return body
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Report":
+        try:
+            observation = Observation.from_body(body)
+        except ValueError as exc:
+            raise BodyError(str(exc)) from None
+        lr = body.get("lr")
+        if lr is not None and not _is_number(lr):
+            raise BodyError("'lr' must be a number or null")
+        return cls(observation=observation, lr=None if lr is None else float(lr))
+
+
+@dataclass(frozen=True)
+class ReportReply:
+    """The next plan."""
+
+    plan: list
+
+    def to_body(self) -> dict:
+        return {"plan": self.plan}
+
+    @classmethod
+    def from_body(cls, body: dict) -> "ReportReply":
+        return cls(plan=_plan(body))
+
+
+# --- goodbye -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Goodbye:
+    """The client is done with the job (``reason``: ``done`` or ``error``, or free text) at
+    global step ``step`` (None: unknown). The job is then finished on the server."""
+
+    KIND: ClassVar[str] = "goodbye"
+
+    step: int | None = None
+    reason: str = ""
+
+    def to_body(self) -> dict:
+        return {"step": self.step, "reason": self.reason}
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Goodbye":
+        reason = body.get("reason", "")
+        if not isinstance(reason, str):
+            raise BodyError("'reason' must be a string")
+        return cls(step=_int(body, "step", None, nullable=True), reason=reason)
+
+
+@dataclass(frozen=True)
+class GoodbyeReply:
+    """The job's final account from its tuner (its ``summary()``: e.g. a range test's curve
+    and suggestions, a ``loss_diff`` tune's statistics, AutoLRS's stages), so a client needs
+    no server-wide ``status`` to learn how its own job ended. None when the tuner has none."""
+
+    summary: dict | None = None
+
+    def to_body(self) -> dict:
+        return {"summary": self.summary}
+
+    @classmethod
+    def from_body(cls, body: dict) -> "GoodbyeReply":
+        return cls(summary=_dict(body, "summary"))
+
+
+# --- status and ping -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    """The server and every job it holds (an operator's view; a job reads its own summary from
+    the goodbye reply). Empty body."""
+
+    KIND: ClassVar[str] = "status"
+
+    def to_body(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Status":
+        return cls()
+
+
+@dataclass(frozen=True)
+class StatusReply:
+    """``server``: ``version``, ``protocol``, ``uptime_s``, ``sessions`` (how many). ``sessions``:
+    one row per job, sorted by job id: ``job_id``, ``tuner``, ``status`` (``active``,
+    ``finished`` or ``expired``), ``step``, ``lr``, ``created``, ``updated`` (Unix times),
+    ``requests``, ``summary`` (its tuner's)."""
+
+    server: dict
+    sessions: list
+
+    def to_body(self) -> dict:
+        return {"server": self.server, "sessions": self.sessions}
+
+    @classmethod
+    def from_body(cls, body: dict) -> "StatusReply":
+        server = _dict(body, "server", nullable=False)
+        sessions = body.get("sessions")
+        if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
+            raise BodyError("'sessions' must be a list of objects")
+        return cls(server=server, sessions=sessions)
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Is the server up, and which protocol does it speak? Empty body."""
+
+    KIND: ClassVar[str] = "ping"
+
+    def to_body(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_body(cls, body: dict) -> "Ping":
+        return cls()
+
+
+@dataclass(frozen=True)
+class PingReply:
+    """``protocol``: the server's PROTOCOL_VERSION; ``version``: its autolrs version."""
+
+    protocol: int
+    version: str
+
+    def to_body(self) -> dict:
+        return {"protocol": self.protocol, "version": self.version}
+
+    @classmethod
+    def from_body(cls, body: dict) -> "PingReply":
+        protocol, version = body.get("protocol"), body.get("version")
+        if not _is_int(protocol):
+            raise BodyError("'protocol' must be an integer")
+        if not isinstance(version, str):
+            raise BodyError("'version' must be a string")
+        return cls(protocol=protocol, version=version)
+
+
+#: Request kind -> its body class, and the body class of its reply.
+REQUESTS: dict[str, type] = {cls.KIND: cls for cls in (Hello, Report, Goodbye, Status, Ping)}
+REPLIES: dict[str, type] = {"hello": HelloReply, "report": ReportReply, "goodbye": GoodbyeReply,
+                            "status": StatusReply, "ping": PingReply}
