@@ -1,8 +1,9 @@
 """Parity with the original implementations: each seed method with its default knobs against a
 reference implementation of the original's rule, on the quality suite's tasks (bench/tasks.py).
 
-    python bench/parity.py                    # every task, 3 seeds, short budget (5-13 min on 2 busy cores)
-    python bench/parity.py --quick            # digits_mlp, digits_gru, cancer_small, 2 seeds (~1-2 min)
+    python bench/parity.py                    # every task, 3 seeds, short budget (~9 CPU minutes;
+                                              # 12.5-15 min wall on 2 cores at load average 9-11)
+    python bench/parity.py --quick            # digits_mlp, digits_gru, cancer_small, 2 seeds (4 min at load 11)
     python bench/parity.py --tasks digits_mlp --parts hd --seeds 0 1 2 --hd-config '{"beta": 1e-3}'
     python bench/parity.py --parts hd marthe --start-factors 1 10 --grid-from bench/out/parity.json
     python bench/parity.py --reprint bench/out/parity.json
