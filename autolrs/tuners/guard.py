@@ -380,7 +380,8 @@ class Guarded(Tuner):
                 tail = seg["hypergrad"]
         hypergrad = None
         if r.get("hypergrad") is not None:
-            hypergrad = {"h": hs, "vb": tail.get("vb"), "val_loss": tail.get("val_loss")}
+            # The last segment's report (vb, val_loss, the optimizer's family) with every h.
+            hypergrad = {**tail, "h": hs}
         return Observation(step=last.step, steps=p["consumed"], losses=losses, evals=evals,
                            hypergrad=hypergrad, probes=probes)
 
