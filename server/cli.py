@@ -1,4 +1,4 @@
-"""``autolrs-server`` / ``python -m autolrs.server``: serve, status, ping.
+"""``autolrs-server`` / ``python -m autolrs.server``: serve, status, ping, keygen, tuners.
 
 The only module that configures logging and installs signal handlers, so the rest of the
 package stays importable (and testable) inside other programs without side effects.
@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime
@@ -28,7 +29,7 @@ from autolrs.server.config import load_config
 from autolrs.server.sessions import StateDirLocked
 
 PROG = "autolrs-server"
-COMMANDS = ("serve", "status", "ping", "keygen")
+COMMANDS = ("serve", "status", "ping", "keygen", "tuners")
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 
 log = logging.getLogger("autolrs.server")
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="The autolrs learning-rate tuning server.")
     p.add_argument("--version", action="version", version=f"%(prog)s {autolrs.__version__} "
                    f"(protocol {protocol.PROTOCOL_VERSION})")
-    sub = p.add_subparsers(dest="command", metavar="{serve,status,ping,keygen}")
+    sub = p.add_subparsers(dest="command", metavar="{serve,status,ping,keygen,tuners}")
 
     serve = sub.add_parser("serve", help="run the server (the default command)")
     serve.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the .key_secret file of `keygen`); clients need the public key")
     serve.add_argument("--insecure", action="store_true",
                        help="allow binding a non-loopback --host without a secret (logs a warning)")
+    serve.add_argument("--stop-on-stdin-close", action="store_true",
+                       help="stop when standard input closes (a launcher's lifeline: the server ends with the "
+                       "process that started it)")
     serve.add_argument("--log-level", default="INFO", type=str.upper,
                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO)")
 
@@ -65,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: $AUTOLRS_SERVER_KEY)")
     keygen = sub.add_parser("keygen", help="write a CURVE key pair (server.key, server.key_secret) into DIR")
     keygen.add_argument("dir", help="folder for the key files (created if missing)")
+    tuners = sub.add_parser("tuners", help="list the tuners and their knobs (defaults and meaning)")
+    tuners.add_argument("name", nargs="*", help="only these tuners (default: all)")
+    tuners.add_argument("--json", action="store_true", help="print them as JSON")
     return p
 
 
@@ -78,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "keygen":
         return keygen(args)
+    if args.command == "tuners":
+        from autolrs.server.knobs import list_tuners
+
+        return list_tuners(args.name, as_json=args.json)
     return query(args)
 
 
@@ -122,6 +133,8 @@ def serve(args: argparse.Namespace) -> int:
         server.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if args.stop_on_stdin_close:
+        threading.Thread(target=_stop_at_stdin_eof, args=(server,), name="autolrs-lifeline", daemon=True).start()
     try:
         # The one line a launcher waits for (run.sh parses it): flushed at once.
         print(f"{PROG} listening on {server.endpoint} state_dir={server.dispatcher.store.state_dir}", flush=True)
@@ -138,6 +151,17 @@ def serve(args: argparse.Namespace) -> int:
     # Nothing to flush: every change was saved before its reply left.
     log.info("stopped")
     return 0
+
+
+def _stop_at_stdin_eof(server: Any) -> None:
+    """Block until standard input closes (the launching process ended or let go), then stop."""
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (AttributeError, OSError, ValueError):  # no stdin at all: nothing to wait for
+        return
+    log.info("standard input closed; stopping")
+    server.stop()
 
 
 # --- status / ping -----------------------------------------------------------------------

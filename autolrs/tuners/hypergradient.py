@@ -34,14 +34,14 @@ from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnega
 class HypergradientTuner(Tuner):
     """Shared LR rule; subclasses say what the client computes (``_spec``)."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": None,  # initial LR (default: the optimizer's)
-        "lr_min": 0.0,
-        "lr_max": None,  # default: 100 x the initial LR
-        "beta": 1e-3,  # hyper-LR
-        "alpha": 0.0,  # hyper-LR adaptation rate (0: beta fixed)
-        "clip": None,  # |h| is clipped to this before a hyper step (None: no clipping)
-        "every": 10,  # steps per report
+    knobs: ClassVar[dict[str, tuple[Any, str]]] = {
+        "lr": (None, "initial LR; null: the optimizer's"),
+        "lr_min": (0.0, "the LR never goes below this"),
+        "lr_max": (None, "the LR never goes above this; null: 100 x the initial LR"),
+        "beta": (1e-3, "hyper-LR"),
+        "alpha": (0.0, "hyper-LR adaptation rate (0: beta fixed)"),
+        "clip": (None, "|h| is clipped to this before a hyper step; null: no clipping"),
+        "every": (10, "steps per report"),
     }
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
@@ -160,7 +160,8 @@ class MartheTuner(HypergradientTuner):
     """
 
     name = "marthe"
-    defaults = {**HypergradientTuner.defaults, "beta": 1e-5, "mu": -1.0}
+    knobs = {**HypergradientTuner.knobs, "beta": (1e-5, "hyper-LR"),
+             "mu": (-1.0, "discount of the tangent, <= 1; negative: adaptive (MARTHE's rule)")}
 
     def _validate(self) -> None:
         mu = self.config["mu"]
@@ -198,7 +199,7 @@ class RTHOTuner(MartheTuner):
     """Real-time hyperparameter optimisation: the undiscounted tangent (MARTHE with mu = 1)."""
 
     name = "rtho"
-    defaults = {k: v for k, v in MartheTuner.defaults.items() if k != "mu"}
+    knobs = {k: v for k, v in MartheTuner.knobs.items() if k != "mu"}
 
     def _validate(self) -> None:
         self.adaptive, self.mu, self.c = False, 1.0, 0.0
