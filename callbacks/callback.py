@@ -207,9 +207,12 @@ class AutoLRS:
         else:
             self._hypergrad.backward(loss)
 
-    def close(self, reason: str = "done", *, timeout: float | None = None) -> None:
+    def close(self, reason: str = "done", *, timeout: float | None = None, end_job: bool = True) -> None:
         """Say goodbye (waiting up to ``timeout`` s for the reply, by default briefly), keep
-        the job's :attr:`summary` it carries, remove checkpoints, close the socket (idempotent)."""
+        the job's :attr:`summary` it carries, remove checkpoints, close the socket (idempotent).
+        ``end_job=False`` leaves without goodbye: the job stays open on the server, so a
+        trainer restarted from a checkpoint (:meth:`load_state_dict`) can resume it, as after
+        a crash (the framework adapters do this when training stops on an exception)."""
         if self._closed:
             return
         self._closed = True
@@ -221,7 +224,8 @@ class AutoLRS:
             self._hypergrad.close()
         reply = None
         try:
-            reply = self._link.goodbye(self.global_step, reason, timeout)
+            if end_job:
+                reply = self._link.goodbye(self.global_step, reason, timeout)
             if reply is not None:
                 self._summary = reply.summary
         except Exception:  # noqa: BLE001 - closing must not mask the user's exception
