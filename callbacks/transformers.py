@@ -23,8 +23,9 @@ accumulation it is the same number the Trainer logs as ``loss``, one per optimiz
 **The Trainer's scheduler.** The Trainer always builds an LR scheduler and steps it after every
 optimizer step. Set ``lr_scheduler_type="constant"`` (any other is refused with a clear error
 when training begins): its ``LambdaLR`` writes ``base_lrs`` back each step, and the callback
-keeps ``base_lrs`` equal to the LRs the tuner set, so the scheduler writes back the tuner's LRs
-(and the Trainer logs them as ``learning_rate``) instead of fighting them.
+keeps ``base_lrs`` (and ``get_last_lr()``) equal to the LRs the tuner set, so the scheduler
+writes back the tuner's LRs, and the Trainer logs the LR of each step as ``learning_rate``,
+instead of fighting them.
 
 ``val_fn=`` gives tuners that ask for a validation loss a function of yours (the Trainer's
 evaluation is not reachable from a callback). Under DDP every rank runs the callback and rank 0
@@ -134,9 +135,12 @@ class AutoLRSCallback(TrainerCallback):
     # --- the Trainer's scheduler ----------------------------------------------------------
 
     def _sync_scheduler(self) -> None:
-        """The constant scheduler writes ``base_lrs`` back at its next step: make them the tuner's."""
+        """The constant scheduler writes ``base_lrs`` back at its next step, and the Trainer logs
+        its ``get_last_lr()``: make both the LRs the tuner set for the next step."""
         if self._scheduler is not None and self.autolrs is not None:
-            self._scheduler.base_lrs = self.autolrs.get_last_lr()
+            lrs = self.autolrs.get_last_lr()
+            self._scheduler.base_lrs = list(lrs)
+            self._scheduler._last_lr = list(lrs)
 
 
 def _check_scheduler(args: Any, scheduler: Any) -> None:
