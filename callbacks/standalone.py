@@ -126,6 +126,10 @@ def open_axes(ax: Any, path: str | None) -> tuple[Any, bool]:
     saved to ``path`` (nothing is shown, no display needed), else through pyplot to be shown."""
     if ax is not None:
         return ax, False
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'autolrs[plot]'") from None
     if path is not None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

@@ -38,7 +38,7 @@ class HypergradientTuner(Tuner):
         "lr": (None, "initial LR; null: the optimizer's"),
         "lr_min": (0.0, "the LR never goes below this"),
         "lr_max": (None, "the LR never goes above this; null: 100 x the initial LR"),
-        "beta": (1e-3, "hyper-LR"),
+        "beta": (1e-3, "hyper-LR: the step size of the LR's own gradient descent"),
         "alpha": (0.0, "hyper-LR adaptation rate (0: beta fixed)"),
         "clip": (None, "|h| is clipped to this before a hyper step; null: no clipping"),
         "every": (10, "steps per report"),
@@ -160,7 +160,7 @@ class MartheTuner(HypergradientTuner):
     """
 
     name = "marthe"
-    knobs = {**HypergradientTuner.knobs, "beta": (1e-5, "hyper-LR"),
+    knobs = {**HypergradientTuner.knobs, "beta": (1e-5, "hyper-LR: the step size of the LR's own gradient descent"),
              "mu": (-1.0, "discount of the tangent, <= 1; negative: adaptive (MARTHE's rule)")}
 
     def _validate(self) -> None:
