@@ -154,9 +154,12 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _stop_at_stdin_eof(server: Any) -> None:
-    """Block until standard input closes (the launching process ended or let go), then stop."""
+    """Block until standard input closes (the launching process ended or let go), then stop.
+    Reads the file descriptor itself: a thread blocked in ``sys.stdin``'s buffered reader would
+    hold its lock and abort the interpreter's shutdown."""
     try:
-        while sys.stdin.buffer.read(4096):
+        fd = sys.stdin.fileno()
+        while os.read(fd, 4096):
             pass
     except (AttributeError, OSError, ValueError):  # no stdin at all: nothing to wait for
         return
