@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Mapping
 
 import torch
@@ -38,6 +39,8 @@ __all__ = ["AutoLRS", "STATE_VERSION", "default_job_id"]
 
 #: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys.
 STATE_VERSION = 1
+#: The longest wait for an embedded server's first reply to a job's hello (seconds).
+EMBEDDED_HELLO_S = 30.0
 
 
 class AutoLRS:
@@ -131,7 +134,8 @@ class AutoLRS:
             self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
                                     lr=lambda: self.lr, step=lambda: self.global_step)
             if unstarted is None:
-                self._act(self._link.exchange("hello", self._hello_body(), starting=True))
+                self._act(self._link.exchange("hello", self._hello_body(), starting=True,
+                                              deadline=self._hello_deadline()))
             else:
                 self._warn("embedded", unstarted, ServerUnavailableWarning)
                 self._link.detach("embedded", unstarted)
@@ -300,7 +304,13 @@ class AutoLRS:
             self._warn("embedded", unstarted, ServerUnavailableWarning)
             self._link.detach("embedded", unstarted)
             return
-        self._act(self._link.exchange("hello", self._hello_body(), starting=True))
+        self._act(self._link.exchange("hello", self._hello_body(), starting=True, deadline=self._hello_deadline()))
+
+    def _hello_deadline(self) -> float:
+        """``timeout`` from now; for an embedded server, which has just started and may still be
+        importing the job's tuner (scikit-learn for ``autolrs``), at least EMBEDDED_HELLO_S."""
+        wait = self.timeout if self.embedded_server is None else max(self.timeout, EMBEDDED_HELLO_S)
+        return time.monotonic() + wait
 
     def _embedded_endpoint(self, options: LinkOptions, job: str) -> tuple[LinkOptions, str | None]:
         """``options`` pointed at the embedded server started for ``job`` (on rank 0 alone under

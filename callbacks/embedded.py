@@ -33,7 +33,8 @@ from autolrs.launcher import ServerProcess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "ENV_SERVER", "NOT_STARTED", "EmbeddedServer", "EmbeddedServerError", "cache_root", "resolve_endpoint"]
+__all__ = ["AUTO", "ENV_SERVER", "NOT_STARTED", "EmbeddedServer", "EmbeddedServerError", "cache_root",
+           "resolve_endpoint"]
 
 #: The ``server`` value that means: ``$AUTOLRS_SERVER``, else an embedded server.
 AUTO = "auto"

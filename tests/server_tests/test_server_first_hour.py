@@ -61,7 +61,8 @@ def test_one_log_line_per_job_start_decision_and_end(tmp_path):
     assert len(lines) == 1 + cb.reports + 1
     lr = [0.05 * (1 + math.cos(math.pi * (step % 20) / 20)) for step in range(30)]  # the cosine's LRs
     assert lines[0] == f"job logged started: tuner cosine at step 0 of 30; plan: run 10 steps, LR 0.1 -> {lr[9]:.4g}"
-    assert lines[1] == f"job logged step 10: mean loss 2 over 10 steps; plan: run 10 steps, LR {lr[10]:.4g} -> {lr[19]:.4g}"
+    assert lines[1] == (f"job logged step 10: mean loss 2 over 10 steps; plan: run 10 steps, "
+                        f"LR {lr[10]:.4g} -> {lr[19]:.4g}")
     assert lines[-2] == "job logged step 30: mean loss 2 over 10 steps; plan: stop (max_steps)"
     assert lines[-1] == "job logged ended (done) at step 30"
 
