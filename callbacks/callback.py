@@ -96,15 +96,12 @@ class AutoLRS:
         self.model, self.optimizer, self.val_fn, self.probe_fn = model, optimizer, val_fn, probe_fn
         self.tuner, self.config, self.job = options.tuner, options.config, job
         self.max_steps, self.seed = options.max_steps, options.seed
+        endpoint = resolve_endpoint(link_options.server)
+        if endpoint is not None:
+            link_options = dataclasses.replace(link_options, server=endpoint)
         #: The private server of ``server="auto"`` without ``$AUTOLRS_SERVER`` (None otherwise):
         #: its ``state_dir`` holds the job's decision log while the callback is open.
-        self.embedded_server: EmbeddedServer | None = None
-        unstarted: str | None = None  # why the embedded server could not start
-        if resolve_endpoint(link_options.server) is None:
-            self.embedded_server = EmbeddedServer()
-            link_options, unstarted = self._embedded_endpoint(link_options, job)
-        else:
-            link_options = dataclasses.replace(link_options, server=resolve_endpoint(link_options.server))
+        self.embedded_server: EmbeddedServer | None = None if endpoint is not None else EmbeddedServer()
         self.server, self.timeout, self.retry_interval = link_options.server, link_options.timeout, \
             link_options.retry_interval
         #: ``step()`` calls so far (GradScaler-skipped ones excluded), and reports sent.
@@ -130,7 +127,11 @@ class AutoLRS:
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
         self._link: ServerLink | None = None
+        unstarted: str | None = None  # why the embedded server could not start
         try:
+            if self.embedded_server is not None:
+                link_options, unstarted = self._embedded_endpoint(link_options, job)
+                self.server = link_options.server
             self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
                                     lr=lambda: self.lr, step=lambda: self.global_step)
             if unstarted is None:

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("status", "list the jobs of a running server"), ("ping", "check a server answers")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--server", default=DEFAULT_SERVER, help=f"server endpoint (default {DEFAULT_SERVER})")
+        c.add_argument("--server", default=os.environ.get("AUTOLRS_SERVER") or DEFAULT_SERVER,
+                       help=f"server endpoint (default: $AUTOLRS_SERVER, else {DEFAULT_SERVER})")
         c.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
         c.add_argument("--json", action="store_true", help="print the raw reply as JSON")
         c.add_argument("--secret-file", help="sign the request with this file's secret "
@@ -138,6 +139,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         # The one line a launcher waits for (run.sh parses it): flushed at once.
         print(f"{PROG} listening on {server.endpoint} state_dir={server.dispatcher.store.state_dir}", flush=True)
+        threading.Thread(target=_import_tuners, name="autolrs-tuner-import", daemon=True).start()
         log.info("serving %d job(s) from %s with %d worker(s); requests %s", len(server.dispatcher.store),
                  server.dispatcher.store.state_dir, config.workers,
                  "must be signed" if server.verifier is not None else "are not authenticated")
@@ -151,6 +153,19 @@ def serve(args: argparse.Namespace) -> int:
     # Nothing to flush: every change was saved before its reply left.
     log.info("stopped")
     return 0
+
+
+def _import_tuners() -> None:
+    """Import every tuner's module once the server is ready: it starts in a fraction of a second
+    (the registry imports a module on first use), and a job's first hello rarely waits for an
+    import (scikit-learn's, for ``autolrs``, takes seconds)."""
+    from autolrs.tuners import TUNERS
+
+    for name in list(TUNERS):
+        try:
+            TUNERS[name]
+        except Exception:  # noqa: BLE001 - the job that names it will get the error
+            log.exception("cannot import tuner %s", name)
 
 
 def _stop_at_stdin_eof(server: Any) -> None:
