@@ -15,7 +15,10 @@ files. What is particular to it:
 * it listens on a free loopback port and signs every request with a random secret kept in the
   job's folder (mode 0600), so no other local process can drive the job;
 * it is tied to this process by a lifeline (its standard input): if the trainer dies without
-  closing, the server stops too and frees the folder for the restarted trainer.
+  closing, the server stops too and frees the folder for the restarted trainer;
+* it is ready as soon as it listens and imports the tuners' modules in the background
+  (``--background-tuner-import``), so the callback waits a fraction of a second for it; a job
+  whose tuner is still being imported waits for that in its first hello.
 
 Standard library only (the callback package must not import the server or the tuners).
 """
@@ -111,8 +114,8 @@ class EmbeddedServer:
         while True:
             try:
                 self.process = ServerProcess(folder / "state", "--secret-file", str(folder / "secret"),
-                                             log_path=folder / "server.log", ready_timeout=self.ready_timeout,
-                                             lifeline=True)
+                                             "--background-tuner-import", log_path=folder / "server.log",
+                                             ready_timeout=self.ready_timeout, lifeline=True)
                 break
             except (RuntimeError, OSError) as exc:
                 in_use = "in use by another autolrs server" in str(exc)

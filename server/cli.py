@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the .key_secret file of `keygen`); clients need the public key")
     serve.add_argument("--insecure", action="store_true",
                        help="allow binding a non-loopback --host without a secret (logs a warning)")
+    serve.add_argument("--background-tuner-import", action="store_true",
+                       help="import the tuners' modules after the ready line, in a background thread (a start in "
+                       "a fraction of a second; a job's first hello may wait for its tuner's import)")
     serve.add_argument("--stop-on-stdin-close", action="store_true",
                        help="stop when standard input closes (a launcher's lifeline: the server ends with the "
                        "process that started it)")
@@ -138,8 +141,11 @@ def serve(args: argparse.Namespace) -> int:
         threading.Thread(target=_stop_at_stdin_eof, args=(server,), name="autolrs-lifeline", daemon=True).start()
     try:
         # The one line a launcher waits for (run.sh parses it): flushed at once.
+        if not args.background_tuner_import:
+            _import_tuners()  # before the ready line: no job's first hello waits for an import
         print(f"{PROG} listening on {server.endpoint} state_dir={server.dispatcher.store.state_dir}", flush=True)
-        threading.Thread(target=_import_tuners, name="autolrs-tuner-import", daemon=True).start()
+        if args.background_tuner_import:
+            threading.Thread(target=_import_tuners, name="autolrs-tuner-import", daemon=True).start()
         log.info("serving %d job(s) from %s with %d worker(s); requests %s", len(server.dispatcher.store),
                  server.dispatcher.store.state_dir, config.workers,
                  "must be signed" if server.verifier is not None else "are not authenticated")
@@ -156,9 +162,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _import_tuners() -> None:
-    """Import every tuner's module once the server is ready: it starts in a fraction of a second
-    (the registry imports a module on first use), and a job's first hello rarely waits for an
-    import (scikit-learn's, for ``autolrs``, takes seconds)."""
+    """Import every tuner's module (the registry would import each on its first job; the
+    ``autolrs`` tuner's brings scikit-learn and scipy, seconds on a busy machine)."""
     from autolrs.tuners import TUNERS
 
     for name in list(TUNERS):
