@@ -7,7 +7,8 @@ Phases, all within ``max_steps`` (required):
 1. **sweep**: an LR range test (:class:`~autolrs.tuners.range_test.RangeTestTuner`, exponential
    from ``initial_lr / 1e4`` to ``initial_lr * 1000`` by default, wide enough to see divergence
    with Adam's LR scale too, and with the optimizer's LR 10x off) over ``sweep_fraction`` of the
-   budget (30 to 100 steps); the weights are restored afterwards. ``rule`` (default
+   budget (30 to 100 steps, fewer only within a tenth of a budget under 300 steps); the weights
+   are restored afterwards. ``rule`` (default
    ``minimum``: the LR of the lowest loss / 10; see :mod:`autolrs.lr_curve`) applied to the
    lag-free running-median curve (:func:`autolrs.lr_curve.centred`; the last points are not
    skipped when the sweep never diverged) gives the centre ``p`` of the candidates; a sweep
@@ -67,7 +68,8 @@ class AutoTuner(Tuner):
     knobs = {
         "sweep_min": (None, "the sweep's first LR; None: initial_lr / 1e4"),
         "sweep_max": (None, "the sweep's last LR; None: initial_lr * 1000"),
-        "sweep_fraction": (0.05, "share of max_steps the range test takes (30 to 100 steps)"),
+        "sweep_fraction": (0.05, "share of max_steps the range test takes (30 to 100 steps; at most a tenth of "
+                                 "a small budget)"),
         "rule": ("minimum", "range-test rule giving the candidates' centre"),
         "candidates": (3, "LRs tried, spaced by `spacing` around the rule's LR"),
         "spacing": (2.0, "factor between neighbouring candidates' LRs"),
@@ -111,7 +113,8 @@ class AutoTuner(Tuner):
             raise ConfigError(f"auto: use_val must be true or false, got {c['use_val']!r}")
         self.use_val = c["use_val"] and bool(c["has_val_fn"])
         n = self.max_steps
-        self.sweep_steps = min(100, max(30, round(c["sweep_fraction"] * n)))
+        # At least 30 points (fewer only when that is over a tenth of a small budget), at most 100.
+        self.sweep_steps = min(100, max(round(c["sweep_fraction"] * n), min(30, round(0.1 * n)), 5))
         self.trial_steps = max(5, round(c["trial_fraction"] * n))
         self.check_steps = max(10, round(c["check_fraction"] * n))
         self.warmup_frac = float(c["warmup_fraction"])
