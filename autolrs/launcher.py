@@ -27,10 +27,12 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["READY_PREFIX", "ServerProcess"]
+__all__ = ["DASHBOARD_PREFIX", "READY_PREFIX", "ServerProcess"]
 
 #: The start of the line the server prints on stdout once it listens (``cli.serve``).
 READY_PREFIX = "autolrs-server listening on "
+#: The line a server started with ``--http-port`` prints next: then the dashboard's URL.
+DASHBOARD_PREFIX = "dashboard at "
 
 
 class ServerProcess:
@@ -43,7 +45,9 @@ class ServerProcess:
     (default: next to ``state_dir``, or inside the temporary folder). Raises RuntimeError with
     the log when the server exits or prints no ready line within ``ready_timeout`` s.
 
-    ``endpoint`` (``tcp://127.0.0.1:PORT``) and ``port`` say where it listens. :meth:`close`
+    ``endpoint`` (``tcp://127.0.0.1:PORT``) and ``port`` say where it listens; with
+    ``--http-port`` in ``args``, ``dashboard_url`` is the dashboard's URL (from the line after
+    the ready line; None otherwise). :meth:`close`
     stops it with SIGTERM (SIGKILL after ``timeout`` s); :meth:`kill` is SIGKILL at once (a
     crash, for tests). Usable as a context manager.
 
@@ -79,6 +83,13 @@ class ServerProcess:
             raise
         self.endpoint = self.ready_line[len(READY_PREFIX):].split()[0]
         self.port = int(self.endpoint.rsplit(":", 1)[1])
+        self.dashboard_url: str | None = None
+        if "--http-port" in args:
+            line = self._next_line(ready_timeout)
+            if line is None or not line.startswith(DASHBOARD_PREFIX):
+                self.kill()
+                raise RuntimeError(f"server printed no dashboard line (got {line!r}); log:\n{self.log()}")
+            self.dashboard_url = line[len(DASHBOARD_PREFIX):].strip()
 
     def __repr__(self) -> str:
         state = "running" if self.alive else f"exited ({self.proc.returncode})"
@@ -138,12 +149,16 @@ class ServerProcess:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
 
-    def _wait_ready(self, timeout: float) -> str:
+    def _next_line(self, timeout: float) -> str | None:
+        """The next stdout line (None at end of output); RuntimeError after ``timeout`` s."""
         try:
-            line = self._lines.get(timeout=timeout)
+            return self._lines.get(timeout=timeout)
         except queue.Empty:
             self.kill()
-            raise RuntimeError(f"server printed no ready line within {timeout} s; log:\n{self.log()}") from None
+            raise RuntimeError(f"server printed no line within {timeout} s; log:\n{self.log()}") from None
+
+    def _wait_ready(self, timeout: float) -> str:
+        line = self._next_line(timeout)
         if line is None or not line.startswith(READY_PREFIX):
             self.kill()
             raise RuntimeError(f"server did not start (first line {line!r}); log:\n{self.log()}")

@@ -42,6 +42,9 @@ class ServerConfig:
     auth_window_s: float = 120.0
     allow_insecure: bool = False
     curve_secret_key_file: str | None = None
+    #: The dashboard (server/dashboard/): its address, and its port (None: not served).
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
 
 
 def load_defaults() -> dict:
@@ -149,6 +152,10 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     curve_file = s["curve_secret_key_file"]
     if curve_file is not None and (not isinstance(curve_file, (str, Path)) or not str(curve_file)):
         raise ConfigError(f"server.curve_secret_key_file must be a path or null, got {curve_file!r}")
+    http_host = s["http_host"]
+    if not isinstance(http_host, str) or not http_host:
+        raise ConfigError(f"server.http_host must be a non-empty string, got {http_host!r}")
+    http_port = None if s["http_port"] is None else _int(s["http_port"], "server.http_port", 0, 65535)
     allow_insecure = s["allow_insecure"]
     if not isinstance(allow_insecure, bool):
         raise ConfigError(f"server.allow_insecure must be true or false, got {allow_insecure!r}")
@@ -160,7 +167,8 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
                         secret_file=None if secret_file is None else str(secret_file),
                         auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
                         allow_insecure=allow_insecure,
-                        curve_secret_key_file=None if curve_file is None else str(curve_file))
+                        curve_secret_key_file=None if curve_file is None else str(curve_file),
+                        http_host=http_host, http_port=http_port)
 
 
 def _seconds(value: Any, key: str) -> float:

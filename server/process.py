@@ -4,6 +4,6 @@ The class lives in :mod:`autolrs.launcher` (standard library only), so the callb
 server (``server="auto"``) starts servers the same way without importing the server package.
 """
 
-from autolrs.launcher import READY_PREFIX, ServerProcess
+from autolrs.launcher import DASHBOARD_PREFIX, READY_PREFIX, ServerProcess
 
-__all__ = ["READY_PREFIX", "ServerProcess"]
+__all__ = ["DASHBOARD_PREFIX", "READY_PREFIX", "ServerProcess"]

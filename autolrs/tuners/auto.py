@@ -43,6 +43,7 @@ from typing import Any
 from autolrs import actions, divergence, lr_curve
 from autolrs.actions import Observation
 from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.phases import warmup_cosine
 from autolrs.tuners.range_test import SLOT as SWEEP_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
 
@@ -50,15 +51,6 @@ STATE_VERSION = 1
 PHASES = ("sweep", "trials", "train", "done")
 BASE, BEST, GOOD = "auto_base", "auto_best", "auto_good"
 FALL = 0.02  # a sweep whose smoothed loss never falls 2 % below its start saw no learning
-
-
-def warmup_cosine(peak: float, i: int, n: int, warmup: int) -> float:
-    """LR of step ``i`` of an ``n``-step run: a linear ramp to ``peak`` over ``warmup`` steps,
-    then cosine from ``peak`` to 0 at step ``n`` (``CosineAnnealingLR`` with ``T_max = n - warmup``)."""
-    if i < warmup:
-        return peak * (i + 1) / warmup
-    span = max(1, n - warmup)
-    return peak * (1 + math.cos(math.pi * min(i - warmup, span) / span)) / 2
 
 
 class AutoTuner(Tuner):
@@ -152,8 +144,7 @@ class AutoTuner(Tuner):
         suggestion = lr_curve.suggest(rt.history["lr"], curve, self.rule, **skips)
         centre = suggestion.get("lr")
         source = f"range test ({rt.done}, {len(rt.history['lr'])} points, {self.rule})"
-        fell = _fell(curve)
-        if centre is None or not fell:  # too short, or the loss never fell: the optimizer's LR
+        if centre is None or not lr_curve.fell(curve, FALL):  # too short, or the loss never fell: the optimizer's LR
             reason = suggestion.get("reason") or "the loss did not fall during the sweep"
             centre, source = self.initial_lr, f"optimizer LR (no {self.rule} suggestion: {reason})"
         centre = min(max(centre, self.sweep_min), self.sweep_max)
@@ -388,17 +379,6 @@ class AutoTuner(Tuner):
         if t:
             out.update(peak=t["peak"], cuts=t["cuts"], lr=t["last_lr"])
         return out
-
-
-def _fell(curve: list[float]) -> bool:
-    """Whether a smoothed sweep's lowest point is clearly below its start (the median of its
-    first tenth): by at least ``FALL`` of the start's magnitude."""
-    finite = [x for x in curve if math.isfinite(x)]
-    if len(finite) < 3:
-        return False
-    head = sorted(finite[:max(1, len(finite) // 10)])
-    start = head[len(head) // 2]
-    return start - min(finite) > FALL * abs(start)
 
 
 def _copy(d: Mapping[str, Any]) -> dict:

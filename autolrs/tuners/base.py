@@ -105,6 +105,20 @@ class Tuner(abc.ABC):
         """The documented spelling of a key of :attr:`defaults`."""
         return cls.aliases.get(key, key)
 
+    def in_search(self) -> bool:
+        """Whether the plan ``ask()`` returns now belongs to a search (trials, a sweep, probes)
+        whose runs are undone or whose divergence is information: the divergence guard
+        (:mod:`autolrs.tuners.guard`) leaves such plans alone."""
+        return False
+
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """The divergence guard undid training back to its last good snapshot and multiplied
+        the LR by ``factor`` (< 1): make the later plans follow. ``info`` has ``step``,
+        ``to_step``, ``steps_back``, ``lr_before`` (None if unknown), ``reason``, ``rollbacks``
+        and ``strikes``. Called before the observation of the run in flight is told (without
+        the undone segments). Default: nothing (the guard still cuts the run in flight and sets
+        the cut LR once after the restore)."""
+
     def base_lr(self) -> float:
         """The tuner's ``lr`` knob if set, else the optimizer's initial LR."""
         lr = self.config.get("lr")
