@@ -58,13 +58,16 @@ from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positiv
 
 SLOT = "guard"
 STATE_VERSION = 1
-#: The guard's knobs, accepted by every tuner (:func:`autolrs.tuners.make_tuner` strips them).
-DEFAULTS: dict[str, Any] = {
-    "guard": True,  # watch training for divergence (False: the tuner alone, unwrapped)
-    "guard_every": None,  # steps per segment at most and between two snapshots; None: default_every()
-    "guard_factor": 0.5,  # LR factor of each rollback
-    "guard_max": 5,  # rollbacks in a row without a healthy window; one more divergence stops the job
+#: The guard's knobs, accepted by every tuner (:func:`autolrs.tuners.make_tuner` strips them):
+#: name -> (default, meaning), as a tuner's ``knobs``.
+KNOBS: dict[str, tuple[Any, str]] = {
+    "guard": (True, "watch training for divergence (false: the tuner alone, unwrapped; "
+                    "off by default for auto and record)"),
+    "guard_every": (None, "steps per segment at most and between two snapshots; null: 2% of max_steps, 10 to 100"),
+    "guard_factor": (0.5, "LR factor of each rollback"),
+    "guard_max": (5, "rollbacks in a row without a healthy window; one more divergence stops the job"),
 }
+DEFAULTS: dict[str, Any] = {name: default for name, (default, _meaning) in KNOBS.items()}
 #: The default segment: this share of max_steps, within [MIN_EVERY, MAX_EVERY].
 EVERY_FRACTION, MIN_EVERY, MAX_EVERY = 0.02, 10, 100
 #: What the guard keeps of an inner run in flight (the run itself is the inner tuner's plan).

@@ -43,15 +43,16 @@ LR_MAX_FACTOR = 100.0
 class HypergradientTuner(Tuner):
     """Shared LR rule; subclasses say what the client computes (``_spec``)."""
 
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr": None,  # initial LR (default: the optimizer's)
-        "lr_min": 0.0,
-        "lr_max": None,  # default: 100 x the initial LR
-        "beta": None,  # hyper-LR per training step (default: ``default_beta`` of the optimizer)
-        "alpha": 0.0,  # hyper-LR adaptation rate (0: beta fixed)
-        "clip": None,  # |h| is clipped to this before a hyper step (None: no clipping)
-        "every": 10,  # steps per report
-        "doubling_steps": 10,  # the LR at most doubles or halves in this many steps (None: no limit)
+    knobs: ClassVar[dict[str, tuple[Any, str]]] = {
+        "lr": (None, "initial LR; null: the optimizer's"),
+        "lr_min": (0.0, "the LR never goes below this"),
+        "lr_max": (None, "the LR never goes above this; null: 100 x the initial LR"),
+        "beta": (None, "hyper-LR per training step; null: by the optimizer the client reports "
+                       "(SGD 1e-3, Adam/AdamW 1e-5)"),
+        "alpha": (0.0, "hyper-LR adaptation rate (0: beta fixed)"),
+        "clip": (None, "|h| is clipped to this before a hyper step; null: no clipping"),
+        "every": (10, "steps per report"),
+        "doubling_steps": (10, "the LR at most doubles or halves in this many steps; null: no limit"),
     }
 
     #: The hyper-LR per training step when ``beta`` is not set, by the optimizer the client
@@ -246,7 +247,8 @@ class MartheTuner(HypergradientTuner):
     """
 
     name = "marthe"
-    defaults = {**HypergradientTuner.defaults, "mu": -1.0}
+    knobs = {**HypergradientTuner.knobs,
+             "mu": (-1.0, "discount of the tangent, <= 1; negative: adaptive (MARTHE's rule)")}
 
     def _validate(self) -> None:
         mu = self.config["mu"]
@@ -289,7 +291,7 @@ class RTHOTuner(MartheTuner):
     """Real-time hyperparameter optimisation: the undiscounted tangent (MARTHE with mu = 1)."""
 
     name = "rtho"
-    defaults = {k: v for k, v in MartheTuner.defaults.items() if k != "mu"}
+    knobs = {k: v for k, v in MartheTuner.knobs.items() if k != "mu"}
 
     def _validate(self) -> None:
         self.adaptive, self.mu, self.c = False, 1.0, 0.0

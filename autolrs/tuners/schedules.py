@@ -25,7 +25,8 @@ from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnega
 class ScheduleTuner(Tuner):
     """A schedule as a recurrence: ``_initial()`` gives step 0's variables, ``_next`` the next."""
 
-    defaults = {"lr": None, "chunk": 500}
+    knobs = {"lr": (None, "the LR the schedule starts from; null: the optimizer's"),
+             "chunk": (500, "steps whose LRs one reply carries")}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -113,7 +114,8 @@ class StepTuner(ScheduleTuner):
     """Staircase decay, as ``StepLR``: multiply by ``gamma`` every ``step_size`` steps."""
 
     name = "step"
-    defaults = {**ScheduleTuner.defaults, "step_size": 1000, "gamma": 0.1}
+    knobs = {**ScheduleTuner.knobs, "step_size": (1000, "steps between two decays"),
+             "gamma": (0.1, "LR factor of each decay")}
 
     def _validate(self) -> None:
         self.step_size = require_int(self.config, "step_size", minimum=1)
@@ -136,7 +138,7 @@ class ExponentialTuner(ScheduleTuner):
     """Exponential decay, as ``ExponentialLR``: multiply by ``gamma`` every step."""
 
     name = "exponential"
-    defaults = {**ScheduleTuner.defaults, "gamma": 0.999}
+    knobs = {**ScheduleTuner.knobs, "gamma": (0.999, "LR factor of every step")}
 
     def _validate(self) -> None:
         self.gamma = require_positive(self.config["gamma"], "gamma")
@@ -159,7 +161,9 @@ class CosineTuner(ScheduleTuner):
     annealing from ``lr`` down towards ``eta_min``."""
 
     name = "cosine"
-    defaults = {**ScheduleTuner.defaults, "T_0": 1000, "T_mult": 1, "eta_min": 0.0}
+    knobs = {**ScheduleTuner.knobs, "T_0": (1000, "steps of the first cycle"),
+             "T_mult": (1, "each cycle is this many times longer than the one before"),
+             "eta_min": (0.0, "the LR each cycle anneals towards")}
 
     def _validate(self) -> None:
         self.T_0 = require_int(self.config, "T_0", minimum=1)
