@@ -267,7 +267,7 @@ def test_hello_from_new_client_accepted_whatever_seq(harness):
 
 
 def test_goodbye_finishes_job_and_its_reply_carries_the_summary(harness):
-    start_job(harness)
+    start_job(harness, config={"T_0": 10, "guard": False})  # the tuner told every report at once
     ok(harness.call("report", report_body(10, 10), seq=1))
     reply = ok(harness.call("goodbye", {"step": 14, "reason": "done"}, seq=2))
     s = harness.store.get("job-1")

@@ -51,7 +51,7 @@ def test_one_log_line_per_job_start_decision_and_end(tmp_path):
     with ServerProcess(tmp_path / "state") as server:
         model = make_mlp()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        with AutoLRS(model, optimizer, tuner="cosine", config={"T_0": 20, "chunk": 10}, server=server.endpoint,
+        with AutoLRS(model, optimizer, tuner="cosine", config={"T_0": 20, "chunk": 10, "guard": False}, server=server.endpoint,
                      job="logged", max_steps=30) as cb:
             while not cb.should_stop:
                 optimizer.step()
