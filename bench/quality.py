@@ -391,6 +391,38 @@ def print_report(analysis: dict, methods: list[str]) -> None:
                 print(f"      error: {err[:200]}")
 
 
+def markdown(analysis: dict, methods: list[str]) -> str:
+    """The report as markdown tables for the docs: per budget, one row per task with the grid
+    best, the one-run default and each method's median (gap to the grid best), worst seed and
+    collapses."""
+    out = []
+    for budget in ("short", "long"):
+        keys = [k for k in analysis if k.endswith("/" + budget)]
+        if not keys:
+            continue
+        out.append(f"**{budget} budget** (median over seeds; gap to the grid best in accuracy points, or % of the loss; "
+                   "worst seed; collapses/seeds)\n")
+        out.append("| task | grid best | one-run default | " + " | ".join(methods) + " |")
+        out.append("|---" * (3 + len(methods)) + "|")
+        for key in keys:
+            e = analysis[key]
+            task = TASKS[key.split("/")[0]]
+            cells = [f"{key.split('/')[0]} ({e['steps']})",
+                     f"{e.get('grid_best', '-')} {_fmt(e.get('grid_best_median'), '.3f')}",
+                     f"{_fmt(e.get('default_median'), '.3f')} ({_fmt((e['methods'].get(e.get('default'), {}) or {}).get('gap_to_grid_best'), '+.1f')})"]
+            for m in methods:
+                st = e["methods"].get(m)
+                if st is None:
+                    cells.append("-")
+                    continue
+                cells.append(f"{_fmt(st['median'], '.3f')} ({_fmt(st.get('gap_to_grid_best'), '+.1f')}), "
+                             f"w {_fmt(st['worst'], '.3f')}, {st['collapses']}/{st['n']}")
+            out.append("| " + " | ".join(cells) + " |")
+            del task
+        out.append("")
+    return "\n".join(out)
+
+
 def _fmt(x, spec=".4f", none="-"):
     if x is None:
         return none
@@ -478,6 +510,7 @@ def report_only(path: Path) -> dict:
     methods = sorted({r["method"] for r in rows if r["method"] not in SCHEDULES}, key=list(METHODS).index)
     report["analysis"] = analyse(rows)
     print_report(report["analysis"], methods)
+    print("\n" + markdown(report["analysis"], methods))
     write_report(path, report)
     plot(report["analysis"], methods, path.with_suffix(".png"))
     return report

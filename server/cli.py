@@ -1,4 +1,4 @@
-"""``autolrs-server`` / ``python -m autolrs.server``: serve, status, ping.
+"""``autolrs-server`` / ``python -m autolrs.server``: serve, status, ping, keygen, tuners.
 
 The only module that configures logging and installs signal handlers, so the rest of the
 package stays importable (and testable) inside other programs without side effects.
@@ -30,7 +30,7 @@ from autolrs.server.process import DASHBOARD_PREFIX
 from autolrs.server.sessions import StateDirLocked
 
 PROG = "autolrs-server"
-COMMANDS = ("serve", "status", "ping", "keygen", "dashboard", "dashboard-token")
+COMMANDS = ("serve", "status", "ping", "keygen", "tuners", "dashboard", "dashboard-token")
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 
 log = logging.getLogger("autolrs.server")
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="The autolrs learning-rate tuning server.")
     p.add_argument("--version", action="version", version=f"%(prog)s {autolrs.__version__} "
                    f"(protocol {protocol.PROTOCOL_VERSION})")
-    sub = p.add_subparsers(dest="command", metavar="{serve,status,ping,keygen,dashboard,dashboard-token}")
+    sub = p.add_subparsers(dest="command", metavar="{serve,status,ping,keygen,tuners,dashboard,dashboard-token}")
 
     serve = sub.add_parser("serve", help="run the server (the default command)")
     serve.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "(the .key_secret file of `keygen`); clients need the public key")
     serve.add_argument("--insecure", action="store_true",
                        help="allow binding a non-loopback --host without a secret (logs a warning)")
+    serve.add_argument("--background-tuner-import", action="store_true",
+                       help="import the tuners' modules after the ready line, in a background thread, and start "
+                       "each tuner process at its first job (a start in a fraction of a second; a job's first "
+                       "hello may wait for its tuner's import)")
+    serve.add_argument("--stop-on-stdin-close", action="store_true",
+                       help="stop when standard input closes (a launcher's lifeline: the server ends with the "
+                       "process that started it)")
     serve.add_argument("--http-port", type=int, help="serve the dashboard on this port (0 picks a free one; "
                        "default from config: no dashboard)")
     serve.add_argument("--http-host", help="the dashboard's address (default from config: 127.0.0.1)")
@@ -63,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("status", "list the jobs of a running server"), ("ping", "check a server answers")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--server", default=DEFAULT_SERVER, help=f"server endpoint (default {DEFAULT_SERVER})")
+        c.add_argument("--server", default=os.environ.get("AUTOLRS_SERVER") or DEFAULT_SERVER,
+                       help=f"server endpoint (default: $AUTOLRS_SERVER, else {DEFAULT_SERVER})")
         c.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
         c.add_argument("--json", action="store_true", help="print the raw reply as JSON")
         c.add_argument("--secret-file", help="sign the request with this file's secret "
@@ -72,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: $AUTOLRS_SERVER_KEY)")
     keygen = sub.add_parser("keygen", help="write a CURVE key pair (server.key, server.key_secret) into DIR")
     keygen.add_argument("dir", help="folder for the key files (created if missing)")
+    tuners = sub.add_parser("tuners", help="list the tuners and their knobs (defaults and meaning)")
+    tuners.add_argument("name", nargs="*", help="only these tuners (default: all)")
+    tuners.add_argument("--json", action="store_true", help="print them as JSON")
 
     dash = sub.add_parser("dashboard", help="browse a state folder's jobs in a browser, no server running")
     dash.add_argument("--state-dir", required=True, help="the state folder of a server (finished or running)")
@@ -98,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "keygen":
         return keygen(args)
+    if args.command == "tuners":
+        from autolrs.server.knobs import list_tuners
+
+        return list_tuners(args.name, as_json=args.json)
     if args.command == "dashboard":
         return browse(args)
     if args.command == "dashboard-token":
@@ -130,7 +145,8 @@ def serve(args: argparse.Namespace) -> int:
     from autolrs.server.transport import answering_threads, make_server  # after config errors are reported
 
     try:
-        server = make_server(config)
+        # A quick start (the embedded server's) starts each tuner process at its first job.
+        server = make_server(config, start_tuner_processes=not args.background_tuner_import)
     except ConfigError as exc:  # the secret, or a non-loopback address without one
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -156,14 +172,20 @@ def serve(args: argparse.Namespace) -> int:
         server.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if args.stop_on_stdin_close:
+        threading.Thread(target=_stop_at_stdin_eof, args=(server,), name="autolrs-lifeline", daemon=True).start()
     try:
+        if not args.background_tuner_import:
+            _import_tuners()  # before the ready line: no job's first hello waits for an import
         # The one line a launcher waits for (run.sh parses it): flushed at once.
         print(f"{PROG} listening on {server.endpoint} state_dir={server.dispatcher.store.state_dir}", flush=True)
         if dashboard is not None:
             print(f"{DASHBOARD_PREFIX}{dashboard.open_url}", flush=True)
-        log.info("serving %d job(s) from %s with %d worker thread(s) and %d tuner process(es); requests %s",
+        if args.background_tuner_import:
+            threading.Thread(target=_import_tuners, name="autolrs-tuner-import", daemon=True).start()
+        log.info("serving %d job(s) from %s with %d worker thread(s) and %d tuner process(es)%s; requests %s",
                  len(server.dispatcher.store), server.dispatcher.store.state_dir, answering_threads(config),
-                 config.processes,
+                 config.processes, " started at their first job" if args.background_tuner_import else "",
                  "must be signed" if server.verifier is not None else "are not authenticated")
         if server.public_key is not None:
             log.info("CURVE encryption on; clients need the server's public key %s", server.public_key.decode())
@@ -177,6 +199,32 @@ def serve(args: argparse.Namespace) -> int:
     # Nothing to flush: every change was saved before its reply left.
     log.info("stopped")
     return 0
+
+
+def _import_tuners() -> None:
+    """Import every tuner's module (the registry would import each on its first job; the
+    ``autolrs`` tuner's brings scikit-learn and scipy, seconds on a busy machine)."""
+    from autolrs.tuners import TUNERS
+
+    for name in list(TUNERS):
+        try:
+            TUNERS[name]
+        except Exception:  # noqa: BLE001 - the job that names it will get the error
+            log.exception("cannot import tuner %s", name)
+
+
+def _stop_at_stdin_eof(server: Any) -> None:
+    """Block until standard input closes (the launching process ended or let go), then stop.
+    Reads the file descriptor itself: a thread blocked in ``sys.stdin``'s buffered reader would
+    hold its lock and abort the interpreter's shutdown."""
+    try:
+        fd = sys.stdin.fileno()
+        while os.read(fd, 4096):
+            pass
+    except (AttributeError, OSError, ValueError):  # no stdin at all: nothing to wait for
+        return
+    log.info("standard input closed; stopping")
+    server.stop()
 
 
 # --- dashboard ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import yaml
 
 from autolrs.errors import ConfigError
 from autolrs.tuners import JOB_KEYS, TUNERS
+from autolrs.tuners.guard import DEFAULTS as GUARD_KNOBS
 
 __all__ = ["ConfigError", "ServerConfig", "job_tuner_config", "load_config", "load_defaults"]
 
@@ -124,6 +125,8 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
                 # These come from each job's hello (the optimizer, the client's budget).
                 raise ConfigError(f"{source}: 'tuners.{name}.{knob}' is set per job by the client, "
                                   "not in the server config")
+            if knob in GUARD_KNOBS:  # the divergence guard's knobs go with every tuner
+                continue
             if knob not in cls.defaults and knob not in cls.aliases and knob not in cls.aliases.values():
                 raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'; "
                                   f"valid: {', '.join(sorted(map(cls.public_name, cls.defaults))) or '(none)'}")

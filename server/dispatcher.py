@@ -35,6 +35,7 @@ from autolrs.server.config import ServerConfig, job_tuner_config
 from autolrs.server.history import HistoryRecorder
 from autolrs.server.keyed_locks import KeyedLocks
 from autolrs.server.leases import Leases
+from autolrs.server import joblog
 from autolrs.server.sessions import ACTIVE, FINISHED, Session, SessionStore, observation_summary
 
 log = logging.getLogger(__name__)
@@ -359,7 +360,7 @@ class Dispatcher:
             self.store.append_log(session, record)
         except Exception:  # noqa: BLE001 - the log is for people; the decision is already saved
             log.exception("could not append to the decisions log of job %s", session.job_id)
-        log.debug("job %s %s seq=%s step=%s", session.job_id, kind, req["seq"], session.step)
+        log.info("%s", joblog.job_line(kind, session.job_id, session.step, plan, extra))
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -186,10 +186,11 @@ def answering_threads(config: ServerConfig) -> int:
 
 
 def make_server(config: ServerConfig, store: SessionStore | None = None, *,
-                secret: str | bytes | None = None) -> Server:
+                secret: str | bytes | None = None, start_tuner_processes: bool = True) -> Server:
     """Load the sessions under ``config.state_dir``, start the tuner processes
-    (``server.processes``; their imports go on in the background) and bind the socket; does not
-    wait for requests.
+    (``server.processes``; their imports go on in the background; with
+    ``start_tuner_processes=False`` each starts when its first job needs it) and bind the
+    socket; does not wait for requests.
 
     The secret is ``secret``, else ``server.secret_file``, else ``$AUTOLRS_SECRET`` /
     ``$AUTOLRS_SECRET_FILE``; with none, requests need no signature, and a non-loopback
@@ -208,7 +209,8 @@ def make_server(config: ServerConfig, store: SessionStore | None = None, *,
             raise
     try:
         server = Server(config, Dispatcher(config, store), verifier=verifier, curve=curve)
-        store.tuners.start()
+        if start_tuner_processes:
+            store.tuners.start()
         return server
     except BaseException:
         store.close()  # release the state-dir lock when the port cannot be bound

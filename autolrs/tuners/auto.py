@@ -57,19 +57,20 @@ class AutoTuner(Tuner):
     """Range test, a few annealed trials, then an annealed run that rolls back on trouble."""
 
     name = "auto"
-    defaults = {
-        "sweep_min": None,  # the sweep's first LR; None: initial_lr / 1e4
-        "sweep_max": None,  # its last LR; None: initial_lr * 1000
-        "sweep_fraction": 0.05,  # of max_steps (30 to 100 steps; at most a tenth of a small budget)
-        "rule": "minimum",  # range-test rule giving the candidates' centre
-        "candidates": 3,  # LRs tried, spaced by `spacing` around the rule's LR
-        "spacing": 2.0,
-        "trial_fraction": 0.03,  # of max_steps, per trial (at least 5 steps)
-        "warmup_fraction": 0.02,  # of max_steps: linear ramp to the peak
-        "check_fraction": 0.05,  # of max_steps: a report (and a val_fn call) this often
-        "cut": 0.5,  # LR factor after a rollback
-        "max_cuts": 5,  # rollbacks before a divergence stops the job
-        "use_val": True,  # score trials and watch overfitting on val_fn when there is one
+    knobs = {
+        "sweep_min": (None, "the sweep's first LR; None: initial_lr / 1e4"),
+        "sweep_max": (None, "the sweep's last LR; None: initial_lr * 1000"),
+        "sweep_fraction": (0.05, "share of max_steps the range test takes (30 to 100 steps; at most a tenth of "
+                                 "a small budget)"),
+        "rule": ("minimum", "range-test rule giving the candidates' centre"),
+        "candidates": (3, "LRs tried, spaced by `spacing` around the rule's LR"),
+        "spacing": (2.0, "factor between neighbouring candidates' LRs"),
+        "trial_fraction": (0.03, "share of max_steps each trial takes (at least 5 steps)"),
+        "warmup_fraction": (0.02, "share of max_steps: the linear ramp to the peak"),
+        "check_fraction": (0.05, "share of max_steps between two reports (and val_fn calls)"),
+        "cut": (0.5, "LR factor after a rollback"),
+        "max_cuts": (5, "rollbacks before a divergence stops the job"),
+        "use_val": (True, "score trials and watch overfitting on val_fn when there is one"),
     }
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
@@ -361,6 +362,9 @@ class AutoTuner(Tuner):
         self.train = _copy(state["train"])
         self.events = [dict(e) for e in state["events"]]
         self.stop_reason = str(state["stop_reason"])
+
+    def in_search(self) -> bool:
+        return self.phase in ("sweep", "trials")
 
     def lr_bounds(self) -> tuple[float, float]:
         lo = min(self.sweep_min, self.initial_lr)

@@ -91,6 +91,7 @@ class AutoLRSStages(Tuner):
         self.train_steps = 0
         self.stop_reason = ""
         self.phase = "trial"
+        self.lr_cap: float | None = None  # the divergence guard's cut of the interval's top
         self._start_stage()
 
     # ------------------------------------------------------------------ planning
@@ -322,6 +323,27 @@ class AutoLRSStages(Tuner):
     def in_search(self) -> bool:
         return self.phase == "trial"
 
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """The divergence guard undid training at ``info["lr_before"]``: the rest of the stage
+        (or of the final run) trains at ``factor`` times its LR, and later stages search below
+        the LR that diverged (the interval's top lowered, its width in decades kept)."""
+        cur = self.current
+        if self.phase == "exploit" and cur is not None and cur.winner is not None:
+            cur.trials[cur.winner].lr *= factor  # the LR the stage's plans read; its record keeps the original
+        elif self.phase == "final":
+            self.lr *= factor
+        before = info.get("lr_before")
+        if before is not None and before * factor < self.space.max_lr:
+            self.lr_cap = before * factor
+            self.space = self._space()
+
+    def _space(self) -> LogSpace:
+        """The search interval, below the guard's cap if there is one."""
+        lo, hi = self.s.lr_min, self.s.lr_max
+        if self.lr_cap is not None and self.lr_cap < hi:
+            lo, hi = (lo if lo < self.lr_cap else self.lr_cap * lo / hi), self.lr_cap
+        return LogSpace(lo, hi)
+
     def lr_bounds(self) -> tuple[float, float]:
         return (min(self.s.lr_min, self.s.start_lr), max(self.s.lr_max, self.s.start_lr))
 
@@ -330,7 +352,7 @@ class AutoLRSStages(Tuner):
                 "stage": self.stage, "tau": self.tau, "val_mode": self.val_mode,
                 "current": None if self.current is None else self.current.to_json(),
                 "stages": copy.deepcopy(self.stages), "search_steps": self.search_steps,
-                "train_steps": self.train_steps, "stop_reason": self.stop_reason}
+                "train_steps": self.train_steps, "stop_reason": self.stop_reason, "lr_cap": self.lr_cap}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -343,13 +365,15 @@ class AutoLRSStages(Tuner):
         self.stages = copy.deepcopy(list(state["stages"]))
         self.search_steps, self.train_steps = int(state["search_steps"]), int(state["train_steps"])
         self.stop_reason = str(state["stop_reason"])
+        self.lr_cap = state.get("lr_cap")
+        self.space = self._space()
 
     def summary(self) -> dict:
         cur = self.current
         out = {"stage": self.stage, "phase": self.phase, "lr": self.lr, "step": self.step,
                "mode": "val" if self.val_mode else "train", "tau": self.tau,
                "search_steps": self.search_steps, "train_steps": self.train_steps,
-               "lr_min": self.s.lr_min, "lr_max": self.s.lr_max}
+               "lr_min": self.space.min_lr, "lr_max": self.space.max_lr}
         if cur is not None:
             out.update({"trial": len(cur.trials), "k": self.s.k, "trial_steps": cur.trial_steps,
                         "exploit_steps": cur.exploit_steps,

@@ -67,31 +67,33 @@ class AutoLRSTuner(Tuner):
     name = "autolrs"
     #: Documented as lr_min/lr_max like every tuner's bounds; the old spellings still work (deprecated).
     aliases: ClassVar[dict[str, str]] = {"min_lr": "lr_min", "max_lr": "lr_max"}
-    defaults: ClassVar[dict[str, Any]] = {
-        "lr_min": None,  # lower end of the search interval; None: initial_lr / 100, else 1e-3; "auto"
-        "lr_max": None,  # upper end; None: initial_lr * 10, else 1.0; "auto": from a range test
-        "auto_start_lr": 1e-6,  # the range test behind "auto" bounds sweeps from here ...
-        "auto_end_lr": 10.0,  # ... to here ...
-        "auto_num_iter": 100,  # ... in this many steps
-        "tau": 1000,  # first stage's exploitation length (steps)
-        "tau_max": 8000,  # cap on tau
-        "k": 10,  # candidate LRs (BO evaluations) per stage
-        "trial_fraction": 0.1,  # tau' = round(tau * trial_fraction), at least 1
-        "acquisition": "lcb",  # "lcb" or "ei"
-        "kappa": 1e6,  # LCB exploration weight (1e6: pure exploration, as the original)
-        "warmup_steps": 0,  # linear warm-up steps before stage 1
-        "warmup_lr": None,  # LR the warm-up ends at; None: initial_lr, else sqrt(lr_min * lr_max)
-        "val_points": 16,  # validation evaluations per trial in validation mode
-        "use_val": True,  # judge trials on validation loss (needs has_val_fn) from `val_from` on
-        "val_from": "start",  # "start": from stage 1; "tau_max": once tau reaches tau_max (the paper)
-        "keep_best_trial": True,  # exploit from the best trial's end weights (one extra copy)
-        "loss_penalty": 1e6,  # forecast recorded for a diverged (NaN/inf) trial
-        "final_decay": "cosine",  # "cosine", "linear" or "none": anneal the run that ends the job (with max_steps)
-        "loss_floor": 0.0,  # forecasts never go below it; null for a loss that can be negative
-        "pessimism": 1.0,  # trials are compared on forecast + pessimism * its standard deviation
-        "tie_break": "lowest",  # among trials the forecasts cannot tell from the best: "lowest" LR, or "best"
-        "check_trials": True,  # a trial with a rising tail, spikes or outsized noise cannot win
-        "preset": "default",  # "paper": the published method (the knobs in PAPER), for comparison
+    knobs: ClassVar[dict[str, tuple[Any, str]]] = {
+        "lr_min": (None, "lower end of the search interval; None: initial_lr / 100, else 1e-3; "
+                   "'auto': from a range test"),
+        "lr_max": (None, "upper end of the search interval; None: initial_lr * 10, else 1.0; "
+                   "'auto': from a range test"),
+        "auto_start_lr": (1e-6, "first LR of the range test behind 'auto' bounds"),
+        "auto_end_lr": (10.0, "last LR of that range test"),
+        "auto_num_iter": (100, "steps of that range test"),
+        "tau": (1000, "first stage's exploitation length (steps)"),
+        "tau_max": (8000, "cap on tau (it doubles every stage)"),
+        "k": (10, "candidate LRs (BO evaluations) per stage"),
+        "trial_fraction": (0.1, "tau' = round(tau * trial_fraction), at least 1"),
+        "acquisition": ("lcb", "acquisition function of the BO search: 'lcb' or 'ei'"),
+        "kappa": (1e6, "LCB exploration weight (1e6: pure exploration, as the original)"),
+        "warmup_steps": (0, "linear warm-up steps before stage 1"),
+        "warmup_lr": (None, "LR the warm-up ends at; None: initial_lr, else sqrt(lr_min * lr_max)"),
+        "val_points": (16, "validation evaluations per trial in validation mode"),
+        "use_val": (True, "judge trials on validation loss (needs has_val_fn) from `val_from` on"),
+        "val_from": ("start", "'start': from stage 1; 'tau_max': once tau reaches tau_max (the paper)"),
+        "keep_best_trial": (True, "exploit from the best trial's end weights (one extra copy)"),
+        "loss_penalty": (1e6, "forecast recorded for a diverged (NaN/inf) trial"),
+        "final_decay": ("cosine", "'cosine', 'linear' or 'none': anneal the run that ends the job (with max_steps)"),
+        "loss_floor": (0.0, "forecasts never go below it; null for a loss that can be negative"),
+        "pessimism": (1.0, "trials are compared on forecast + pessimism * its standard deviation"),
+        "tie_break": ("lowest", "among trials the forecasts cannot tell from the best: 'lowest' LR, or 'best'"),
+        "check_trials": (True, "a trial with a rising tail, spikes or outsized noise cannot win"),
+        "preset": ("default", "'paper': the published method (the knobs in PAPER), for comparison"),
     }
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
@@ -287,10 +289,11 @@ class AutoLRSTuner(Tuner):
 
     @property
     def interval(self) -> tuple[float, float] | None:
-        """The search interval ``(lr_min, lr_max)``; None while the range test runs."""
+        """The search interval ``(lr_min, lr_max)`` (below the divergence guard's cut, if any);
+        None while the range test runs."""
         machine = self.stage_machine()
         if machine is not None:
-            return machine.s.lr_min, machine.s.lr_max
+            return machine.space.min_lr, machine.space.max_lr
         return None if self.range_test is not None and self.core_phase() == "bounds" else self._interval
 
     def stage_machine(self) -> AutoLRSStages | None:

@@ -32,10 +32,18 @@ JOB_KEYS: dict[str, Any] = {
 class Tuner(abc.ABC):
     #: Registry name.
     name: ClassVar[str] = ""
-    #: Every knob with its default. Keys outside this and JOB_KEYS are rejected.
+    #: Every knob: ``name -> (default, meaning)``. The one source of the knobs: :attr:`defaults`
+    #: is derived from it, configs are checked against it, ``autolrs-server tuners`` lists it.
+    knobs: ClassVar[dict[str, tuple[Any, str]]] = {}
+    #: Every knob with its default (from :attr:`knobs`). Keys outside this and JOB_KEYS are rejected.
     defaults: ClassVar[dict[str, Any]] = {}
     #: Renamed knobs, ``{old name: new name}``: see :meth:`canonical_config`.
     aliases: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "knobs" in cls.__dict__:
+            cls.defaults = {name: default for name, (default, _meaning) in cls.knobs.items()}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         config, notes = self.canonical_config(config or {})

@@ -154,14 +154,18 @@ class LinearWarmup(_Wrapper):
         self.done += max(0, self._chunk())
         self.step = max(0, int(observation.step))
 
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        self.lr *= factor  # the rest of the ramp, to the cut target
+
     def lr_bounds(self) -> tuple[float, float]:
         return (self.lr / self.steps, self.lr)
 
     def state_dict(self) -> dict:
-        return {"done": self.done, "step": self.step}
+        return {"done": self.done, "step": self.step, "lr": self.lr}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.done, self.step = int(state["done"]), int(state["step"])
+        self.lr = float(state.get("lr", self.lr))
 
     def summary(self) -> dict:
         return {"phase": "warmup", "warmup_done": self.done, "lr": self.lr / self.steps * max(1, self.done)}
@@ -249,6 +253,8 @@ class FinalAnneal(_Wrapper):
         return self.anneal is None and self.inner.in_search()
 
     def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        if self.anneal is not None:
+            self.anneal["lr"] *= factor  # the rest of the annealed run, from the cut LR
         self.inner.on_rollback(factor, info)
 
     def lr_bounds(self) -> tuple[float, float]:

@@ -7,7 +7,8 @@ exponential decay, the same cosine expression), so a job matches the torch sched
 once per optimizer step exactly, not just approximately.
 
 State is the schedule's position: the step the next segment starts at and the recurrence
-variables there. Going back (never needed in practice) replays from step 0.
+variables there. Going back (never needed in practice) replays from step 0. After a rollback of
+the divergence guard every later LR is multiplied by ``scale``, the product of the guard's cuts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnega
 class ScheduleTuner(Tuner):
     """A schedule as a recurrence: ``_initial()`` gives step 0's variables, ``_next`` the next."""
 
-    defaults = {"lr": None, "chunk": 500}
+    knobs = {"lr": (None, "the LR the schedule starts from; null: the optimizer's"),
+             "chunk": (500, "steps whose LRs one reply carries")}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -33,6 +35,7 @@ class ScheduleTuner(Tuner):
         self._validate()
         self.step = 0
         self.vars = self._initial()
+        self.scale = 1.0  # the divergence guard's cuts so far
 
     def _validate(self) -> None:
         """Check the schedule's own knobs (raise ConfigError)."""
@@ -63,7 +66,7 @@ class ScheduleTuner(Tuner):
         for i in range(n):
             if i:
                 v = self._next(v, self.step + i)
-            lrs.append(self._lr(v))
+            lrs.append(self._lr(v) * self.scale)
         return [actions.run(n, self.step, lrs=lrs)]
 
     def tell(self, observation: Observation) -> None:
@@ -73,15 +76,20 @@ class ScheduleTuner(Tuner):
         self.vars = self._advance(self.vars, self.step, target)
         self.step = target
 
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """Scale what remains of the schedule."""
+        self.scale *= factor
+
     def state_dict(self) -> dict:
-        return {"step": self.step, "vars": dict(self.vars)}
+        return {"step": self.step, "vars": dict(self.vars), "scale": self.scale}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.vars = dict(state["vars"])
+        self.scale = float(state.get("scale", 1.0))
 
     def summary(self) -> dict:
-        return {"step": self.step, "lr": self._lr(self.vars)}
+        return {"step": self.step, "lr": self._lr(self.vars) * self.scale}
 
 
 class ConstantTuner(ScheduleTuner):
@@ -106,7 +114,8 @@ class StepTuner(ScheduleTuner):
     """Staircase decay, as ``StepLR``: multiply by ``gamma`` every ``step_size`` steps."""
 
     name = "step"
-    defaults = {**ScheduleTuner.defaults, "step_size": 1000, "gamma": 0.1}
+    knobs = {**ScheduleTuner.knobs, "step_size": (1000, "steps between two decays"),
+             "gamma": (0.1, "LR factor of each decay")}
 
     def _validate(self) -> None:
         self.step_size = require_int(self.config, "step_size", minimum=1)
@@ -129,7 +138,7 @@ class ExponentialTuner(ScheduleTuner):
     """Exponential decay, as ``ExponentialLR``: multiply by ``gamma`` every step."""
 
     name = "exponential"
-    defaults = {**ScheduleTuner.defaults, "gamma": 0.999}
+    knobs = {**ScheduleTuner.knobs, "gamma": (0.999, "LR factor of every step")}
 
     def _validate(self) -> None:
         self.gamma = require_positive(self.config["gamma"], "gamma")
@@ -152,7 +161,9 @@ class CosineTuner(ScheduleTuner):
     annealing from ``lr`` down towards ``eta_min``."""
 
     name = "cosine"
-    defaults = {**ScheduleTuner.defaults, "T_0": 1000, "T_mult": 1, "eta_min": 0.0}
+    knobs = {**ScheduleTuner.knobs, "T_0": (1000, "steps of the first cycle"),
+             "T_mult": (1, "each cycle is this many times longer than the one before"),
+             "eta_min": (0.0, "the LR each cycle anneals towards")}
 
     def _validate(self) -> None:
         self.T_0 = require_int(self.config, "T_0", minimum=1)

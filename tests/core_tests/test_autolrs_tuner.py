@@ -9,8 +9,15 @@ from autolrs import actions
 from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.testing import QuadraticBowl, SimulatedClient
-from autolrs.tuners import ConfigError, make_tuner
+from autolrs.tuners import ConfigError
+from autolrs.tuners import make_tuner as make_guarded_tuner
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
+
+
+def make_tuner(name, config=None, seed=0):
+    """The tuner alone: these tests are about its stage machine (tests/core_tests/test_guard.py
+    has the divergence guard's)."""
+    return make_guarded_tuner(name, {"guard": False, **(config or {})}, seed=seed)
 
 # The stage machine as published (preset "paper"); the default decision rules have tests of their own.
 BASE = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 100, "tau_max": 400, "k": 3, "preset": "paper"}

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from autolrs.tuners import UnknownTunerError
 from autolrs.wire import messages
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from shared_testlib import MidRequestKill, wait_for_tuner_processes  # noqa: E402
+from shared_testlib import MidRequestKill, tuner_processes, wait_for_tuner_processes  # noqa: E402
 
 JOB = {"tau": 20, "tau_max": 40, "k": 3, "trial_fraction": 0.25, "initial_lr": 0.1, "max_steps": 400}
 
@@ -53,14 +54,16 @@ def in_flight(slot, job) -> None:
 
 
 def gone(pid: int) -> None:
-    """Wait until process ``pid`` has exited (its pipes closed; a zombie or reaped)."""
+    """Wait until process ``pid`` has exited with all its threads (its pipes closed): a
+    zombie left alone, or reaped. Its main thread turns zombie before the other threads (the
+    BLAS pool) have closed the process's files."""
     deadline = time.monotonic() + 60
-    status = Path(f"/proc/{pid}/status")
-    while status.exists():
+    proc = Path(f"/proc/{pid}")
+    while True:
         try:
-            if "\nState:\tZ" in status.read_text():
+            if "\nState:\tZ" in (proc / "status").read_text() and len(os.listdir(proc / "task")) <= 1:
                 return
-        except OSError:
+        except OSError:  # reaped
             return
         assert time.monotonic() < deadline, f"process {pid} did not exit"
         time.sleep(0.01)
@@ -193,6 +196,49 @@ def test_a_stuck_call_is_killed_after_tuner_timeout(host):
     tuner.tell(obs)
     ref.tell(obs)
     assert tuner.state_dict() == ref.state_dict() and h.slots[0].describe()["restarts"] == 1
+
+
+def test_remote_tuners_carry_the_divergence_guard_as_in_process_ones(host):
+    """make_tuner wraps tuners in the guard in the tuner process too (unless ``guard: false``)."""
+    h = host()
+    assert h.wait_ready(120)
+    for config, guarded in (({"T_0": 100, "initial_lr": 0.1}, True),
+                            ({"T_0": 100, "initial_lr": 0.1, "guard": False}, False)):
+        tuner, ref = h.make("cosine", config, 0, job="job-a"), build_tuner("cosine", config, 0)
+        assert tuner.local is None  # built in the process
+        sim = SimulatedClient()
+        for _ in range(3):
+            obs = sim.execute(ref.ask())
+            tuner.tell(obs)
+            ref.tell(obs)
+        summary, state = tuner.summary(), tuner.state_dict()
+        assert ("guard" in summary, "guard" in state) == (guarded, guarded)
+        assert summary == ref.summary() and state == ref.state_dict() and tuner.ask() == ref.ask()
+
+
+def test_a_quick_start_starts_each_tuner_process_at_its_first_job(live_server, tmp_path):
+    """``--background-tuner-import`` (the embedded server's start): no tuner process before a
+    job needs one; a job's tuner runs in the server until its process is up, then moves there."""
+    server = live_server(tmp_path / "state", "--processes", "2", "--background-tuner-import")
+    assert [(r["pid"], r["ready"]) for r in tuner_processes(server.endpoint)] == [(None, False), (None, False)]
+    job = "job-a"
+    index = zlib.crc32(job.encode()) % 2
+    client = ReqClient(server.endpoint, timeout=120)
+    try:
+        reply = client.call("hello", hello_body("cosine", {"T_0": 100}), job_id=job, seq=0)
+        assert reply["status"] == "ok", reply
+        deadline = time.monotonic() + 120
+        while not tuner_processes(server.endpoint)[index]["ready"]:
+            assert time.monotonic() < deadline, tuner_processes(server.endpoint)
+            time.sleep(0.1)
+        sim = SimulatedClient()
+        reply = client.call("report", report(sim.execute(reply["body"]["plan"])), job_id=job, seq=1)
+        assert reply["status"] == "ok", reply
+    finally:
+        client.close()
+    rows = tuner_processes(server.endpoint)
+    assert rows[index]["tuners"] == 1  # the job's tuner moved to its process
+    assert rows[1 - index]["pid"] is None  # no job of its own: never started
 
 
 def test_tuners_of_sessions_gone_are_dropped_from_their_process(host):
