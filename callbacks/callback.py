@@ -65,8 +65,9 @@ class AutoLRS:
     and back); ``probe_fn()`` returns the loss of the current batch with its graph (the
     ``loss_diff`` tuner); ``val_batches`` and ``val_criterion`` give ``rtho``/``marthe`` their
     validation gradient. Checkpoints: ``scaler`` (a GradScaler) and, with ``include_rng``, the
-    RNG states are part of each; ``checkpoint="disk"`` keeps them in a temporary folder under
-    ``checkpoint_dir``. ``distributed``: see :mod:`autolrs.callbacks.distributed`.
+    RNG states are part of each; ``checkpoint="memory"`` (default) keeps them on the tensors'
+    devices, ``"cpu"`` in host memory (pinned, copied asynchronously from CUDA), ``"disk"`` in a
+    temporary folder under ``checkpoint_dir``. ``distributed``: see :mod:`autolrs.callbacks.distributed`.
 
     A step the GradScaler skipped (inf/NaN gradients) is not a step: it is counted in
     ``skipped_steps`` only (detected by an optimizer step post-hook: no device sync).

@@ -3,7 +3,10 @@
 A checkpoint is a real copy, never a reference: ``model.state_dict()`` and
 ``optimizer.state_dict()`` hand out the live tensors, which the next optimizer step changes in
 place. In memory each tensor is cloned and the optimizer state deep-copied; on disk each slot
-is one ``torch.save`` file in a private temporary directory.
+is one ``torch.save`` file in a private temporary directory. ``"cpu"`` keeps each slot in host
+memory: a CUDA tensor is copied into pinned memory with ``non_blocking=True`` (the copy runs on
+the stream while training goes on: no host sync), so a GPU holds no snapshot; a restore waits
+for that copy on the device (an event, not the host) and copies back the same way.
 
 Restoring deep-copies again before ``optimizer.load_state_dict``: that method keeps the tensors
 it is given whenever they already have the parameter's dtype and device (``.to()`` is then a
@@ -26,14 +29,16 @@ import torch
 
 __all__ = ["CheckpointStore"]
 
-STORAGES = ("memory", "disk")
+STORAGES = ("memory", "cpu", "disk")
 
 
 class CheckpointStore:
     """Named checkpoint slots of one model and optimizer (plus an optional GradScaler and RNG).
 
     ``storage="memory"`` keeps copies on the tensors' own devices (fast; costs a copy of the
-    model and optimizer state per slot). ``storage="disk"`` writes one file per slot under
+    model and optimizer state per slot). ``storage="cpu"`` keeps them in host memory (pinned
+    for CUDA tensors, copied asynchronously; on a CPU-only model it is the same as
+    ``"memory"``). ``storage="disk"`` writes one file per slot under
     ``tempfile.mkdtemp(prefix="autolrs-ckpt-", dir=directory)``; the directory is created at the
     first save and removed by :meth:`close`, or at garbage collection / interpreter exit if
     ``close`` is never called.
@@ -60,7 +65,7 @@ class CheckpointStore:
 
     @property
     def slots(self) -> list[str]:
-        return list(self._memory) if self.storage == "memory" else list(self._files)
+        return list(self._files) if self.storage == "disk" else list(self._memory)
 
     def __contains__(self, slot: str) -> bool:
         return slot in self._memory or slot in self._files
@@ -78,6 +83,9 @@ class CheckpointStore:
         self._check_open()
         if self.storage == "memory":
             self._memory[slot] = self._capture()
+            return
+        if self.storage == "cpu":
+            self._memory[slot] = self._capture_to_host()
             return
         path = self._files.get(slot)
         if path is None:
@@ -101,6 +109,12 @@ class CheckpointStore:
                 return False
             # A deep copy: load_state_dict may keep the tensors it is given (see module doc).
             self._apply(copy.deepcopy(saved))
+            return True
+        if self.storage == "cpu":
+            saved = self._memory.get(slot)
+            if saved is None:
+                return False
+            self._apply(_from_host(saved))
             return True
         path = self._files.get(slot)
         if path is None:
@@ -142,6 +156,22 @@ class CheckpointStore:
         if self.include_rng:
             state["rng"] = _rng_state()
         return state
+
+    def _capture_to_host(self) -> dict:
+        """The state with every tensor in host memory (see the module doc), and where each
+        tensor came from, so a restore puts it back there."""
+        live = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state: dict[str, Any] = {k: _to_host(v) for k, v in live.items()}
+        devices = {k: _devices(v) for k, v in live.items()}
+        if self.scaler is not None:
+            state["scaler"] = copy.deepcopy(self.scaler.state_dict())
+        if self.include_rng:
+            state["rng"] = _rng_state()
+        copied = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized() and _any_cuda(devices):
+            copied = torch.cuda.Event()
+            copied.record()  # after the copies on the current stream
+        return {"state": state, "devices": devices, "copied": copied}
 
     def _capture_for_disk(self) -> dict:
         # torch.save serialises the tensors as they are at this moment: no clone needed.
@@ -213,6 +243,75 @@ def _from_disk(state: dict) -> dict:
         rng["numpy"] = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                         n["cached_gaussian"])
     return state
+
+
+# --- host placement ------------------------------------------------------------------------
+
+
+def _map(obj: Any, fn: Any) -> Any:
+    """``obj`` with ``fn`` applied to each tensor in its dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map(v, fn) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def _host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A host copy of ``t``: pinned and asynchronous for a CUDA tensor, a clone otherwise."""
+    t = t.detach()
+    if t.device.type != "cuda":
+        return t.clone()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _to_host(state: Any) -> Any:
+    return _map(state, _host_copy)
+
+
+def _devices(state: Any) -> Any:
+    """The same structure as ``state`` with each tensor's device in its place."""
+    return _map(state, lambda t: t.device)
+
+
+def _any_cuda(devices: Any) -> bool:
+    if isinstance(devices, torch.device):
+        return devices.type == "cuda"
+    if isinstance(devices, dict):
+        return any(_any_cuda(v) for v in devices.values())
+    if isinstance(devices, (list, tuple)):
+        return any(_any_cuda(v) for v in devices)
+    return False
+
+
+def _back(saved: Any, devices: Any) -> Any:
+    """Fresh tensors from a host slot, each on the device it was saved from: a clone never
+    shared with the slot (load_state_dict may keep what it is given, see the module doc)."""
+    if isinstance(saved, torch.Tensor):
+        if devices.type == "cuda":
+            return saved.to(devices, non_blocking=True)
+        return saved.clone()
+    if isinstance(saved, dict):
+        return {k: _back(v, devices[k]) for k, v in saved.items()}
+    if isinstance(saved, (list, tuple)):
+        return type(saved)(_back(v, d) for v, d in zip(saved, devices))
+    return copy.deepcopy(saved)
+
+
+def _from_host(slot: dict) -> dict:
+    """The state of a host slot, ready for ``_apply``: the copies into it waited for on the
+    device (not the host), its tensors back on their devices."""
+    if slot["copied"] is not None:
+        slot["copied"].wait()  # the current stream waits for the snapshot's copies
+    state = slot["state"]
+    out = {k: copy.deepcopy(v) for k, v in state.items() if k not in ("model", "optimizer")}
+    out["model"] = _back(state["model"], slot["devices"]["model"])
+    out["optimizer"] = _back(state["optimizer"], slot["devices"]["optimizer"])
+    return out
 
 
 def _remove(path: str) -> None:

@@ -25,7 +25,7 @@ def cuda_step(model, optimizer, x, y):
     return loss
 
 
-@pytest.mark.parametrize("storage", ["memory", "disk"])
+@pytest.mark.parametrize("storage", ["memory", "cpu", "disk"])
 def test_cuda_restore_is_bitwise_with_cuda_rng(storage, tmp_path):
     model = make_mlp(batchnorm=True).cuda()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -40,6 +40,30 @@ def test_cuda_restore_is_bitwise_with_cuda_rng(storage, tmp_path):
     assert_bitwise_equal(snapshot(model, optimizer), saved)
     again = [cuda_step(model, optimizer, x, y).detach().clone() for _ in range(3)]
     assert_bitwise_equal(again, losses)  # same dropout masks: the CUDA RNG came back too
+    store.close()
+
+
+def test_cpu_placement_keeps_pinned_host_copies_and_no_snapshot_on_the_device():
+    model = make_mlp(batchnorm=True).cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(64, 64, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
+    cuda_step(model, optimizer, x, y)
+    store = CheckpointStore(model, optimizer, storage="cpu")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    store.save("s")
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before  # the snapshot holds no device memory
+    slot = store._memory["s"]["state"]
+    host = list(slot["model"].values()) + [t for st in slot["optimizer"]["state"].values()
+                                           for t in st.values() if isinstance(t, torch.Tensor)]
+    assert all(t.device.type == "cpu" for t in host)
+    assert all(t.is_pinned() for t in slot["model"].values())
+    saved = snapshot(model, optimizer)
+    for _ in range(3):
+        cuda_step(model, optimizer, x, y)
+    assert store.restore("s") and store.restore("s")
+    assert_bitwise_equal(snapshot(model, optimizer), saved)
     store.close()
 
 

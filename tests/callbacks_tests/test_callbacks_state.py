@@ -27,7 +27,7 @@ def make_scaler():
         pytest.skip(f"no torch.amp.GradScaler('cpu'): {exc}")
 
 
-@pytest.mark.parametrize("storage", ["memory", "disk"])
+@pytest.mark.parametrize("storage", ["memory", "cpu", "disk"])
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_restore_is_bitwise_and_repeatable(opt, storage, tmp_path):
     model = make_mlp(batchnorm=True)
@@ -56,7 +56,7 @@ def test_restore_is_bitwise_and_repeatable(opt, storage, tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("storage", ["memory", "disk"])
+@pytest.mark.parametrize("storage", ["memory", "cpu", "disk"])
 def test_scaler_and_rng_restore(storage, tmp_path):
     model = make_mlp(dropout=0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -92,12 +92,13 @@ def test_scaler_and_rng_restore(storage, tmp_path):
     store.close()
 
 
-def test_memory_copies_are_independent_and_slots_behave():
+@pytest.mark.parametrize("storage", ["memory", "cpu"])
+def test_memory_copies_are_independent_and_slots_behave(storage):
     model = make_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     batches = DigitsBatches()
     train_step(model, optimizer, batches)
-    store = CheckpointStore(model, optimizer)
+    store = CheckpointStore(model, optimizer, storage=storage)
     store.save("a")
     saved = snapshot(model, optimizer)
     # In-place changes of the live tensors must not show in the stored copy.
@@ -119,10 +120,11 @@ def test_memory_copies_are_independent_and_slots_behave():
         store.save("b")
 
 
-def test_restore_brings_back_lr_and_tensor_lr_is_copied(tmp_path):
+@pytest.mark.parametrize("storage", ["memory", "cpu"])
+def test_restore_brings_back_lr_and_tensor_lr_is_copied(storage):
     model = make_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(0.01), foreach=False)
-    store = CheckpointStore(model, optimizer)
+    store = CheckpointStore(model, optimizer, storage=storage)
     store.save("a")
     optimizer.param_groups[0]["lr"].fill_(0.5)
     assert store.restore("a")
