@@ -139,6 +139,9 @@ class Server:
         if parsed.error is not None:
             self._send(routing + [parsed.error])
             return
+        if parsed.kind == "ping":  # touches no job: answered here, never queued behind tuner work
+            self._send(routing + [self.dispatcher.respond(parsed)])
+            return
         self.pool.submit(parsed.job_id, routing, parsed)
 
     def _send(self, frames: list[bytes]) -> None:
