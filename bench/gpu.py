@@ -10,6 +10,8 @@ with SGD and momentum, batch ``--batch-size``, on ``cuda:0``:
    it, in schedule mode (the ``cosine`` tuner: a plan of many steps, nothing but LRs to set)
    and AutoLRS mode (the ``autolrs`` tuner with short stages: checkpoints, restores and
    evaluations at trial boundaries). The server is a real one in a child process.
+   ``cb.step``'s host time leaves out the evaluations it runs (``val_fn``: the user's cost,
+   reported apart).
 2. **Host syncs.** Every ``cb.step`` call runs under ``torch.cuda.set_sync_debug_mode("warn")``,
    each warning counted: per step in schedule mode, and in AutoLRS mode split between steps
    where nothing but the LR changes and steps at a segment's end (snapshots, restores, the
@@ -112,18 +114,23 @@ class SyncCounter:
         self._catch.__exit__(*exc)
 
 
-def quiet(fn):
-    """``fn`` with the sync debug mode off while it runs (the user's own evaluation syncs)."""
+class UserEvaluation:
+    """``fn`` (the user's ``val_fn``) with the sync debug mode off while it runs (an evaluation
+    reads a loss back: a sync of the user's, not the callback's), and its time counted apart."""
 
-    def wrapped():
+    def __init__(self, fn):
+        self.fn, self.seconds, self.calls = fn, 0.0, 0
+
+    def __call__(self):
         mode = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode("default")
+        t = time.perf_counter()
         try:
-            return fn()
+            return self.fn()
         finally:
+            self.seconds += time.perf_counter() - t
+            self.calls += 1
             torch.cuda.set_sync_debug_mode(mode)
-
-    return wrapped
 
 
 def timed_block(step, steps: int) -> float:
@@ -160,7 +167,8 @@ def with_callback(args, device, data, endpoint: str, tuner: str, config: dict) -
 
     host_times: list[float] = []
     plain_syncs, boundary_syncs, plain_steps, boundary_steps = 0, 0, 0, 0
-    with AutoLRS(model, optimizer, tuner=tuner, config=config, server=endpoint, val_fn=quiet(val_fn),
+    evaluation = UserEvaluation(val_fn)
+    with AutoLRS(model, optimizer, tuner=tuner, config=config, server=endpoint, val_fn=evaluation,
                  max_steps=10 * args.steps, timeout=30.0) as cb:
         for _ in range(10):  # warm-up outside the counts (lazy CUDA initialisation syncs)
             cb.step(train_step(model, optimizer, *next(data)))
@@ -171,9 +179,10 @@ def with_callback(args, device, data, endpoint: str, tuner: str, config: dict) -
             reports, restores = cb.reports, len(cb.discarded)
             counter = SyncCounter()
             with counter:
-                t = time.perf_counter()
+                t, evaluating = time.perf_counter(), evaluation.seconds
                 cb.step(loss)
-                host_times.append(time.perf_counter() - t)
+                # The callback's own host time: the user's evaluations it ran are not its cost.
+                host_times.append(time.perf_counter() - t - (evaluation.seconds - evaluating))
             if cb.reports != reports or len(cb.discarded) != restores:
                 boundary_syncs += counter.count
                 boundary_steps += 1
@@ -188,7 +197,8 @@ def with_callback(args, device, data, endpoint: str, tuner: str, config: dict) -
             "cb_step_host_p99_ms": sorted(host_times)[int(0.99 * (len(host_times) - 1))] * ms,
             "plain_steps": plain_steps, "syncs_per_plain_step": plain_syncs / max(1, plain_steps),
             "boundary_steps": boundary_steps, "syncs_at_boundaries": boundary_syncs,
-            "reports": cb.reports, "restores": len(cb.discarded)}
+            "reports": cb.reports, "restores": len(cb.discarded), "evaluations": evaluation.calls,
+            "evaluation_ms": evaluation.seconds * ms}
 
 
 def placements(args, device, data) -> list[dict]:
