@@ -6,7 +6,9 @@ place. In memory each tensor is cloned and the optimizer state deep-copied; on d
 is one ``torch.save`` file in a private temporary directory. ``"cpu"`` keeps each slot in host
 memory: a CUDA tensor is copied into pinned memory with ``non_blocking=True`` (the copy runs on
 the stream while training goes on: no host sync), so a GPU holds no snapshot; a restore waits
-for that copy on the device (an event, not the host) and copies back the same way.
+for that copy on the device (an event, not the host) and copies back the same way. Under FSDP2
+the state dicts hold DTensors: each rank keeps its own shards (the local tensors) and a restore
+rebuilds each DTensor on its mesh.
 
 Restoring deep-copies again before ``optimizer.load_state_dict``: that method keeps the tensors
 it is given whenever they already have the parameter's dtype and device (``.to()`` is then a
@@ -248,8 +250,25 @@ def _from_disk(state: dict) -> dict:
 # --- host placement ------------------------------------------------------------------------
 
 
+try:  # FSDP2's sharded tensors (torch >= 2.4 with torch.distributed)
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - torch without distributed support
+    DTensor = None
+
+
+class _Shard:
+    """A DTensor in a host slot: this rank's shard (a plain tensor) and how to rebuild it."""
+
+    def __init__(self, t: Any, local: torch.Tensor):
+        self.local = local
+        self.mesh, self.placements, self.shape, self.stride = t.device_mesh, t.placements, t.shape, t.stride()
+
+
 def _map(obj: Any, fn: Any) -> Any:
-    """``obj`` with ``fn`` applied to each tensor in its dicts, lists and tuples."""
+    """``obj`` with ``fn`` applied to each tensor in its dicts, lists and tuples; a DTensor's
+    (FSDP2) local shard is what ``fn`` gets, so each rank keeps its own shards."""
+    if DTensor is not None and isinstance(obj, DTensor):
+        return _Shard(obj, fn(obj.to_local()))
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, dict):
@@ -279,6 +298,8 @@ def _devices(state: Any) -> Any:
 
 
 def _any_cuda(devices: Any) -> bool:
+    if isinstance(devices, _Shard):
+        return _any_cuda(devices.local)
     if isinstance(devices, torch.device):
         return devices.type == "cuda"
     if isinstance(devices, dict):
@@ -291,6 +312,9 @@ def _any_cuda(devices: Any) -> bool:
 def _back(saved: Any, devices: Any) -> Any:
     """Fresh tensors from a host slot, each on the device it was saved from: a clone never
     shared with the slot (load_state_dict may keep what it is given, see the module doc)."""
+    if isinstance(saved, _Shard):
+        return DTensor.from_local(_back(saved.local, devices.local), saved.mesh, saved.placements, run_check=False,
+                                  shape=saved.shape, stride=saved.stride)
     if isinstance(saved, torch.Tensor):
         if devices.type == "cuda":
             return saved.to(devices, non_blocking=True)

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retry-interval", type=float, default=5.0)
     p.add_argument("--check-errors", action="store_true",
                    help="first build callbacks that must fail (an unknown tuner, a config JSON cannot encode)")
+    p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2's fully_shard instead of DDP")
+    p.add_argument("--checkpoint", default="memory", help="the callback's checkpoint placement")
     return p.parse_args(argv)
 
 
@@ -69,13 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     train_x, train_y = x[train[rank::world]], y[train[rank::world]]
     val_x, val_y = x[val[rank::world]], y[val[rank::world]]
 
-    model = DistributedDataParallel(make_mlp(seed=1))
+    if args.fsdp:
+        model = inner = shard(make_mlp(seed=1))
+    else:
+        model = DistributedDataParallel(make_mlp(seed=1))
+        inner = model.module
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     val_values: list[float] = []
 
     def val_fn() -> float:
         with torch.no_grad():
-            value = torch.nn.functional.cross_entropy(model.module(val_x), val_y).item()
+            value = torch.nn.functional.cross_entropy(inner(val_x), val_y).item()
         val_values.append(value)
         return value
 
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         warnings.simplefilter("always")
         cb = AutoLRS(model, optimizer, tuner=args.tuner, config=json.loads(args.config), server=args.server,
                      job=args.job, val_fn=val_fn, max_steps=args.steps, seed=0, timeout=args.timeout,
-                     retry_interval=args.retry_interval)
+                     retry_interval=args.retry_interval, checkpoint=args.checkpoint)
         with cb:
             while len(lrs) < args.steps and not cb.should_stop:
                 idx = torch.randint(0, len(train_x), (16,), generator=g)
@@ -108,14 +114,85 @@ def main(argv: list[str] | None = None) -> None:
             stopped = cb.should_stop
 
     out = Path(args.out)
-    torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, out / f"rank{rank}.pt")
+    # The whole parameters (an FSDP2 rank gathers the other ranks' shards: a collective).
+    torch.save({k: full(v).detach().clone() for k, v in inner.state_dict().items()}, out / f"rank{rank}.pt")
     (out / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world": world, "job": cb.job, "steps": len(lrs), "lrs": lrs, "losses": losses, "val_values": val_values,
-        "should_stop": stopped, "errors": errors, "reports": cb.reports,
+        "should_stop": stopped, "errors": errors, "reports": cb.reports, "restores": len(cb.discarded),
         "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
     }))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` sharded over the ranks with FSDP2: each Linear a unit of its own, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def run_store_check(rank: int, world: int, port: int, out: str) -> None:
+    """In a forked rank: snapshot and restore an FSDP2 model and its Adam state in each
+    checkpoint placement, twice; ``store<r>.json`` says per placement whether this rank's shards
+    came back bitwise, and how many elements its shards hold against the whole model."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from autolrs.callbacks.state import CheckpointStore
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    results = {}
+    for storage in ("memory", "cpu", "disk"):
+        model = shard(make_mlp(seed=1))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(rank)
+
+        def step() -> None:
+            x, y = torch.randn(16, 64, generator=g), torch.randint(0, 10, (16,), generator=g)
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+        for _ in range(3):
+            step()
+        store = CheckpointStore(model, optimizer, storage=storage, directory=out)
+        store.save("s")
+        saved = _local_state(model, optimizer)
+        checks = []
+        for steps in (3, 2):  # train on (the state changes), restore; twice from the same slot
+            for _ in range(steps):
+                step()
+            changed = _local_state(model, optimizer)
+            store.restore("s")
+            now = _local_state(model, optimizer)
+            checks.append({"changed": any(not torch.equal(saved[k], changed[k]) for k in saved),
+                           "bitwise": saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)})
+        store.close()
+        results[storage] = {"checks": checks, "local_elements": sum(p.to_local().numel() for p in model.parameters()),
+                            "model_elements": sum(full(p).numel() for p in model.parameters()),
+                            "sharded": all(hasattr(p, "to_local") for p in model.parameters())}
+    Path(out, f"store{rank}.json").write_text(json.dumps(results))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _local_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """This rank's shards of the model and optimizer state, as plain copies."""
+    local = {f"model.{k}": (v.to_local() if hasattr(v, "to_local") else v).detach().clone()
+             for k, v in model.state_dict().items()}
+    for i, state in enumerate(optimizer.state.values()):
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                local[f"opt{i}.{k}"] = (v.to_local() if hasattr(v, "to_local") else v).detach().clone()
+    return local
 
 
 if __name__ == "__main__":
