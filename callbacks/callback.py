@@ -61,7 +61,8 @@ class AutoLRS:
     :mod:`autolrs.callbacks.embedded`), ``timeout`` (no call waits longer for it), ``retry_interval``
     (background retries while it does not answer), ``secret`` (signs requests; default from
     ``$AUTOLRS_SECRET`` / ``$AUTOLRS_SECRET_FILE``). What the tuners may ask of the loop:
-    ``val_fn()`` returns a validation loss (float or 0-d tensor; it handles ``model.eval()``
+    ``dashboard=True`` has the embedded server serve the dashboard and print its URL
+    (:attr:`dashboard_url`). ``val_fn()`` returns a validation loss (float or 0-d tensor; it handles ``model.eval()``
     and back); ``probe_fn()`` returns the loss of the current batch with its graph (the
     ``loss_diff`` tuner); ``val_batches`` and ``val_criterion`` give ``rtho``/``marthe`` their
     validation gradient. Checkpoints: ``scaler`` (a GradScaler) and, with ``include_rng``, the
@@ -86,7 +87,8 @@ class AutoLRS:
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
                  checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
-                 seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None):
+                 seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None,
+                 dashboard: bool = False):
         options = JobOptions.checked(tuner, config, job, max_steps, seed)
         link_options = LinkOptions.checked(server, timeout, retry_interval, secret)
         self._lrs = GroupLRs(optimizer)
@@ -102,7 +104,8 @@ class AutoLRS:
             link_options = dataclasses.replace(link_options, server=endpoint)
         #: The private server of ``server="auto"`` without ``$AUTOLRS_SERVER`` (None otherwise):
         #: its ``state_dir`` holds the job's decision log while the callback is open.
-        self.embedded_server: EmbeddedServer | None = None if endpoint is not None else EmbeddedServer()
+        self.embedded_server: EmbeddedServer | None = None if endpoint is not None else EmbeddedServer(
+            dashboard=bool(dashboard))
         self.server, self.timeout, self.retry_interval = link_options.server, link_options.timeout, \
             link_options.retry_interval
         #: ``step()`` calls so far (GradScaler-skipped ones excluded), and reports sent.
@@ -118,6 +121,9 @@ class AutoLRS:
         self.discarded: list[list[int]] = []
         self._saved_at: dict[str, int] = {}
         self._warn = WarnOnce(leader=self._dist is None or self._dist.leader)
+        if dashboard and self.embedded_server is None:
+            self._warn("dashboard", f"autolrs: dashboard=True is for the embedded server; the server at "
+                                    f"{self.server} serves one when started with --http-port")
         self._segment = Segment(self.set_lr, self._evaluate, job)
         self._probes: list[list[float]] = []  # [loss_before, loss_after] per probed LR, for the next report
         self._hypergrad = None
@@ -177,6 +183,11 @@ class AutoLRS:
     def online(self) -> bool:
         """Whether the last exchange with the server got an answer (nothing is pending)."""
         return self._link is not None and self._link.online
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The embedded server's dashboard (with ``dashboard=True``), token included; else None."""
+        return None if self.embedded_server is None else self.embedded_server.dashboard_url
 
     @property
     def summary(self) -> dict | None:

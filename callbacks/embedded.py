@@ -16,6 +16,8 @@ files. What is particular to it:
   job's folder (mode 0600), so no other local process can drive the job;
 * it is tied to this process by a lifeline (its standard input): if the trainer dies without
   closing, the server stops too and frees the folder for the restarted trainer;
+* with ``dashboard=True`` (``AutoLRS(..., dashboard=True)``) it also serves the dashboard on a
+  free loopback port and prints its URL (with the job's dashboard token) to stderr;
 * it is ready as soon as it listens and imports the tuners' modules in the background
   (``--background-tuner-import``), so the callback waits a fraction of a second for it; a job
   whose tuner is still being imported waits for that in its first hello.
@@ -29,6 +31,7 @@ import logging
 import os
 import secrets
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -75,9 +78,13 @@ def cache_root() -> Path:
 class EmbeddedServer:
     """The private server of one callback, for one job at a time (see the module doc)."""
 
-    def __init__(self, root: str | os.PathLike | None = None, ready_timeout: float = 60.0):
+    def __init__(self, root: str | os.PathLike | None = None, ready_timeout: float = 60.0, dashboard: bool = False):
         self.root = Path(root) if root is not None else cache_root()
         self.ready_timeout = ready_timeout
+        #: Serve the dashboard on a free loopback port (``--http-port 0``); its URL, with the
+        #: token the job's secret gives, is :attr:`dashboard_url` once started.
+        self.dashboard = dashboard
+        self.dashboard_url: str | None = None
         self.job: str | None = None
         self.process: ServerProcess | None = None
         self.secret: bytes | None = None
@@ -111,10 +118,11 @@ class EmbeddedServer:
             raise EmbeddedServerError(f"could not start the embedded server for job {job} (cannot use the cache "
                                       f"folder {folder}: {exc})") from None
         deadline = time.monotonic() + LOCK_WAIT_S
+        extra = ("--http-port", "0") if self.dashboard else ()
         while True:
             try:
                 self.process = ServerProcess(folder / "state", "--secret-file", str(folder / "secret"),
-                                             "--background-tuner-import", log_path=folder / "server.log",
+                                             "--background-tuner-import", *extra, log_path=folder / "server.log",
                                              ready_timeout=self.ready_timeout, lifeline=True)
                 break
             except (RuntimeError, OSError) as exc:
@@ -127,6 +135,10 @@ class EmbeddedServer:
                 raise EmbeddedServerError(f"could not start the embedded server for job {job} ({reason}; "
                                           f"log: {folder / 'server.log'})") from None
         log.info("autolrs: embedded server for job %s at %s (state in %s)", job, self.process.endpoint, folder)
+        self.dashboard_url = self.process.dashboard_url
+        if self.dashboard_url is not None:
+            # Printed, not only logged: the user asked for it and has to open it.
+            print(f"autolrs: dashboard of job {job} at {self.dashboard_url}", file=sys.stderr, flush=True)
         return self.process.endpoint
 
     def stop(self, ended: bool = False) -> None:
@@ -135,6 +147,7 @@ class EmbeddedServer:
         if self.process is not None:
             self.process.close()
             self.process = None
+            self.dashboard_url = None
         if ended and self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 

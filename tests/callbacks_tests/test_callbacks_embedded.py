@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 
@@ -222,3 +224,37 @@ def test_a_killed_trainer_resumes_its_job_on_a_new_embedded_server(tmp_path):
     hellos = [r for r in records if r["kind"] == "hello"]
     assert [h["resumed"] for h in hellos] == [False, True]  # one job, started once, resumed once
     assert not folder.exists()  # ended now: nothing left to resume
+
+
+def test_the_embedded_server_serves_the_dashboard_on_request(digits, capsys):
+    x, y = digits
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with AutoLRS(model, optimizer, tuner="cosine", config={"T_0": 20}, job="watched", dashboard=True) as cb:
+        for step in range(12):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[step * 32:(step + 1) * 32]), y[step * 32:(step + 1) * 32])
+            loss.backward()
+            optimizer.step()
+            cb.step(loss)
+        url = cb.dashboard_url
+        assert url is not None and url.startswith("http://127.0.0.1:") and "token=" in url
+        assert f"dashboard of job watched at {url}" in capsys.readouterr().err
+        base, token = url.split("?token=")
+        with urllib.request.urlopen(base.rstrip("/") + f"/api/jobs?token={token}", timeout=10) as response:
+            jobs = json.load(response)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the job's secret guards it
+            urllib.request.urlopen(base.rstrip("/") + "/api/jobs", timeout=10)
+        assert refused.value.code in (401, 403)
+    assert [j["job_id"] for j in jobs["jobs"]] == ["watched"]
+    assert cb.dashboard_url is None  # stopped with its server
+
+
+def test_dashboard_true_with_a_server_of_ones_own_warns(live_server):
+    server = live_server()
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="--http-port"):
+        cb = AutoLRS(model, optimizer, tuner="constant", server=server.endpoint, dashboard=True)
+    assert cb.dashboard_url is None
+    cb.close()
