@@ -172,7 +172,7 @@ def _context() -> Any:
         ctx = mp.get_context("forkserver")
     except ValueError:  # not on this platform
         return mp.get_context("spawn")
-    ctx.set_forkserver_preload(["autolrs.server.tuner_worker"])
+    ctx.set_forkserver_preload(["autolrs.server.tuner_worker", "autolrs.server.tuner_imports"])
     return ctx
 
 

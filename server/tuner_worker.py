@@ -16,14 +16,13 @@ safe here: both ends are the server and the children it started; the wire to cli
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import signal
 import traceback
 from typing import Any
 
-from autolrs.tuners import BUILTIN, make_tuner
+from autolrs.tuners import make_tuner
 
 #: Methods the tuner contract (and the wrappers around tuners) declare free of side effects;
 #: each one a tuner has is called after every change and its value sent back.
@@ -33,20 +32,6 @@ ATTRIBUTES = ("notices",)
 
 #: What the first message of a new process says: it is ready (its imports are done).
 READY = "ready"
-
-
-def _import_builtin_tuners() -> None:
-    """Import every built-in tuner's module now (the registry would at each one's first job):
-    a forkserver that preloads this module hands every tuner process the tuners imported, so
-    none pays scikit-learn's import when its first AutoLRS job arrives."""
-    for module, _ in BUILTIN.values():
-        try:
-            importlib.import_module(module)
-        except ImportError:  # the job that names it gets the error from make_tuner
-            pass
-
-
-_import_builtin_tuners()
 
 
 def main(conn: Any) -> None:

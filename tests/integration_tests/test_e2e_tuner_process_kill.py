@@ -19,7 +19,9 @@ from autolrs.wire import protocol
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from shared_testlib import MidRequestKill, wait_for_tuner_processes  # noqa: E402
 
-KNOBS = {"T_0": 15, "eta_min": 0.001, "chunk": 5}
+# One segment per 20 steps (the guard off: it would cut them to 10), so a retried plan that
+# comes back some steps late still starts inside its segment.
+KNOBS = {"T_0": 15, "eta_min": 0.001, "chunk": 20, "guard": False}
 STEPS, KILL_AT = 40, 20  # the report sent after step 20 (the end of a segment) is the one in flight
 RETRY_S = 0.01
 
@@ -44,9 +46,14 @@ def train(endpoint: str, state_dir: Path, job: str, kill: bool) -> tuple[list[fl
                 killed = killer.join()  # the report was answered internal: its retry is deferred
                 time.sleep(3 * RETRY_S)  # so that it is due at the next step, which sends it
             if kill and step == KILL_AT:
-                # Training may go on meanwhile (fail open); waiting keeps the lateness at a
-                # step or two, so the retried plan starts inside its segment.
+                # Training may go on meanwhile (fail open); waiting keeps the lateness small, so
+                # the retried plan starts inside its segment.
                 wait_for(lambda: KILL_AT in [s for s, _ in report_plans(state_dir, job)])
+                stale = lrs[-1]
+            if kill and KILL_AT < step < KILL_AT + 10 and lrs[-1] == stale:
+                # The reply is on its way (the server logs a decision before it answers) and the
+                # callback looks for it after 1, 2, 4 ... steps: slow steps until it is taken.
+                time.sleep(0.2)
     return lrs, killed
 
 
