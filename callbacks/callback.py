@@ -21,9 +21,9 @@ import torch
 from autolrs.actions import Observation
 from autolrs.callbacks import hypergrad
 from autolrs.callbacks.distributed import distributed_link
-from autolrs.callbacks.errors import AutoLRSConfigError, WarnOnce
-from autolrs.callbacks.link import CLOSED, ServerLink
-from autolrs.callbacks.lr import GroupLRs
+from autolrs.callbacks.errors import AutoLRSConfigError, ServerUnavailable, WarnOnce
+from autolrs.callbacks.link import CLOSED, DETACHED, ServerLink
+from autolrs.callbacks.lr import GroupLRs, scheduler_attached
 from autolrs.callbacks.options import JobOptions, LinkOptions, check_job_id, default_job_id
 from autolrs.callbacks.probe import run_probes
 from autolrs.callbacks.segment import Segment
@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AutoLRS", "STATE_VERSION", "default_job_id"]
 
-#: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys.
-STATE_VERSION = 1
+#: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys (2: the job's
+#: credential).
+STATE_VERSION = 2
+#: The checkpoint slot that keeps the state at the end of a search run whose report went
+#: unanswered, until the server answers (not a name tuners use).
+OUTAGE_SLOT = "autolrs:outage"
 
 
 class AutoLRS:
@@ -64,7 +68,17 @@ class AutoLRS:
     A step the GradScaler skipped (inf/NaN gradients) is not a step: it is counted in
     ``skipped_steps`` only (detected by an optimizer step post-hook: no device sync).
     The server's refusals at start raise :class:`AutoLRSConfigError`; everything else fails
-    open (see :mod:`autolrs.callbacks.link`).
+    open (see :mod:`autolrs.callbacks.link`), unless ``require_server=True``: then a server
+    that does not answer (or refuses) raises :class:`~autolrs.callbacks.ServerUnavailable`
+    (:class:`~autolrs.callbacks.ServerError`) instead. An LR scheduler attached to the optimizer
+    raises :class:`AutoLRSConfigError` unless ``allow_scheduler=True`` (it would write LRs
+    behind the tuner's back).
+
+    While a report waits for its answer (an outage), training goes on: with the plan the server
+    sent ahead (a schedule's next chunk), so it stays exactly on plan; after a search's run (an
+    AutoLRS trial, a range test's sweep) from where the search started, at the LR from before it,
+    and those steps are undone when the server answers (the reply is then carried out as if it
+    had come on time); otherwise at the current LR.
     """
 
     #: Upper bound of the wait for the goodbye reply at :meth:`close` (unless told otherwise).
@@ -78,9 +92,14 @@ class AutoLRS:
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
                  checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
-                 seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None):
+                 seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None,
+                 require_server: bool = False, allow_scheduler: bool = False):
         options = JobOptions.checked(tuner, config, job, max_steps, seed)
-        link_options = LinkOptions.checked(server, timeout, retry_interval, secret)
+        link_options = LinkOptions.checked(server, timeout, retry_interval, secret, require_server)
+        if not isinstance(allow_scheduler, bool):
+            raise ValueError(f"allow_scheduler must be True or False, got {allow_scheduler!r}")
+        self.optimizer, self._allow_scheduler = optimizer, allow_scheduler
+        self._check_scheduler()
         self._lrs = GroupLRs(optimizer)
         # DDP: rank 0 talks to the server for all ranks, under its job id.
         self._dist = distributed_link(distributed)
@@ -110,6 +129,17 @@ class AutoLRS:
         self._hypergrad_args = {"val_batches": val_batches, "val_criterion": val_criterion, "scaler": scaler}
         self._opt_steps = self._opt_steps_seen = 0
         self._step_hook = None
+        self._scaler = scaler
+        # Outages (see the class doc): the plan the last reply sent ahead (``next``), the one
+        # being carried out ahead of its reply, whether a step must look for that reply, the
+        # search in progress ({"base": its first checkpoint slot, "lr": the LR before it}), and
+        # the state to go back to when the server answers a search run's report late.
+        self._after: list | None = None
+        self._prefetched: list | None = None
+        self._polling = False
+        self._run_is_search = False
+        self._search: dict | None = None
+        self._provisional: dict | None = None
 
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
@@ -117,14 +147,14 @@ class AutoLRS:
         try:
             self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
                                     lr=lambda: self.lr, step=lambda: self.global_step)
-            self._act(self._link.exchange("hello", self._hello_body(), starting=True))
+            self._start(self._link.exchange("hello", self._hello_body(), starting=True, owner_may_load=True))
         except BaseException:
             self._closed = True
             self._checkpoints.close()
             if self._link is not None:
                 self._link.close()
             raise
-        if scaler is not None and hasattr(optimizer, "register_step_post_hook"):
+        if hasattr(optimizer, "register_step_post_hook"):  # counts optimizer steps: no device sync
             self._step_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
 
     # --- public ------------------------------------------------------------------------
@@ -166,17 +196,26 @@ class AutoLRS:
     def step(self, loss: Any = None) -> None:
         """Call once after each ``optimizer.step()`` with that step's loss (tensor or float)."""
         if self._step_hook is not None:
-            if self._opt_steps == self._opt_steps_seen:  # the GradScaler skipped optimizer.step()
-                self.skipped_steps += 1
-                return
+            if self._opt_steps == self._opt_steps_seen:
+                if self._scaler is not None:  # the GradScaler skipped optimizer.step()
+                    self.skipped_steps += 1
+                    return
+                if loss is not None:
+                    self._warn("no-optimizer-step", (
+                        f"autolrs: job {self.job}: cb.step() was called with no optimizer.step() since the last "
+                        "call; call it once after each optimizer.step() (the step is counted all the same)"))
             self._opt_steps_seen = self._opt_steps
         self.global_step += 1
         segment = self._segment
         if segment.active:
             if segment.advance(loss) and segment.event():
                 self._report()
+            elif self._polling:  # a report is pending while the plan sent ahead runs
+                self._receive(self._link.background())
         elif self._link.pending:
-            self._act(self._link.background())
+            self._receive(self._link.background())
+        elif self._link.conflict is not None:
+            raise AutoLRSConfigError(self._link.conflict)
 
     on_train_batch_end = step
 
@@ -200,8 +239,15 @@ class AutoLRS:
             self._step_hook = None
         if self._hypergrad is not None:
             self._hypergrad.close()
+        if self._link.decisions == 0 and self._link.state != DETACHED:  # detaching said so already
+            self._warn("no-decision", (
+                f"autolrs: job {self.job} never received a decision from the tuner server at {self.server}: the "
+                "run was not tuned (was the server running and reachable?)"))
+        if self._provisional is not None and self._provisional["base"] is not None:
+            # The server never answered: the search's run is off the path to the final weights.
+            self.discarded.append([self._provisional["base_saved"], self._provisional["step"]])
         try:
-            reply = self._link.goodbye(self.global_step, reason, timeout)
+            reply = self._link.goodbye(self.global_step, reason, timeout, lr=self.lr)
             if reply is not None:
                 self._summary = reply.summary
         except Exception:  # noqa: BLE001 - closing must not mask the user's exception
@@ -227,19 +273,23 @@ class AutoLRS:
         """What a restarted trainer needs to carry on with the same tuning job (plain data: save
         it in your checkpoint beside the model's and the optimizer's). Versioned by
         ``"version"``; later versions add keys and older ones still load. ``client_id`` and
-        ``seq`` are this process's (rank 0's under DDP, None elsewhere)."""
+        ``seq`` are this process's (rank 0's under DDP, None elsewhere); ``credential`` is the
+        job's (None until the server issued it): it proves to the server that the trainer
+        restored from this dict owns the job, so keep the checkpoint as private as the job."""
         return {"version": STATE_VERSION, "job": self.job, "client_id": self._link.client_id,
                 "seq": self._link.next_seq, "step": self.global_step, "skipped_steps": self.skipped_steps,
                 "reports": self.reports, "stopped": self._should_stop, "tuner": self.tuner,
-                "config": copy.deepcopy(self.config), "lrs": self._lrs.state_dict()}
+                "config": copy.deepcopy(self.config), "lrs": self._lrs.state_dict(),
+                "credential": self._link.credential}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Carry on with the job of ``state`` (from :meth:`state_dict`) at its step. Build the
         callback with the same tuner and config, and load the model's and optimizer's state from
         the same checkpoint. This process takes the job over as a new client: it says hello at
-        the restored step and the server answers with the job's current plan (fail open, like
-        any hello; refusals raise :class:`AutoLRSConfigError`). The job this callback started
-        at construction, if another one, is closed with goodbye (reason ``replaced``)."""
+        the restored step with the job's credential and the server answers with the job's
+        current plan (fail open, like any hello; refusals raise :class:`AutoLRSConfigError`).
+        The job this callback started at construction, if another one, is closed with goodbye
+        (reason ``replaced``). Call it before the first :meth:`step`."""
         version = state.get("version") if isinstance(state, Mapping) else None
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= STATE_VERSION:
             raise ValueError(f"not an AutoLRS state dict of a version in 1..{STATE_VERSION} (version {version!r})")
@@ -251,20 +301,28 @@ class AutoLRS:
             raise ValueError(f"the state is of job {job!r} with tuner {state.get('tuner')!r} and config "
                              f"{state.get('config')!r}; this callback has tuner {self.tuner!r} and config "
                              f"{self.config!r}: build it with the same ones")
+        credential = state.get("credential")
+        if credential is not None and (not isinstance(credential, str) or not credential):
+            raise ValueError(f"the state's credential must be a non-empty string or None, got {type(credential).__name__}")
         GroupLRs(self.optimizer).load_state_dict(state["lrs"])  # check it before anything changes
-        if job != self.job:
+        if job != self.job or not self._link.registered:
+            # Another job, or this one held by its trainer (the state's credential proves it is us),
+            # or a hello that got no answer: a new client for the job, with its credential.
             self._link.goodbye(self.global_step, "replaced")
-            self._link.connect(job)
+            self._link.connect(job, credential)
             self.job = self._segment.job = job
+        # Else the constructor's hello created this job id afresh (the saved job had finished or
+        # the server had lost it): the new session is ours, under its own credential.
         self._lrs.load_state_dict(state["lrs"])
         self.global_step, self.skipped_steps, self.reports = counts
         self._segment.clear()
         self._probes = []
+        self._reset_outage()
         self._should_stop = bool(state.get("stopped", False))
         if self._should_stop:  # the tuner had said stop: nothing more to ask of it
             self._link.stop()
             return
-        self._act(self._link.exchange("hello", self._hello_body(), starting=True))
+        self._start(self._link.exchange("hello", self._hello_body(), starting=True))
 
     # --- plans -------------------------------------------------------------------------
 
@@ -274,22 +332,43 @@ class AutoLRS:
                               max_steps=self.max_steps, has_val_fn=self.val_fn is not None,
                               has_probe_fn=self.probe_fn is not None, seed=self.seed).to_body()
 
-    def _act(self, plan: list | None) -> None:
-        """Carry out a plan the link handed over (already validated), in order."""
-        if plan is None:
+    def _start(self, reply: Any) -> None:
+        """Carry out the answer to a hello sent at construction or by :meth:`load_state_dict`."""
+        if reply is None and self._link.pending and self._link.require_server:
+            raise ServerUnavailable(f"the tuner server at {self.server} did not answer the hello of job {self.job} "
+                                    f"within {self.timeout:g} s (require_server=True)")
+        self._act(reply)
+
+    def _act(self, reply: Any, *, on_time: bool = False) -> None:
+        """Carry out a plan the link handed over (a reply, already validated, or a plan), in
+        order. ``on_time``: the client went back to where it reported, so the plan's run starts
+        now whatever the step count says."""
+        if reply is None:
             return
+        plan = reply if isinstance(reply, list) else reply.plan
+        self._after = None if isinstance(reply, list) else reply.next
+        self._prefetched, self._polling = None, False
         self._segment.clear()
         self._probes = []
+        search = plan[-1]["op"] == "run" and plan[-1].get("search", False)
+        if not search:
+            self._search = None
+        elif self._search is None:  # a search begins: where it starts from, and the LR it leaves
+            self._search = {"base": None, "lr": self.lr}
         for action in plan:
             op = action["op"]
             if op == "set_lr":
                 self.set_lr(action["lr"])
             elif op == "checkpoint":
                 self._checkpoint(action["slot"])
+                if search and self._search["base"] is None:
+                    self._search["base"] = action["slot"]
             elif op == "restore":
                 self._restore(action["slot"])
             elif op == "discard":
                 self._checkpoints.discard(action["slot"])
+                if search and self._search["base"] == action["slot"]:
+                    self._search["base"] = None  # the next checkpoint of the search takes its place
             elif op == "evaluate":
                 self._segment.evals.append([0, self._evaluate()])
             elif op == "probe":
@@ -302,9 +381,12 @@ class AutoLRS:
             else:  # run: the plan's last action
                 if "hypergrad" in action:
                     self._hypergrad_begin(action["hypergrad"])
-                self._segment.start(action, self.global_step)
+                self._run_is_search = search
+                self._segment.start(action, self.global_step, on_time=on_time)
 
     def _report(self) -> None:
+        if not self._allow_scheduler:
+            self._check_scheduler()  # one made after the callback
         segment = self._segment
         losses, evals = segment.take_losses(), segment.evals
         segment.evals = []
@@ -317,7 +399,77 @@ class AutoLRS:
                                   hypergrad=hypergrad_report, probes=self._probes)
         self._probes = []
         self.reports += 1
-        self._act(self._link.exchange("report", messages.Report(observation, lr=self.lr).to_body()))
+        reply = self._link.exchange("report", messages.Report(observation, lr=self.lr).to_body())
+        if reply is None and self._link.pending:
+            self._outage()
+        else:
+            self._act(reply)
+
+    # --- outages -----------------------------------------------------------------------
+
+    def _outage(self) -> None:
+        """The report that ended a run got no answer in time; it stays pending (see the class
+        doc for what is trained meanwhile)."""
+        if self._after is not None:  # the plan that follows whatever the report says
+            plan = self._after
+            self._act(plan)
+            self._prefetched, self._polling = plan, True
+            return
+        if self._link.require_server:
+            raise ServerUnavailable(f"the tuner server at {self.server} did not answer the report of job {self.job} "
+                                    f"within {self.timeout:g} s (require_server=True)")
+        if self._run_is_search and self._search is not None:
+            self._hold_search()
+
+    def _hold_search(self) -> None:
+        """No step may train at a trial's LR: keep the end of the search's run for the reply, go
+        back to where the search started and train on at the LR from before it."""
+        base, lr = self._search["base"], self._search["lr"]
+        held = {"step": self.global_step, "lr": self.lr, "base": None, "base_saved": None}
+        self._checkpoint(OUTAGE_SLOT)
+        if OUTAGE_SLOT not in self._checkpoints:  # could not be saved: nothing to come back to
+            self.set_lr(lr)
+            return
+        if base is not None and self._checkpoints.restore(base):
+            held["base"], held["base_saved"] = base, self._saved_at.get(base, 0)
+        self.set_lr(lr)
+        self._provisional = held
+        self._warn("outage-search", (
+            f"autolrs: job {self.job}: the server did not answer at the end of a search run; training goes on "
+            f"{'from where the search started' if held['base'] else 'from here'} at the LR from before the search "
+            f"({lr:g}) and these steps are undone when the server answers"))
+
+    def _receive(self, reply: Any) -> None:
+        """A reply that came in while its request was pending."""
+        if reply is None:
+            return
+        held = self._provisional
+        if held is not None:  # back to the end of the search's run, then the reply as if on time
+            self._provisional = None
+            self._restore(OUTAGE_SLOT)
+            self._checkpoints.discard(OUTAGE_SLOT)
+            self.set_lr(held["lr"])
+            self._act(reply, on_time=True)
+            return
+        if self._prefetched is not None and self._segment.active and reply.plan == self._prefetched:
+            # The plan being carried out ahead of its reply is the reply's: go on with it.
+            self._prefetched, self._polling, self._after = None, False, reply.next
+            return
+        self._act(reply)
+
+    def _reset_outage(self) -> None:
+        self._after = self._prefetched = self._search = None
+        self._polling = self._run_is_search = False
+        if self._provisional is not None:
+            self._provisional = None
+            self._checkpoints.discard(OUTAGE_SLOT)
+
+    def _check_scheduler(self) -> None:
+        if not self._allow_scheduler and scheduler_attached(self.optimizer):
+            raise AutoLRSConfigError(
+                "an LR scheduler (torch.optim.lr_scheduler) is attached to the optimizer: it would change the LR "
+                "behind the tuner's back. Remove it (the tuner sets the LR: tuner='cosine', 'step', ... replace "
+                "torch's schedulers), or pass allow_scheduler=True if it only changes other settings")
 
     def _checkpoint(self, slot: str) -> None:
         try:

@@ -53,11 +53,13 @@ class Segment:
         self._losses.clear()
         self.evals = []
 
-    def start(self, action: dict, global_step: int) -> None:
+    def start(self, action: dict, global_step: int, on_time: bool = False) -> None:
         """Begin the plan's ``run``. A client that fell behind (the reply came late) skips the
-        steps it already trained: ``start_step`` says where the server expected it to be."""
+        steps it already trained: ``start_step`` says where the server expected it to be.
+        ``on_time``: the client went back to the state the plan was made for (the steps in
+        between were undone), so nothing is skipped."""
         steps, lrs = action["steps"], action.get("lrs")
-        skip = max(0, global_step - action["start_step"])
+        skip = 0 if on_time else max(0, global_step - action["start_step"])
         remaining = steps - skip
         if remaining <= 0:
             # Nothing of the segment is left: report after the next step, at the schedule's last LR.

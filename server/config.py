@@ -42,6 +42,10 @@ class ServerConfig:
     auth_window_s: float = 120.0
     allow_insecure: bool = False
     curve_secret_key_file: str | None = None
+    max_sessions_per_peer: int = 250
+    max_backlog_bytes: int = 64 << 20
+    #: None: ``<state_dir>/admin.token``.
+    admin_token_file: str | None = None
 
 
 def load_defaults() -> dict:
@@ -149,6 +153,9 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     curve_file = s["curve_secret_key_file"]
     if curve_file is not None and (not isinstance(curve_file, (str, Path)) or not str(curve_file)):
         raise ConfigError(f"server.curve_secret_key_file must be a path or null, got {curve_file!r}")
+    admin_file = s["admin_token_file"]
+    if admin_file is not None and (not isinstance(admin_file, (str, Path)) or not str(admin_file)):
+        raise ConfigError(f"server.admin_token_file must be a path or null, got {admin_file!r}")
     allow_insecure = s["allow_insecure"]
     if not isinstance(allow_insecure, bool):
         raise ConfigError(f"server.allow_insecure must be true or false, got {allow_insecure!r}")
@@ -160,7 +167,11 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
                         secret_file=None if secret_file is None else str(secret_file),
                         auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
                         allow_insecure=allow_insecure,
-                        curve_secret_key_file=None if curve_file is None else str(curve_file))
+                        curve_secret_key_file=None if curve_file is None else str(curve_file),
+                        max_sessions_per_peer=_int(s["max_sessions_per_peer"], "server.max_sessions_per_peer", 1,
+                                                   1_000_000),
+                        max_backlog_bytes=_int(s["max_backlog_bytes"], "server.max_backlog_bytes", 1 << 20, 1 << 40),
+                        admin_token_file=None if admin_file is None else str(admin_file))
 
 
 def _seconds(value: Any, key: str) -> float:

@@ -41,7 +41,7 @@ from typing import Any
 
 from autolrs import actions, divergence, lr_curve
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, require_int, require_positive
 from autolrs.tuners.range_test import SLOT as SWEEP_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
 
@@ -78,6 +78,7 @@ class AutoTuner(Tuner):
         "max_cuts": 5,  # rollbacks before a divergence stops the job
         "use_val": True,  # score trials and watch overfitting on val_fn when there is one
     }
+    limits = {"candidates": 20, "max_cuts": 100}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -115,6 +116,10 @@ class AutoTuner(Tuner):
         self.trial_steps = max(5, round(c["trial_fraction"] * n))
         self.check_steps = max(10, round(c["check_fraction"] * n))
         self.warmup_frac = float(c["warmup_fraction"])
+        for key, steps in (("trial_fraction", self.trial_steps), ("check_fraction", self.check_steps)):
+            if steps > MAX_CHUNK:  # those runs carry an LR per step
+                raise ConfigError(f"auto: {key} of max_steps is {steps} steps per report; at most {MAX_CHUNK}: "
+                                  f"lower {key}")
         self.initial_lr = float(initial) if initial else self.sweep_min
         self._init_state()
 
@@ -368,6 +373,9 @@ class AutoTuner(Tuner):
         self.train = _copy(state["train"])
         self.events = [dict(e) for e in state["events"]]
         self.stop_reason = str(state["stop_reason"])
+
+    def in_search(self) -> bool:
+        return self.phase in ("sweep", "trials")
 
     def lr_bounds(self) -> tuple[float, float]:
         lo = min(self.sweep_min, self.initial_lr)

@@ -79,7 +79,7 @@ from autolrs import actions, gp, lr_curve, trial_checks
 from autolrs.actions import Observation
 from autolrs.forecast import fit_forecast
 from autolrs.space import LogSpace
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_STEPS, ConfigError, Tuner, require_int, require_positive
 from autolrs.tuners.range_test import SLOT as RANGE_TEST_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
 
@@ -151,6 +151,8 @@ class AutoLRSTuner(Tuner):
         "check_trials": True,  # a trial with a rising tail, spikes or outsized noise cannot win
         "preset": "default",  # "paper": the published method (the knobs in PAPER), for comparison
     }
+    limits: ClassVar[dict[str, int]] = {"auto_num_iter": 10_000, "tau": MAX_STEPS, "tau_max": MAX_STEPS, "k": 100,
+                                        "warmup_steps": MAX_STEPS, "val_points": 1000}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         config = dict(config or {})
@@ -701,6 +703,9 @@ class AutoLRSTuner(Tuner):
                 self._set_bounds(bounds["min_lr"], bounds["max_lr"])
         if state.get("range_test") is not None:
             self.range_test.load_state_dict(state["range_test"])
+
+    def in_search(self) -> bool:
+        return self.phase in ("bounds", "trial")
 
     def lr_bounds(self) -> tuple[float, float]:
         """``(min_lr, max_lr)``, widened to include the warm-up ramp when there is one (it

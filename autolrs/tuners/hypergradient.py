@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Mapping
 
 from autolrs import actions
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnegative, require_positive
+from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, require_int, require_nonnegative, require_positive
 
 
 class HypergradientTuner(Tuner):
@@ -43,6 +43,7 @@ class HypergradientTuner(Tuner):
         "clip": None,  # |h| is clipped to this before a hyper step (None: no clipping)
         "every": 10,  # steps per report
     }
+    limits: ClassVar[dict[str, int]] = {"every": MAX_CHUNK}  # a report holds a hypergradient per step
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)

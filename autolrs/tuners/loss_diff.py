@@ -47,6 +47,8 @@ class LossDiffTuner(Tuner):
         "method": "mean",  # the rule reported as best_lr (and applied with apply_best)
         "apply_best": False,  # after the restore set the best LR instead of the initial one
     }
+    #: The job's state holds a loss change per subsample and LR, rewritten after every report.
+    limits = {"num_evals": 200, "num_subsamples": 500}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -57,8 +59,6 @@ class LossDiffTuner(Tuner):
         self.initial_lr = None if c["initial_lr"] is None else require_positive(c["initial_lr"], "initial_lr")
         lr_min, lr_max = require_positive(c["lr_min"], "lr_min"), require_positive(c["lr_max"], "lr_max")
         num_evals = require_int(c, "num_evals", minimum=1)
-        if num_evals > actions.MAX_PROBE_LRS:
-            raise ConfigError(f"loss_diff: num_evals must be <= {actions.MAX_PROBE_LRS}")
         if c["spacing"] not in delta_stats.SPACINGS:
             raise ConfigError(f"loss_diff: spacing must be one of {delta_stats.SPACINGS}, got {c['spacing']!r}")
         try:
@@ -137,6 +137,9 @@ class LossDiffTuner(Tuner):
         return self.initial_lr
 
     # --- contract -----------------------------------------------------------------------
+
+    def in_search(self) -> bool:
+        return True  # every probe and step is undone by the final restore
 
     def lr_bounds(self) -> tuple[float, float]:
         lrs = [self.lrs[0], self.lrs[-1]] + ([self.initial_lr] if self.initial_lr is not None else [])

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from autolrs import actions, lr_curve
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, require_int, require_positive
 
 SLOT = "range_test"
 
@@ -51,6 +51,8 @@ class RangeTestTuner(Tuner):
         "skip_start": None,  # suggestion skips; null: each method's default
         "skip_end": None,
     }
+    #: num_iter points of history live in the job's state, rewritten after every report.
+    limits = {"num_iter": 10_000, "chunk": MAX_CHUNK, "skip_start": 10_000, "skip_end": 10_000}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -154,6 +156,9 @@ class RangeTestTuner(Tuner):
         return {m: lr_curve.suggest(lrs, curve, m, **self.skips) for m in lr_curve.METHODS}
 
     # --- contract -----------------------------------------------------------------------
+
+    def in_search(self) -> bool:
+        return True  # the sweep is undone by the final restore
 
     def lr_bounds(self) -> tuple[float, float]:
         lrs = [self.start_lr, self.end_lr] + ([self.initial_lr] if self.initial_lr is not None else [])

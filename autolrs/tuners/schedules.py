@@ -7,7 +7,13 @@ exponential decay, the same cosine expression), so a job matches the torch sched
 once per optimizer step exactly, not just approximately.
 
 State is the schedule's position: the step the next segment starts at and the recurrence
-variables there. Going back (never needed in practice) replays from step 0.
+variables there. Going back (never needed in practice) replays from step 0. A report more than
+:data:`REPLAY_LIMIT` steps ahead (a client that trained long without the server) jumps there in
+closed form instead, so no request costs more than that many recurrence steps; the LRs after
+such a jump may differ from torch's chained products in the last bits.
+
+The next chunk is known before the report that ends the current one (:meth:`ask_next`): the
+client holds it and stays on the schedule through an outage shorter than a chunk.
 """
 
 from __future__ import annotations
@@ -18,13 +24,18 @@ from typing import Any, Mapping
 
 from autolrs import actions
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnegative, require_positive
+from autolrs.tuners.base import (MAX_CHUNK, MAX_STEPS, ConfigError, Tuner, require_int, require_nonnegative,
+                                 require_positive)
+
+#: Steps a report may move a schedule by recurrence; further, :meth:`ScheduleTuner._at` jumps.
+REPLAY_LIMIT = 100_000
 
 
 class ScheduleTuner(Tuner):
     """A schedule as a recurrence: ``_initial()`` gives step 0's variables, ``_next`` the next."""
 
     defaults = {"lr": None, "chunk": 500}
+    limits = {"chunk": MAX_CHUNK}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -49,28 +60,47 @@ class ScheduleTuner(Tuner):
     def _lr(self, v: dict) -> float:
         """The LR at a step from its variables."""
 
+    @abc.abstractmethod
+    def _at(self, step: int) -> dict:
+        """The variables at ``step`` in closed form (for jumps beyond REPLAY_LIMIT)."""
+
     def _advance(self, v: dict, frm: int, to: int) -> dict:
         for s in range(frm + 1, to + 1):
             v = self._next(v, s)
         return v
 
     def ask(self) -> list[dict]:
+        return self._plan(self.step, self.vars)
+
+    def ask_next(self) -> list[dict] | None:
+        """The chunk after the current one (None when the budget ends with the current one)."""
+        run = self.ask()[-1]
+        if run["op"] != "run":
+            return None
+        step = self.step + run["steps"]
+        plan = self._plan(step, self._advance(self.vars, self.step, step))
+        return plan if plan[-1]["op"] == "run" else None
+
+    def _plan(self, step: int, v: dict) -> list[dict]:
         max_steps = self.config["max_steps"]
-        if max_steps is not None and self.step >= max_steps:
+        if max_steps is not None and step >= max_steps:
             return [actions.stop("max_steps")]
-        n = self.chunk if max_steps is None else min(self.chunk, max_steps - self.step)
-        lrs, v = [], self.vars
+        n = self.chunk if max_steps is None else min(self.chunk, max_steps - step)
+        lrs = []
         for i in range(n):
             if i:
-                v = self._next(v, self.step + i)
+                v = self._next(v, step + i)
             lrs.append(self._lr(v))
-        return [actions.run(n, self.step, lrs=lrs)]
+        return [actions.run(n, step, lrs=lrs)]
 
     def tell(self, observation: Observation) -> None:
         target = observation.step
         if target < self.step:
             self.step, self.vars = 0, self._initial()
-        self.vars = self._advance(self.vars, self.step, target)
+        if target - self.step > REPLAY_LIMIT:
+            self.vars = self._at(target)
+        else:
+            self.vars = self._advance(self.vars, self.step, target)
         self.step = target
 
     def state_dict(self) -> dict:
@@ -98,6 +128,9 @@ class ConstantTuner(ScheduleTuner):
     def _lr(self, v: dict) -> float:
         return self.lr0
 
+    def _at(self, step: int) -> dict:
+        return {}
+
     def lr_bounds(self) -> tuple[float, float]:
         return (self.lr0, self.lr0)
 
@@ -107,6 +140,7 @@ class StepTuner(ScheduleTuner):
 
     name = "step"
     defaults = {**ScheduleTuner.defaults, "step_size": 1000, "gamma": 0.1}
+    limits = {**ScheduleTuner.limits, "step_size": MAX_STEPS}
 
     def _validate(self) -> None:
         self.step_size = require_int(self.config, "step_size", minimum=1)
@@ -117,6 +151,9 @@ class StepTuner(ScheduleTuner):
 
     def _next(self, v: dict, step: int) -> dict:
         return {"lr": v["lr"] * self.gamma} if step % self.step_size == 0 else v
+
+    def _at(self, step: int) -> dict:
+        return {"lr": self.lr0 * _power(self.gamma, step // self.step_size)}
 
     def _lr(self, v: dict) -> float:
         return v["lr"]
@@ -140,6 +177,9 @@ class ExponentialTuner(ScheduleTuner):
     def _next(self, v: dict, step: int) -> dict:
         return {"lr": v["lr"] * self.gamma}
 
+    def _at(self, step: int) -> dict:
+        return {"lr": self.lr0 * _power(self.gamma, step)}
+
     def _lr(self, v: dict) -> float:
         return v["lr"]
 
@@ -153,6 +193,7 @@ class CosineTuner(ScheduleTuner):
 
     name = "cosine"
     defaults = {**ScheduleTuner.defaults, "T_0": 1000, "T_mult": 1, "eta_min": 0.0}
+    limits = {**ScheduleTuner.limits, "T_0": MAX_STEPS, "T_mult": 1000}
 
     def _validate(self) -> None:
         self.T_0 = require_int(self.config, "T_0", minimum=1)
@@ -170,9 +211,25 @@ class CosineTuner(ScheduleTuner):
             T_cur, T_i = T_cur % T_i, T_i * self.T_mult
         return {"T_cur": T_cur, "T_i": T_i}
 
+    def _at(self, step: int) -> dict:
+        if self.T_mult == 1:
+            return {"T_cur": step % self.T_0, "T_i": self.T_0}
+        T_cur, T_i = step, self.T_0
+        while T_cur >= T_i:  # cycles grow geometrically: a few dozen at most
+            T_cur, T_i = T_cur - T_i, T_i * self.T_mult
+        return {"T_cur": T_cur, "T_i": T_i}
+
     def _lr(self, v: dict) -> float:
         # Same expression and order of operations as torch, so the floats agree bit for bit.
         return self.eta_min + (self.lr0 - self.eta_min) * (1 + math.cos(math.pi * v["T_cur"] / v["T_i"])) / 2
 
     def lr_bounds(self) -> tuple[float, float]:
         return (self.eta_min, self.lr0)
+
+
+def _power(base: float, exponent: int) -> float:
+    """``base ** exponent`` that saturates at inf instead of raising OverflowError."""
+    try:
+        return base ** exponent
+    except OverflowError:
+        return math.inf

@@ -216,13 +216,14 @@ def test_report_bad_body_changes_nothing(harness, body):
 
 def test_duplicate_report_is_applied_once(harness):
     start_job(harness, config={"T_0": 100, "chunk": 10})
-    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1)
+    cred = harness.credentials["job-1"]
+    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1, credential=cred)
     first = harness.dispatcher.handle(frame)
     state = harness.store.get("job-1").to_state()
     again = harness.dispatcher.handle(frame)
     assert again == first
     # a resend with a different body under the same seq is still the cached reply, not applied
-    other = harness.frame("report", report_body(30, 30), job_id="job-1", client_id="client-a", seq=1)
+    other = harness.frame("report", report_body(30, 30), job_id="job-1", client_id="client-a", seq=1, credential=cred)
     assert harness.dispatcher.handle(other) == first
     assert harness.store.get("job-1").to_state() == state
     assert harness.store.get("job-1").tuner.step == 10 and harness.store.get("job-1").requests == 2
@@ -233,8 +234,11 @@ def test_duplicate_report_is_applied_once(harness):
 
 def test_duplicate_hello_and_goodbye_get_cached_reply(harness):
     h1 = harness.frame("hello", hello_body(), job_id="job-1", client_id="client-a", seq=0)
-    assert harness.dispatcher.handle(h1) == harness.dispatcher.handle(h1)
-    g = harness.frame("goodbye", {"step": 0, "reason": "x"}, job_id="job-1", client_id="client-a", seq=1)
+    first = harness.dispatcher.handle(h1)
+    assert harness.dispatcher.handle(h1) == first  # the resend gets the same credential too
+    cred = protocol.loads(first)["body"]["credential"]
+    g = harness.frame("goodbye", {"step": 0, "reason": "x"}, job_id="job-1", client_id="client-a", seq=1,
+                      credential=cred)
     assert protocol.loads(harness.dispatcher.handle(g))["status"] == "ok"
     assert protocol.loads(harness.dispatcher.handle(g))["status"] == "ok"
     assert [r["kind"] for r in harness.decisions()] == ["hello", "goodbye"]
@@ -400,7 +404,8 @@ def test_unencodable_summary_does_not_break_status(harness, monkeypatch):
 
 def test_restart_resumes_and_recognises_last_request(harness):
     start_job(harness, config={"T_0": 100, "chunk": 10})
-    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1)
+    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1,
+                          credential=harness.credentials["job-1"])
     first = harness.dispatcher.handle(frame)
     h2 = harness.restart()
     try:
