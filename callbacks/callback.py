@@ -62,8 +62,9 @@ class AutoLRS:
     and back); ``probe_fn()`` returns the loss of the current batch with its graph (the
     ``loss_diff`` tuner); ``val_batches`` and ``val_criterion`` give ``rtho``/``marthe`` their
     validation gradient. Checkpoints: ``scaler`` (a GradScaler) and, with ``include_rng``, the
-    RNG states are part of each; ``checkpoint="disk"`` keeps them in a temporary folder under
-    ``checkpoint_dir``. ``distributed``: see :mod:`autolrs.callbacks.distributed`.
+    RNG states are part of each; ``checkpoint="disk"`` (the default when ``checkpoint_dir`` is
+    given) keeps them in a private folder under ``checkpoint_dir`` (default: the temp dir),
+    removed at close, or at the next start of a callback on this host after a crash. ``distributed``: see :mod:`autolrs.callbacks.distributed`.
 
     A step the GradScaler skipped (inf/NaN gradients) is not a step: it is counted in
     ``skipped_steps`` only (detected by an optimizer step post-hook: no device sync).
@@ -90,7 +91,7 @@ class AutoLRS:
                  val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
                  probe_fn: Callable[[], Any] | None = None,
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
-                 checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
+                 checkpoint: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
                  seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None,
                  require_server: bool = False, allow_scheduler: bool = False):
@@ -141,6 +142,11 @@ class AutoLRS:
         self._search: dict | None = None
         self._provisional: dict | None = None
 
+        if checkpoint is None:  # a folder given means checkpoints on disk there
+            checkpoint = "memory" if checkpoint_dir is None else "disk"
+        elif checkpoint == "memory" and checkpoint_dir is not None:
+            raise ValueError("checkpoint_dir is where disk checkpoints go: pass checkpoint='disk' (or leave checkpoint "
+                             "unset) with it, or drop it")
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
         self._link: ServerLink | None = None

@@ -67,8 +67,8 @@ class Client:
         self.timeout = float(timeout)
         self.attempts = int(attempts)
         self.client_id = client_id or uuid.uuid4().hex
-        #: The job's credential (from the hello reply that created the job), carried by every
-        #: request sent from now on; None until the job has one.
+        #: The job's credential (taken from the hello reply that created the job), carried by
+        #: every request sent from now on; None until the job has one.
         self.credential = credential
         try:
             self._secret = auth.resolve_secret(secret)
@@ -289,4 +289,7 @@ class Client:
             err = err if isinstance(err, dict) else {}
             raise ServerError(str(err.get("code", protocol.ErrorCode.INTERNAL)), str(err.get("message", "")))
         body = msg.get("body", {})
-        return body if isinstance(body, dict) else {}
+        body = body if isinstance(body, dict) else {}
+        if msg.get("type") == "hello_reply" and isinstance(body.get("credential"), str) and body["credential"]:
+            self.credential = body["credential"]  # the job is ours: every later request carries it
+        return body

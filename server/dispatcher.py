@@ -52,6 +52,9 @@ SLOW_REQUEST_S = 1.0
 #: A hello's config, tuner name and job facts that break a tuner's constructor in any of these
 #: ways are the client's mistake (``bad_config``), not the server's.
 _CONFIG_FAILURES = (ConfigError, ValueError, TypeError, ArithmeticError)
+#: The largest reply: the knobs' limits keep a plan and the one sent ahead to 10,000 LRs each
+#: (about 400 kB together), so a tuner that asks for more than this is broken.
+MAX_REPLY_BYTES = 4 << 20
 
 
 class Parsed(NamedTuple):
@@ -260,7 +263,7 @@ class Dispatcher:
                                          deprecations=_deprecations(hello), next=after)
         # The reply kept for resends (and saved) leaves the credential out; a resend gets it back.
         reply = protocol.ok_reply(req, reply_body.to_body())
-        _check_size(reply, self.config.max_message_bytes, job_id)
+        _check_size(reply, job_id)
         self._commit(session, req, reply)
         # Saved before it replaces anything in memory: if the save fails, the store still
         # holds what it held (nothing, or the finished session).
@@ -289,6 +292,11 @@ class Dispatcher:
                 "wait for their lease to run out, or raise server.max_sessions_per_peer"))
 
     def _resume(self, session: Session, req: dict, hello: messages.Hello) -> tuple[dict, dict]:
+        if req["client_id"] != session.owner:
+            # Another process: a trainer restarted from its checkpoint, at that checkpoint's step,
+            # without the slots the earlier plans saved.
+            session.tuner.resume(hello.step)
+            session.step = hello.step
         plan, after = _plans(session.tuner, session.job_id)
         session.owner = req["client_id"]
         # A job saved before credentials existed gets one now.
@@ -407,7 +415,7 @@ class Dispatcher:
             if isinstance(reply, _Issue):
                 reply, credential = reply
                 session.credential = security.digest(credential)
-            _check_size(reply, self.config.max_message_bytes, session.job_id)
+            _check_size(reply, session.job_id)
             self._commit(session, req, reply)
             self.store.save(session)
         except Exception:
@@ -490,12 +498,11 @@ def _identity(peer: str | None) -> str:
     return peer or "local"
 
 
-def _check_size(reply: dict, limit: int, job_id: str) -> None:
-    """A reply must fit a message: a tuner asked for more than that is a bug, answered as
-    internal and rolled back (the limits on knobs keep real jobs far below it)."""
+def _check_size(reply: dict, job_id: str) -> None:
+    """A reply above MAX_REPLY_BYTES is a tuner's bug: answered as internal and rolled back."""
     size = len(protocol.dumps(reply))
-    if size > limit:
-        raise RuntimeError(f"the reply to job {job_id!r} would be {size} bytes, above max_message_bytes {limit}")
+    if size > MAX_REPLY_BYTES:
+        raise RuntimeError(f"the reply to job {job_id!r} would be {size} bytes, above {MAX_REPLY_BYTES}")
 
 
 def _check_plan(plan: Any, job_id: str) -> None:

@@ -377,6 +377,21 @@ class AutoTuner(Tuner):
     def in_search(self) -> bool:
         return self.phase in ("sweep", "trials")
 
+    def resume(self, step: int) -> None:
+        """A trainer restarted from its checkpoint at ``step`` holds none of the slots: a search
+        in progress starts again from there; training goes on, with its next plan saving a new
+        good point."""
+        step = max(0, int(step))
+        if self.phase in ("sweep", "trials"):
+            events = self.events
+            self._init_state()
+            self.events = events
+            self.sweep.step = step
+        elif self.phase == "train":
+            self.prefix = []
+            self.train["good_step"] = None
+        self.step = step
+
     def lr_bounds(self) -> tuple[float, float]:
         lo = min(self.sweep_min, self.initial_lr)
         hi = max(self.sweep_max, self.initial_lr)

@@ -707,6 +707,23 @@ class AutoLRSTuner(Tuner):
     def in_search(self) -> bool:
         return self.phase in ("bounds", "trial")
 
+    def resume(self, step: int) -> None:
+        """A trainer restarted from its checkpoint at ``step`` holds none of the stage's slots: a
+        range test or a stage in progress starts again from there (its trials were measured
+        from weights the trainer no longer has); warm-up and the final run go on at ``step``."""
+        self.step = max(0, int(step))
+        self.restore_range_test = False
+        if self.phase == "bounds":
+            self.range_test = RangeTestTuner(self._range_test_config(), self.seed)
+            self.range_test.step = self.step
+        elif self.phase in ("trial", "exploit"):
+            self.stage -= 1  # the same stage, from the beginning
+            self._start_stage()
+        elif self.phase == "warmup":
+            self.warmup_done = min(self._warmup_total(), max(0, self.step - self.bounds_steps))
+            if self.warmup_done >= self._warmup_total():
+                self._start_stage()
+
     def lr_bounds(self) -> tuple[float, float]:
         """``(min_lr, max_lr)``, widened to include the warm-up ramp when there is one (it
         starts at ``warmup_lr / warmup_steps`` and ends at ``warmup_lr``) and, with automatic

@@ -93,6 +93,13 @@ class Tuner(abc.ABC):
         end does not train on at a trial's LR."""
         return False
 
+    def resume(self, step: int) -> None:
+        """The job's trainer restarted from its own checkpoint at global step ``step``: a new
+        process with that step's weights and none of the checkpoint slots earlier plans saved.
+        Go on from there: the next ``ask()`` must start at ``step`` and restore no slot saved
+        before. Default: nothing (a tuner whose plans restore no earlier slot and do not depend
+        on the step)."""
+
     def ask_next(self) -> list[dict] | None:
         """The plan that follows ``ask()``'s whatever the coming report says, when the tuner
         knows it already (a schedule's next chunk), else None. It must be what ``ask()`` returns

@@ -103,6 +103,10 @@ class ScheduleTuner(Tuner):
             self.vars = self._advance(self.vars, self.step, target)
         self.step = target
 
+    def resume(self, step: int) -> None:
+        """A schedule is a function of the step: the trainer's step is where it goes on."""
+        self.tell(Observation(step=step))
+
     def state_dict(self) -> dict:
         return {"step": self.step, "vars": dict(self.vars)}
 

@@ -93,7 +93,7 @@ def _tag_nonfinite(value: Any) -> Any:
 def _untag_nonfinite(obj: dict) -> Any:
     if len(obj) == 1 and _FLOAT_TAG in obj:
         tag = obj[_FLOAT_TAG]
-        if tag not in _SPECIAL:
+        if not isinstance(tag, str) or tag not in _SPECIAL:
             raise ValueError(f"unknown {_FLOAT_TAG} value {tag!r}")
         return _SPECIAL[tag]
     return obj

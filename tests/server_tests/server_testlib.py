@@ -24,6 +24,11 @@ from autolrs.server.sessions import SessionStore
 TIMEOUT_S = 5.0
 
 
+def admin_token(state_dir) -> str:
+    """The admin token a server made in its state dir (``status`` lists every job in full with it)."""
+    return (Path(state_dir) / "admin.token").read_text().strip()
+
+
 def make_config(state_dir, tuners=None, **server):
     overrides = {"server": {"port": 0, "state_dir": str(state_dir), **server}}
     if tuners:
