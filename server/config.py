@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from autolrs.errors import ConfigError
+from autolrs.errors import ConfigError, did_you_mean
 from autolrs.tuners import JOB_KEYS, TUNERS
 
 __all__ = ["ConfigError", "ServerConfig", "job_tuner_config", "load_config", "load_defaults"]
@@ -92,7 +92,8 @@ def _merge(base: dict, layer: Mapping[str, Any], schema: Mapping[str, Any], sour
     for key, value in layer.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in schema:
-            raise ConfigError(f"{source}: unknown key '{where}'; valid: {', '.join(sorted(map(str, schema)))}")
+            raise ConfigError(f"{source}: unknown key '{where}'{did_you_mean(key, map(str, schema))}; "
+                              f"valid: {', '.join(sorted(map(str, schema)))}")
         if key == "tuners" and not prefix:
             out[key] = _merge_tuners(out.get(key) or {}, value, source)
         elif isinstance(schema[key], dict):
@@ -110,7 +111,7 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
     out = {name: dict(knobs) for name, knobs in base.items()}
     for name, knobs in layer.items():
         if name not in TUNERS:
-            raise ConfigError(f"{source}: 'tuners.{name}' is not a registered tuner; "
+            raise ConfigError(f"{source}: 'tuners.{name}' is not a registered tuner{did_you_mean(name, TUNERS)}; "
                               f"registered: {', '.join(sorted(TUNERS))}")
         knobs = {} if knobs is None else knobs
         if not isinstance(knobs, Mapping):
@@ -122,8 +123,9 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
                 raise ConfigError(f"{source}: 'tuners.{name}.{knob}' is set per job by the client, "
                                   "not in the server config")
             if knob not in cls.defaults and knob not in cls.aliases and knob not in cls.aliases.values():
-                raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'; "
-                                  f"valid: {', '.join(sorted(map(cls.public_name, cls.defaults))) or '(none)'}")
+                valid = sorted(map(cls.public_name, cls.defaults))
+                raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'{did_you_mean(knob, valid)}; "
+                                  f"valid: {', '.join(valid) or '(none)'}")
         try:
             knobs, notes = cls.canonical_config(knobs)
         except ConfigError as exc:

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from autolrs.tuners.auto import AutoTuner
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
+from autolrs.errors import did_you_mean
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
 from autolrs.tuners.hypergradient import HDTuner, MartheTuner, RTHOTuner
 from autolrs.tuners.loss_diff import LossDiffTuner
@@ -37,7 +38,8 @@ def make_tuner(name: str, config: Mapping[str, Any] | None = None, seed: int = 0
     try:
         cls = TUNERS[name]
     except KeyError:
-        raise UnknownTunerError(f"unknown tuner {name!r}; registered: {', '.join(sorted(TUNERS))}") from None
+        raise UnknownTunerError(f"unknown tuner {name!r}{did_you_mean(name, TUNERS)}; registered: "
+                                f"{', '.join(sorted(TUNERS))}") from None
     return cls(config, seed)
 
 

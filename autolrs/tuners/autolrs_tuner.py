@@ -151,7 +151,7 @@ class AutoLRSTuner(Tuner):
         "check_trials": True,  # a trial with a rising tail, spikes or outsized noise cannot win
         "preset": "default",  # "paper": the published method (the knobs in PAPER), for comparison
     }
-    limits: ClassVar[dict[str, int]] = {"auto_num_iter": 10_000, "tau": MAX_STEPS, "tau_max": MAX_STEPS, "k": 100,
+    limits: ClassVar[dict[str, int]] = {"auto_num_iter": 1000, "tau": MAX_STEPS, "tau_max": MAX_STEPS, "k": 100,
                                         "warmup_steps": MAX_STEPS, "val_points": 1000}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):

@@ -47,8 +47,9 @@ class LossDiffTuner(Tuner):
         "method": "mean",  # the rule reported as best_lr (and applied with apply_best)
         "apply_best": False,  # after the restore set the best LR instead of the initial one
     }
-    #: The job's state holds a loss change per subsample and LR, rewritten after every report.
-    limits = {"num_evals": 200, "num_subsamples": 500}
+    #: The job's state holds a loss change per subsample and LR, saved after every report: at
+    #: most 100 x 100 of them (about 250 kB).
+    limits = {"num_evals": 100, "num_subsamples": 100}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)

@@ -51,8 +51,8 @@ class RangeTestTuner(Tuner):
         "skip_start": None,  # suggestion skips; null: each method's default
         "skip_end": None,
     }
-    #: num_iter points of history live in the job's state, rewritten after every report.
-    limits = {"num_iter": 10_000, "chunk": MAX_CHUNK, "skip_start": 10_000, "skip_end": 10_000}
+    #: num_iter points of history live in the job's state, saved after every report.
+    limits = {"num_iter": 1000, "chunk": MAX_CHUNK, "skip_start": 1000, "skip_end": 1000}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)

@@ -136,7 +136,9 @@ def test_hello_resume_by_new_client(harness):
     start_job(harness)
     ok(harness.call("report", report_body(10, 10), seq=1))
     current = harness.store.get("job-1").tuner.ask()
-    body = ok(harness.call("hello", hello_body(config={"T_0": 10}, initial_lr=0.05), client_id="client-b", seq=0))
+    # A new process (a trainer restarted from its checkpoint, with the job's credential) at step 10.
+    body = ok(harness.call("hello", hello_body(config={"T_0": 10}, initial_lr=0.05, step=10), client_id="client-b",
+                           seq=0))
     assert body["resumed"] is True and body["plan"] == current and body["seed"] == zlib.crc32(b"job-1")
     assert harness.store.get("job-1").owner == "client-b"
     # the old client has lost the job; the new one continues it
@@ -422,3 +424,97 @@ def test_every_reply_is_json_with_a_known_code(harness):
     for frame in (b"x", b"{}", b'{"v":1}', b'{"v":1,"type":5}'):
         reply = json.loads(harness.dispatcher.handle(frame))
         assert reply["status"] == "error" and reply["error"]["code"] in ERROR_CODES
+
+
+# --- ownership ---------------------------------------------------------------------------
+
+
+def test_a_job_belongs_to_the_holder_of_its_credential(harness):
+    start_job(harness, config={"T_0": 10, "chunk": 5})
+    own = harness.credentials["job-1"]
+    assert len(own) >= 40
+    for credential in (None, "x" * 43, own[:-1] + ("A" if own[-1] != "A" else "B")):
+        for kind, body in (("hello", hello_body(config={"T_0": 10, "chunk": 5})), ("report", report_body(5, 5)),
+                           ("goodbye", {"step": 5})):
+            msg = err(harness.call(kind, body, client_id="intruder", seq=0, credential=credential),
+                      ErrorCode.JOB_CONFLICT)
+            assert "belongs to another trainer" in msg and "T_0" not in msg and "chunk" not in msg
+    s = harness.store.get("job-1")
+    assert (s.owner, s.requests, s.status) == ("client-a", 1, "active")
+    # the credential is kept only as a digest, and never in the cached reply
+    state = (harness.state_dir / "jobs" / "job-1" / "state.json").read_text()
+    assert own not in state and s.credential in state and "credential" not in json.dumps(s.last_reply)
+
+
+def test_a_lost_first_reply_is_resent_with_the_credential_even_after_a_restart(harness):
+    frame = harness.frame("hello", hello_body(), job_id="job-1", client_id="client-a", seq=0)
+    first = protocol.loads(harness.dispatcher.handle(frame))["body"]["credential"]
+    assert protocol.loads(harness.dispatcher.handle(frame))["body"]["credential"] == first
+    h2 = harness.restart()
+    try:
+        again = protocol.loads(h2.dispatcher.handle(frame))["body"]["credential"]
+        assert again != first  # only its digest survived the restart: a new one, the old one void
+        err(h2.call("report", report_body(5, 5), seq=1, credential=first), ErrorCode.JOB_CONFLICT)
+        ok(h2.call("report", report_body(5, 5), seq=1, credential=again))
+        # once the client has shown it has the credential, a resend of that hello is refused
+        err(protocol.loads(h2.dispatcher.handle(frame)), ErrorCode.JOB_CONFLICT)
+    finally:
+        h2.store.close()
+
+
+def test_a_job_saved_before_credentials_gets_one_at_its_next_hello(harness):
+    start_job(harness)
+    path = harness.state_dir / "jobs" / "job-1" / "state.json"
+    state = json.loads(path.read_text())
+    del state["credential"], state["creator"], state["lr"]  # as an older server wrote it
+    path.write_text(json.dumps(state))
+    h2 = harness.restart()
+    try:
+        h2.credentials.clear()
+        ok(h2.call("report", report_body(10, 10), seq=1))  # its client id still drives it
+        body = ok(h2.call("hello", hello_body(config={"T_0": 10}), client_id="client-b", seq=0))
+        assert body["resumed"] is True and body["credential"]
+        err(h2.call("report", report_body(20, 10), client_id="client-b", seq=1, credential=None), ErrorCode.JOB_CONFLICT)
+        ok(h2.call("report", report_body(20, 10), client_id="client-b", seq=1, credential=body["credential"]))
+    finally:
+        h2.store.close()
+
+
+def test_status_rows_and_the_lr_the_trainer_is_at(harness):
+    start_job(harness, config={"T_0": 10, "chunk": 5})
+    assert ok(harness.call("status", admin=False))["sessions"] == [{"job_id": "job-1", "status": "active"}]
+    assert ok(harness.call("status"))["sessions"][0]["lr"] == 0.1  # the plan's first LR
+    ok(harness.call("report", {**report_body(5, 5), "lr": 0.07}, seq=1))
+    row = ok(harness.call("status"))["sessions"][0]
+    assert row["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 5 / 10)))  # the next plan's first LR
+    ok(harness.call("goodbye", {"step": 7, "lr": 0.0123}, seq=2))
+    assert ok(harness.call("status"))["sessions"][0]["lr"] == 0.0123  # where the trainer ended
+
+
+def test_sessions_per_peer(tmp_path):
+    h = DispatcherHarness(tmp_path / "s")
+    try:
+        h.config = h.dispatcher.config = dataclasses_replace(h.config, max_sessions_per_peer=2)
+        for i in range(2):
+            ok(h.call("hello", hello_body(), job_id=f"a-{i}", peer="10.0.0.1"))
+        msg = err(h.call("hello", hello_body(), job_id="a-2", peer="10.0.0.1"), ErrorCode.TOO_MANY_SESSIONS)
+        assert "max_sessions_per_peer 2" in msg
+        ok(h.call("hello", hello_body(), job_id="b-0", peer="10.0.0.2"))
+        ok(h.call("goodbye", {}, job_id="a-0", seq=1))
+        ok(h.call("hello", hello_body(), job_id="a-2", peer="10.0.0.1"))
+    finally:
+        h.store.close()
+
+
+def test_a_reply_too_large_is_internal_and_rolled_back(harness, monkeypatch):
+    start_job(harness)
+    cls = type(harness.store.get("job-1").tuner)
+    monkeypatch.setattr(cls, "summary", lambda self: {"pad": "x" * (5 << 20)})
+    err(harness.call("goodbye", {"step": 1}, seq=1), ErrorCode.INTERNAL)
+    assert harness.store.get("job-1").status == "active"
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
