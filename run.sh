@@ -5,10 +5,14 @@
 #                                   with the auto tuner, stop the server; results land in one folder
 #                                   (--nproc N: N data-parallel ranks under torchrun)
 #   bash run.sh test [pytest args]  set up and run the test suite
+#   bash run.sh setup               set up only (with the test extra: a developer's set-up)
+#   bash run.sh --help              this help (and the example's options, once set up)
 #
 # Setup makes a virtual environment (.venv, or $AUTOLRS_VENV) that sees the system's packages,
 # so an installed torch >= 2.1 is reused; only when none is found does it install
-# $AUTOLRS_TORCH_SPEC (default torch==2.13.0). torchvision is never installed here.
+# $AUTOLRS_TORCH_SPEC (default torch==2.13.0). torchvision is never installed here. autolrs is
+# installed editable with its plot extra (the example's curves and progress bars), for the tests
+# with its test extra (pytest, Lightning, transformers); pip keeps the installed torch.
 # Environment: CIFAR10_DIR (data folder), AUTOLRS_OUT (output folder), AUTOLRS_PORT
 # (server port; default: a free one), AUTOLRS_TUNER (default auto).
 set -euo pipefail
@@ -33,23 +37,63 @@ PY
         echo "run.sh: no torch >= 2.1 found; installing ${AUTOLRS_TORCH_SPEC:-torch==2.13.0}" >&2
         pip install --quiet "${AUTOLRS_TORCH_SPEC:-torch==2.13.0}"
     fi
-    # Reinstall only when the packaging files change.
-    local stamp="$VENV/.autolrs-install" want
-    want=$(cat setup.py pyproject.toml requirements.txt | cksum)
-    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c "import autolrs.server, autolrs.callbacks" 2>/dev/null; then
-        echo "run.sh: installing autolrs (editable) and its requirements" >&2
-        pip install --quiet -e . -r requirements.txt
-        echo "$want" > "$stamp"
+    # Reinstall only when the packaging files change or the extras asked for are missing (the
+    # test extra holds the plot extra).
+    local extras=${1:-plot}
+    local stamp="$VENV/.autolrs-install" sum have
+    sum=$(cat setup.py pyproject.toml requirements.txt | cksum)
+    have=$(cat "$stamp" 2>/dev/null || true)
+    if [ "$have" != "$sum $extras" ] && [ "$have" != "$sum test" ] \
+            || ! python -c "import autolrs.server, autolrs.callbacks" 2>/dev/null; then
+        echo "run.sh: installing autolrs (editable, extras: $extras) and its requirements" >&2
+        # The torch already installed is pinned, so no extra's requirement can replace it.
+        local pin
+        pin=$(mktemp)
+        python -c 'import torch; print("torch==" + torch.__version__)' > "$pin"
+        pip install --quiet -c "$pin" -e ".[$extras]"
+        rm -f "$pin"
+        echo "$sum $extras" > "$stamp"
     fi
 }
 
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import autolrs.callbacks" 2>/dev/null; then
+        echo
+        "$VENV/bin/python" examples/cifar10.py --help
+    else
+        echo "(After set-up, bash run.sh --help also lists the example's options.)"
+    fi
+}
+
+# One line and a non-zero exit when the example would find no data, before anything starts.
+check_data() {
+    python - "$@" <<'PY'
+import argparse, sys
+sys.path.insert(0, "examples")
+from cifar_data import data_problem, resolve_data_dir
+parser = argparse.ArgumentParser(add_help=False)
+parser.add_argument("--data-dir")
+known, _ = parser.parse_known_args(sys.argv[1:])
+problem = data_problem(resolve_data_dir(known.data_dir))
+if problem:
+    print(f"run.sh: {problem}", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
 run_tests() {
-    setup
+    setup test
     exec python -m pytest -q tests "$@"
 }
 
 run_example() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in -h|--help) usage; return 0 ;; esac
+    done
     setup
+    check_data "$@" || exit 1
     local out=${AUTOLRS_OUT:-runs/cifar10-$(date +%Y%m%d-%H%M%S)}
     mkdir -p "$out"
     local port=${AUTOLRS_PORT:-0}
@@ -80,6 +124,7 @@ run_example() {
 
 case "${1:-}" in
     test) shift; run_tests "$@" ;;
-    setup) setup ;;
+    setup) setup test ;;
+    -h|--help|help) usage ;;
     *) run_example "$@" ;;
 esac

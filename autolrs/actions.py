@@ -50,6 +50,9 @@ COLLECTABLE = ("loss", "hypergrad")
 #: What the client computes for a hypergradient run: ``hd`` (training hypergradient of each
 #: step) or ``tangent`` (validation gradient dotted with the LR tangent, at the segment end).
 HYPERGRAD_METHODS = ("hd", "tangent")
+#: The optimizer whose update the reported hypergradients are of (a report's ``optimizer``):
+#: the hyper-LR's scale depends on it.
+HYPERGRAD_OPTIMIZERS = ("sgd", "adam")
 
 
 def set_lr(lr: float) -> dict:
@@ -211,7 +214,8 @@ class Observation:
     ``step`` is the client's global step count when it reported, ``steps`` how many steps the
     segment had, ``losses`` the training loss of each (NaN and inf allowed: they mean
     divergence), ``evals`` the ``[position in segment, value]`` pairs of ``val_fn`` results.
-    ``hypergrad`` (hypergradient runs only, else None): ``{"h": [...], "vb": x, "val_loss": x}``,
+    ``hypergrad`` (hypergradient runs only, else None): ``{"h": [...], "vb": x, "val_loss": x}``
+    and, from clients that say, ``"optimizer": "sgd" | "adam"``,
     ``h`` the hypergradients dE/dLR the client computed in order (one per step for ``hd``, one
     at the segment end for ``tangent``; non-finite values allowed), ``vb`` and ``val_loss``
     numbers or None. ``probes``: the ``[loss_before, loss_after]`` pairs of the plan's ``probe``
@@ -274,6 +278,11 @@ def _parse_hypergrad(value: Any) -> dict | None:
         if x is not None and not _is_number(x):
             raise ValueError(f"'hypergrad.{key}' must be a number or null")
         out[key] = None if x is None else float(x)
+    optimizer = value.get("optimizer")
+    if optimizer is not None:
+        if optimizer not in HYPERGRAD_OPTIMIZERS:
+            raise ValueError(f"'hypergrad.optimizer' must be one of {HYPERGRAD_OPTIMIZERS} or null")
+        out["optimizer"] = optimizer
     return out
 
 

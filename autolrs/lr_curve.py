@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
-           "suggest", "suggest_all", "debiased", "centred", "bounds_from_curve"]
+           "suggest", "suggest_all", "debiased", "centred", "fell", "bounds_from_curve"]
 
 METHODS = ("steepest", "valley", "minimum")
 #: The rule the range test applies by default (measured on bench/quality.py: see the README).
@@ -138,6 +138,16 @@ def centred(losses: Sequence[float]) -> list[float]:
         head = max(1, int(keep.sum()) // 10)
         out[keep] = median_filter(values[keep], size=max(3, head | 1), mode="nearest")
     return out.tolist()
+
+
+def fell(curve: Sequence[float], fraction: float) -> bool:
+    """Whether a smoothed curve's lowest point is below its start (the median of its first
+    tenth) by more than ``fraction`` of the start's magnitude: did the sweep see learning?"""
+    finite = [float(x) for x in curve if math.isfinite(x)]
+    if len(finite) < 3:
+        return False
+    start = float(np.median(finite[:max(1, len(finite) // 10)]))
+    return start - min(finite) > fraction * abs(start)
 
 
 def debiased(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:

@@ -188,7 +188,8 @@ def run_one(run: dict, args: argparse.Namespace, endpoint: str, work: Path) -> d
            "test_curve": summary["test_curve"], "final_train_loss": _tail_mean(summary["losses"], 50)}
     if run["family"] == "autolrs":
         row["tuner_summary"] = summary.get("tuner_summary")
-        row["stages"] = autolrs_stages(work / "state", job)
+        row["winners"] = (summary.get("tuner_summary") or {}).get("winners", [])
+        row["discarded"] = summary.get("discarded", [])
         row["lr_segments"] = segments(summary["lrs"])
         s = summary.get("tuner_summary") or {}
         row["search_steps"], row["train_steps"] = s.get("search_steps"), s.get("train_steps")
@@ -211,32 +212,11 @@ def segments(lrs: list[float]) -> list[list]:
     return out
 
 
-def autolrs_stages(state_dir: Path, job: str) -> list[dict]:
-    """Every stage record of the job (the status summary only carries the last one)."""
-    path = state_dir / "jobs" / job / "state.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    return list((state.get("tuner_state") or {}).get("stages") or [])
-
-
-def search_windows(stages: list[dict]) -> list[tuple[int, int]]:
-    """(start, end) step ranges of each stage's trials; an evaluation strictly inside one saw
-    weights the search then discarded."""
-    out = []
-    for st in stages:
-        start = int(st["start_step"])
-        out.append((start, start + len(st["trials"]) * int(st["trial_steps"])))
-    return out
-
-
 def on_path_curve(row: dict) -> list[list[float]]:
-    curve = row["test_curve"]
-    if row["family"] != "autolrs":
-        return curve
-    windows = search_windows(row.get("stages") or [])
-    return [pt for pt in curve if not any(a < pt[0] < b for a, b in windows)]
+    """The test curve without the evaluations a restore threw away (inside the callback's
+    ``discarded`` windows: trials, the range test)."""
+    windows = row.get("discarded") or []
+    return [pt for pt in row["test_curve"] if not any(a < pt[0] < b for a, b in windows)]
 
 
 def first_reach(curve: list[list[float]], threshold: float) -> int | None:
@@ -340,11 +320,13 @@ def print_table(rows: list[dict], analysis: dict, args: argparse.Namespace) -> N
             continue
         print(f"\n{r['name']} (seed {r['seed']}): search {r.get('search_steps')} steps, "
               f"training {r.get('train_steps')} steps")
-        for st in r.get("stages") or []:
-            tried = ", ".join(f"{t['lr']:.3g}:{t['forecast']:.3f}" for t in st["trials"])
-            print(f"  stage {st['stage']} @{st['start_step']} ({st['mode']}, {len(st['trials'])}x"
-                  f"{st['trial_steps']} trial + {st['exploit_steps']} exploit): winner {st['winner']:.4g}; "
-                  f"tried lr:forecast {tried}")
+        for start, winner in r.get("winners") or []:
+            print(f"  stage from step {start}: winner {winner:.4g}")
+        last = (r.get("tuner_summary") or {}).get("last_stage")
+        if last:
+            tried = ", ".join(f"{t['lr']:.3g}:{t['forecast']:.3f}" for t in last["trials"])
+            print(f"  last stage ({last['mode']}, {len(last['trials'])}x{last['trial_steps']} trial + "
+                  f"{last['exploit_steps']} exploit): tried lr:forecast {tried}")
 
 
 def main(argv=None) -> dict:

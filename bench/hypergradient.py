@@ -2,8 +2,9 @@
 
 SGD (momentum 0.9, weight decay 5e-4) on examples/cifar_models.py's small_cnn starts at an LR
 10x below and 10x above ``--good-lr``; each start is trained at that constant LR, with ``hd``
-and with ``marthe`` (adaptive mu), through one real server, for the same number of steps with
-the same data order. Reported: final test accuracy and each run's LR trajectory (plot + JSON).
+and with ``marthe`` (adaptive mu), both with their default knobs, through one real server,
+for the same number of steps with the same data order. Reported: final test accuracy and each
+run's LR trajectory (plot + JSON).
 
 Also measured: the time of a step of each method as a ratio to a plain step, from interleaved
 blocks of steps on one batch (machine noise hits all alike), including ``hd`` reporting every
@@ -36,11 +37,11 @@ from autolrs.server import ServerProcess  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/cifar-10-subset-py"
 CPU = torch.device("cpu")
-# Hyper-LRs for this problem (the hypergradient's scale is the problem's: see the README).
+# Each tuner with its default knobs (None: a constant LR, no tuner).
 TUNERS = {
     "constant": None,
-    "hd": {"beta": 0.01, "clip": 0.5},
-    "marthe": {"beta": 0.005, "clip": 0.5},
+    "hd": {},
+    "marthe": {},
 }
 
 

@@ -146,8 +146,7 @@ def run_baseline(task: Task, seed: int, steps: int, schedule: str, lr: float) ->
     return _finish(task, model, recorder, {"search_steps": 0, "diverged": diverged})
 
 
-def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, state_dir: str,
-              lr: float | None = None) -> dict:
+def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, lr: float | None = None) -> dict:
     """One run of a tuner method through the server; ``lr``: the optimizer's initial LR
     (default: the practitioner's)."""
     from autolrs.callbacks import AutoLRS
@@ -185,8 +184,7 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
             step, diverged = _train_steps(task, model, optimizer, batches, steps, recorder, cb=cb)
             chosen = cb.lr
         discarded = list(cb.discarded)
-    session = _session(state_dir, job)
-    summary = (session or {}).get("tuner_state") or {}
+    summary = cb.summary or {}  # the tuner's account of the job, from the goodbye reply
     if tuner in ("range_test", "loss_diff"):
         search = step if tuner == "range_test" else step + LOSS_DIFF["num_evals"] * LOSS_DIFF["num_subsamples"]
         # The tuner restored the weights and set its pick: train on with cosine from it.
@@ -196,28 +194,14 @@ def run_tuner(task: Task, seed: int, steps: int, method: str, endpoint: str, sta
             step, diverged = _train_steps(task, model, optimizer, batches, steps, recorder, start=step,
                                           scheduler=scheduler)
     elif tuner in ("autolrs", "auto"):
-        search = _autolrs_search_steps(summary)
+        search = int(summary.get("search_steps", 0)) + int(summary.get("bounds_steps", 0))
     info = {"search_steps": search, "diverged": diverged, "chosen_lr": chosen, "job": job,
             "off_path": discarded}
     if tuner == "auto":
-        info["auto"] = {k: summary.get(k) for k in ("sweep_result", "candidates", "trials", "events", "stop_reason")}
-        info["auto"]["peak"] = (summary.get("train") or {}).get("peak")
+        info["auto"] = {k: summary.get(k) for k in ("sweep", "candidates", "trials", "events", "stop_reason", "peak")}
     if tuner == "autolrs":
-        info["stages"] = [{"winner": s["winner"], "trials": [[t["lr"], t["forecast"]] for t in s["trials"]],
-                           "mode": s["mode"], "start_step": s["start_step"]} for s in summary.get("stages", [])]
+        info["stages"] = summary.get("winners", [])
     return _finish(task, model, recorder, info)
-
-
-def _session(state_dir: str, job: str) -> dict | None:
-    path = Path(state_dir) / "jobs" / job / "state.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _autolrs_search_steps(state: dict) -> int:
-    return int(state.get("search_steps", 0)) + int(state.get("bounds_steps", 0))
 
 
 def _finish(task: Task, model, recorder: Recorder, info: dict) -> dict:
@@ -263,9 +247,9 @@ def _cost(task: Task) -> float:
 _WORKER: dict = {}
 
 
-def _init_worker(endpoint: str, state_dir: str) -> None:
+def _init_worker(endpoint: str) -> None:
     torch.set_num_threads(1)
-    _WORKER.update(endpoint=endpoint, state_dir=state_dir)
+    _WORKER.update(endpoint=endpoint)
 
 
 def _execute(run: dict) -> dict:
@@ -275,8 +259,7 @@ def _execute(run: dict) -> dict:
         if run["method"] in SCHEDULES:
             row = run_baseline(task, run["seed"], run["steps"], run["method"], run["lr"])
         else:
-            row = run_tuner(task, run["seed"], run["steps"], run["method"], _WORKER["endpoint"],
-                            _WORKER["state_dir"], lr=run.get("lr"))
+            row = run_tuner(task, run["seed"], run["steps"], run["method"], _WORKER["endpoint"], lr=run.get("lr"))
     except Exception as exc:  # noqa: BLE001 - one failed run is reported, the suite goes on
         row = {"metric": None, "error": f"{type(exc).__name__}: {exc}", "collapsed": True, "curve": []}
     # CPU seconds of this worker (training and callback): unlike wall time, not inflated by
@@ -291,7 +274,7 @@ def run_matrix(runs: list[dict], jobs: int, work: Path) -> list[dict]:
     started = time.time()
     with ServerProcess(work / "state", log_path=work / "server.log") as server:
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(jobs, initializer=_init_worker, initargs=(server.endpoint, str(work / "state"))) as pool:
+        with ctx.Pool(jobs, initializer=_init_worker, initargs=(server.endpoint,)) as pool:
             for i, row in enumerate(pool.imap_unordered(_execute, runs), 1):
                 rows.append(row)
                 if i % 25 == 0 or i == len(runs):
@@ -408,6 +391,38 @@ def print_report(analysis: dict, methods: list[str]) -> None:
                 print(f"      error: {err[:200]}")
 
 
+def markdown(analysis: dict, methods: list[str]) -> str:
+    """The report as markdown tables for the docs: per budget, one row per task with the grid
+    best, the one-run default and each method's median (gap to the grid best), worst seed and
+    collapses."""
+    out = []
+    for budget in ("short", "long"):
+        keys = [k for k in analysis if k.endswith("/" + budget)]
+        if not keys:
+            continue
+        out.append(f"**{budget} budget** (median over seeds; gap to the grid best in accuracy points, or % of the loss; "
+                   "worst seed; collapses/seeds)\n")
+        out.append("| task | grid best | one-run default | " + " | ".join(methods) + " |")
+        out.append("|---" * (3 + len(methods)) + "|")
+        for key in keys:
+            e = analysis[key]
+            task = TASKS[key.split("/")[0]]
+            cells = [f"{key.split('/')[0]} ({e['steps']})",
+                     f"{e.get('grid_best', '-')} {_fmt(e.get('grid_best_median'), '.3f')}",
+                     f"{_fmt(e.get('default_median'), '.3f')} ({_fmt((e['methods'].get(e.get('default'), {}) or {}).get('gap_to_grid_best'), '+.1f')})"]
+            for m in methods:
+                st = e["methods"].get(m)
+                if st is None:
+                    cells.append("-")
+                    continue
+                cells.append(f"{_fmt(st['median'], '.3f')} ({_fmt(st.get('gap_to_grid_best'), '+.1f')}), "
+                             f"w {_fmt(st['worst'], '.3f')}, {st['collapses']}/{st['n']}")
+            out.append("| " + " | ".join(cells) + " |")
+            del task
+        out.append("")
+    return "\n".join(out)
+
+
 def _fmt(x, spec=".4f", none="-"):
     if x is None:
         return none
@@ -495,6 +510,7 @@ def report_only(path: Path) -> dict:
     methods = sorted({r["method"] for r in rows if r["method"] not in SCHEDULES}, key=list(METHODS).index)
     report["analysis"] = analyse(rows)
     print_report(report["analysis"], methods)
+    print("\n" + markdown(report["analysis"], methods))
     write_report(path, report)
     plot(report["analysis"], methods, path.with_suffix(".png"))
     return report

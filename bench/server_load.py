@@ -21,6 +21,7 @@ server's CPU time over the window. For scale, the bench first times the tuner al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import random
@@ -170,12 +171,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def measure(n: int, seconds: float, step_ms: float, processes: int, server_args: list[str]) -> dict:
+def measure(n: int, seconds: float, step_ms: float, processes: int, server_args: list[str],
+            during=None) -> dict:
+    """``during(server)`` (optional): a context manager held from before the jobs start until the
+    window ends, e.g. a browser with the server's dashboard open (bench/dashboard.py)."""
     step_s = step_ms / 1000
     stagger = JOB_CONFIG["tau"] * JOB_CONFIG["trial_fraction"] * step_s  # one trial
-    with tempfile.TemporaryDirectory(prefix="autolrs-load-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="autolrs-load-") as tmp, contextlib.ExitStack() as stack:
         server = ServerProcess(Path(tmp) / "state", "--log-level", "WARNING", *server_args)
         try:
+            if during is not None:
+                stack.enter_context(during(server))
             idle = memory_kb(server.proc.pid)["VmRSS"]
             ctx = mp.get_context("spawn")
             ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()

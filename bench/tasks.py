@@ -12,7 +12,7 @@ the test split. Seeds change the initial weights and the order of the batches, n
 | ``diabetes_mse`` | scikit-learn diabetes (regression) | MLP 10-64-64-1, MSE | SGD m0.9 | test MSE |
 | ``digits_gru`` | digits, rows as a sequence | GRU(32) | Adam | accuracy |
 | ``digits_attention`` | digits, rows as tokens | one transformer encoder layer | AdamW | accuracy |
-| ``cancer_small`` | breast cancer, 400 training rows | MLP 30-64-64-2 | SGD m0.9 | test loss (overfits) |
+| ``cancer_small`` | breast cancer, 332 training rows | MLP 30-64-64-2 | SGD m0.9 | test loss (overfits) |
 | ``noisy_bn`` | 20 features, 5 classes, 10% flipped labels | BatchNorm MLP | SGD m0.9 | test loss (overfits) |
 
 ``cancer_small`` and ``noisy_bn`` overfit within their budgets: the LR that lowers the training

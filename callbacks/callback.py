@@ -11,9 +11,11 @@ them together.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Mapping
 
 import torch
@@ -21,14 +23,15 @@ import torch
 from autolrs.actions import Observation
 from autolrs.callbacks import hypergrad
 from autolrs.callbacks.distributed import distributed_link
-from autolrs.callbacks.errors import AutoLRSConfigError, ServerUnavailable, WarnOnce
+from autolrs.callbacks.embedded import AUTO, ENV_SERVER, NOT_STARTED, EmbeddedServer, EmbeddedServerError, resolve_endpoint
+from autolrs.callbacks.errors import AutoLRSConfigError, ServerUnavailable, ServerUnavailableWarning, WarnOnce
 from autolrs.callbacks.link import CLOSED, DETACHED, ServerLink
 from autolrs.callbacks.lr import GroupLRs, scheduler_attached
 from autolrs.callbacks.options import JobOptions, LinkOptions, check_job_id, default_job_id
 from autolrs.callbacks.probe import run_probes
 from autolrs.callbacks.segment import Segment
 from autolrs.callbacks.state import CheckpointStore
-from autolrs.wire import messages
+from autolrs.wire import messages, protocol
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +43,14 @@ STATE_VERSION = 2
 #: The checkpoint slot that keeps the state at the end of a search run whose report went
 #: unanswered, until the server answers (not a name tuners use).
 OUTAGE_SLOT = "autolrs:outage"
+#: The longest wait for an embedded server's first reply to a job's hello (seconds).
+EMBEDDED_HELLO_S = 30.0
 
 
 class AutoLRS:
     """Learning-rate tuning by an autolrs server, one line after ``optimizer.step()``::
 
-        with AutoLRS(model, optimizer, tuner="autolrs", server="tcp://host:5555") as cb:
+        with AutoLRS(model, optimizer, tuner="auto", max_steps=len(loader) * epochs) as cb:
             for x, y in loader:
                 ...
                 optimizer.step()
@@ -55,7 +60,9 @@ class AutoLRS:
 
     The job: ``tuner`` and its knobs ``config``, the job id ``job`` (default: host, pid and a
     random suffix), the step budget ``max_steps`` and the tuner's ``seed`` if known. The server:
-    ``server`` (endpoint), ``timeout`` (no call waits longer for it), ``retry_interval``
+    ``server`` (an endpoint such as ``"tcp://host:5555"``, or ``"auto"``, the default:
+    ``$AUTOLRS_SERVER`` when set, else a private server in a child process for this job, see
+    :mod:`autolrs.callbacks.embedded`), ``timeout`` (no call waits longer for it), ``retry_interval``
     (background retries while it does not answer), ``secret`` (signs requests; default from
     ``$AUTOLRS_SECRET`` / ``$AUTOLRS_SECRET_FILE``). What the tuners may ask of the loop:
     ``val_fn()`` returns a validation loss (float or 0-d tensor; it handles ``model.eval()``
@@ -87,7 +94,7 @@ class AutoLRS:
     MAX_LOSSES = Segment.MAX_LOSSES
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tuner: str = "constant",
-                 config: dict | None = None, server: str = "tcp://127.0.0.1:5555", job: str | None = None,
+                 config: dict | None = None, server: str = AUTO, job: str | None = None,
                  val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
                  probe_fn: Callable[[], Any] | None = None,
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
@@ -109,6 +116,17 @@ class AutoLRS:
         self.model, self.optimizer, self.val_fn, self.probe_fn = model, optimizer, val_fn, probe_fn
         self.tuner, self.config, self.job = options.tuner, options.config, job
         self.max_steps, self.seed = options.max_steps, options.seed
+        endpoint = resolve_endpoint(link_options.server)
+        if endpoint is not None:
+            if endpoint != link_options.server:
+                try:
+                    protocol.check_endpoint(endpoint)
+                except ValueError as exc:
+                    raise ValueError(f"${ENV_SERVER}: {exc}") from None
+            link_options = dataclasses.replace(link_options, server=endpoint)
+        #: The private server of ``server="auto"`` without ``$AUTOLRS_SERVER`` (None otherwise):
+        #: its ``state_dir`` holds the job's decision log while the callback is open.
+        self.embedded_server: EmbeddedServer | None = None if endpoint is not None else EmbeddedServer()
         self.server, self.timeout, self.retry_interval = link_options.server, link_options.timeout, \
             link_options.retry_interval
         #: ``step()`` calls so far (GradScaler-skipped ones excluded), and reports sent.
@@ -150,15 +168,25 @@ class AutoLRS:
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
         self._link: ServerLink | None = None
+        unstarted: str | None = None  # why the embedded server could not start
         try:
+            if self.embedded_server is not None:
+                link_options, unstarted = self._embedded_endpoint(link_options, job)
+                self.server = link_options.server
             self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
                                     lr=lambda: self.lr, step=lambda: self.global_step)
-            self._start(self._link.exchange("hello", self._hello_body(), starting=True, owner_may_load=True))
+            if unstarted is None:
+                self._start(self._link.exchange("hello", self._hello_body(), starting=True, owner_may_load=True,
+                                                deadline=self._hello_deadline()))
+            else:
+                self._embedded_unstarted(unstarted)
         except BaseException:
             self._closed = True
             self._checkpoints.close()
             if self._link is not None:
                 self._link.close()
+            if self.embedded_server is not None:
+                self.embedded_server.stop()
             raise
         if hasattr(optimizer, "register_step_post_hook"):  # counts optimizer steps: no device sync
             self._step_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
@@ -233,9 +261,12 @@ class AutoLRS:
         else:
             self._hypergrad.backward(loss)
 
-    def close(self, reason: str = "done", *, timeout: float | None = None) -> None:
+    def close(self, reason: str = "done", *, timeout: float | None = None, end_job: bool = True) -> None:
         """Say goodbye (waiting up to ``timeout`` s for the reply, by default briefly), keep
-        the job's :attr:`summary` it carries, remove checkpoints, close the socket (idempotent)."""
+        the job's :attr:`summary` it carries, remove checkpoints, close the socket (idempotent).
+        ``end_job=False`` leaves without goodbye: the job stays open on the server, so a
+        trainer restarted from a checkpoint (:meth:`load_state_dict`) can resume it, as after
+        a crash (the framework adapters do this when training stops on an exception)."""
         if self._closed:
             return
         self._closed = True
@@ -252,8 +283,10 @@ class AutoLRS:
         if self._provisional is not None and self._provisional["base"] is not None:
             # The server never answered: the search's run is off the path to the final weights.
             self.discarded.append([self._provisional["base_saved"], self._provisional["step"]])
+        reply = None
         try:
-            reply = self._link.goodbye(self.global_step, reason, timeout, lr=self.lr)
+            if end_job:
+                reply = self._link.goodbye(self.global_step, reason, timeout, lr=self.lr)
             if reply is not None:
                 self._summary = reply.summary
         except Exception:  # noqa: BLE001 - closing must not mask the user's exception
@@ -261,6 +294,8 @@ class AutoLRS:
         finally:
             self._checkpoints.close()
             self._link.close()
+            if self.embedded_server is not None:  # an answered goodbye ended the job: nothing to resume
+                self.embedded_server.stop(ended=reply is not None)
 
     def __enter__(self) -> "AutoLRS":
         return self
@@ -311,10 +346,16 @@ class AutoLRS:
         if credential is not None and (not isinstance(credential, str) or not credential):
             raise ValueError(f"the state's credential must be a non-empty string or None, got {type(credential).__name__}")
         GroupLRs(self.optimizer).load_state_dict(state["lrs"])  # check it before anything changes
+        unstarted = None  # why the embedded server of the job could not start
         if job != self.job or not self._link.registered:
             # Another job, or this one held by its trainer (the state's credential proves it is us),
             # or a hello that got no answer: a new client for the job, with its credential.
-            self._link.goodbye(self.global_step, "replaced")
+            replaced = self._link.goodbye(self.global_step, "replaced")
+            if job != self.job and self.embedded_server is not None:  # the job's own server, on its own folder
+                self.embedded_server.stop(ended=replaced is not None)
+                options, unstarted = self._embedded_endpoint(self._link.options, job)
+                self._link.options, self._link.server = options, options.server
+                self.server = options.server
             self._link.connect(job, credential)
             self.job = self._segment.job = job
         # Else the constructor's hello created this job id afresh (the saved job had finished or
@@ -328,7 +369,42 @@ class AutoLRS:
         if self._should_stop:  # the tuner had said stop: nothing more to ask of it
             self._link.stop()
             return
-        self._start(self._link.exchange("hello", self._hello_body(), starting=True))
+        if unstarted is not None:
+            self._embedded_unstarted(unstarted)
+            return
+        self._start(self._link.exchange("hello", self._hello_body(), starting=True, deadline=self._hello_deadline()))
+
+    def _embedded_unstarted(self, problem: str) -> None:
+        """The embedded server could not start: untuned training with a warning (or, with
+        ``require_server``, :class:`ServerUnavailable`)."""
+        if not self._link.require_server:
+            self._warn("embedded", problem, ServerUnavailableWarning)
+        self._link.detach("embedded", problem)
+
+    def _hello_deadline(self) -> float:
+        """``timeout`` from now; for an embedded server, which has just started and may still be
+        importing the job's tuner (scikit-learn for ``autolrs``), at least EMBEDDED_HELLO_S."""
+        wait = self.timeout if self.embedded_server is None else max(self.timeout, EMBEDDED_HELLO_S)
+        return time.monotonic() + wait
+
+    def _embedded_endpoint(self, options: LinkOptions, job: str) -> tuple[LinkOptions, str | None]:
+        """``options`` pointed at the embedded server started for ``job`` (on rank 0 alone under
+        DDP), and None; or, when it cannot start, a warning for a detached link."""
+        def start() -> tuple[str, str | None, bool]:
+            try:
+                return self.embedded_server.start(job), None, False
+            except EmbeddedServerError as exc:
+                return "", str(exc), exc.in_use
+
+        endpoint, problem, in_use = start() if self._dist is None else self._dist.leader_call(start)
+        if in_use:  # a second live trainer on the job: its server holds the job's folder
+            raise AutoLRSConfigError(f"job {job!r} is run by another live trainer ({problem}); give this run "
+                                     "another job name (job=...)")
+        if problem is not None:
+            return (dataclasses.replace(options, server=NOT_STARTED),
+                    f"autolrs: {problem}; training continues untuned at the current LR ({self.lr:g})")
+        # The server checks this job's own secret (the embedded one's, off rank 0 unused).
+        return dataclasses.replace(options, server=endpoint, secret=self.embedded_server.secret), None
 
     # --- plans -------------------------------------------------------------------------
 

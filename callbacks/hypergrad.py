@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from autolrs.callbacks.tangents import adam_direction, adam_tangent, check_optimizer, sgd_tangent
+from autolrs.callbacks.tangents import adam_direction, adam_tangent, check_optimizer, decoupled, sgd_tangent
 
 __all__ = ["HypergradEngine", "check_optimizer", "engine_for"]
 
@@ -72,6 +72,7 @@ class HypergradEngine:
         self._S: dict[torch.Tensor, list[torch.Tensor]] = {}  # tangents of the optimizer state
         self._hvp: dict[torch.Tensor, torch.Tensor] | None = None  # H Z from backward()
         self._b: dict[torch.Tensor, torch.Tensor] = {}  # last training gradient (adaptive mu)
+        self._step_lrs: list[Any] = []  # each group's LR at the last step (AdamW's hd needs it)
         self.steps = 0
         self.last_report: dict | None = None
         self._hook = optimizer.register_step_pre_hook(self._pre_step)
@@ -158,6 +159,7 @@ class HypergradEngine:
             else:
                 self._tangent_step()
         self._hvp = None
+        self._step_lrs = [_lr_of(g) for g in self.optimizer.param_groups]
         self.steps += 1
 
     def _grad(self, group: dict, p: torch.Tensor) -> torch.Tensor | None:
@@ -166,7 +168,7 @@ class HypergradEngine:
             return None
         if g.is_sparse:
             g = g.to_dense()
-        wd = group.get("weight_decay", 0)
+        wd = 0 if decoupled(group) else group.get("weight_decay", 0)
         return g.add(p, alpha=wd) if wd else g
 
     def _hd_step(self) -> None:
@@ -180,6 +182,12 @@ class HypergradEngine:
             st = opt_state.get(p, {})
             if self.kind == "adam":
                 prev = adam_direction(group, st)
+                if prev is not None and decoupled(group) and k < len(self._step_lrs):
+                    # AdamW's last step: w_t = w_{t-1} (1 - lr wd) - lr a, so its direction is
+                    # a + wd w_{t-1}, with w_{t-1} = (w_t + lr a) / (1 - lr wd).
+                    lr_prev, wd = self._step_lrs[k], group["weight_decay"]
+                    w_prev = _axpy(p, lr_prev, prev) / (1 - lr_prev * wd)
+                    prev = prev.add_(w_prev, alpha=wd)
             else:
                 m, nesterov = group.get("momentum", 0), group.get("nesterov", False)
                 buf = st.get("momentum_buffer")
@@ -211,16 +219,21 @@ class HypergradEngine:
                 continue
             lr, rho = _lr_of(group), ratios[k]
             z = self._Z.get(p)
-            # dg/dlr = (H + wd) Z
+            # dg/dlr = (H + wd) Z (coupled weight decay), H Z (AdamW's)
             dg = None if hvp is None else hvp.get(p)
+            is_decoupled = decoupled(group)
             wd = group.get("weight_decay", 0)
-            if z is not None and wd:
+            if z is not None and wd and not is_decoupled:
                 dg = z * wd if dg is None else dg.add(z, alpha=wd)
             st = opt_state.get(p, {})
             if self.kind == "sgd":
                 direction, ddir, new_s = sgd_tangent(group, st, g, dg, self._S.get(p))
             else:
                 direction, ddir, new_s = adam_tangent(group, st, g, dg, self._S.get(p))
+            if is_decoupled:  # w' = w - lr (a + wd w): direction a + wd w, its LR derivative da + wd Z
+                direction = direction.add(p, alpha=wd)
+                if z is not None:
+                    ddir = z * wd if ddir is None else ddir.add(z, alpha=wd)
             # Z <- mu * (Z - lr * d(direction)/dlr) - rho * direction
             z_new = -rho * direction if rho != 1 else -direction
             if mu > 0:
@@ -250,6 +263,7 @@ class HypergradEngine:
             self._warn("hypergrad_report", f"autolrs: computing the hypergradient failed ({exc!r}); "
                        "reported without it (the server keeps the LR)")
             report = {"h": [], "vb": None, "val_loss": None}
+        report["optimizer"] = self.kind  # the server scales its default hyper-LR by it
         self.last_report = report
         return report
 

@@ -4,9 +4,10 @@ server's ``loss_diff`` tuner.
 The server plans the LR grid and does the statistics; this object feeds it subsamples. It
 drives an :class:`~autolrs.callbacks.AutoLRS` callback with a ``probe_fn`` over the current
 subsample: each ``cb.step`` hands the next subsample to the next ``probe`` action (no training
-step in between), and the results come back in the job's summary, with the goodbye reply::
+step in between), and the results come back in the job's summary, with the goodbye reply. With
+no ``server`` argument it runs on a private server started for it (``server="auto"``)::
 
-    finder = LossDiffFinder(model, optimizer, criterion, server="tcp://127.0.0.1:5555")
+    finder = LossDiffFinder(model, optimizer, criterion)
     finder.tune(train_loader, lr_min=1e-5, lr_max=1.0, num_evals=30, num_subsamples=30)
     lr = finder.get_best_lr("mean")         # or "median", "variance", "max"
     finder.plot(path="loss_diff.png")       # mean delta-loss and its t interval against the LR
@@ -32,8 +33,9 @@ import torch
 
 from autolrs import delta_stats
 from autolrs.callbacks.callback import AutoLRS
+from autolrs.callbacks.embedded import AUTO
 from autolrs.callbacks.errors import AutoLRSWarning
-from autolrs.callbacks.standalone import Batches, StandaloneTool, finish_axes, move_to_device, open_axes
+from autolrs.callbacks.standalone import Batches, StandaloneTool, finish_axes, move_to_device, open_axes, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class LossDiffFinder(StandaloneTool):
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
-                 server: str = "tcp://127.0.0.1:5555", device: str | torch.device | None = None, *,
+                 server: str = AUTO, device: str | torch.device | None = None, *,
                  memory_cache: bool = True, cache_dir: str | None = None, job: str | None = None,
                  timeout: float = 5.0, include_rng: bool = False):
         super().__init__(model, optimizer, criterion, server, device, memory_cache=memory_cache, cache_dir=cache_dir,
@@ -62,11 +64,12 @@ class LossDiffFinder(StandaloneTool):
     def tune(self, train_loader: Iterable, lr_min: float = 1e-6, lr_max: float = 1.0, num_evals: int = 30,
              num_subsamples: int = 30, batch_size: int | None = None, *, spacing: str = "log",
              alpha: float = 0.05, method: str = "mean", apply_best: bool = False,
-             non_blocking_transfer: bool = True) -> float | None:
+             non_blocking_transfer: bool = True, progress: bool = True) -> float | None:
         """Probe ``num_evals`` LRs from ``lr_min`` to ``lr_max`` on ``num_subsamples`` subsamples
         and return the best LR of ``method`` (None when the rule finds none). A subsample is one
         batch of ``train_loader``, or with ``batch_size`` that many rows cut from its stream
-        (batches of tensors only)."""
+        (batches of tensors only). ``progress=False`` hides the progress bar (tqdm, when
+        installed; one tick per subsample)."""
         config = {"lr_min": float(lr_min), "lr_max": float(lr_max), "num_evals": int(num_evals),
                   "num_subsamples": int(num_subsamples), "spacing": spacing, "alpha": float(alpha),
                   "method": method, "apply_best": bool(apply_best)}
@@ -84,13 +87,19 @@ class LossDiffFinder(StandaloneTool):
                      probe_fn=probe_fn, include_rng=self.include_rng, checkpoint=self.storage,
                      checkpoint_dir=self.cache_dir, timeout=self.timeout) as cb:
             calls = 0
-            # One step per subsample plus one; the bound matters only if the server stops answering.
-            while not cb.should_stop and calls < 2 * int(num_subsamples) + 10:
-                x, y = subsamples.next()
-                current["x"] = move_to_device(x, self.device, non_blocking_transfer)
-                current["y"] = move_to_device(y, self.device, non_blocking_transfer)
-                cb.step(None)  # no training step: it only hands this subsample to the next probe
-                calls += 1
+            bar = progress_bar(progress, int(num_subsamples), "loss_diff")
+            try:
+                # One step per subsample plus one; the bound matters only if the server stops answering.
+                while not cb.should_stop and calls < 2 * int(num_subsamples) + 10:
+                    x, y = subsamples.next()
+                    current["x"] = move_to_device(x, self.device, non_blocking_transfer)
+                    current["y"] = move_to_device(y, self.device, non_blocking_transfer)
+                    cb.step(None)  # no training step: it only hands this subsample to the next probe
+                    calls += 1
+                    if calls > 1:  # the first step only starts the tune; each later one probed a subsample
+                        bar.update(1)
+            finally:
+                bar.close()
             finished = cb.should_stop
             cb.close(timeout=self.timeout)  # its goodbye reply carries the job's summary
         summary = cb.summary

@@ -3,9 +3,12 @@
 It drives its own loop through an :class:`~autolrs.callbacks.AutoLRS` callback with
 ``tuner="range_test"``: the server plans the sweep, smooths the loss, detects divergence and
 suggests; the finder trains one (possibly accumulated) batch per ``cb.step`` and reads the
-curve from the job's summary, which the server's goodbye reply carries::
+curve from the job's summary, which the server's goodbye reply carries. With nothing running
+and no ``server`` argument, the test runs on a private server started for it (``server="auto"``,
+see :mod:`autolrs.callbacks.embedded`) and stopped afterwards, as torch-lr-finder needs no
+extra process::
 
-    finder = LRFinder(model, optimizer, criterion, server="tcp://127.0.0.1:5555")
+    finder = LRFinder(model, optimizer, criterion)
     finder.range_test(train_loader, end_lr=10, num_iter=100)
     lr = finder.suggestion("valley")
     finder.plot(path="lr_finder.png")      # headless: saves a PNG
@@ -30,10 +33,11 @@ import torch
 
 from autolrs import lr_curve
 from autolrs.callbacks.callback import AutoLRS
+from autolrs.callbacks.embedded import AUTO
 from autolrs.callbacks.errors import AutoLRSWarning
 from autolrs.callbacks.lr import scheduler_attached, write_lrs
 from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, model_device,
-                                          move_to_device, open_axes)
+                                          move_to_device, open_axes, progress_bar)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class LRFinder(StandaloneTool):
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
-                 server: str = "tcp://127.0.0.1:5555", device: str | torch.device | None = None, *,
+                 server: str = AUTO, device: str | torch.device | None = None, *,
                  memory_cache: bool = True, cache_dir: str | None = None, grad_scaler: Any = None,
                  amp_config: dict | None = None, job: str | None = None, timeout: float = 5.0,
                  include_rng: bool = False):
@@ -74,10 +78,11 @@ class LRFinder(StandaloneTool):
     def range_test(self, train_loader: Iterable, val_loader: Iterable | None = None, start_lr: Any = None,
                    end_lr: float = 10, num_iter: int = 100, step_mode: str = "exp", smooth_f: float = 0.05,
                    diverge_th: float | None = 5, accumulation_steps: int = 1, non_blocking_transfer: bool = True,
-                   *, chunk: int = 10, method: str = lr_curve.DEFAULT_METHOD) -> None:
+                   *, chunk: int = 10, method: str = lr_curve.DEFAULT_METHOD, progress: bool = True) -> None:
         """Sweep the LR from ``start_lr`` (default: each group's current LR) to ``end_lr`` over
         ``num_iter`` optimizer steps; with ``val_loader`` each point is a full validation pass.
-        Fills :attr:`history` (``lr``, ``loss`` smoothed as in torch-lr-finder, ``raw_loss``)."""
+        Fills :attr:`history` (``lr``, ``loss`` smoothed as in torch-lr-finder, ``raw_loss``).
+        ``progress=False`` hides the progress bar (tqdm, when installed)."""
         if num_iter <= 1:
             raise ValueError("`num_iter` must be larger than 1")
         if str(step_mode).lower() not in lr_curve.STEP_MODES:
@@ -104,12 +109,18 @@ class LRFinder(StandaloneTool):
                      val_fn=val_fn, scaler=self.grad_scaler, include_rng=self.include_rng,
                      checkpoint=self.storage, checkpoint_dir=self.cache_dir, timeout=self.timeout) as cb:
             calls = 0
-            # The server stops the test after num_iter steps; the bound only matters when it
-            # stops answering (then training would go on at a fixed LR) or every step overflows.
-            while not cb.should_stop and cb.global_step < num_iter and calls < 2 * num_iter + 10:
-                loss = self._train_batch(batches, accumulation_steps, non_blocking_transfer)
-                calls += 1
-                cb.step(loss)
+            bar = progress_bar(progress, int(num_iter), "range test")
+            try:
+                # The server stops the test after num_iter steps; the bound only matters when it
+                # stops answering (then training would go on at a fixed LR) or every step overflows.
+                while not cb.should_stop and cb.global_step < num_iter and calls < 2 * num_iter + 10:
+                    loss = self._train_batch(batches, accumulation_steps, non_blocking_transfer)
+                    calls += 1
+                    done = cb.global_step
+                    cb.step(loss)
+                    bar.update(cb.global_step - done)
+            finally:
+                bar.close()
             finished = cb.should_stop
             cb.close(timeout=self.timeout)  # its goodbye reply carries the job's summary
         summary = cb.summary

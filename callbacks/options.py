@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from autolrs.callbacks.embedded import AUTO
 from autolrs.wire import protocol
 
 __all__ = ["JobOptions", "LinkOptions", "check_job_id", "default_job_id"]
@@ -80,7 +81,8 @@ class LinkOptions:
     @classmethod
     def checked(cls, server: Any, timeout: Any, retry_interval: Any, secret: Any,
                 require_server: Any = False) -> "LinkOptions":
-        protocol.check_endpoint(server)
+        if server != AUTO:  # "auto": $AUTOLRS_SERVER (checked when read) or an embedded server
+            protocol.check_endpoint(server)
         if not isinstance(require_server, bool):
             raise ValueError(f"require_server must be True or False, got {require_server!r}")
         return cls(server=server, timeout=_positive(timeout, "timeout"),

@@ -1,6 +1,7 @@
 """What the tools that run their own loop (``LRFinder``, ``LossDiffFinder``) share: a snapshot
 of model and optimizer taken at construction and restored by ``reset()``, moving batches to the
-device, an endless stream of batches, and a matplotlib figure that is saved headless or shown.
+device, an endless stream of batches, a progress bar, and a matplotlib figure that is saved
+headless or shown. matplotlib and tqdm (the ``plot`` extra) are imported only when used.
 """
 
 from __future__ import annotations
@@ -49,6 +50,29 @@ class StandaloneTool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(enabled: bool, total: int, desc: str) -> Any:
+    """A tqdm bar of ``total`` steps (on stderr), or one that shows nothing when ``enabled`` is
+    false or tqdm is not installed (it comes with the ``plot`` extra)."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return _NoBar()
+        return tqdm(total=total, desc=desc, leave=False)
+    return _NoBar()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -102,6 +126,10 @@ def open_axes(ax: Any, path: str | None) -> tuple[Any, bool]:
     saved to ``path`` (nothing is shown, no display needed), else through pyplot to be shown."""
     if ax is not None:
         return ax, False
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'autolrs[plot]'") from None
     if path is not None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

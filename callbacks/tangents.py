@@ -14,26 +14,31 @@ from typing import Any
 
 import torch
 
-__all__ = ["adam_direction", "adam_tangent", "bias_corrections", "check_optimizer", "sgd_tangent"]
+__all__ = ["adam_direction", "adam_tangent", "bias_corrections", "check_optimizer", "decoupled", "sgd_tangent"]
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer) -> str:
-    """``"sgd"`` or ``"adam"``; ValueError for an optimizer the recursions do not model."""
+    """``"sgd"`` or ``"adam"`` (AdamW, Adam with decoupled weight decay, included);
+    ValueError for an optimizer the recursions do not model."""
     if type(optimizer) is torch.optim.SGD:
         kind = "sgd"
-    elif type(optimizer) is torch.optim.Adam:
+    elif type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
         kind = "adam"
     else:
-        raise ValueError(f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam, "
+        raise ValueError(f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam (and AdamW), "
                          f"not {type(optimizer).__name__}")
     for i, g in enumerate(optimizer.param_groups):
         if g.get("maximize"):
             raise ValueError(f"param group {i}: maximize=True is not supported by the hypergradient tuners")
         if kind == "adam" and g.get("amsgrad"):
             raise ValueError(f"param group {i}: amsgrad is not supported by the hypergradient tuners")
-        if kind == "adam" and g.get("decoupled_weight_decay"):
-            raise ValueError(f"param group {i}: decoupled weight decay (AdamW) is not supported")
     return kind
+
+
+def decoupled(group: dict) -> bool:
+    """AdamW's weight decay: ``w <- w (1 - lr wd)`` beside the update, not in the gradient
+    (``d = a + wd * w``, ``a`` Adam's direction)."""
+    return bool(group.get("decoupled_weight_decay")) and bool(group.get("weight_decay", 0))
 
 
 def adam_direction(group: dict, st: dict) -> torch.Tensor | None:

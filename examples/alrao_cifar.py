@@ -40,7 +40,7 @@ def split_last_linear(net: nn.Module) -> tuple[nn.Module, nn.Linear]:
 
 def build_alrao(model_name: str, lr_min: float = 1e-5, lr_max: float = 10.0, n_classifiers: int = 10, *,
                 optimizer: str = "sgd", momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-                num_classes: int = 10, device: torch.device | str = "cpu", likelihood: str = "batch",
+                num_classes: int = 10, device: torch.device | str = "cpu", likelihood: str = "mean",
                 check_finite: bool = True):
     """``(AlraoModel, AlraoSGD | AlraoAdam)`` for ``cifar_models.MODELS[model_name]``.
 

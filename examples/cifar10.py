@@ -40,10 +40,6 @@ from cifar_models import MODELS, default_model  # noqa: E402
 # What each tuner gets unless --tuner-config says otherwise: sized for this example's budget.
 EXAMPLE_TUNER_DEFAULTS = {
     "autolrs": {"lr_min": 1e-3, "lr_max": 1.0},
-    # Hyper-LRs sized for SGD with momentum on the small CNN (bench/hypergradient.py).
-    "hd": {"beta": 0.01, "clip": 0.5},
-    "rtho": {"beta": 0.005, "clip": 0.5},
-    "marthe": {"beta": 0.005, "clip": 0.5},
     "loss_diff": {"lr_min": 1e-4, "lr_max": 3.0, "num_evals": 20, "num_subsamples": 20, "apply_best": True},
 }
 

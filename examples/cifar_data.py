@@ -31,16 +31,37 @@ def _batch_folder(root: Path) -> Path | None:
     return None
 
 
+def data_problem(root: Path) -> str | None:
+    """None when ``root`` holds the data or torchvision can download it there; else why not, in
+    one line (run.sh checks this before it starts a server)."""
+    if _batch_folder(root) is not None:
+        return None
+    try:
+        _torchvision_cifar10()
+    except Exception as exc:  # ImportError, or RuntimeError from a CUDA-only build
+        return _no_data(root, exc)
+    return None
+
+
+def _torchvision_cifar10():
+    import torchvision  # noqa: F401  (may fail with RuntimeError on a mismatched build)
+    from torchvision.datasets import CIFAR10
+
+    return CIFAR10
+
+
+def _no_data(root: Path, exc: Exception) -> str:
+    return (f"no CIFAR-10 python batches in {root} (nor {root / 'cifar-10-batches-py'}) and torchvision cannot "
+            f"download them here ({type(exc).__name__}: {exc}). Put the files data_batch_1..5 and test_batch "
+            "there, or pass --data-dir / set CIFAR10_DIR.")
+
+
 def _download(root: Path) -> None:
     try:
-        import torchvision  # noqa: F401  (may fail with RuntimeError on a mismatched build)
-        from torchvision.datasets import CIFAR10
+        cifar10 = _torchvision_cifar10()
     except Exception as exc:  # ImportError, or RuntimeError from a CUDA-only build
-        raise FileNotFoundError(
-            f"no CIFAR-10 python batches in {root} (nor {root / 'cifar-10-batches-py'}) and "
-            f"torchvision cannot download them here ({type(exc).__name__}: {exc}). Put the files "
-            "data_batch_1..5 and test_batch there, or pass --data-dir / set CIFAR10_DIR.") from None
-    CIFAR10(str(root), train=True, download=True)
+        raise FileNotFoundError(_no_data(root, exc)) from None
+    cifar10(str(root), train=True, download=True)
 
 
 def _read(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:

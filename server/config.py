@@ -19,6 +19,7 @@ import yaml
 
 from autolrs.errors import ConfigError, did_you_mean
 from autolrs.tuners import JOB_KEYS, TUNERS
+from autolrs.tuners.guard import DEFAULTS as GUARD_KNOBS
 
 __all__ = ["ConfigError", "ServerConfig", "job_tuner_config", "load_config", "load_defaults"]
 
@@ -46,6 +47,9 @@ class ServerConfig:
     max_backlog_bytes: int = 64 << 20
     #: None: ``<state_dir>/admin.token``.
     admin_token_file: str | None = None
+    #: The dashboard (server/dashboard/): its address, and its port (None: not served).
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
 
 
 def load_defaults() -> dict:
@@ -122,6 +126,8 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
                 # These come from each job's hello (the optimizer, the client's budget).
                 raise ConfigError(f"{source}: 'tuners.{name}.{knob}' is set per job by the client, "
                                   "not in the server config")
+            if knob in GUARD_KNOBS:  # the divergence guard's knobs go with every tuner
+                continue
             if knob not in cls.defaults and knob not in cls.aliases and knob not in cls.aliases.values():
                 valid = sorted(map(cls.public_name, cls.defaults))
                 raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'{did_you_mean(knob, valid)}; "
@@ -158,6 +164,10 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     admin_file = s["admin_token_file"]
     if admin_file is not None and (not isinstance(admin_file, (str, Path)) or not str(admin_file)):
         raise ConfigError(f"server.admin_token_file must be a path or null, got {admin_file!r}")
+    http_host = s["http_host"]
+    if not isinstance(http_host, str) or not http_host:
+        raise ConfigError(f"server.http_host must be a non-empty string, got {http_host!r}")
+    http_port = None if s["http_port"] is None else _int(s["http_port"], "server.http_port", 0, 65535)
     allow_insecure = s["allow_insecure"]
     if not isinstance(allow_insecure, bool):
         raise ConfigError(f"server.allow_insecure must be true or false, got {allow_insecure!r}")
@@ -173,7 +183,8 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
                         max_sessions_per_peer=_int(s["max_sessions_per_peer"], "server.max_sessions_per_peer", 1,
                                                    1_000_000),
                         max_backlog_bytes=_int(s["max_backlog_bytes"], "server.max_backlog_bytes", 1 << 20, 1 << 40),
-                        admin_token_file=None if admin_file is None else str(admin_file))
+                        admin_token_file=None if admin_file is None else str(admin_file),
+                        http_host=http_host, http_port=http_port)
 
 
 def _seconds(value: Any, key: str) -> float:

@@ -40,8 +40,10 @@ from autolrs.tuners import TUNERS, UnknownTunerError, make_tuner
 
 from autolrs.server import security
 from autolrs.server.config import ServerConfig, job_tuner_config
+from autolrs.server.history import HistoryRecorder
 from autolrs.server.keyed_locks import KeyedLocks
 from autolrs.server.leases import Leases
+from autolrs.server import joblog
 from autolrs.server.sessions import ACTIVE, FINISHED, Session, SessionStore, observation_summary
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class Dispatcher:
         self._admission = threading.Lock()
         # job id -> tuner summary after the job's last change (what status lists).
         self._summaries: dict[str, dict | None] = {}
+        #: Each job's history for the dashboard (jobs/<id>/history.jsonl; see server/history.py).
+        self.history = HistoryRecorder(store.jobs_dir, fsync=store.fsync)
 
     # --- entry point -------------------------------------------------------------------
 
@@ -179,18 +183,24 @@ class Dispatcher:
         """Every job in full for the admin token's holder; for anyone else only each job's id and
         status: another job's tuner, step, LR and summary are its trainer's business."""
         admin = security.matches(req.get("credential"), self._admin)
-        now = time.time()
-        live, evicted = self.store.listing()
-        if admin:
-            rows = {s.job_id: self._row(s, now) for s in live}
-        else:
-            rows = {s.job_id: {"job_id": s.job_id, "status": self.leases.status(s, now)} for s in live}
-        for job_id, row in evicted.items():
-            rows.setdefault(job_id, row if admin else {"job_id": row["job_id"], "status": row["status"]})
-        sessions = [rows[job] for job in sorted(rows)]
+        sessions = self.rows()
+        if not admin:
+            sessions = [{"job_id": row["job_id"], "status": row["status"]} for row in sessions]
         server = {"version": autolrs.__version__, "protocol": protocol.PROTOCOL_VERSION,
                   "uptime_s": round(time.monotonic() - self.started, 3), "sessions": len(sessions), "admin": admin}
         return protocol.ok_reply(req, messages.StatusReply(server, sessions).to_body())
+
+    def rows(self, now: float | None = None, only: str | None = None) -> list[dict]:
+        """Every job's status row (loaded or unloaded; or only job ``only``'s), by job id: what
+        ``status`` lists and the dashboard shows. Summaries are the cached ones; no job's lock is
+        waited for."""
+        now = time.time() if now is None else now
+        live, evicted = self.store.listing()
+        rows = {s.job_id: self._row(s, now) for s in live if only is None or s.job_id == only}
+        for job_id, row in evicted.items():
+            if only is None or job_id == only:
+                rows.setdefault(job_id, row)
+        return [rows[job] for job in sorted(rows)]
 
     def _row(self, s: Session, now: float) -> dict:
         return {"job_id": s.job_id, "tuner": s.tuner_name, "status": self.leases.status(s, now), "step": s.step,
@@ -272,6 +282,7 @@ class Dispatcher:
             self.store.save(session)
             self.store.put(session)
         self._issued[job_id] = credential
+        self.history.start(job_id)  # a new session: the history of one it replaced goes with it
         self._log(session, req, "hello", plan, resumed=False, replaced_finished=replaced is not None,
                   tuner=hello.tuner, config=config, seed=seed)
         return _with_credential(reply, credential)
@@ -324,7 +335,14 @@ class Dispatcher:
             return protocol.ok_reply(req, messages.ReportReply(plan, next=after).to_body()), {
                 "kind": "report", "plan": plan, "observation": observation_summary(obs.losses, obs.evals)}
 
-        return self._apply(session, req, apply)
+        # The history needs the plan the client carried out and the summary from before the report.
+        plan_before = (session.last_reply or {}).get("body", {}).get("plan")
+        summary_before = (self._summaries[session.job_id] if session.job_id in self._summaries
+                          else self._cache_summary(session))
+        reply = self._apply(session, req, apply)
+        self.history.record_report(session.job_id, plan_before, body, obs.losses, obs.evals, obs.hypergrad,
+                                   summary_before, self._summaries.get(session.job_id))
+        return reply
 
     def _goodbye(self, req: dict, body: dict) -> dict:
         session = self._session_for(req)
@@ -442,7 +460,7 @@ class Dispatcher:
             self.store.append_log(session, record)
         except Exception:  # noqa: BLE001 - the log is for people; the decision is already saved
             log.exception("could not append to the decisions log of job %s", session.job_id)
-        log.debug("job %s %s seq=%s step=%s", session.job_id, kind, req["seq"], session.step)
+        log.info("%s", joblog.job_line(kind, session.job_id, session.step, plan, extra))
 
 
 # --- helpers -------------------------------------------------------------------------------

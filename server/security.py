@@ -57,17 +57,20 @@ def curve_keys(config: ServerConfig) -> tuple[bytes, bytes] | None:
     return public, secret
 
 
-def check_bind(config: ServerConfig, key: bytes | None) -> None:
-    """Refuse a non-loopback address without a secret unless ``allow_insecure``; warn if allowed."""
-    if key is not None or is_loopback(config.host):
+def check_bind(config: ServerConfig, key: bytes | None, host: str | None = None,
+               exposes: str = "create, drive and read jobs") -> None:
+    """Refuse a non-loopback address (``host``, default ``config.host``) without a secret unless
+    ``allow_insecure``; warn if allowed. ``exposes`` says what a stranger could do there."""
+    host = config.host if host is None else host
+    if key is not None or is_loopback(host):
         return
     if not config.allow_insecure:
         raise ConfigError(
-            f"refusing to bind {config.host} without a shared secret: anyone who can reach it could drive "
-            f"your jobs. Set one (--secret-file FILE, ${auth.ENV_SECRET} or ${auth.ENV_SECRET_FILE}), bind "
+            f"refusing to bind {host} without a shared secret: anyone who can reach it could {exposes}. "
+            f"Set one (--secret-file FILE, ${auth.ENV_SECRET} or ${auth.ENV_SECRET_FILE}), bind "
             "127.0.0.1, or pass --insecure (server.allow_insecure) if the network is trusted")
     log.warning("serving on %s WITHOUT a shared secret (allow_insecure): any host that can reach this "
-                "port can create, drive and read jobs", config.host)
+                "port can %s", host, exposes)
 
 
 # --- job credentials and the admin token ---------------------------------------------------------

@@ -3,6 +3,10 @@ a real server process on a random loopback port."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
@@ -13,6 +17,23 @@ from autolrs.testing.training import make_mlp
 # Tiny models gain nothing from intra-op threads, and spinning OpenMP workers compete with the
 # server process for the two cores.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache():
+    """The embedded servers of ``server="auto"`` keep their state in a cache folder of this
+    session (never the user's), and no ``$AUTOLRS_SERVER`` of the environment applies."""
+    saved = {k: os.environ.get(k) for k in ("AUTOLRS_CACHE_DIR", "AUTOLRS_SERVER")}
+    folder = tempfile.mkdtemp(prefix="autolrs-test-cache-")
+    os.environ["AUTOLRS_CACHE_DIR"] = folder
+    os.environ.pop("AUTOLRS_SERVER", None)
+    yield folder
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ class AlraoModel(nn.Module):
     - ``preclassifier``: any module; if it returns a tuple ``(x, a, b, ...)``, ``x`` feeds the
       copies and the model returns ``(mixture, a, b, ...)`` (e.g. an RNN's hidden state).
     - ``classifier_factory(*args, **kwargs)`` builds one copy; ``n_classifiers`` are built.
-    - ``theta`` (Switch prior on not switching, default 0.9999), ``likelihood`` ('batch' or the
-      original's 'mean', see ``Switch``), ``check_finite`` (raise ValueError on non-finite
+    - ``theta`` (Switch prior on not switching, default 0.9999), ``likelihood`` ('mean', the
+      original's and the default, or 'batch', see ``Switch``), ``check_finite`` (raise ValueError on non-finite
       features, as the original; costs a device sync per forward) are keyword-only knobs and are
       not passed to the factory.
 
@@ -35,7 +35,7 @@ class AlraoModel(nn.Module):
 
     def __init__(self, task: str, loss: Callable, preclassifier: nn.Module, n_classifiers: int,
                  classifier_factory: Callable[..., nn.Module], *args, theta: float = 0.9999,
-                 likelihood: str = "batch", check_finite: bool = True, **kwargs):
+                 likelihood: str = "mean", check_finite: bool = True, **kwargs):
         super().__init__()
         self.task = task
         self.loss = loss

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from autolrs.optim.model import AlraoModel
-from autolrs.optim.sampling import classifier_lrs, sample_unit_lrs
+from autolrs.optim.sampling import classifier_lrs, sample_tensor_lrs, sample_unit_lrs
 
 __all__ = ["AlraoSGD", "AlraoAdam", "alrao_step"]
 
@@ -41,6 +41,33 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         for p, lr in sample_unit_lrs(pre, lr_min, lr_max, generator, per=per):
             self.state[p]["unit_lr"] = lr.to(device=p.device, dtype=p.dtype)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group`` with Alrao's default for a group that names no ``lr``:
+        ``lr = 1.0`` and a random LR per unit in ``[lr_min, lr_max]`` for each of its tensors (a
+        tensor alone does not say which module it belongs to, so a unit is an index of its first
+        dimension, one LR for a 0-d tensor; ``per='weight'`` gives every scalar its own). The LRs
+        are drawn from a generator seeded by ``seed`` and the group's index, so a run is
+        repeatable. A group with an ``lr`` is trained at that plain LR (the other options fall back
+        to the constructor's, as in torch); an ``lr`` that is not a number > 0 is refused here."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        sample = "lr" not in param_group
+        if not sample:
+            lr = param_group["lr"]
+            if isinstance(lr, bool) or not isinstance(lr, (int, float, torch.Tensor)) or not lr > 0:
+                raise ValueError(f"{type(self).__name__}: a param group's 'lr' must be a number > 0, got {lr!r}")
+        param_group = dict(param_group)
+        param_group.setdefault("lr", 1.0)
+        param_group.setdefault("role", f"group_{len(self.param_groups)}")
+        super().add_param_group(param_group)
+        if sample:
+            d = self.defaults
+            index = len(self.param_groups) - 1
+            generator = torch.Generator().manual_seed(d["seed"] * 7919 + index)
+            for p in self.param_groups[-1]["params"]:
+                lr = sample_tensor_lrs(p.shape, d["lr_min"], d["lr_max"], generator, per=d["per"])
+                self.state[p]["unit_lr"] = lr.to(device=p.device, dtype=p.dtype)
 
     def unit_lrs(self, expand: bool = False) -> list[torch.Tensor]:
         """The pre-classifier's per-unit LR tensors in parameter order (broadcastable shapes, or
@@ -170,15 +197,26 @@ def alrao_step(model: AlraoModel, optimizer: _AlraoOptimizer, targets: torch.Ten
     """
     if model.last_x is None:
         raise RuntimeError("alrao_step before any forward of the model")
-    loss = loss if loss is not None else model.loss
+    own_loss = loss is None or loss is model.loss
+    loss = model.loss if loss is None else loss
     for copy in model.classifiers:
         for p in copy.parameters():
             p.grad = None
     with torch.enable_grad():
         x = model.last_x
-        losses = [loss(copy(x), targets) for copy in model.classifiers]
-        kept = [value for value in losses if not skip_nonfinite or torch.isfinite(value)]
+        own = [loss(copy(x), targets) for copy in model.classifiers]
+        losses = torch.stack([value.detach() for value in own])
+        # One sync for all copies; a non-finite copy stays out of the graph (a zero gradient
+        # through it would still be 0 * nan).
+        finite = torch.isfinite(losses).tolist() if skip_nonfinite else [True] * len(own)
+        kept = [value for value, ok in zip(own, finite) if ok]
         if kept:
             torch.stack(kept).sum().backward()
     optimizer.step()
+    if own_loss and model.last_outputs is not None:
+        # The copies' losses on the forward's features are the Switch's prequential losses.
+        losses = model.switch.update_losses(losses, targets)
+        if catch_up:
+            model.hard_catch_up()
+        return losses
     return model.update_switch(targets, catch_up=catch_up)

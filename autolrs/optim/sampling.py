@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["log_uniform", "classifier_lrs", "sample_unit_lrs", "unit_lr_kind"]
+__all__ = ["log_uniform", "classifier_lrs", "sample_unit_lrs", "sample_tensor_lrs", "unit_lr_kind"]
 
 
 def log_uniform(n: int, lr_min: float, lr_max: float, generator: torch.Generator) -> torch.Tensor:
@@ -99,6 +99,19 @@ def sample_unit_lrs(module: nn.Module, lr_min: float, lr_max: float, generator: 
                 row_lrs[name] = vec
                 lr = vec.view((p.shape[0],) + (1,) * (p.dim() - 1))
             yield p, lr
+
+
+def sample_tensor_lrs(shape: torch.Size | tuple[int, ...], lr_min: float, lr_max: float, generator: torch.Generator,
+                      per: str = "unit") -> torch.Tensor:
+    """LRs for a tensor known only by its shape (no module to say what a unit is): one per index
+    of its first dimension, broadcastable (``(n, 1, ...)``), one for a 0-d tensor; ``per='weight'``:
+    one per scalar."""
+    if per not in ("unit", "weight"):
+        raise ValueError(f"per must be 'unit' or 'weight', got {per!r}")
+    shape = tuple(shape)
+    if per == "weight" or len(shape) == 0:
+        return log_uniform(math.prod(shape), lr_min, lr_max, generator).view(shape)
+    return log_uniform(shape[0], lr_min, lr_max, generator).view((shape[0],) + (1,) * (len(shape) - 1))
 
 
 def _check_interval(lr_min: float, lr_max: float) -> None:

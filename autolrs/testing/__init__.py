@@ -9,6 +9,8 @@
   batches, one training step, the validation loss, the LRs of a torch scheduler (torch).
 * :mod:`autolrs.testing.bitwise`: copies of model/optimizer state and their exact comparison
   (torch).
+* :mod:`autolrs.testing.browser`: headless Chromium driven by selenium, for the dashboard's
+  tests and benchmark (the ``test`` extra and Debian's chromium and chromium-driver).
 
 Only the simulated client is imported with the package, so ``import autolrs.testing`` stays
 free of torch and zmq.

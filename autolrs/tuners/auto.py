@@ -7,7 +7,8 @@ Phases, all within ``max_steps`` (required):
 1. **sweep**: an LR range test (:class:`~autolrs.tuners.range_test.RangeTestTuner`, exponential
    from ``initial_lr / 1e4`` to ``initial_lr * 1000`` by default, wide enough to see divergence
    with Adam's LR scale too, and with the optimizer's LR 10x off) over ``sweep_fraction`` of the
-   budget (30 to 100 steps); the weights are restored afterwards. ``rule`` (default
+   budget (30 to 100 steps, fewer only within a tenth of a budget under 300 steps); the weights
+   are restored afterwards. ``rule`` (default
    ``minimum``: the LR of the lowest loss / 10; see :mod:`autolrs.lr_curve`) applied to the
    lag-free running-median curve (:func:`autolrs.lr_curve.centred`; the last points are not
    skipped when the sweep never diverged) gives the centre ``p`` of the candidates; a sweep
@@ -42,6 +43,7 @@ from typing import Any
 from autolrs import actions, divergence, lr_curve
 from autolrs.actions import Observation
 from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.phases import warmup_cosine
 from autolrs.tuners.range_test import SLOT as SWEEP_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
 
@@ -51,32 +53,24 @@ BASE, BEST, GOOD = "auto_base", "auto_best", "auto_good"
 FALL = 0.02  # a sweep whose smoothed loss never falls 2 % below its start saw no learning
 
 
-def warmup_cosine(peak: float, i: int, n: int, warmup: int) -> float:
-    """LR of step ``i`` of an ``n``-step run: a linear ramp to ``peak`` over ``warmup`` steps,
-    then cosine from ``peak`` to 0 at step ``n`` (``CosineAnnealingLR`` with ``T_max = n - warmup``)."""
-    if i < warmup:
-        return peak * (i + 1) / warmup
-    span = max(1, n - warmup)
-    return peak * (1 + math.cos(math.pi * min(i - warmup, span) / span)) / 2
-
-
 class AutoTuner(Tuner):
     """Range test, a few annealed trials, then an annealed run that rolls back on trouble."""
 
     name = "auto"
-    defaults = {
-        "sweep_min": None,  # the sweep's first LR; None: initial_lr / 1e4
-        "sweep_max": None,  # its last LR; None: initial_lr * 1000
-        "sweep_fraction": 0.05,  # of max_steps (30 to 100 steps)
-        "rule": "minimum",  # range-test rule giving the candidates' centre
-        "candidates": 3,  # LRs tried, spaced by `spacing` around the rule's LR
-        "spacing": 2.0,
-        "trial_fraction": 0.03,  # of max_steps, per trial (at least 5 steps)
-        "warmup_fraction": 0.02,  # of max_steps: linear ramp to the peak
-        "check_fraction": 0.05,  # of max_steps: a report (and a val_fn call) this often
-        "cut": 0.5,  # LR factor after a rollback
-        "max_cuts": 5,  # rollbacks before a divergence stops the job
-        "use_val": True,  # score trials and watch overfitting on val_fn when there is one
+    knobs = {
+        "sweep_min": (None, "the sweep's first LR; None: initial_lr / 1e4"),
+        "sweep_max": (None, "the sweep's last LR; None: initial_lr * 1000"),
+        "sweep_fraction": (0.05, "share of max_steps the range test takes (30 to 100 steps; at most a tenth of "
+                                 "a small budget)"),
+        "rule": ("minimum", "range-test rule giving the candidates' centre"),
+        "candidates": (3, "LRs tried, spaced by `spacing` around the rule's LR"),
+        "spacing": (2.0, "factor between neighbouring candidates' LRs"),
+        "trial_fraction": (0.03, "share of max_steps each trial takes (at least 5 steps)"),
+        "warmup_fraction": (0.02, "share of max_steps: the linear ramp to the peak"),
+        "check_fraction": (0.05, "share of max_steps between two reports (and val_fn calls)"),
+        "cut": (0.5, "LR factor after a rollback"),
+        "max_cuts": (5, "rollbacks before a divergence stops the job"),
+        "use_val": (True, "score trials and watch overfitting on val_fn when there is one"),
     }
     limits = {"candidates": 20, "max_cuts": 100}
 
@@ -112,7 +106,8 @@ class AutoTuner(Tuner):
             raise ConfigError(f"auto: use_val must be true or false, got {c['use_val']!r}")
         self.use_val = c["use_val"] and bool(c["has_val_fn"])
         n = self.max_steps
-        self.sweep_steps = min(100, max(30, round(c["sweep_fraction"] * n)))
+        # At least 30 points (fewer only when that is over a tenth of a small budget), at most 100.
+        self.sweep_steps = min(100, max(round(c["sweep_fraction"] * n), min(30, round(0.1 * n)), 5))
         self.trial_steps = max(5, round(c["trial_fraction"] * n))
         self.check_steps = max(10, round(c["check_fraction"] * n))
         self.warmup_frac = float(c["warmup_fraction"])
@@ -154,8 +149,7 @@ class AutoTuner(Tuner):
         suggestion = lr_curve.suggest(rt.history["lr"], curve, self.rule, **skips)
         centre = suggestion.get("lr")
         source = f"range test ({rt.done}, {len(rt.history['lr'])} points, {self.rule})"
-        fell = _fell(curve)
-        if centre is None or not fell:  # too short, or the loss never fell: the optimizer's LR
+        if centre is None or not lr_curve.fell(curve, FALL):  # too short, or the loss never fell: the optimizer's LR
             reason = suggestion.get("reason") or "the loss did not fall during the sweep"
             centre, source = self.initial_lr, f"optimizer LR (no {self.rule} suggestion: {reason})"
         centre = min(max(centre, self.sweep_min), self.sweep_max)
@@ -408,17 +402,6 @@ class AutoTuner(Tuner):
         if t:
             out.update(peak=t["peak"], cuts=t["cuts"], lr=t["last_lr"])
         return out
-
-
-def _fell(curve: list[float]) -> bool:
-    """Whether a smoothed sweep's lowest point is clearly below its start (the median of its
-    first tenth): by at least ``FALL`` of the start's magnitude."""
-    finite = [x for x in curve if math.isfinite(x)]
-    if len(finite) < 3:
-        return False
-    head = sorted(finite[:max(1, len(finite) // 10)])
-    start = head[len(head) // 2]
-    return start - min(finite) > FALL * abs(start)
 
 
 def _copy(d: Mapping[str, Any]) -> dict:

@@ -40,7 +40,10 @@ MAX_CHUNK = actions.MAX_RUN_LRS
 class Tuner(abc.ABC):
     #: Registry name.
     name: ClassVar[str] = ""
-    #: Every knob with its default. Keys outside this and JOB_KEYS are rejected.
+    #: Every knob: ``name -> (default, meaning)``. The one source of the knobs: :attr:`defaults`
+    #: is derived from it, configs are checked against it, ``autolrs-server tuners`` lists it.
+    knobs: ClassVar[dict[str, tuple[Any, str]]] = {}
+    #: Every knob with its default (from :attr:`knobs`). Keys outside this and JOB_KEYS are rejected.
     defaults: ClassVar[dict[str, Any]] = {}
     #: Renamed knobs, ``{old name: new name}``: see :meth:`canonical_config`.
     aliases: ClassVar[dict[str, str]] = {}
@@ -48,6 +51,11 @@ class Tuner(abc.ABC):
     #: server for more memory or work than these allow. Every integer knob has one (the tuner
     #: contract test checks); the checks run before the tuner's own (:func:`check_limits`).
     limits: ClassVar[dict[str, int]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "knobs" in cls.__dict__:
+            cls.defaults = {name: default for name, (default, _meaning) in cls.knobs.items()}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         config, notes = self.canonical_config(config or {})
@@ -90,7 +98,8 @@ class Tuner(abc.ABC):
         """Whether the plan ``ask()`` returns now belongs to a search (trials, a sweep, probes)
         whose runs are undone or whose divergence is information. The server marks such a
         plan's ``run`` (``"search": true``), so that a client cut off from the server at its
-        end does not train on at a trial's LR."""
+        end does not train on at a trial's LR; the divergence guard
+        (:mod:`autolrs.tuners.guard`) leaves such plans alone."""
         return False
 
     def resume(self, step: int) -> None:
@@ -131,6 +140,14 @@ class Tuner(abc.ABC):
     def public_name(cls, key: str) -> str:
         """The documented spelling of a key of :attr:`defaults`."""
         return cls.aliases.get(key, key)
+
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """The divergence guard undid training back to its last good snapshot and multiplied
+        the LR by ``factor`` (< 1): make the later plans follow. ``info`` has ``step``,
+        ``to_step``, ``steps_back``, ``lr_before`` (None if unknown), ``reason``, ``rollbacks``
+        and ``strikes``. Called before the observation of the run in flight is told (without
+        the undone segments). Default: nothing (the guard still cuts the run in flight and sets
+        the cut LR once after the restore)."""
 
     def base_lr(self) -> float:
         """The tuner's ``lr`` knob if set, else the optimizer's initial LR."""

@@ -37,15 +37,15 @@ class LossDiffTuner(Tuner):
     """Probe a grid of LRs on many subsamples, summarise the one-step loss changes, stop."""
 
     name = "loss_diff"
-    defaults = {
-        "lr_min": 1e-6,
-        "lr_max": 1.0,
-        "num_evals": 30,  # LRs in the grid
-        "spacing": "log",  # or "linear" (autolrtuner's np.linspace)
-        "num_subsamples": 30,
-        "alpha": 0.05,  # confidence level 1 - alpha of the t interval of each mean
-        "method": "mean",  # the rule reported as best_lr (and applied with apply_best)
-        "apply_best": False,  # after the restore set the best LR instead of the initial one
+    knobs = {
+        "lr_min": (1e-6, "the grid's lowest LR"),
+        "lr_max": (1.0, "the grid's highest LR"),
+        "num_evals": (30, "LRs in the grid"),
+        "spacing": ("log", "grid spacing: log, or linear (autolrtuner's np.linspace)"),
+        "num_subsamples": (30, "subsamples (batches) each LR is probed on"),
+        "alpha": (0.05, "confidence level 1 - alpha of the t interval of each mean"),
+        "method": ("mean", "the rule reported as best_lr (and applied with apply_best): mean, median, variance, max"),
+        "apply_best": (False, "after the restore set the best LR instead of the initial one"),
     }
     #: The job's state holds a loss change per subsample and LR, saved after every report: at
     #: most 100 x 100 of them (about 250 kB).

@@ -37,19 +37,21 @@ class RangeTestTuner(Tuner):
     """Sweep the LR once, record the loss curve, suggest an LR, restore and stop."""
 
     name = "range_test"
-    defaults = {
-        "start_lr": None,  # default: the optimizer's LR (param group 0; the others keep their ratio)
-        "end_lr": 10.0,
-        "num_iter": 100,
-        "step_mode": "exp",
-        "smooth_f": 0.05,
-        "diverge_th": 5.0,  # null: no ratio test (negative losses); NaN/inf still stop the sweep
-        "val": False,  # record the validation loss after every step instead of the training loss
-        "chunk": 10,  # LRs per message; divergence is seen at chunk boundaries
-        "method": lr_curve.DEFAULT_METHOD,  # the suggestion reported as suggested_lr (and applied)
-        "apply_suggestion": False,  # after the restore set the suggested LR instead of the initial one
-        "skip_start": None,  # suggestion skips; null: each method's default
-        "skip_end": None,
+    knobs = {
+        "start_lr": (None, "the sweep's first LR; null: the optimizer's (param group 0; the others keep their ratio)"),
+        "end_lr": (10.0, "the sweep's last LR"),
+        "num_iter": (100, "steps of the sweep"),
+        "step_mode": ("exp", "LR spacing: exp (geometric) or linear"),
+        "smooth_f": (0.05, "exponential smoothing factor of the loss curve"),
+        "diverge_th": (5.0, "stop once the smoothed loss exceeds this times the best; null: no ratio test "
+                            "(negative losses); NaN/inf still stop the sweep"),
+        "val": (False, "record the validation loss after every step instead of the training loss"),
+        "chunk": (10, "LRs per message; divergence is seen at chunk boundaries"),
+        "method": (lr_curve.DEFAULT_METHOD, "the suggestion reported as suggested_lr (and applied): "
+                                            + ", ".join(lr_curve.METHODS)),
+        "apply_suggestion": (False, "after the restore set the suggested LR instead of the initial one"),
+        "skip_start": (None, "points the suggestion skips at the start; null: the method's default"),
+        "skip_end": (None, "points the suggestion skips at the end; null: the method's default"),
     }
     #: num_iter points of history live in the job's state, saved after every report.
     limits = {"num_iter": 1000, "chunk": MAX_CHUNK, "skip_start": 1000, "skip_end": 1000}
@@ -75,8 +77,6 @@ class RangeTestTuner(Tuner):
         if self.val and not c["has_val_fn"]:
             raise ConfigError("range_test: val: true needs a val_fn in the callback")
         self.chunk = require_int(c, "chunk", minimum=1)
-        if self.chunk > 10_000:
-            raise ConfigError("range_test: chunk must be <= 10000 (the most losses one report carries)")
         if c["method"] not in lr_curve.METHODS:
             raise ConfigError(f"range_test: method must be one of {lr_curve.METHODS}, got {c['method']!r}")
         self.method = c["method"]
@@ -158,7 +158,14 @@ class RangeTestTuner(Tuner):
     # --- contract -----------------------------------------------------------------------
 
     def in_search(self) -> bool:
-        return True  # the sweep is undone by the final restore
+        return True  # the sweep is undone by the final restore; its divergence is its result
+
+    def resume(self, step: int) -> None:
+        """A sweep in progress starts again at ``step`` (its start's slot is gone with the
+        trainer); a finished one stands."""
+        if self.done is None:
+            self._reset()
+            self.step = max(0, int(step))
 
     def lr_bounds(self) -> tuple[float, float]:
         lrs = [self.start_lr, self.end_lr] + ([self.initial_lr] if self.initial_lr is not None else [])

@@ -30,12 +30,12 @@ class RecordTuner(Tuner):
     """Log the run; change nothing."""
 
     name = "record"
-    defaults = {
-        "chunk": 500,  # steps per report
-        "eval_every": 0,  # call val_fn every this many steps (0: never)
-        "lr_min": None,  # the interval the client's own LRs come from (recorded only)
-        "lr_max": None,
-        "interval_source": None,  # how that interval was chosen (free text, recorded only)
+    knobs = {
+        "chunk": (500, "steps per report"),
+        "eval_every": (0, "call val_fn every this many steps (0: never)"),
+        "lr_min": (None, "lower end of the interval the client's own LRs come from (recorded only)"),
+        "lr_max": (None, "upper end of that interval (recorded only)"),
+        "interval_source": (None, "how that interval was chosen (free text, recorded only)"),
     }
     limits = {"chunk": MAX_CHUNK, "eval_every": MAX_STEPS}
 

@@ -10,7 +10,8 @@ State is the schedule's position: the step the next segment starts at and the re
 variables there. Going back (never needed in practice) replays from step 0. A report more than
 :data:`REPLAY_LIMIT` steps ahead (a client that trained long without the server) jumps there in
 closed form instead, so no request costs more than that many recurrence steps; the LRs after
-such a jump may differ from torch's chained products in the last bits.
+such a jump may differ from torch's chained products in the last bits. After a rollback of
+the divergence guard every later LR is multiplied by ``scale``, the product of the guard's cuts.
 
 The next chunk is known before the report that ends the current one (:meth:`ask_next`): the
 client holds it and stays on the schedule through an outage shorter than a chunk.
@@ -34,7 +35,8 @@ REPLAY_LIMIT = 100_000
 class ScheduleTuner(Tuner):
     """A schedule as a recurrence: ``_initial()`` gives step 0's variables, ``_next`` the next."""
 
-    defaults = {"lr": None, "chunk": 500}
+    knobs = {"lr": (None, "the LR the schedule starts from; null: the optimizer's"),
+             "chunk": (500, "steps whose LRs one reply carries")}
     limits = {"chunk": MAX_CHUNK}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
@@ -44,6 +46,7 @@ class ScheduleTuner(Tuner):
         self._validate()
         self.step = 0
         self.vars = self._initial()
+        self.scale = 1.0  # the divergence guard's cuts so far
 
     def _validate(self) -> None:
         """Check the schedule's own knobs (raise ConfigError)."""
@@ -90,7 +93,7 @@ class ScheduleTuner(Tuner):
         for i in range(n):
             if i:
                 v = self._next(v, step + i)
-            lrs.append(self._lr(v))
+            lrs.append(self._lr(v) * self.scale)
         return [actions.run(n, step, lrs=lrs)]
 
     def tell(self, observation: Observation) -> None:
@@ -107,15 +110,20 @@ class ScheduleTuner(Tuner):
         """A schedule is a function of the step: the trainer's step is where it goes on."""
         self.tell(Observation(step=step))
 
+    def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
+        """Scale what remains of the schedule."""
+        self.scale *= factor
+
     def state_dict(self) -> dict:
-        return {"step": self.step, "vars": dict(self.vars)}
+        return {"step": self.step, "vars": dict(self.vars), "scale": self.scale}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
         self.vars = dict(state["vars"])
+        self.scale = float(state.get("scale", 1.0))
 
     def summary(self) -> dict:
-        return {"step": self.step, "lr": self._lr(self.vars)}
+        return {"step": self.step, "lr": self._lr(self.vars) * self.scale}
 
 
 class ConstantTuner(ScheduleTuner):
@@ -143,7 +151,8 @@ class StepTuner(ScheduleTuner):
     """Staircase decay, as ``StepLR``: multiply by ``gamma`` every ``step_size`` steps."""
 
     name = "step"
-    defaults = {**ScheduleTuner.defaults, "step_size": 1000, "gamma": 0.1}
+    knobs = {**ScheduleTuner.knobs, "step_size": (1000, "steps between two decays"),
+             "gamma": (0.1, "LR factor of each decay")}
     limits = {**ScheduleTuner.limits, "step_size": MAX_STEPS}
 
     def _validate(self) -> None:
@@ -170,7 +179,7 @@ class ExponentialTuner(ScheduleTuner):
     """Exponential decay, as ``ExponentialLR``: multiply by ``gamma`` every step."""
 
     name = "exponential"
-    defaults = {**ScheduleTuner.defaults, "gamma": 0.999}
+    knobs = {**ScheduleTuner.knobs, "gamma": (0.999, "LR factor of every step")}
 
     def _validate(self) -> None:
         self.gamma = require_positive(self.config["gamma"], "gamma")
@@ -196,7 +205,9 @@ class CosineTuner(ScheduleTuner):
     annealing from ``lr`` down towards ``eta_min``."""
 
     name = "cosine"
-    defaults = {**ScheduleTuner.defaults, "T_0": 1000, "T_mult": 1, "eta_min": 0.0}
+    knobs = {**ScheduleTuner.knobs, "T_0": (1000, "steps of the first cycle"),
+             "T_mult": (1, "each cycle is this many times longer than the one before"),
+             "eta_min": (0.0, "the LR each cycle anneals towards")}
     limits = {**ScheduleTuner.limits, "T_0": MAX_STEPS, "T_mult": 1000}
 
     def _validate(self) -> None:

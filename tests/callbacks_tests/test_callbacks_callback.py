@@ -113,7 +113,8 @@ def test_checkpoint_restore_evaluate(peer, storage, tmp_path):
         calls.append((snapshot(model, optimizer), float(optimizer.param_groups[0]["lr"])))
         return val_loss(model)
 
-    with make(p.endpoint, model, optimizer, val_fn=val_fn, checkpoint=storage, checkpoint_dir=tmp_path) as cb:
+    with make(p.endpoint, model, optimizer, val_fn=val_fn, checkpoint=storage,
+              checkpoint_dir=tmp_path if storage == "disk" else None) as cb:
         train(cb, model, optimizer, DigitsBatches(), 20)
         assert cb.should_stop and cb.global_step == 7
         # Both restores went back to step 0: steps 1-3, then 1-7, are off the training path.

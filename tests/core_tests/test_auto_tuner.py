@@ -8,7 +8,8 @@ import pytest
 from autolrs import divergence
 from autolrs.testing import QuadraticBowl, SimulatedClient
 from autolrs.tuners import ConfigError, make_tuner
-from autolrs.tuners.auto import BASE, BEST, GOOD, warmup_cosine
+from autolrs.tuners.auto import BASE, BEST, GOOD
+from autolrs.tuners.phases import warmup_cosine
 
 JOB = {"max_steps": 2000, "initial_lr": 0.1}
 

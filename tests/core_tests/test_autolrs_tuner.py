@@ -9,8 +9,15 @@ from autolrs import actions
 from autolrs.wire import protocol
 from autolrs.actions import Observation
 from autolrs.testing import QuadraticBowl, SimulatedClient
-from autolrs.tuners import ConfigError, make_tuner
+from autolrs.tuners import ConfigError
+from autolrs.tuners import make_tuner as make_guarded_tuner
 from autolrs.tuners.autolrs_tuner import AutoLRSTuner
+
+
+def make_tuner(name, config=None, seed=0):
+    """The tuner alone: these tests are about its stage machine (tests/core_tests/test_guard.py
+    has the divergence guard's)."""
+    return make_guarded_tuner(name, {"guard": False, **(config or {})}, seed=seed)
 
 # The stage machine as published (preset "paper"); the default decision rules have tests of their own.
 BASE = {"min_lr": 1e-3, "max_lr": 1.0, "tau": 100, "tau_max": 400, "k": 3, "preset": "paper"}
@@ -216,9 +223,13 @@ def test_budget_shrinks_a_stage_that_does_not_fit():
 
 
 def test_budget_too_small_to_search_trains_at_the_current_lr():
-    tuner = make_tuner("autolrs", {"max_steps": 7, "initial_lr": 0.05}, seed=1)
+    tuner = make_tuner("autolrs", {"max_steps": 7, "initial_lr": 0.05, "final_decay": "none"}, seed=1)
     client = FlatClient().drive(tuner)
     assert client.plans == [[actions.set_lr(0.05), actions.run(7, 0, collect=())], [actions.stop("max_steps")]]
+    # By default that last run anneals, like every run that ends a job.
+    annealed = FlatClient().drive(make_tuner("autolrs", {"max_steps": 7, "initial_lr": 0.05}, seed=1))
+    first = annealed.plans[0][-1]
+    assert first["lrs"][0] == 0.05 and first["lrs"] == sorted(first["lrs"], reverse=True) and first["steps"] == 7
 
 
 def test_budget_with_warmup_counts_the_warmup():
@@ -399,26 +410,27 @@ def test_auto_bounds_run_a_range_test_first_and_use_its_curve():
         tuner.tell(client.execute(tuner.ask()))
     history = tuner.range_test.history
     expected = lr_curve.bounds_from_curve(history["lr"], history["loss"], below_minimum=3.0)
-    assert (tuner.min_lr, tuner.max_lr) == pytest.approx(expected)
+    assert tuner.interval == pytest.approx(expected)
     at_minimum = lr_curve.bounds_from_curve(history["lr"], history["loss"])[1]
-    assert tuner.max_lr == pytest.approx(at_minimum / 3)  # safely below the loss minimum
-    assert tuner.min_lr < 0.1 < tuner.max_lr < 3.0  # the optimum inside, divergence outside
+    assert tuner.interval[1] == pytest.approx(at_minimum / 3)  # safely below the loss minimum
+    assert tuner.interval[0] < 0.1 < tuner.interval[1] < 3.0  # the optimum inside, divergence outside
     # The first stage starts from the weights the sweep started from, with the LR in the new interval.
     plan = tuner.ask()
-    assert shape(plan)[:3] == [("restore", SLOT), ("discard", SLOT), ("checkpoint", "stage")]
-    assert tuner.min_lr <= plan[3]["lr"] <= tuner.max_lr
+    # The range test's closing actions lead the stage's first plan (its set_lr is overridden).
+    assert shape(plan)[:4] == [("restore", SLOT), ("discard", SLOT), ("set_lr",), ("checkpoint", "stage")]
+    assert tuner.interval[0] <= plan[4]["lr"] <= tuner.interval[1]
     assert tuner.bounds_steps == len(history["lr"]) or tuner.range_test.done == "diverged"
     client.drive(tuner)
     s = tuner.summary()
     assert client.step == 800 and s["bounds_source"].startswith("range test")
-    assert all(tuner.min_lr <= t["lr"] <= tuner.max_lr for st in tuner.stages for t in st["trials"])
+    assert all(tuner.interval[0] <= t["lr"] <= tuner.interval[1] for st in tuner.stages for t in st["trials"])
     assert s["bounds_steps"] > 0 and s["overhead"] > 0
 
 
 def test_auto_bounds_keep_a_bound_given_as_a_number():
     tuner = make_tuner("autolrs", {**AUTO, "max_lr": 0.5, "initial_lr": 0.1, "max_steps": 600}, seed=0)
     SimulatedClient(QuadraticBowl(best_lr=0.1, diverge_lr=3.0), seed=0).drive(tuner)
-    assert tuner.max_lr == 0.5 and tuner.min_lr < 0.5
+    assert tuner.interval[1] == 0.5 and tuner.interval[0] < 0.5
     assert tuner.summary()["bounds_source"].startswith("range test")
 
 
@@ -426,7 +438,7 @@ def test_auto_bounds_fall_back_to_defaults_when_the_loss_never_falls():
     tuner = make_tuner("autolrs", {**AUTO, "initial_lr": 0.1, "max_steps": 400}, seed=0)
     client = FlatClient(value=lambda lr, i: 1.0 + lr)  # the loss only rises with the LR
     client.drive(tuner)
-    assert (tuner.min_lr, tuner.max_lr) == (pytest.approx(1e-3), pytest.approx(1.0))
+    assert tuner.interval == (pytest.approx(1e-3), pytest.approx(1.0))
     assert tuner.summary()["bounds_source"].startswith("defaults: the loss never fell")
     assert client.stopped and client.step == 400
 
@@ -454,7 +466,7 @@ def test_auto_bounds_state_round_trips_mid_sweep():
 def test_auto_bounds_bad_sweep_config_is_a_clear_error():
     with pytest.raises(ConfigError, match="auto_start_lr"):
         make_tuner("autolrs", {**AUTO, "auto_start_lr": 1.0, "auto_end_lr": 0.1})
-    with pytest.raises(ConfigError, match="min_lr"):
+    with pytest.raises(ConfigError, match="lr_min"):
         make_tuner("autolrs", {**AUTO, "min_lr": "automatic"})
 
 

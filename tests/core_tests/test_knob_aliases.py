@@ -23,7 +23,7 @@ def test_no_tuner_documents_min_lr_or_max_lr(name):
 def test_new_and_old_names_build_the_same_tuner():
     new = make_tuner("autolrs", {**BOUNDS, "lr_min": 0.002, "lr_max": 0.5})
     old = make_tuner("autolrs", {**BOUNDS, "min_lr": 0.002, "max_lr": 0.5})
-    assert (new.min_lr, new.max_lr) == (old.min_lr, old.max_lr) == (0.002, 0.5)
+    assert new.interval == old.interval == (0.002, 0.5)
     assert new.ask() == old.ask() and new.deprecations == []
     assert old.deprecations == ["autolrs: option 'min_lr' is deprecated; use 'lr_min'",
                                 "autolrs: option 'max_lr' is deprecated; use 'lr_max'"]
@@ -31,7 +31,7 @@ def test_new_and_old_names_build_the_same_tuner():
 
 def test_auto_bounds_under_the_new_names():
     tuner = make_tuner("autolrs", {**BOUNDS, "lr_min": "auto", "lr_max": 1.0, "max_steps": 600})
-    assert tuner.auto == {"min_lr": True, "max_lr": False}
+    assert tuner.auto == {"lr_min": True, "lr_max": False}
 
 
 def test_both_spellings_at_once_is_a_config_error():
@@ -53,7 +53,7 @@ def test_server_default_and_job_config_are_the_same_knob_under_either_name(tmp_p
     path.write_text("tuners:\n  autolrs: {min_lr: 0.001, max_lr: 0.1}\n")
     config = load_config(path)
     merged = job_tuner_config(config, "autolrs", {"lr_max": 0.5}, {"initial_lr": 0.1})
-    assert merged["min_lr"] == 0.001 and merged["max_lr"] == 0.5 and "lr_max" not in merged
+    assert merged["lr_min"] == 0.001 and merged["lr_max"] == 0.5 and "max_lr" not in merged
     path.write_text("tuners:\n  autolrs: {lr_min: 0.001, min_lr: 0.002}\n")
     with pytest.raises(ConfigError, match="given twice"):
         load_config(path)

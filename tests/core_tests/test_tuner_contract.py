@@ -40,16 +40,22 @@ VARIANTS = {
 }
 
 
+# Every case runs with the divergence guard on (short segments, so runs are split and snapshots
+# frequent) and off.
+GUARDS = {"guard": {"guard": True, "guard_every": 16}, "no-guard": {"guard": False}}
+
+
 def build(name, seed=7):
+    name, guard = name.rsplit("/", 1)
     tuner, config = VARIANTS.get(name, (name, SMALL.get(name, {})))
-    return make_tuner(tuner, {**config, **JOB}, seed=seed)
+    return make_tuner(tuner, {**config, **JOB, **GUARDS[guard]}, seed=seed)
 
 
 def wire_round_trip(obj):
     return protocol.loads(protocol.dumps(obj))
 
 
-@pytest.fixture(params=sorted(TUNERS) + sorted(VARIANTS))
+@pytest.fixture(params=[f"{n}/{g}" for n in sorted(TUNERS) + sorted(VARIANTS) for g in GUARDS])
 def name(request):
     return request.param
 
@@ -127,5 +133,6 @@ def test_state_dict_is_plain_json(name):
 
 
 def test_unknown_option_is_a_clear_error(name):
+    name, guard = name.rsplit("/", 1)
     with pytest.raises(ValueError, match="unknown option"):
-        make_tuner(VARIANTS.get(name, (name,))[0], {**JOB, "no_such_knob": 1})
+        make_tuner(VARIANTS.get(name, (name,))[0], {**JOB, **GUARDS[guard], "no_such_knob": 1})

@@ -200,3 +200,21 @@ def test_distributed_option_is_checked_before_any_traffic():
         AutoLRS(model, optimizer, server="tcp://127.0.0.1:1", distributed=True)
     with pytest.raises(ValueError, match="True, False or None"):
         AutoLRS(model, optimizer, server="tcp://127.0.0.1:1", distributed="yes")
+
+
+def test_two_gloo_ranks_roll_back_identically(live_server, digits, tmp_path):
+    """A far too large LR: the divergence guard restores its snapshot on every rank at the same
+    step and cuts the LR alike; the replicas stay bitwise identical."""
+    server = live_server(tmp_path / "state")
+    out, budget = tmp_path / "run", 200
+    config = json.dumps({"lr": 20.0, "guard_every": 10})
+    r0, r1 = Job(server.endpoint, "ddp-guard", out, digits, budget, tuner="constant", config=config).finish()
+    assert r0["steps"] == r1["steps"] and r0["should_stop"] and r1["should_stop"]
+    assert_identical_parameters(out)
+    records = decisions(tmp_path / "state", "ddp-guard")
+    rollbacks = [r for r in records if r["kind"] == "report" and (r["summary"]["guard"]["action"] or {}).get("action")
+                 in ("rollback", "stop")]
+    assert rollbacks and all(r["plan"][0] == {"op": "restore", "slot": "guard"} for r in rollbacks)
+    # Both ranks trained every step at the LR of the server's plans, cuts included.
+    assert r0["lrs"] == r1["lrs"] == lr_history(records)[:len(r0["lrs"])]
+    assert min(r0["lrs"]) < 20.0

@@ -26,7 +26,7 @@ def make_optimizer(kind: str, model: torch.nn.Module, lr: float, **kw) -> torch.
     """Two param groups (first layer, second layer at half the LR): exercises the LR ratios."""
     first, second = list(model[0].parameters()), list(model[2].parameters())
     groups = [{"params": first}, {"params": second, "lr": lr * 0.5}]
-    cls = torch.optim.SGD if kind == "sgd" else torch.optim.Adam
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[kind]
     return cls(groups, lr=lr, **kw)
 
 
@@ -62,7 +62,7 @@ def reg_loss(model, optimizer, batch):
     with torch.no_grad():
         loss = F.cross_entropy(model(batch[0]), batch[1])
         for g in optimizer.param_groups:
-            wd = g.get("weight_decay", 0)
+            wd = 0 if g.get("decoupled_weight_decay") else g.get("weight_decay", 0)  # AdamW's is no loss term
             for p in g["params"]:
                 loss = loss + 0.5 * wd * (p * p).sum()
     return float(loss)

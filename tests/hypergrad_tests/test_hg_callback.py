@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from autolrs.callbacks import AutoLRS, AutoLRSConfigError
+from autolrs.tuners.hypergradient import HypergradientTuner
 
 from hypergrad_testlib import (RATIOS, batches, clone, fd, make_optimizer, model64, reg_loss, set_base_lr,
                                train_step, val_loss_at)
@@ -112,7 +113,8 @@ def test_marthe_mu_one_is_rtho_and_mu_zero_is_hd_on_validation(live_server, digi
             vloss = F.cross_entropy(model(val[0]), val[1])
             grads = torch.autograd.grad(vloss, list(model.parameters()))
             h = -sum(float((g * (w0 - p.detach())).sum()) for g, w0, p in zip(grads, before, model.parameters())) / lr
-            lr = min(max(lr - config["beta"] * h, 0.0), 100 * 0.05)
+            # One hypergradient per segment stands for each of its steps: beta is per step.
+            lr = min(max(lr - config["beta"] * config["every"] * h, 0.0), 100 * 0.05)
             set_base_lr(opt, lr)
     assert marthe0 == pytest.approx(expected, rel=1e-6)
     assert marthe0 != pytest.approx(rtho, rel=1e-6)
@@ -139,7 +141,8 @@ def test_adversarial_gradients_keep_the_lr_finite_and_in_bounds(live_server, dig
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     poison = {7: 1e30, 13: -1e30, 19: math.nan, 29: math.inf, 31: -math.inf, 43: 1e300}
     seen = []
-    with AutoLRS(model, opt, tuner="hd", config={"beta": 1.0, "every": 4, "lr_max": 1.0},
+    # Without the divergence guard: it would undo the poisoned segments and hd would never see them.
+    with AutoLRS(model, opt, tuner="hd", config={"beta": 1.0, "every": 4, "lr_max": 1.0, "guard": False},
                  server=server.endpoint, job="adversarial") as cb:
         for i, b in enumerate(data):
             opt.zero_grad()
@@ -160,3 +163,19 @@ def test_adversarial_gradients_keep_the_lr_finite_and_in_bounds(live_server, dig
     assert len(set(seen)) > 2
     summary = decisions(server, "adversarial")[-2]["summary"]
     assert summary["skipped"] >= 3
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
+def test_the_default_beta_is_the_reported_optimizers(live_server, digits, kind):
+    """The callback says which optimizer the hypergradients are of; the server's default beta is
+    that optimizer's (Adam's hypergradient has another scale than SGD's)."""
+    server = live_server()
+    model = model64(3)
+    opt = make_optimizer(kind, model, 0.05 if kind == "sgd" else 0.003)
+    job = f"beta-{kind}"
+    with AutoLRS(model, opt, tuner="hd", config={"every": 4}, server=server.endpoint, job=job) as cb:
+        run(cb, model, opt, batches(digits, 12))
+    summary = decisions(server, job)[-2]["summary"]
+    family = "sgd" if kind == "sgd" else "adam"
+    assert summary["optimizer"] == family and summary["beta"] == HypergradientTuner.default_beta[family]
+    assert summary["applied"] >= 8

@@ -18,7 +18,9 @@ SGD_VARIANTS = {
     "nesterov": {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
 }
 ADAM_VARIANTS = {"adam": {}, "adam_wd": {"weight_decay": 0.01, "betas": (0.8, 0.95)}}
-VARIANTS = [("sgd", k, v) for k, v in SGD_VARIANTS.items()] + [("adam", k, v) for k, v in ADAM_VARIANTS.items()]
+ADAMW_VARIANTS = {"adamw": {"weight_decay": 0.5}}  # large, so the decoupled term matters
+VARIANTS = [("sgd", k, v) for k, v in SGD_VARIANTS.items()] + [("adam", k, v) for k, v in ADAM_VARIANTS.items()] \
+    + [("adamw", k, v) for k, v in ADAMW_VARIANTS.items()]
 
 
 def lr_for(kind):
@@ -38,8 +40,10 @@ def test_hd_hypergradient_is_the_derivative_of_the_next_training_loss(digits, ki
     snap = clone(model, opt)
     train_step(model, opt, data[3])
     train_step(model, opt, data[4])  # h of this step: dL(w_4; batch 4)/d lr_3
-    h = eng.report()["h"]
+    report = eng.report()
+    h = report["h"]
     assert len(h) == 5 and h[0] == 0.0
+    assert report["optimizer"] == ("sgd" if kind == "sgd" else "adam")
 
     def next_loss(base_lr):
         m, o = clone(*snap)
@@ -88,7 +92,7 @@ def test_rtho_tangent_is_the_derivative_of_the_validation_loss(digits, kind, lab
     eng.close()
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw"])
 def test_mu_zero_is_hd_on_the_validation_loss(digits, kind):
     """mu = 0: the hypergradient of the validation loss with respect to the last step's LR only."""
     lr = lr_for(kind)

@@ -94,10 +94,10 @@ def test_autolrs_with_auto_bounds_needs_no_lr_range(live_server, digits, tmp_pat
     plans = [r["plan"] for r in records if r.get("plan")]
     # The first plan after the sweep puts the pre-sweep weights back before stage 1's checkpoint.
     first_stage = next(p for p in plans if any(a.get("slot") == "stage" for a in p))
-    assert [a["op"] for a in first_stage[:3]] == ["restore", "discard", "checkpoint"]
+    assert [a["op"] for a in first_stage[:4]] == ["restore", "discard", "set_lr", "checkpoint"]
     last = [r["summary"] for r in records if r.get("summary")][-1]
     assert last["bounds_source"].startswith("range test")
-    assert 1e-5 <= last["min_lr"] < last["max_lr"] <= 10.0
+    assert 1e-5 <= last["lr_min"] < last["lr_max"] <= 10.0
     assert last["bounds_steps"] + last["search_steps"] + last["train_steps"] == BUDGET
     stages = [s["last_stage"] for s in (r["summary"] for r in records if r.get("summary")) if s.get("last_stage")]
-    assert all(last["min_lr"] <= t["lr"] <= last["max_lr"] for stage in stages for t in stage["trials"])
+    assert all(last["lr_min"] <= t["lr"] <= last["lr_max"] for stage in stages for t in stage["trials"])

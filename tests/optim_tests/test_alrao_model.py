@@ -5,6 +5,7 @@ routing, method forwarding, regression, and the char-LSTM example."""
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,64 @@ def test_unit_lrs_scale_each_units_update():
         torch.testing.assert_close(p.detach(), b - 0.5 * lr * g)
 
 
+@pytest.mark.parametrize("opt_cls", [AlraoSGD, AlraoAdam])
+def test_added_param_group_without_lr_gets_unit_lrs_and_steps(opt_cls):
+    """torch's add_param_group contract: a group naming no lr gets the defaults; for Alrao that is
+    a multiplier of 1 on a random LR per unit (index of the first dimension) in [lr_min, lr_max]."""
+    torch.manual_seed(0)
+    net, extra = nn.Linear(4, 6), nn.Linear(6, 3)
+    opt = opt_cls(net, 1e-3, 1.0, seed=0, momentum=0.9) if opt_cls is AlraoSGD else opt_cls(net, 1e-3, 1.0, seed=0)
+    opt.add_param_group({"params": extra.parameters()})
+    group = opt.param_groups[-1]
+    assert group["lr"] == 1.0 and group["role"] == "group_1"
+    assert group["momentum" if opt_cls is AlraoSGD else "betas"] == opt.defaults["momentum" if opt_cls is AlraoSGD else "betas"]
+    lrs = [opt.state[p]["unit_lr"] for p in extra.parameters()]
+    assert [lr.shape for lr in lrs] == [(3, 1), (3,)]
+    assert all(((lr >= 1e-3) & (lr <= 1.0)).all() for lr in lrs)
+    before = [p.detach().clone() for p in extra.parameters()]
+    for _ in range(2):
+        opt.zero_grad()
+        extra(net(torch.randn(5, 4))).square().sum().backward()
+        opt.step()  # the original failed here with KeyError: 'lr'
+    assert all(not torch.equal(b, p) for b, p in zip(before, extra.parameters()))
+    if opt_cls is AlraoSGD:  # first SGD step of a fresh buffer: exactly the unit LRs times the gradient
+        torch.manual_seed(1)
+        net2, extra2 = nn.Linear(4, 6), nn.Linear(6, 3)
+        opt2 = AlraoSGD(net2, 1e-3, 1.0, seed=0)
+        opt2.add_param_group({"params": list(extra2.parameters())})
+        opt2.zero_grad()
+        extra2(net2(torch.randn(5, 4))).square().sum().backward()
+        w0, g0 = extra2.weight.detach().clone(), extra2.weight.grad.clone()
+        opt2.step()
+        torch.testing.assert_close(extra2.weight.detach(), w0 - opt2.state[extra2.weight]["unit_lr"] * g0)
+    # Repeatable from the seed, and saved with the optimizer's state.
+    other = AlraoSGD(nn.Linear(4, 6), 1e-3, 1.0, seed=0)
+    other_extra = nn.Linear(6, 3)
+    other.add_param_group({"params": other_extra.parameters()})
+    assert torch.equal(other.state[other_extra.weight]["unit_lr"], lrs[0])
+    state = opt.state_dict()
+    assert torch.equal(state["state"][2]["unit_lr"], lrs[0])
+
+
+def test_added_param_group_with_lr_is_plain_and_a_bad_lr_is_refused_at_add_time():
+    torch.manual_seed(0)
+    net, extra = nn.Linear(4, 6), nn.Linear(6, 3)
+    opt = AlraoSGD(net, 1e-3, 1.0, seed=0)
+    opt.add_param_group({"params": [extra.weight], "lr": 0.05})
+    assert "unit_lr" not in opt.state[extra.weight] and opt.param_groups[-1]["lr"] == 0.05
+    opt.zero_grad()
+    extra(net(torch.randn(5, 4))).sum().backward()
+    w0, g0 = extra.weight.detach().clone(), extra.weight.grad.clone()
+    opt.step()
+    torch.testing.assert_close(extra.weight.detach(), w0 - 0.05 * g0)
+    for bad in (None, "0.1", -1.0, 0.0, True):
+        with pytest.raises(ValueError, match="'lr' must be a number > 0"):
+            opt.add_param_group({"params": [extra.bias], "lr": bad})
+    assert len(opt.param_groups) == 2  # nothing half-added
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [extra.weight]})
+
+
 def test_alrao_step_routes_gradients(digits):
     x, y = digits[0][:32], digits[1][:32]
     model, opt = make(n=3)
@@ -154,6 +213,45 @@ def test_alrao_step_routes_gradients(digits):
     assert all(torch.equal(p.grad, g) for p, g in zip(model.preclassifier.parameters(), mixture_grads))
     for copy, grads in zip(model.classifiers, own):
         assert all(torch.allclose(p.grad, g) for p, g in zip(copy.parameters(), grads))
+
+
+@pytest.mark.parametrize("likelihood", ["mean", "batch"])
+def test_alrao_step_updates_the_switch_with_the_prequential_losses(digits, likelihood):
+    """alrao_step reuses the copies' own losses for the Switch: the same update as the Switch's
+    own from the outputs of the forward pass (before the step), and a copy with a non-finite loss
+    is left untrained without poisoning the others."""
+    x, y = digits[0][:32], digits[1][:32]
+    a, opt_a = make(n=3)
+    b, opt_b = make(n=3)
+    a.switch.likelihood = b.switch.likelihood = likelihood
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        for _ in range(3):
+            opt.zero_grad()
+            F.nll_loss(model(x), y).backward()
+            if model is a:
+                losses = alrao_step(model, opt, y)
+            else:
+                for copy in model.classifiers:
+                    for p in copy.parameters():
+                        p.grad = None
+                torch.stack([F.nll_loss(c(model.last_x), y) for c in model.classifiers]).sum().backward()
+                opt.step()
+                expected = model.update_switch(y)
+    torch.testing.assert_close(losses, expected)
+    torch.testing.assert_close(a.switch.logw, b.switch.logw)
+    assert int(a.switch.t) == 4
+    with torch.no_grad():
+        a.classifiers[1].fc.weight.fill_(math.inf)
+    before = [p.detach().clone() for p in a.classifiers[0].parameters()]
+    post_before = a.posterior()[1].item()
+    opt_a.zero_grad()
+    a.check_finite = False
+    F.nll_loss(a(x), y).backward()
+    alrao_step(a, opt_a, y)
+    assert a.classifiers[1].fc.weight.grad is None
+    assert all(torch.isfinite(p).all() and not torch.equal(p, q) for p, q in zip(a.classifiers[0].parameters(), before))
+    post = a.posterior()
+    assert torch.isfinite(post).all() and post[1] < post_before  # it keeps only what switching gives back
 
 
 def test_tuple_outputs_and_method_forwarding():

@@ -69,12 +69,13 @@ def test_non_finite_likelihood_gets_no_weight_and_poisons_nothing():
         switch.update_loglik([math.nan, math.inf, -math.inf])
 
 
-def test_update_from_outputs_uses_the_batch_log_likelihood():
+def test_update_from_outputs_uses_the_batch_mean_or_whole_batch_log_likelihood():
     torch.manual_seed(0)
     outputs = [F.log_softmax(torch.randn(8, 4), -1) for _ in range(3)]
     y = torch.randint(0, 4, (8,))
     per_batch = -torch.stack([F.nll_loss(o, y, reduction="sum") for o in outputs]).double()
-    batch, mean, direct = Switch(3), Switch(3, likelihood="mean"), Switch(3)
+    batch, mean, direct = Switch(3, likelihood="batch"), Switch(3), Switch(3)
+    assert mean.likelihood == "mean"  # the default: the original's
     batch.update(outputs, y)
     mean.update(outputs, y)
     direct.update_loglik(per_batch)

@@ -3,10 +3,12 @@
 Each module is imported in a fresh interpreter, and what it brought into ``sys.modules`` is
 checked against the imports its layer forbids:
 
-* the core (``autolrs``, ``autolrs.errors``, ``autolrs.actions``, ``autolrs.wire``): the
-  standard library only, since both sides import it;
+* the core (``autolrs``, ``autolrs.errors``, ``autolrs.actions``, ``autolrs.wire``,
+  ``autolrs.launcher``): the standard library only, since both sides import it;
 * tuners and maths: no torch, no zmq (the server runs them on a CPU box, no training there);
 * callbacks: no server, no tuners, no scipy, no scikit-learn (a training process stays light);
+  the framework adapters (``lightning``, ``transformers``): no server, no tuners (the
+  frameworks themselves import scipy), checked only where the framework is installed;
 * server: no torch;
 * optim (in-process methods): no zmq, no server, no tuners;
 * testing: what each helper's own docs promise (the package and the simulated client: no torch,
@@ -18,6 +20,7 @@ plant a module with a forbidden import and check that the same check flags it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,6 +38,7 @@ STDLIB_ONLY = {"torch", "zmq", "numpy", "scipy", "sklearn", "yaml", "autolrs.tun
                "autolrs.callbacks", "autolrs.optim", "autolrs.testing"}
 MATHS = {"torch", "zmq", "autolrs.server", "autolrs.callbacks", "autolrs.optim"}
 CALLBACKS = {"autolrs.server", "autolrs.tuners", "scipy", "sklearn"}
+ADAPTERS = {"autolrs.server", "autolrs.tuners"}
 SERVER = {"torch", "autolrs.callbacks", "autolrs.optim"}
 OPTIM = {"zmq", "autolrs.server", "autolrs.tuners", "autolrs.callbacks"}
 NO_TORCH_NO_ZMQ = {"torch", "zmq", "autolrs.server", "autolrs.callbacks"}
@@ -45,6 +49,7 @@ RULES = {
     "autolrs.errors": STDLIB_ONLY,
     "autolrs.actions": STDLIB_ONLY,
     "autolrs.wire": STDLIB_ONLY,
+    "autolrs.launcher": STDLIB_ONLY,
     "autolrs.tuners": MATHS,
     "autolrs.forecast": MATHS,
     "autolrs.gp": MATHS,
@@ -54,6 +59,8 @@ RULES = {
     "autolrs.divergence": MATHS,
     "autolrs.trial_checks": MATHS,
     "autolrs.callbacks": CALLBACKS,
+    "autolrs.callbacks.lightning": ADAPTERS,
+    "autolrs.callbacks.transformers": ADAPTERS,
     "autolrs.server": SERVER,
     "autolrs.optim": OPTIM,
     "autolrs.testing": NO_TORCH_NO_ZMQ,
@@ -90,7 +97,16 @@ def product_modules() -> list[str]:
     return modules
 
 
-MODULES = product_modules()
+#: Modules that import an optional framework: checked where it is installed.
+FRAMEWORKS = {"autolrs.callbacks.lightning": ("lightning", "pytorch_lightning"),
+              "autolrs.callbacks.transformers": ("transformers",)}
+
+
+def installed(module: str) -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in FRAMEWORKS.get(module, ("json",)))
+
+
+MODULES = [m for m in product_modules() if installed(m)]
 IMPORT_AND_LIST = "import importlib, json, sys; importlib.import_module(sys.argv[1]); print(json.dumps(sorted(sys.modules)))"
 
 
@@ -161,5 +177,17 @@ def test_lr_finder_keeps_scipy_out_of_the_training_process():
     # The issue's own check, verbatim.
     code = ("import autolrs.callbacks, sys; from autolrs.callbacks import LRFinder; "
             "assert 'scipy' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_server_starts_without_scipy_and_scikit_learn():
+    # The start-up cost of an embedded server: only the autolrs tuner's module needs them, and
+    # the registry imports a tuner's module when a job first uses it.
+    code = ("import sys; import autolrs.server.cli, autolrs.server.transport; "
+            "from autolrs.server.config import load_config; load_config(); "
+            "from autolrs.tuners import make_tuner; make_tuner('cosine', {'initial_lr': 0.1}); "
+            "heavy = sorted(m for m in ('scipy', 'sklearn') if m in sys.modules); "
+            "assert not heavy, heavy; make_tuner('autolrs', {'initial_lr': 0.1}); assert 'sklearn' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The distribution installs only ``autolrs`` import names (never a bare ``server`` or
-``callbacks``), ships the server's embedded defaults, and declares the console script."""
+``callbacks``), ships the server's embedded defaults and a ``py.typed`` marker, declares the
+console script, and keeps plotting, progress bars, pytest and the frameworks in extras."""
 
 from __future__ import annotations
 
@@ -75,3 +76,17 @@ def test_torch_requirement_is_a_floor(wheel):
                 if re.match(r"Requires-Dist: torch\b(?!vision)", line)]
     # A floor that an installed torch satisfies: pip must not fetch another (CUDA) build.
     assert requires == ["Requires-Dist: torch>=2.1"], requires
+
+
+def test_typed_and_plotting_only_in_an_extra(wheel):
+    names = set(wheel.namelist())
+    assert "autolrs/py.typed" in names  # PEP 561: the whole autolrs package is typed
+    metadata = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    requires = [line.split(": ", 1)[1] for line in wheel.read(metadata).decode().splitlines()
+                if line.startswith("Requires-Dist: ")]
+    plain = {re.split(r"[<>=; ]", r)[0] for r in requires if "extra ==" not in r}
+    assert plain == {"torch", "numpy", "scipy", "scikit-learn", "pyzmq", "pyyaml"}  # a server-only install
+    extra = {r for r in requires if "extra ==" in r}
+    for package, name in (("matplotlib", "plot"), ("tqdm", "plot"), ("pytest", "test"), ("lightning", "test"),
+                          ("transformers", "test"), ("lightning", "lightning"), ("transformers", "transformers")):
+        assert any(r.startswith(package) and f'extra == "{name}"' in r for r in extra), (package, name)

@@ -65,8 +65,9 @@ def test_hello_new_job_plan_and_seed(harness):
     body = ok(reply)
     assert body["resumed"] is False
     assert body["seed"] == zlib.crc32(b"run-7")
-    (run,) = actions.validate_plan(body["plan"])
-    assert run["op"] == "run" and run["steps"] == 30 and run["start_step"] == 0
+    *before, run = actions.validate_plan(body["plan"])
+    assert before == [actions.discard("guard"), actions.checkpoint("guard")]  # the divergence guard's first snapshot
+    assert run["op"] == "run" and run["steps"] == 10 and run["start_step"] == 0  # the guard's segment (its minimum)
     assert run["lrs"][0] == 0.1  # initial_lr from the hello is the base LR
 
     body = ok(harness.call("hello", hello_body(seed=42), job_id="run-8"))
@@ -75,18 +76,20 @@ def test_hello_new_job_plan_and_seed(harness):
 
 
 def test_config_precedence_server_defaults_hello_job_keys(tmp_path):
-    h = DispatcherHarness(tmp_path / "s", tuners={"cosine": {"T_0": 7, "chunk": 50}, "step": {"gamma": 0.5}})
+    # (the guard off by a server default too: its segments would cut the plans checked here)
+    h = DispatcherHarness(tmp_path / "s", tuners={"cosine": {"T_0": 7, "chunk": 50, "guard": False},
+                                                  "step": {"gamma": 0.5}})
     try:
         # server default T_0=7 applies: the LR restarts at step 7
-        lrs = ok(h.call("hello", hello_body(), job_id="a"))["plan"][0]["lrs"]
+        lrs = ok(h.call("hello", hello_body(), job_id="a"))["plan"][-1]["lrs"]
         assert len(lrs) == 50 and lrs[7] == lrs[0] == 0.1 and lrs[6] < 0.1
         # the hello's config beats the server default; the hello's max_steps beats the config's
         body = hello_body(config={"T_0": 20, "max_steps": 500}, max_steps=30)
-        run = ok(h.call("hello", body, job_id="b"))["plan"][0]
+        run = ok(h.call("hello", body, job_id="b"))["plan"][-1]
         assert run["steps"] == 30 and run["lrs"][7] < 0.1 and run["lrs"][20] == 0.1
         assert h.store.get("b").config["T_0"] == 20 and h.store.get("b").config["max_steps"] == 30
         # a null job key does not erase a value from the config
-        run = ok(h.call("hello", hello_body(config={"max_steps": 12}, max_steps=None), job_id="c"))["plan"][0]
+        run = ok(h.call("hello", hello_body(config={"max_steps": 12}, max_steps=None), job_id="c"))["plan"][-1]
         assert run["steps"] == 12
         # defaults of one tuner do not leak into another
         ok(h.call("hello", hello_body("step"), job_id="d"))
@@ -139,12 +142,14 @@ def test_hello_resume_by_new_client(harness):
     # A new process (a trainer restarted from its checkpoint, with the job's credential) at step 10.
     body = ok(harness.call("hello", hello_body(config={"T_0": 10}, initial_lr=0.05, step=10), client_id="client-b",
                            seq=0))
-    assert body["resumed"] is True and body["plan"] == current and body["seed"] == zlib.crc32(b"job-1")
+    assert body["resumed"] is True and body["plan"][-1] == current[-1] and body["seed"] == zlib.crc32(b"job-1")
+    # the new process holds none of the old one's slots: the guard saves its snapshot afresh
+    assert body["plan"][:-1] == [actions.discard("guard"), actions.checkpoint("guard")]
     assert harness.store.get("job-1").owner == "client-b"
     # the old client has lost the job; the new one continues it
     err(harness.call("report", report_body(20, 10), client_id="client-a", seq=2), ErrorCode.JOB_CONFLICT)
     plan = ok(harness.call("report", report_body(20, 10), client_id="client-b", seq=1))["plan"]
-    assert plan[0]["start_step"] == 20
+    assert plan[-1]["start_step"] == 20
 
 
 @pytest.mark.parametrize("tuner, config", [("cosine", {"T_0": 11}), ("step", {"T_0": 10}), ("cosine", {})])
@@ -160,7 +165,7 @@ def test_finished_job_is_replaced_by_new_hello(harness):
     ok(harness.call("report", report_body(10, 10), seq=1))
     ok(harness.call("goodbye", {"step": 10, "reason": "done"}, seq=2))
     body = ok(harness.call("hello", hello_body("step", config={"step_size": 5}), client_id="client-b", seq=0))
-    assert body["resumed"] is False and body["plan"][0]["start_step"] == 0
+    assert body["resumed"] is False and body["plan"][-1]["start_step"] == 0
     s = harness.store.get("job-1")
     assert (s.tuner_name, s.status, s.owner, s.requests, s.step) == ("step", "active", "client-b", 1, 0)
     kinds = [(r["kind"], r.get("replaced_finished")) for r in harness.decisions()]
@@ -171,10 +176,10 @@ def test_finished_job_is_replaced_by_new_hello(harness):
 
 
 def test_report_advances_schedule(harness):
-    first = start_job(harness, config={"T_0": 100, "chunk": 10})["plan"][0]
+    first = start_job(harness, config={"T_0": 100, "chunk": 10})["plan"][-1]
     assert first["start_step"] == 0 and len(first["lrs"]) == 10
     body = ok(harness.call("report", {**report_body(10, 10), "lr": 0.1, "extra": [1, 2]}, seq=1))
-    run = body["plan"][0]
+    run = body["plan"][-1]
     assert run["start_step"] == 10 and run["lrs"][0] == pytest.approx(0.05 * (1 + math.cos(math.pi * 10 / 100)))
     assert harness.store.get("job-1").step == 10
 
@@ -231,7 +236,7 @@ def test_duplicate_report_is_applied_once(harness):
     assert harness.store.get("job-1").tuner.step == 10 and harness.store.get("job-1").requests == 2
     assert [r["kind"] for r in harness.decisions()] == ["hello", "report"]
     # the next seq is applied normally
-    assert ok(harness.call("report", report_body(20, 10), seq=2))["plan"][0]["start_step"] == 20
+    assert ok(harness.call("report", report_body(20, 10), seq=2))["plan"][-1]["start_step"] == 20
 
 
 def test_duplicate_hello_and_goodbye_get_cached_reply(harness):
@@ -270,7 +275,7 @@ def test_hello_from_new_client_accepted_whatever_seq(harness):
 
 
 def test_goodbye_finishes_job_and_its_reply_carries_the_summary(harness):
-    start_job(harness)
+    start_job(harness, config={"T_0": 10, "guard": False})  # the tuner told every report at once
     ok(harness.call("report", report_body(10, 10), seq=1))
     reply = ok(harness.call("goodbye", {"step": 14, "reason": "done"}, seq=2))
     s = harness.store.get("job-1")
@@ -361,7 +366,7 @@ def test_tuner_exception_is_internal_and_rolled_back(harness, monkeypatch, caplo
     assert (harness.state_dir / "jobs" / "job-1" / "state.json").read_bytes() == on_disk
     assert len(harness.decisions()) == 2
     # the rolled-back session (a fresh tuner) takes the same request again
-    assert ok(harness.call("report", report_body(20, 10), seq=2))["plan"][0]["start_step"] == 20
+    assert ok(harness.call("report", report_body(20, 10), seq=2))["plan"][-1]["start_step"] == 20
 
 
 def test_invalid_plan_is_internal_and_rolled_back(harness, monkeypatch):
@@ -385,7 +390,7 @@ def test_save_failure_is_internal_and_rolled_back(harness, monkeypatch):
     err(harness.call("hello", hello_body(), job_id="job-2"), ErrorCode.INTERNAL)
     monkeypatch.undo()
     assert harness.store.get("job-1").step == 0 and harness.store.get("job-2") is None
-    assert ok(harness.call("report", report_body(10, 10), seq=1))["plan"][0]["start_step"] == 10
+    assert ok(harness.call("report", report_body(10, 10), seq=1))["plan"][-1]["start_step"] == 10
 
 
 def test_unencodable_summary_does_not_break_status(harness, monkeypatch):
@@ -414,7 +419,7 @@ def test_restart_resumes_and_recognises_last_request(harness):
         assert h2.dispatcher.handle(frame) == first  # the duplicate survives the restart
         s = h2.store.get("job-1")
         assert s.tuner.step == 10 and s.requests == 2 and s.owner == "client-a"
-        assert ok(h2.call("report", report_body(20, 10), seq=2))["plan"][0]["start_step"] == 20
+        assert ok(h2.call("report", report_body(20, 10), seq=2))["plan"][-1]["start_step"] == 20
         assert [r["kind"] for r in h2.decisions()] == ["hello", "report", "report"]
     finally:
         h2.store.close()

@@ -128,7 +128,7 @@ def test_sigkill_then_restart_resumes_job(server_process, tmp_path):
     for step in (5, 10, 15, 20, 25):
         ref.tell(Observation(step=step, steps=5))
     assert nxt["status"] == "ok" and nxt["body"]["plan"] == ref.ask()
-    assert nxt["body"]["plan"][0]["start_step"] == 25
+    assert nxt["body"]["plan"][-1]["start_step"] == 25
     assert status["requests"] == 6 and status["step"] == 25
     lines = (state_dir / "jobs" / "job" / "decisions.jsonl").read_bytes().splitlines()
     assert len(lines) == 6
@@ -227,7 +227,7 @@ def test_config_file_tuner_defaults_applied(server_process, tmp_path, req_client
     cfg.write_text("server:\n  max_message_bytes: 4096\ntuners:\n  cosine:\n    T_0: 4\n    chunk: 8\n")
     p = server_process(tmp_path / "state", "--config", str(cfg))
     c = req_client(p.endpoint)
-    lrs = c.call("hello", hello_body(), job_id="j", seq=0)["body"]["plan"][0]["lrs"]
+    lrs = c.call("hello", hello_body(), job_id="j", seq=0)["body"]["plan"][-1]["lrs"]
     assert len(lrs) == 8 and lrs[4] == lrs[0] == 0.1 and lrs[3] < 0.1
     reply = protocol.loads(c.send_raw(b" " * 5000))
     assert reply["error"]["code"] == "too_large"

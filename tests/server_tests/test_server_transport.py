@@ -24,8 +24,8 @@ def test_req_round_trip(thread_server, req_client):
     c = req_client(thread_server.endpoint)
     assert c.call("ping")["body"]["protocol"] == protocol.PROTOCOL_VERSION
     plan = c.call("hello", hello_body(config={"T_0": 10, "chunk": 5}), job_id="j", seq=0)["body"]["plan"]
-    assert plan[0]["steps"] == 5
-    assert c.call("report", report_body(5, 5), job_id="j", seq=1)["body"]["plan"][0]["start_step"] == 5
+    assert plan[-1]["steps"] == 5
+    assert c.call("report", report_body(5, 5), job_id="j", seq=1)["body"]["plan"][-1]["start_step"] == 5
     admin = (Path(thread_server.dispatcher.store.state_dir) / "admin.token").read_text().strip()
     assert c.call("status", credential=admin)["body"]["sessions"][0]["step"] == 5
     assert c.call("status")["body"]["sessions"] == [{"job_id": "j", "status": "active"}]
@@ -41,7 +41,7 @@ def test_many_clients_at_once(thread_server, req_client):
             assert c.call("hello", hello_body(config={"chunk": 2}), job_id=job, seq=0)["status"] == "ok"
             for seq in range(1, 11):
                 r = c.call("report", report_body(2 * seq, 2), job_id=job, seq=seq)
-                assert r["body"]["plan"][0]["start_step"] == 2 * seq
+                assert r["body"]["plan"][-1]["start_step"] == 2 * seq
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 

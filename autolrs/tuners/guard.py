@@ -1,0 +1,521 @@
+"""The divergence guard: any tuner's training, rolled back to the last good point and slowed
+down when its loss blows up.
+
+:class:`Guarded` wraps a tuner the way ``torch.optim.lr_scheduler.ChainedScheduler`` wraps
+schedulers: it asks the inner tuner for its plans and edits them, with the verbs the wire
+already has.
+
+* **Segments.** A training ``run`` of the inner tuner is carried out in segments of at most
+  ``guard_every`` steps (default :func:`default_every`: 2 % of ``max_steps``, 10 to 100), its
+  per-step ``lrs`` sliced and its evaluations kept at their positions (a segment ends at an
+  evaluation it cannot hold whole). Each segment's report is judged by
+  :func:`autolrs.divergence.judge_segment`; once the inner run is done, the kept segments'
+  losses, evaluations and hypergradients are told to the inner tuner as the one observation it
+  expects. Runs shorter than ``guard_every`` go out unchanged, and so do the runs of the
+  tangent hypergradient (``rtho``, ``marthe``: one hypergradient at the run's end).
+* **Last good snapshot.** Before the first guarded segment, and after every ``guard_every``
+  healthy steps, the plan saves a checkpoint in slot ``"guard"`` (``discard`` first, so memory
+  holds one copy, not two, while it is refreshed). After a segment with a loss beyond the
+  spike threshold (``suspect``) nothing is saved; the next segment decides.
+* **Rollback.** On a non-finite loss, a spike or a rise judged as divergence the next plan
+  restores the slot and sets the LR cut by ``guard_factor``: the rest of the inner run in flight
+  goes on at ``guard_factor`` times its LRs; when that run is done the inner tuner is told
+  through :meth:`~autolrs.tuners.base.Tuner.on_rollback` (then its observation, without the
+  undone segments) so that its later plans follow: a schedule scales what remains,
+  ``hd``/``rtho``/``marthe`` lower their LR and ``lr_max``, AutoLRS its stage's LR and the search
+  interval of later stages. The steps undone still count against ``max_steps`` (they were
+  computed).
+* **Give up.** Rollbacks in a row without a healthy window in between cut the LR again each
+  time; a divergence after ``guard_max`` of them restores the last good snapshot and stops the
+  job, with the reason in its summary.
+* **Searches are left alone.** While the inner tuner searches
+  (:meth:`~autolrs.tuners.base.Tuner.in_search`: AutoLRS trials, range tests, ``loss_diff``
+  probes, ``auto``'s sweep and trials) its plans go out unchanged: their runs are undone anyway
+  and a divergence there is information. The guard's slot is dropped for the search (its memory
+  is the search's) and saved again when training resumes. A job whose tuner only searches
+  (``range_test``, ``loss_diff``) gets exactly the plans it would without the guard.
+
+Every guard action is an event in :meth:`Guarded.summary` (``guard.events``; ``guard.action``
+is the event the last report caused), so the server's decision log has a line for each.
+
+State: the wrapper's ``state_dict()`` is the inner tuner's with one more key, ``"guard"``, so
+a restarted server resumes the job exactly and tools reading the inner's keys keep working.
+
+Cost: one report (a round trip) and one checkpoint copy per ``guard_every`` training steps, and
+the memory of one copy of model and optimizer (plus scaler and RNG with ``include_rng``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from autolrs import actions, divergence
+from autolrs.actions import Observation
+from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, check_limits, require_int, require_positive
+
+SLOT = "guard"
+STATE_VERSION = 1
+#: The guard's knobs, accepted by every tuner (:func:`autolrs.tuners.make_tuner` strips them):
+#: name -> (default, meaning), as a tuner's ``knobs``.
+KNOBS: dict[str, tuple[Any, str]] = {
+    "guard": (True, "watch training for divergence (false: the tuner alone, unwrapped; "
+                    "off by default for auto and record)"),
+    "guard_every": (None, "steps per segment at most and between two snapshots; null: 2% of max_steps, 10 to 100"),
+    "guard_factor": (0.5, "LR factor of each rollback"),
+    "guard_max": (5, "rollbacks in a row without a healthy window; one more divergence stops the job"),
+}
+DEFAULTS: dict[str, Any] = {name: default for name, (default, _meaning) in KNOBS.items()}
+#: The largest value of each integer knob, as a tuner's ``limits``: a segment's losses are a
+#: report's and live in the job's state until its window is judged.
+LIMITS: dict[str, int] = {"guard_every": MAX_CHUNK, "guard_max": 100}
+#: The default segment: this share of max_steps, within [MIN_EVERY, MAX_EVERY].
+EVERY_FRACTION, MIN_EVERY, MAX_EVERY = 0.02, 10, 100
+#: What the guard keeps of an inner run in flight (the run itself is the inner tuner's plan).
+PROGRESS = ("consumed", "started", "scale", "lr", "segments", "committed", "rollbacks")
+#: Healthy windows after which the run counts as under way even if its loss has not fallen.
+EARLY_WINDOWS = 10
+#: Guard events kept in the state and summary (the decision log keeps every one).
+EVENTS_KEPT = 50
+
+
+def split_config(config: Mapping[str, Any] | None) -> tuple[dict, dict]:
+    """``(guard knobs with defaults, the rest)`` of a tuner config."""
+    config = dict(config or {})
+    knobs = {key: config.pop(key, default) for key, default in DEFAULTS.items()}
+    return knobs, config
+
+
+def check_knobs(knobs: Mapping[str, Any]) -> dict:
+    """Validate the guard's knobs; ConfigError names the bad one."""
+    if not isinstance(knobs["guard"], bool):
+        raise ConfigError(f"option 'guard' must be true or false, got {knobs['guard']!r}")
+    check_limits("guard", knobs, LIMITS)
+    every = None if knobs["guard_every"] is None else require_int(knobs, "guard_every", minimum=1)
+    out = {"guard": knobs["guard"], "guard_every": every,
+           "guard_factor": require_positive(knobs["guard_factor"], "guard_factor"),
+           "guard_max": require_int(knobs, "guard_max", minimum=0)}
+    if out["guard_factor"] >= 1:
+        raise ConfigError(f"option 'guard_factor' must be below 1, got {out['guard_factor']}")
+    return out
+
+
+def default_every(max_steps: int | None) -> int:
+    """``guard_every`` unless set: 2 % of the job's steps, between 10 and 100 (100 when the
+    budget is unknown). A rollback undoes at most the segment it was detected in, so the
+    segment bounds what one spike costs; each segment costs one report and one copy."""
+    if max_steps is None:
+        return MAX_EVERY
+    return max(MIN_EVERY, min(MAX_EVERY, round(EVERY_FRACTION * max_steps)))
+
+
+class Guarded(Tuner):
+    """``inner`` with the divergence guard (see the module doc)."""
+
+    def __init__(self, inner: Tuner, every: int | None = None, factor: float = 0.5, max_rollbacks: int = 5):
+        # Not Tuner.__init__: the config and the job's facts are the inner tuner's.
+        self.inner = inner
+        self.name = inner.name
+        self.config = inner.config
+        self.seed = inner.seed
+        self.notices = inner.notices
+        self.deprecations = getattr(inner, "deprecations", [])
+        self.every = default_every(inner.config.get("max_steps")) if every is None else int(every)
+        self.factor, self.max_rollbacks = float(factor), int(max_rollbacks)
+        self._reset()
+
+    def __getattr__(self, name: str) -> Any:
+        # What the guard does not have is the inner tuner's (its history, stages, suggestions).
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _reset(self) -> None:
+        self._asked: tuple[list[dict], bool] | None = None  # the inner tuner's plan, until it is told something
+        initial = self.config.get("initial_lr")
+        self._step = 0
+        #: The LR the client is at (the last one a plan set), None while unknown.
+        self._lr: float | None = float(initial) if isinstance(initial, (int, float)) and initial > 0 else None
+        self._slot = False  # the guard slot holds a snapshot
+        self._good_step: int | None = None  # the step it was taken at
+        self._base_step = 0  # the step the weights last were the snapshot's (taken or restored)
+        self._save_due = False  # the next plan refreshes the snapshot
+        self._pending: dict | None = None  # the inner run in flight, when it is split
+        self._owed: dict | None = None  # a rollback the next plan carries out: {"lr": cut LR or None}
+        self._window: list[float] = []  # healthy losses since the snapshot
+        self._window_steps = 0  # steps since the snapshot
+        self._tail: list[float] = []  # the last losses of the segment training went on from
+        self._ref: float | None = None  # lowest level of the healthy windows
+        self._noise: float | None = None  # robust std of the last healthy window
+        self._start: float | None = None  # the run's start level (median of its first losses)
+        self._underway = False  # the loss has fallen below its start level (see divergence.under_way)
+        self._early_windows = 0  # healthy windows before that
+        self._strikes = 0  # rollbacks since the last healthy window
+        self._rollbacks = 0
+        self._snapshots = 0
+        self._steps_lost = 0
+        self._scale = 1.0  # product of all LR cuts
+        self._events: list[dict] = []
+        self._action: dict | None = None  # the event the last report caused
+        self._stopped: str | None = None
+
+    # ------------------------------------------------------------------ plans
+
+    def _current(self) -> dict:
+        """The inner run in flight: the inner tuner's plan, with the guard's progress through it.
+        The inner tuner is told nothing until its run is done, so asking it again gives the
+        same plan back: only the progress (``PROGRESS``) is state."""
+        if self._asked is None:  # the inner tuner changes only through this wrapper: ask it once a change
+            self._asked = (self.inner.ask(), self.inner.in_search())
+        (*prefix, last), search = self._asked
+        whole = last["op"] != "run" or search or (last.get("hypergrad") or {}).get("method") == "tangent" \
+            or last["steps"] <= self.every
+        progress = self._pending
+        if progress is None:
+            lr = self._lr
+            for action in prefix:
+                if action["op"] == "set_lr":
+                    lr = action["lr"]
+            progress = {"consumed": 0, "started": False, "scale": 1.0, "lr": lr, "segments": [], "committed": 0,
+                        "rollbacks": []}
+        # Fresh lists: tell() edits them; the segments themselves are never edited.
+        return {"prefix": prefix, "last": last, "search": search, "whole": whole, **progress,
+                "segments": list(progress["segments"]), "rollbacks": list(progress["rollbacks"])}
+
+    def _compose(self, p: dict) -> tuple[list[dict], dict]:
+        """The plan for the next segment of ``p`` and what it does to the guard's slot."""
+        plan: list[dict] = []
+        effects = {"checkpoint": False, "discard": False, "restore": False, "run": None}
+        if self._owed is not None:
+            plan.append(actions.restore(SLOT))
+            effects["restore"] = True
+            if self._owed.get("lr") is not None:
+                plan.append(actions.set_lr(self._owed["lr"]))
+        last = p["last"]
+        if last["op"] == "stop" or p["search"]:
+            plan += [dict(a) for a in p["prefix"]]
+            if self._slot:  # a search brings its own copies; the guard's is saved again after it
+                plan.append(actions.discard(SLOT))
+                effects["discard"] = True
+            plan.append(dict(last))
+            effects["run"] = plan[-1] if last["op"] == "run" else None
+            return plan, effects
+        if not p["started"]:
+            plan += [dict(a) for a in p["prefix"]]
+        jumped = not p["started"] and any(a["op"] == "restore" for a in p["prefix"])
+        if not self._slot or self._save_due or jumped:
+            plan += [actions.discard(SLOT), actions.checkpoint(SLOT)]
+            effects["checkpoint"] = True
+        if p["whole"]:
+            run = dict(last)
+        else:
+            run = self._segment(p)
+        if "loss" not in run.get("collect", ["loss"]):  # the guard judges every segment's losses
+            run["collect"] = ["loss"] + list(run.get("collect", []))
+        plan.append(run)
+        effects["run"] = run
+        return plan, effects
+
+    def _segment(self, p: dict) -> dict:
+        """The next segment of the split inner run: at most ``every`` steps, ending at an
+        evaluation that would otherwise fall across two segments."""
+        r, c = p["last"], p["consumed"]
+        n = min(self.every, r["steps"] - c)
+        every = r.get("eval_every", 0)
+        eval_every = 0
+        if every:
+            nxt = (c // every + 1) * every
+            if nxt <= c + n:
+                if c % every == 0 and n >= every:
+                    n, eval_every = (n // every) * every, every
+                else:
+                    n = eval_every = nxt - c
+        lrs = r.get("lrs")
+        if lrs is not None:
+            lrs = [lr * p["scale"] for lr in lrs[c:c + n]]
+        run = actions.run(n, r["start_step"] + c, lrs=lrs, eval_every=eval_every,
+                          collect=tuple(r.get("collect", ("loss",))), hypergrad=r.get("hypergrad"))
+        return run
+
+    def ask(self) -> list[dict]:
+        if self._stopped is not None:
+            return self._stop_plan()
+        return self._compose(self._current())[0]
+
+    def _stop_plan(self) -> list[dict]:
+        plan = [actions.restore(SLOT), actions.discard(SLOT)] if self._slot else []
+        return plan + [actions.stop(f"guard: {self._stopped}")]
+
+    # ------------------------------------------------------------------ reports
+
+    def tell(self, observation: Observation) -> None:
+        if self._stopped is not None:
+            self._step = max(self._step, int(observation.step))
+            return
+        p = self._current()
+        plan, effects = self._compose(p)
+        start_step = self._step
+        self._carried_out(plan, effects, start_step)
+        self._action = None
+        self._step = max(0, int(observation.step))
+        if p["search"] or p["last"]["op"] != "run":
+            self._pending, self._asked = None, None
+            self.inner.tell(observation)
+            return
+        p["started"] = True
+        r = p["last"]
+        ran = observation.step - r["start_step"]
+        consumed = ran if ran > p["consumed"] else p["consumed"] + max(1, observation.steps)
+        segment = {"at": p["consumed"], "steps": consumed - p["consumed"], "losses": list(observation.losses),
+                   "evals": [[int(q), float(v)] for q, v in observation.evals],
+                   "hypergrad": copy.deepcopy(observation.hypergrad), "probes": [list(x) for x in observation.probes]}
+        p["consumed"] = consumed
+        if self._start is None and observation.losses:
+            level = divergence.start_level(observation.losses)
+            if math.isfinite(level):
+                self._start = level
+        # Until a healthy window gives a level (and a noise), the run's start is the reference.
+        ref = self._ref if self._ref is not None else self._start
+        verdict = divergence.judge_segment(observation.losses, ref, self._start, self._noise, before=self._tail,
+                                           early=not self._underway)
+        self._tail = [] if verdict.kind == "diverged" else list(observation.losses[-divergence.SPIKE_WINDOW:])
+        self._window_steps += max(0, segment["steps"])
+        if verdict.kind == "diverged":
+            self._rollback(p, verdict.reason)
+        else:
+            p["segments"].append(segment)
+            self._window += [x for x in observation.losses if math.isfinite(x)]
+            if verdict.kind == "ok" and self._window_steps >= self.every:
+                self._healthy_window(p)
+            elif verdict.kind == "suspect":
+                self._event("suspect", verdict.reason)
+        if self._stopped is not None:
+            self._pending = None
+            return
+        if p["consumed"] >= r["steps"]:
+            self._pending, self._asked = None, None
+            for info in p["rollbacks"]:  # the inner tuner follows the cuts, then hears how its run went
+                self.inner.on_rollback(self.factor, info)
+            self.inner.tell(self._merged(p, observation))
+        else:
+            self._pending = {key: p[key] for key in PROGRESS}
+        if self._action is not None and self._action["action"] == "rollback":
+            self._action["lr_after"] = _first_lr(self.ask())  # what the next step really trains at
+
+    def _carried_out(self, plan: list[dict], effects: dict, start_step: int) -> None:
+        """Update what the guard knows of the client after it carried out ``plan``."""
+        if effects["restore"]:
+            self._owed = None
+            self._base_step = start_step
+        if effects["discard"]:
+            self._slot, self._good_step = False, None
+        if effects["checkpoint"]:
+            self._slot, self._good_step, self._save_due = True, start_step, False
+            self._base_step = start_step
+            self._window, self._window_steps = [], 0
+            self._snapshots += 1
+        lr = _last_lr(plan)
+        if lr is not None:
+            self._lr = lr
+
+    def _healthy_window(self, p: dict) -> None:
+        level = divergence.segment_level(self._window)
+        if math.isfinite(level):
+            self._ref = level if self._ref is None else min(self._ref, level)
+            self._noise = divergence.segment_noise(self._window)
+        if not self._underway:
+            # Until the run is learning, the snapshot stays the one it started from: a network
+            # that a too large LR killed at once looks no worse than at its start.
+            self._early_windows += 1
+            self._underway = divergence.under_way(level, self._start) or self._early_windows >= EARLY_WINDOWS
+            if not self._underway:
+                return
+        self._save_due = True
+        self._strikes = 0
+        p["committed"] = len(p["segments"])
+
+    def _rollback(self, p: dict, reason: str) -> None:
+        lost = self._step - self._base_step  # training steps the restore undoes
+        lr_before = self._lr
+        if self._strikes >= self.max_rollbacks:
+            self._stopped = (f"diverged after {self._strikes} rollback(s) in a row (LR cut to {self._scale:.3g}x): "
+                            f"{reason}")
+            self._event("stop", reason, to_step=self._good_step, steps_back=lost, lr_before=lr_before)
+            return
+        self._strikes += 1
+        self._rollbacks += 1
+        self._steps_lost += lost
+        self._scale *= self.factor
+        del p["segments"][p["committed"]:]  # their weights are undone
+        p["scale"] *= self.factor
+        lr_after = None if lr_before is None else lr_before * self.factor
+        if not p["whole"] and p["last"].get("lrs") is None and p["lr"] is not None:
+            lr_after = p["lr"] * p["scale"]  # the rest of the run, which sets no LR of its own
+        self._owed = {"lr": lr_after}
+        self._window, self._window_steps, self._save_due = [], 0, False
+        info = {"step": self._step, "to_step": self._good_step, "steps_back": lost, "lr_before": lr_before,
+                "reason": reason, "rollbacks": self._rollbacks, "strikes": self._strikes}
+        self._event("rollback", reason, to_step=self._good_step, steps_back=lost, lr_before=lr_before,
+                    lr_after=lr_after, strike=self._strikes)
+        p["rollbacks"].append(info)
+
+    def _event(self, kind: str, reason: str, **fields: Any) -> None:
+        event = {"step": self._step, "action": kind, "reason": reason, **fields}
+        self._action = event
+        self._events.append(event)
+        del self._events[:-EVENTS_KEPT]
+
+    def _merged(self, p: dict, last: Observation) -> Observation:
+        """The one observation of the inner run: its kept segments, positions in the run."""
+        r = p["last"]
+        collect = r.get("collect", ["loss"])
+        losses: list[float] = []
+        evals: list[tuple[int, float]] = []
+        probes: list[tuple[float, float]] = []
+        hs: list[float] = []
+        tail: dict = {}
+        for seg in p["segments"]:
+            if "loss" in collect:
+                losses += seg["losses"]
+            for q, v in seg["evals"]:
+                evals.append((0 if q == 0 else seg["at"] + q, v))
+            probes += [(a, b) for a, b in seg["probes"]]
+            if seg["hypergrad"] is not None:
+                hs += seg["hypergrad"].get("h", [])
+                tail = seg["hypergrad"]
+        hypergrad = None
+        if r.get("hypergrad") is not None:
+            # The last segment's report (vb, val_loss, the optimizer's family) with every h.
+            hypergrad = {**tail, "h": hs}
+        return Observation(step=last.step, steps=p["consumed"], losses=losses, evals=evals,
+                           hypergrad=hypergrad, probes=probes)
+
+    # ------------------------------------------------------------------ the rest of the contract
+
+    def in_search(self) -> bool:
+        return self.inner.in_search()
+
+    def ask_next(self) -> list[dict] | None:
+        """What a client cut off from the server trains on after the current plan: the rest of
+        the inner run in flight (unsplit, at the cut LRs), or, when the current plan ends it,
+        the inner tuner's next plan. It touches no slot: offline there is no guard, and the
+        server's reply, when it comes, takes over from wherever the client is."""
+        if self._stopped is not None:
+            return None
+        p = self._current()
+        last = p["last"]
+        if p["search"] or last["op"] != "run" or last.get("hypergrad") is not None:
+            return None  # (a hypergradient run's LR is the tuner's answer to its report)
+        run = self._compose(p)[1]["run"]
+        done = last["steps"] if p["whole"] else p["consumed"] + run["steps"]
+        if done >= last["steps"]:
+            if p["rollbacks"]:  # the inner tuner has not heard of the cuts yet
+                return None
+            after = self.inner.ask_next()
+            return None if after is None else [a for a in after if a["op"] in ("set_lr", "run")]
+        lrs = last.get("lrs")
+        every = last.get("eval_every", 0)
+        rest = actions.run(last["steps"] - done, last["start_step"] + done,
+                           lrs=None if lrs is None else [lr * p["scale"] for lr in lrs[done:]],
+                           eval_every=every if every and done % every == 0 else 0,
+                           collect=tuple(run.get("collect", ("loss",))))
+        return [rest]
+
+    def resume(self, step: int) -> None:
+        """A trainer restarted from its own checkpoint at ``step``: no guard slot (the next
+        plan saves one), the run in flight dropped (the inner tuner resumes there)."""
+        self.inner.resume(step)
+        self._asked = self._pending = self._owed = None
+        self._slot, self._good_step, self._save_due = False, None, False
+        self._step = self._base_step = max(0, int(step))
+        self._window, self._window_steps, self._tail = [], 0, []
+
+    def lr_bounds(self) -> tuple[float, float]:
+        """The inner tuner's, down to 0: rollbacks cut LRs below anything it would send."""
+        return (0.0, self.inner.lr_bounds()[1])
+
+    def summary(self) -> dict:
+        out = dict(self.inner.summary())
+        out["guard"] = {"every": self.every, "factor": self.factor, "max": self.max_rollbacks,
+                        "rollbacks": self._rollbacks, "strikes": self._strikes, "lr_scale": self._scale,
+                        "steps_rolled_back": self._steps_lost, "snapshots": self._snapshots,
+                        "last_good_step": self._good_step, "watching": not self.in_search(),
+                        "under_way": self._underway,
+                        "action": copy.deepcopy(self._action), "events": copy.deepcopy(self._events),
+                        "stopped": self._stopped}
+        if self._stopped is not None:
+            out["stop_reason"] = f"guard: {self._stopped}"
+        return out
+
+    def state_dict(self) -> dict:
+        state = self.inner.state_dict()
+        if "guard" in state:
+            raise RuntimeError(f"{self.name}: the tuner's state has a 'guard' key of its own")
+        return {**state, "guard": {
+            "version": STATE_VERSION, "step": self._step, "lr": self._lr, "slot": self._slot,
+            "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": _copy_progress(self._pending),
+            "owed": copy.deepcopy(self._owed), "window": list(self._window), "window_steps": self._window_steps, "tail": list(self._tail),
+            "ref": self._ref, "noise": self._noise, "start": self._start,
+            "underway": self._underway, "early_windows": self._early_windows,
+            "strikes": self._strikes,
+            "rollbacks": self._rollbacks, "snapshots": self._snapshots, "steps_lost": self._steps_lost,
+            "scale": self._scale, "events": copy.deepcopy(self._events), "action": copy.deepcopy(self._action),
+            "stopped": self._stopped}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        state = dict(state)
+        g = state.pop("guard", None)
+        self.inner.load_state_dict(state)
+        self._reset()
+        if g is None:  # a job saved before the guard: it starts watching from here
+            self._step = int(state.get("step", 0) or 0)
+            return
+        if g.get("version") != STATE_VERSION:
+            raise ValueError(f"guard: unsupported state version {g.get('version')!r}")
+        self._step, self._lr = int(g["step"]), None if g["lr"] is None else float(g["lr"])
+        self._slot, self._good_step, self._save_due = bool(g["slot"]), g["good_step"], bool(g["save_due"])
+        self._base_step = int(g["base_step"])
+        self._pending, self._owed = _copy_progress(g["pending"]), copy.deepcopy(g["owed"])
+        self._window, self._window_steps = [float(x) for x in g["window"]], int(g["window_steps"])
+        self._tail = [float(x) for x in g["tail"]]
+        self._ref, self._noise, self._start = g["ref"], g["noise"], g["start"]
+        self._underway = bool(g["underway"])
+        self._early_windows = int(g["early_windows"])
+        self._strikes, self._rollbacks = int(g["strikes"]), int(g["rollbacks"])
+        self._snapshots, self._steps_lost, self._scale = int(g["snapshots"]), int(g["steps_lost"]), float(g["scale"])
+        self._events, self._action = copy.deepcopy(g["events"]), copy.deepcopy(g["action"])
+        self._stopped = g["stopped"]
+
+
+def _copy_progress(progress: dict | None) -> dict | None:
+    """A copy of the progress through an inner run that shares nothing editable with it."""
+    if progress is None:
+        return None
+    return {**progress, "segments": [{**seg, "losses": list(seg["losses"]), "evals": [list(e) for e in seg["evals"]],
+                                      "hypergrad": copy.deepcopy(seg["hypergrad"]),
+                                      "probes": [list(x) for x in seg["probes"]]} for seg in progress["segments"]],
+            "rollbacks": [dict(info) for info in progress["rollbacks"]]}
+
+
+def _last_lr(plan: list[dict]) -> float | None:
+    """The LR the client is at after carrying out ``plan`` (None: the plan sets none)."""
+    lr = None
+    for action in plan:
+        if action["op"] == "set_lr":
+            lr = action["lr"]
+        elif action["op"] == "run" and action.get("lrs"):
+            lr = action["lrs"][-1]
+    return lr
+
+
+def _first_lr(plan: list[dict]) -> float | None:
+    """The LR the first step of ``plan``'s run trains at (None: not set by the plan)."""
+    lr = None
+    for action in plan:
+        if action["op"] == "set_lr":
+            lr = action["lr"]
+        elif action["op"] == "run":
+            return action["lrs"][0] if action.get("lrs") else lr
+    return lr
