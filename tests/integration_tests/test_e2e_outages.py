@@ -36,7 +36,7 @@ def test_a_schedule_stays_on_plan_through_an_outage_shorter_than_a_chunk(live_se
     lrs = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with AutoLRS(model, optimizer, tuner="cosine", config={"T_0": 700, "eta_min": 0.001, "chunk": 500},
+        with AutoLRS(model, optimizer, tuner="cosine", config={"T_0": 700, "eta_min": 0.001, "chunk": 500, "guard": False},
                      server=server.endpoint, job="outage-cosine", max_steps=2000, timeout=1.0,
                      retry_interval=0.25) as cb:
             batches = DigitsBatches()
@@ -98,15 +98,16 @@ def test_autolrs_keeps_no_trial_lr_step_from_outages(live_server, tmp_path, monk
     port = server.port
     model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    config = {"tau": 12, "tau_max": 24, "k": 3, "trial_fraction": 0.5, "lr_min": 0.01, "lr_max": 0.5}
+    config = {"tau": 12, "tau_max": 24, "k": 3, "trial_fraction": 0.5, "lr_min": 0.01, "lr_max": 0.5,
+              "guard": False}  # the guard splits the training runs (its offline behaviour: docs/guard.md)
     record = []  # (step index, lr, after the end of a search run with no answer yet, in a search run)
     kills, next_kill = 0, 30
     lineage = Lineage(monkeypatch)
     with AutoLRS(model, optimizer, tuner="autolrs", config=config, server=server.endpoint, job="outage-autolrs",
-                 max_steps=900, timeout=0.3, retry_interval=0.1) as cb:
+                 max_steps=1800, timeout=0.3, retry_interval=0.1) as cb:
         batches = DigitsBatches()
         down_at = None
-        while not cb.should_stop and cb.global_step < 1200:
+        while not cb.should_stop and cb.global_step < 2400:
             held = cb._provisional is not None
             searching = cb._run_is_search and cb._segment.active
             record.append((cb.global_step + 1, optimizer.param_groups[0]["lr"], held, searching))
@@ -122,7 +123,7 @@ def test_autolrs_keeps_no_trial_lr_step_from_outages(live_server, tmp_path, monk
             elif down_at is not None and cb.global_step >= down_at + 25:
                 server = live_server(state, port=port)
                 down_at = None
-    assert kills == 10 and cb.global_step >= 900 and cb.should_stop
+    assert kills == 10 and cb.global_step >= 1800 and cb.should_stop
     held_steps = {i for i, _, held, _ in record if held}
     assert len(held_steps) >= 20  # outages did fall after search runs
     # Each stretch of held steps trains at the LR from before the search (the LR of the last step

@@ -92,7 +92,7 @@ def test_summary_after_close_is_the_servers_account_of_the_job(live_server, tmp_
     server = live_server(tmp_path / "state")
     model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with AutoLRS(model, optimizer, tuner="step", config={"step_size": 5, "gamma": 0.5, "chunk": 4},
+    with AutoLRS(model, optimizer, tuner="step", config={"step_size": 5, "gamma": 0.5, "chunk": 4, "guard": False},
                  server=server.endpoint, job="summary-job", max_steps=12) as cb:
         batches = DigitsBatches()
         while not cb.should_stop:
