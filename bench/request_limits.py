@@ -21,6 +21,7 @@ from autolrs.server.config import load_config
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.sessions import SessionStore
 from autolrs.testing import SimulatedClient
+from autolrs.tuners import TUNERS
 from autolrs.tuners.base import MAX_CHUNK, MAX_STEPS
 from autolrs.wire import messages, protocol
 from benchlib import write_report
@@ -98,6 +99,8 @@ def main() -> None:
     args = p.parse_args()
     names = [n for n in CASES if not args.only or n in args.only.split(",")]
     results = {}
+    for name in names:  # import each tuner's module first, as a standalone server does before its ready line
+        TUNERS[CASES[name][0]]
     with tempfile.TemporaryDirectory(prefix="autolrs-limits-") as tmp:
         for name in names:
             timed = drive(name, *CASES[name], Path(tmp) / f"{name}-timed")
