@@ -23,22 +23,26 @@ import torch
 from autolrs.actions import Observation
 from autolrs.callbacks import hypergrad
 from autolrs.callbacks.distributed import distributed_link
-from autolrs.callbacks.embedded import AUTO, NOT_STARTED, EmbeddedServer, EmbeddedServerError, resolve_endpoint
-from autolrs.callbacks.errors import AutoLRSConfigError, ServerUnavailableWarning, WarnOnce
-from autolrs.callbacks.link import CLOSED, ServerLink
-from autolrs.callbacks.lr import GroupLRs
+from autolrs.callbacks.embedded import AUTO, ENV_SERVER, NOT_STARTED, EmbeddedServer, EmbeddedServerError, resolve_endpoint
+from autolrs.callbacks.errors import AutoLRSConfigError, ServerUnavailable, ServerUnavailableWarning, WarnOnce
+from autolrs.callbacks.link import CLOSED, DETACHED, ServerLink
+from autolrs.callbacks.lr import GroupLRs, scheduler_attached
 from autolrs.callbacks.options import JobOptions, LinkOptions, check_job_id, default_job_id
 from autolrs.callbacks.probe import run_probes
 from autolrs.callbacks.segment import Segment
 from autolrs.callbacks.state import CheckpointStore
-from autolrs.wire import messages
+from autolrs.wire import messages, protocol
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AutoLRS", "STATE_VERSION", "default_job_id"]
 
-#: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys.
-STATE_VERSION = 1
+#: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys (2: the job's
+#: credential).
+STATE_VERSION = 2
+#: The checkpoint slot that keeps the state at the end of a search run whose report went
+#: unanswered, until the server answers (not a name tuners use).
+OUTAGE_SLOT = "autolrs:outage"
 #: The longest wait for an embedded server's first reply to a job's hello (seconds).
 EMBEDDED_HELLO_S = 30.0
 
@@ -66,13 +70,24 @@ class AutoLRS:
     and back); ``probe_fn()`` returns the loss of the current batch with its graph (the
     ``loss_diff`` tuner); ``val_batches`` and ``val_criterion`` give ``rtho``/``marthe`` their
     validation gradient. Checkpoints: ``scaler`` (a GradScaler) and, with ``include_rng``, the
-    RNG states are part of each; ``checkpoint="disk"`` keeps them in a temporary folder under
-    ``checkpoint_dir``. ``distributed``: see :mod:`autolrs.callbacks.distributed`.
+    RNG states are part of each; ``checkpoint="disk"`` (the default when ``checkpoint_dir`` is
+    given) keeps them in a private folder under ``checkpoint_dir`` (default: the temp dir),
+    removed at close, or at the next start of a callback on this host after a crash. ``distributed``: see :mod:`autolrs.callbacks.distributed`.
 
     A step the GradScaler skipped (inf/NaN gradients) is not a step: it is counted in
     ``skipped_steps`` only (detected by an optimizer step post-hook: no device sync).
     The server's refusals at start raise :class:`AutoLRSConfigError`; everything else fails
-    open (see :mod:`autolrs.callbacks.link`).
+    open (see :mod:`autolrs.callbacks.link`), unless ``require_server=True``: then a server
+    that does not answer (or refuses) raises :class:`~autolrs.callbacks.ServerUnavailable`
+    (:class:`~autolrs.callbacks.ServerError`) instead. An LR scheduler attached to the optimizer
+    raises :class:`AutoLRSConfigError` unless ``allow_scheduler=True`` (it would write LRs
+    behind the tuner's back).
+
+    While a report waits for its answer (an outage), training goes on: with the plan the server
+    sent ahead (a schedule's next chunk), so it stays exactly on plan; after a search's run (an
+    AutoLRS trial, a range test's sweep) from where the search started, at the LR from before it,
+    and those steps are undone when the server answers (the reply is then carried out as if it
+    had come on time); otherwise at the current LR.
     """
 
     #: Upper bound of the wait for the goodbye reply at :meth:`close` (unless told otherwise).
@@ -84,12 +99,16 @@ class AutoLRS:
                  val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
                  probe_fn: Callable[[], Any] | None = None,
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
-                 checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
+                 checkpoint: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
                  seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None,
-                 dashboard: bool = False):
+                 require_server: bool = False, allow_scheduler: bool = False, dashboard: bool = False):
         options = JobOptions.checked(tuner, config, job, max_steps, seed)
-        link_options = LinkOptions.checked(server, timeout, retry_interval, secret)
+        link_options = LinkOptions.checked(server, timeout, retry_interval, secret, require_server)
+        if not isinstance(allow_scheduler, bool):
+            raise ValueError(f"allow_scheduler must be True or False, got {allow_scheduler!r}")
+        self.optimizer, self._allow_scheduler = optimizer, allow_scheduler
+        self._check_scheduler()
         self._lrs = GroupLRs(optimizer)
         # DDP: rank 0 talks to the server for all ranks, under its job id.
         self._dist = distributed_link(distributed)
@@ -100,6 +119,11 @@ class AutoLRS:
         self.max_steps, self.seed = options.max_steps, options.seed
         endpoint = resolve_endpoint(link_options.server)
         if endpoint is not None:
+            if endpoint != link_options.server:
+                try:
+                    protocol.check_endpoint(endpoint)
+                except ValueError as exc:
+                    raise ValueError(f"${ENV_SERVER}: {exc}") from None
             link_options = dataclasses.replace(link_options, server=endpoint)
         #: The private server of ``server="auto"`` without ``$AUTOLRS_SERVER`` (None otherwise):
         #: its ``state_dir`` holds the job's decision log while the callback is open.
@@ -129,7 +153,23 @@ class AutoLRS:
         self._hypergrad_args = {"val_batches": val_batches, "val_criterion": val_criterion, "scaler": scaler}
         self._opt_steps = self._opt_steps_seen = 0
         self._step_hook = None
+        self._scaler = scaler
+        # Outages (see the class doc): the plan the last reply sent ahead (``next``), the one
+        # being carried out ahead of its reply, whether a step must look for that reply, the
+        # search in progress ({"base": its first checkpoint slot, "lr": the LR before it}), and
+        # the state to go back to when the server answers a search run's report late.
+        self._after: list | None = None
+        self._prefetched: list | None = None
+        self._polling = False
+        self._run_is_search = False
+        self._search: dict | None = None
+        self._provisional: dict | None = None
 
+        if checkpoint is None:  # a folder given means checkpoints on disk there
+            checkpoint = "memory" if checkpoint_dir is None else "disk"
+        elif checkpoint == "memory" and checkpoint_dir is not None:
+            raise ValueError("checkpoint_dir is where disk checkpoints go: pass checkpoint='disk' (or leave checkpoint "
+                             "unset) with it, or drop it")
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
         self._link: ServerLink | None = None
@@ -141,11 +181,10 @@ class AutoLRS:
             self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
                                     lr=lambda: self.lr, step=lambda: self.global_step)
             if unstarted is None:
-                self._act(self._link.exchange("hello", self._hello_body(), starting=True,
-                                              deadline=self._hello_deadline()))
+                self._start(self._link.exchange("hello", self._hello_body(), starting=True, owner_may_load=True,
+                                                deadline=self._hello_deadline()))
             else:
-                self._warn("embedded", unstarted, ServerUnavailableWarning)
-                self._link.detach("embedded", unstarted)
+                self._embedded_unstarted(unstarted)
         except BaseException:
             self._closed = True
             self._checkpoints.close()
@@ -154,7 +193,7 @@ class AutoLRS:
             if self.embedded_server is not None:
                 self.embedded_server.stop()
             raise
-        if scaler is not None and hasattr(optimizer, "register_step_post_hook"):
+        if hasattr(optimizer, "register_step_post_hook"):  # counts optimizer steps: no device sync
             self._step_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
 
     # --- public ------------------------------------------------------------------------
@@ -201,17 +240,26 @@ class AutoLRS:
     def step(self, loss: Any = None) -> None:
         """Call once after each ``optimizer.step()`` with that step's loss (tensor or float)."""
         if self._step_hook is not None:
-            if self._opt_steps == self._opt_steps_seen:  # the GradScaler skipped optimizer.step()
-                self.skipped_steps += 1
-                return
+            if self._opt_steps == self._opt_steps_seen:
+                if self._scaler is not None:  # the GradScaler skipped optimizer.step()
+                    self.skipped_steps += 1
+                    return
+                if loss is not None:
+                    self._warn("no-optimizer-step", (
+                        f"autolrs: job {self.job}: cb.step() was called with no optimizer.step() since the last "
+                        "call; call it once after each optimizer.step() (the step is counted all the same)"))
             self._opt_steps_seen = self._opt_steps
         self.global_step += 1
         segment = self._segment
         if segment.active:
             if segment.advance(loss) and segment.event():
                 self._report()
+            elif self._polling:  # a report is pending while the plan sent ahead runs
+                self._receive(self._link.background())
         elif self._link.pending:
-            self._act(self._link.background())
+            self._receive(self._link.background())
+        elif self._link.conflict is not None:
+            raise AutoLRSConfigError(self._link.conflict)
 
     on_train_batch_end = step
 
@@ -238,10 +286,17 @@ class AutoLRS:
             self._step_hook = None
         if self._hypergrad is not None:
             self._hypergrad.close()
+        if self._link.decisions == 0 and self._link.state != DETACHED:  # detaching said so already
+            self._warn("no-decision", (
+                f"autolrs: job {self.job} never received a decision from the tuner server at {self.server}: the "
+                "run was not tuned (was the server running and reachable?)"))
+        if self._provisional is not None and self._provisional["base"] is not None:
+            # The server never answered: the search's run is off the path to the final weights.
+            self.discarded.append([self._provisional["base_saved"], self._provisional["step"]])
         reply = None
         try:
             if end_job:
-                reply = self._link.goodbye(self.global_step, reason, timeout)
+                reply = self._link.goodbye(self.global_step, reason, timeout, lr=self.lr)
             if reply is not None:
                 self._summary = reply.summary
         except Exception:  # noqa: BLE001 - closing must not mask the user's exception
@@ -269,19 +324,23 @@ class AutoLRS:
         """What a restarted trainer needs to carry on with the same tuning job (plain data: save
         it in your checkpoint beside the model's and the optimizer's). Versioned by
         ``"version"``; later versions add keys and older ones still load. ``client_id`` and
-        ``seq`` are this process's (rank 0's under DDP, None elsewhere)."""
+        ``seq`` are this process's (rank 0's under DDP, None elsewhere); ``credential`` is the
+        job's (None until the server issued it): it proves to the server that the trainer
+        restored from this dict owns the job, so keep the checkpoint as private as the job."""
         return {"version": STATE_VERSION, "job": self.job, "client_id": self._link.client_id,
                 "seq": self._link.next_seq, "step": self.global_step, "skipped_steps": self.skipped_steps,
                 "reports": self.reports, "stopped": self._should_stop, "tuner": self.tuner,
-                "config": copy.deepcopy(self.config), "lrs": self._lrs.state_dict()}
+                "config": copy.deepcopy(self.config), "lrs": self._lrs.state_dict(),
+                "credential": self._link.credential}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Carry on with the job of ``state`` (from :meth:`state_dict`) at its step. Build the
         callback with the same tuner and config, and load the model's and optimizer's state from
         the same checkpoint. This process takes the job over as a new client: it says hello at
-        the restored step and the server answers with the job's current plan (fail open, like
-        any hello; refusals raise :class:`AutoLRSConfigError`). The job this callback started
-        at construction, if another one, is closed with goodbye (reason ``replaced``)."""
+        the restored step with the job's credential and the server answers with the job's
+        current plan (fail open, like any hello; refusals raise :class:`AutoLRSConfigError`).
+        The job this callback started at construction, if another one, is closed with goodbye
+        (reason ``replaced``). Call it before the first :meth:`step`."""
         version = state.get("version") if isinstance(state, Mapping) else None
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= STATE_VERSION:
             raise ValueError(f"not an AutoLRS state dict of a version in 1..{STATE_VERSION} (version {version!r})")
@@ -293,30 +352,44 @@ class AutoLRS:
             raise ValueError(f"the state is of job {job!r} with tuner {state.get('tuner')!r} and config "
                              f"{state.get('config')!r}; this callback has tuner {self.tuner!r} and config "
                              f"{self.config!r}: build it with the same ones")
+        credential = state.get("credential")
+        if credential is not None and (not isinstance(credential, str) or not credential):
+            raise ValueError(f"the state's credential must be a non-empty string or None, got {type(credential).__name__}")
         GroupLRs(self.optimizer).load_state_dict(state["lrs"])  # check it before anything changes
         unstarted = None  # why the embedded server of the job could not start
-        if job != self.job:
+        if job != self.job or not self._link.registered:
+            # Another job, or this one held by its trainer (the state's credential proves it is us),
+            # or a hello that got no answer: a new client for the job, with its credential.
             replaced = self._link.goodbye(self.global_step, "replaced")
-            if self.embedded_server is not None:  # the job's own server, on the job's own folder
+            if job != self.job and self.embedded_server is not None:  # the job's own server, on its own folder
                 self.embedded_server.stop(ended=replaced is not None)
                 options, unstarted = self._embedded_endpoint(self._link.options, job)
                 self._link.options, self._link.server = options, options.server
                 self.server = options.server
-            self._link.connect(job)
+            self._link.connect(job, credential)
             self.job = self._segment.job = job
+        # Else the constructor's hello created this job id afresh (the saved job had finished or
+        # the server had lost it): the new session is ours, under its own credential.
         self._lrs.load_state_dict(state["lrs"])
         self.global_step, self.skipped_steps, self.reports = counts
         self._segment.clear()
         self._probes = []
+        self._reset_outage()
         self._should_stop = bool(state.get("stopped", False))
         if self._should_stop:  # the tuner had said stop: nothing more to ask of it
             self._link.stop()
             return
         if unstarted is not None:
-            self._warn("embedded", unstarted, ServerUnavailableWarning)
-            self._link.detach("embedded", unstarted)
+            self._embedded_unstarted(unstarted)
             return
-        self._act(self._link.exchange("hello", self._hello_body(), starting=True, deadline=self._hello_deadline()))
+        self._start(self._link.exchange("hello", self._hello_body(), starting=True, deadline=self._hello_deadline()))
+
+    def _embedded_unstarted(self, problem: str) -> None:
+        """The embedded server could not start: untuned training with a warning (or, with
+        ``require_server``, :class:`ServerUnavailable`)."""
+        if not self._link.require_server:
+            self._warn("embedded", problem, ServerUnavailableWarning)
+        self._link.detach("embedded", problem)
 
     def _hello_deadline(self) -> float:
         """``timeout`` from now; for an embedded server, which has just started and may still be
@@ -327,13 +400,16 @@ class AutoLRS:
     def _embedded_endpoint(self, options: LinkOptions, job: str) -> tuple[LinkOptions, str | None]:
         """``options`` pointed at the embedded server started for ``job`` (on rank 0 alone under
         DDP), and None; or, when it cannot start, a warning for a detached link."""
-        def start() -> tuple[str, str | None]:
+        def start() -> tuple[str, str | None, bool]:
             try:
-                return self.embedded_server.start(job), None
+                return self.embedded_server.start(job), None, False
             except EmbeddedServerError as exc:
-                return "", str(exc)
+                return "", str(exc), exc.in_use
 
-        endpoint, problem = start() if self._dist is None else self._dist.leader_call(start)
+        endpoint, problem, in_use = start() if self._dist is None else self._dist.leader_call(start)
+        if in_use:  # a second live trainer on the job: its server holds the job's folder
+            raise AutoLRSConfigError(f"job {job!r} is run by another live trainer ({problem}); give this run "
+                                     "another job name (job=...)")
         if problem is not None:
             return (dataclasses.replace(options, server=NOT_STARTED),
                     f"autolrs: {problem}; training continues untuned at the current LR ({self.lr:g})")
@@ -348,22 +424,44 @@ class AutoLRS:
                               max_steps=self.max_steps, has_val_fn=self.val_fn is not None,
                               has_probe_fn=self.probe_fn is not None, seed=self.seed).to_body()
 
-    def _act(self, plan: list | None) -> None:
-        """Carry out a plan the link handed over (already validated), in order."""
-        if plan is None:
+    def _start(self, reply: Any) -> None:
+        """Carry out the answer to a hello sent at construction or by :meth:`load_state_dict`."""
+        if reply is None and self._link.pending and self._link.require_server:
+            raise ServerUnavailable(f"the tuner server at {self.server} did not answer the hello of job {self.job} "
+                                    f"within {self.timeout:g} s (require_server=True)")
+        self._act(reply)
+
+    def _act(self, reply: Any, *, on_time: bool = False, ahead: bool = False) -> None:
+        """Carry out a plan the link handed over (a reply, already validated, or a plan), in
+        order. ``on_time``: the client went back to where it reported, so the plan's run starts
+        now whatever the step count says; ``ahead``: it came late, while the client trained on
+        the plan sent ahead (see :meth:`Segment.start`)."""
+        if reply is None:
             return
+        plan = reply if isinstance(reply, list) else reply.plan
+        self._after = None if isinstance(reply, list) else reply.next
+        self._prefetched, self._polling = None, False
         self._segment.clear()
         self._probes = []
+        search = plan[-1]["op"] == "run" and plan[-1].get("search", False)
+        if not search:
+            self._search = None
+        elif self._search is None:  # a search begins: where it starts from, and the LR it leaves
+            self._search = {"base": None, "lr": self.lr}
         for action in plan:
             op = action["op"]
             if op == "set_lr":
                 self.set_lr(action["lr"])
             elif op == "checkpoint":
                 self._checkpoint(action["slot"])
+                if search and self._search["base"] is None:
+                    self._search["base"] = action["slot"]
             elif op == "restore":
                 self._restore(action["slot"])
             elif op == "discard":
                 self._checkpoints.discard(action["slot"])
+                if search and self._search["base"] == action["slot"]:
+                    self._search["base"] = None  # the next checkpoint of the search takes its place
             elif op == "evaluate":
                 self._segment.evals.append([0, self._evaluate()])
             elif op == "probe":
@@ -376,9 +474,12 @@ class AutoLRS:
             else:  # run: the plan's last action
                 if "hypergrad" in action:
                     self._hypergrad_begin(action["hypergrad"])
-                self._segment.start(action, self.global_step)
+                self._run_is_search = search
+                self._segment.start(action, self.global_step, on_time=on_time, ahead=ahead)
 
     def _report(self) -> None:
+        if not self._allow_scheduler:
+            self._check_scheduler()  # one made after the callback
         segment = self._segment
         losses, evals = segment.take_losses(), segment.evals
         segment.evals = []
@@ -391,7 +492,78 @@ class AutoLRS:
                                   hypergrad=hypergrad_report, probes=self._probes)
         self._probes = []
         self.reports += 1
-        self._act(self._link.exchange("report", messages.Report(observation, lr=self.lr).to_body()))
+        reply = self._link.exchange("report", messages.Report(observation, lr=self.lr).to_body())
+        if reply is None and self._link.pending:
+            self._outage()
+        else:
+            self._act(reply)
+
+    # --- outages -----------------------------------------------------------------------
+
+    def _outage(self) -> None:
+        """The report that ended a run got no answer in time; it stays pending (see the class
+        doc for what is trained meanwhile)."""
+        if self._after is not None:  # the plan that follows whatever the report says
+            plan = self._after
+            self._act(plan)
+            self._prefetched, self._polling = plan, True
+            return
+        if self._link.require_server:
+            raise ServerUnavailable(f"the tuner server at {self.server} did not answer the report of job {self.job} "
+                                    f"within {self.timeout:g} s (require_server=True)")
+        if self._run_is_search and self._search is not None:
+            self._hold_search()
+
+    def _hold_search(self) -> None:
+        """No step may train at a trial's LR: keep the end of the search's run for the reply, go
+        back to where the search started and train on at the LR from before it."""
+        base, lr = self._search["base"], self._search["lr"]
+        held = {"step": self.global_step, "lr": self.lr, "base": None, "base_saved": None}
+        self._checkpoint(OUTAGE_SLOT)
+        if OUTAGE_SLOT not in self._checkpoints:  # could not be saved: nothing to come back to
+            self.set_lr(lr)
+            return
+        if base is not None and self._checkpoints.restore(base):
+            held["base"], held["base_saved"] = base, self._saved_at.get(base, 0)
+        self.set_lr(lr)
+        self._provisional = held
+        self._warn("outage-search", (
+            f"autolrs: job {self.job}: the server did not answer at the end of a search run; training goes on "
+            f"{'from where the search started' if held['base'] else 'from here'} at the LR from before the search "
+            f"({lr:g}) and these steps are undone when the server answers"))
+
+    def _receive(self, reply: Any) -> None:
+        """A reply that came in while its request was pending."""
+        if reply is None:
+            return
+        held = self._provisional
+        if held is not None:  # back to the end of the search's run, then the reply as if on time
+            self._provisional = None
+            self._restore(OUTAGE_SLOT)
+            self._checkpoints.discard(OUTAGE_SLOT)
+            self.set_lr(held["lr"])
+            self._act(reply, on_time=True)
+            return
+        ahead = self._prefetched is not None and self._segment.active
+        if ahead and reply.plan == self._prefetched:
+            # The plan being carried out ahead of its reply is the reply's: go on with it.
+            self._prefetched, self._polling, self._after = None, False, reply.next
+            return
+        self._act(reply, ahead=ahead)
+
+    def _reset_outage(self) -> None:
+        self._after = self._prefetched = self._search = None
+        self._polling = self._run_is_search = False
+        if self._provisional is not None:
+            self._provisional = None
+            self._checkpoints.discard(OUTAGE_SLOT)
+
+    def _check_scheduler(self) -> None:
+        if not self._allow_scheduler and scheduler_attached(self.optimizer):
+            raise AutoLRSConfigError(
+                "an LR scheduler (torch.optim.lr_scheduler) is attached to the optimizer: it would change the LR "
+                "behind the tuner's back. Remove it (the tuner sets the LR: tuner='cosine', 'step', ... replace "
+                "torch's schedulers), or pass allow_scheduler=True if it only changes other settings")
 
     def _checkpoint(self, slot: str) -> None:
         try:
