@@ -44,7 +44,7 @@ PY
     # test extra holds the plot extra).
     local extras=${1:-plot}
     local stamp="$VENV/.autolrs-install" sum have
-    sum=$(cat setup.py pyproject.toml requirements.txt | cksum)
+    sum=$(cat setup.py pyproject.toml requirements.txt autolrs/__init__.py | cksum)  # __init__: the version
     have=$(cat "$stamp" 2>/dev/null || true)
     if [ "$have" != "$sum $extras" ] && [ "$have" != "$sum test" ] \
             || ! python -c "import autolrs.server, autolrs.callbacks" 2>/dev/null; then
