@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeGuard
 
 OPS = ("set_lr", "checkpoint", "restore", "discard", "evaluate", "probe", "run", "stop")
 TERMINAL_OPS = ("run", "stop")
@@ -198,7 +199,7 @@ def validate_plan(plan: Any) -> list[dict]:
     return plan
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -225,9 +226,9 @@ class Observation:
     step: int
     steps: int = 0
     losses: list[float] = field(default_factory=list)
-    evals: list[tuple[int, float]] = field(default_factory=list)
+    evals: Sequence[Sequence[float]] = field(default_factory=list)  # [position, value] pairs
     hypergrad: dict | None = None
-    probes: list[tuple[float, float]] = field(default_factory=list)
+    probes: Sequence[Sequence[float]] = field(default_factory=list)  # [loss_before, loss_after] pairs
 
     @classmethod
     def from_body(cls, body: dict) -> "Observation":

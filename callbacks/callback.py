@@ -149,7 +149,7 @@ class AutoLRS:
                                     f"{self.server} serves one when started with --http-port")
         self._segment = Segment(self.set_lr, self._evaluate, job)
         self._probes: list[list[float]] = []  # [loss_before, loss_after] per probed LR, for the next report
-        self._hypergrad = None
+        self._hypergrad: hypergrad.HypergradEngine | None = None
         self._hypergrad_args = {"val_batches": val_batches, "val_criterion": val_criterion, "scaler": scaler}
         self._opt_steps = self._opt_steps_seen = 0
         self._step_hook = None

@@ -466,7 +466,7 @@ class Dispatcher:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _parse(kind: type, body: dict) -> Any:
+def _parse(kind: Any, body: dict) -> Any:
     """The request body as its :mod:`autolrs.wire.messages` class; ``bad_request`` if it is not one."""
     try:
         return kind.from_body(body)

@@ -179,9 +179,10 @@ class AutoLRSTuner(Tuner):
                               "initial_lr (/100 and *10), so set both")
         return lo, hi
 
-    def _interval_from(self, rt: RangeTestTuner) -> tuple[float, float]:
+    def _interval_from(self, rt: Tuner) -> tuple[float, float]:
         """The interval the finished range test supports, or the defaults (``bounds_source``
         says which and why)."""
+        assert isinstance(rt, RangeTestTuner)  # the first part of the sequence _compose builds
         history = rt.history
         given = {key: None if self.auto[key] else self.config[key] for key in ("lr_min", "lr_max")}
         self.bounds_steps = max(len(history["lr"]), rt.pos)

@@ -117,7 +117,7 @@ class Guarded(Tuner):
     def __init__(self, inner: Tuner, every: int | None = None, factor: float = 0.5, max_rollbacks: int = 5):
         # Not Tuner.__init__: the config and the job's facts are the inner tuner's.
         self.inner = inner
-        self.name = inner.name
+        self.name = inner.name  # type: ignore[misc]  # the wrapper answers to its inner tuner's name
         self.config = inner.config
         self.seed = inner.seed
         self.notices = inner.notices
@@ -187,7 +187,7 @@ class Guarded(Tuner):
     def _compose(self, p: dict) -> tuple[list[dict], dict]:
         """The plan for the next segment of ``p`` and what it does to the guard's slot."""
         plan: list[dict] = []
-        effects = {"checkpoint": False, "discard": False, "restore": False, "run": None}
+        effects: dict[str, Any] = {"checkpoint": False, "discard": False, "restore": False, "run": None}
         if self._owed is not None:
             plan.append(actions.restore(SLOT))
             effects["restore"] = True

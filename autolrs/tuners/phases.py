@@ -100,9 +100,10 @@ class Sequence(_Wrapper):
         self.carry = []
         self.second.tell(_shift_observation(observation, self.offset))
 
-    def _switch(self, carry: list[dict], step: int) -> None:
+    def _switch(self, carry: list[dict], step: int) -> Tuner:
         self.carry, self.offset = carry, step
         self.second = self.then(self.first, step)
+        return self.second
 
     def in_search(self) -> bool:
         return self.active.in_search()
@@ -137,8 +138,7 @@ class Sequence(_Wrapper):
         self.first.load_state_dict(state["first"])
         self.second = None
         if state["switched"]:
-            self._switch([dict(a) for a in state["carry"]], int(state["offset"]))
-            self.second.load_state_dict(state["second"])
+            self._switch([dict(a) for a in state["carry"]], int(state["offset"])).load_state_dict(state["second"])
 
     def summary(self) -> dict:
         return self.active.summary()

@@ -143,7 +143,7 @@ class RangeTestTuner(Tuner):
         ran = min(n, max(0, obs.steps)) or n
         late = n - ran
         if self.val:
-            points = [(late + p - 1, v) for p, v in obs.evals if 1 <= p <= ran]
+            points = [(late + int(p) - 1, v) for p, v in obs.evals if 1 <= p <= ran]
         else:
             losses = obs.losses[-ran:]
             points = [(n - len(losses) + j, v) for j, v in enumerate(losses)]

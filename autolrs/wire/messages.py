@@ -26,7 +26,7 @@ ping       :class:`Ping` (empty)    :class:`PingReply`: protocol and server vers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 from autolrs import actions
 from autolrs.actions import Observation
@@ -42,7 +42,7 @@ class BodyError(ValueError):
 # --- field checks ------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -336,6 +336,7 @@ class StatusReply:
     @classmethod
     def from_body(cls, body: dict) -> "StatusReply":
         server = _dict(body, "server", nullable=False)
+        assert server is not None  # nullable=False raised otherwise
         sessions = body.get("sessions")
         if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
             raise BodyError("'sessions' must be a list of objects")
@@ -377,6 +378,6 @@ class PingReply:
 
 
 #: Request kind -> its body class, and the body class of its reply.
-REQUESTS: dict[str, type] = {cls.KIND: cls for cls in (Hello, Report, Goodbye, Status, Ping)}
-REPLIES: dict[str, type] = {"hello": HelloReply, "report": ReportReply, "goodbye": GoodbyeReply,
+REQUESTS: dict[str, Any] = {cls.KIND: cls for cls in (Hello, Report, Goodbye, Status, Ping)}
+REPLIES: dict[str, Any] = {"hello": HelloReply, "report": ReportReply, "goodbye": GoodbyeReply,
                             "status": StatusReply, "ping": PingReply}
