@@ -63,7 +63,7 @@ def sweep_dead(directory: str | os.PathLike | None = None) -> list[str]:
     a live process, of another host (a shared file system) or of another user stays."""
     root = Path(tempfile.gettempdir() if directory is None else directory)
     pattern = re.compile(re.escape(PREFIX + _host()) + r"-([0-9]+)-")
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(root.iterdir())
     except OSError:

@@ -399,13 +399,14 @@ def format_status(body: dict) -> str:
     lines = [f"autolrs {server.get('version')} protocol {server.get('protocol')}, "
              f"up {_duration(server.get('uptime_s'))}, {server.get('sessions', 0)} job(s)"]
     if server.get("admin", True):
-        rows = [("JOB", "TUNER", "STATUS", "STEP", "LR", "REQUESTS", "UPDATED")]
+        rows: list[tuple[str, ...]] = [("JOB", "TUNER", "STATUS", "STEP", "LR", "REQUESTS", "UPDATED")]
         for s in body.get("sessions", []):
             rows.append((str(s.get("job_id")), str(s.get("tuner")), str(s.get("status")), str(s.get("step")),
                          _lr(s.get("lr")), str(s.get("requests")), _when(s.get("updated"))))
     else:
         lines.append("(each job's id and status; --admin-token-file shows tuners, steps, LRs and summaries)")
-        rows = [("JOB", "STATUS")] + [(str(s.get("job_id")), str(s.get("status"))) for s in body.get("sessions", [])]
+        rows = [("JOB", "STATUS")]
+        rows += [(str(s.get("job_id")), str(s.get("status"))) for s in body.get("sessions", [])]
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

@@ -136,6 +136,7 @@ class Dispatcher:
             else:
                 with self._jobs.hold(job_id):
                     try:
+                        assert body is not None  # a parsed request without an error has its body
                         reply = self._hello(req, body, parsed.peer) if kind == "hello" else \
                             getattr(self, f"_{kind}")(req, body)
                     finally:
@@ -302,7 +303,7 @@ class Dispatcher:
                 f"{self.config.max_sessions_per_peer}); job {job_id!r} was not created. End some jobs (goodbye), "
                 "wait for their lease to run out, or raise server.max_sessions_per_peer"))
 
-    def _resume(self, session: Session, req: dict, hello: messages.Hello) -> tuple[dict, dict]:
+    def _resume(self, session: Session, req: dict, hello: messages.Hello) -> tuple[dict | _Issue, dict]:
         if req["client_id"] != session.owner:
             # Another process: a trainer restarted from its checkpoint, at that checkpoint's step,
             # without the slots the earlier plans saved.

@@ -51,7 +51,8 @@ WARN_EVERY_S = 10.0
 def _peer_address(frame: zmq.Frame) -> str | None:
     """The address the message came from (ZeroMQ's ``Peer-Address``), None when unknown."""
     try:
-        return frame.get("Peer-Address")
+        address = frame.get("Peer-Address")
+        return address if isinstance(address, str) else None
     except (zmq.ZMQError, AttributeError, UnicodeDecodeError):
         return None
 

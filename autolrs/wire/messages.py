@@ -267,7 +267,7 @@ class Goodbye:
     lr: float | None = None
 
     def to_body(self) -> dict:
-        body = {"step": self.step, "reason": self.reason}
+        body: dict[str, Any] = {"step": self.step, "reason": self.reason}
         if self.lr is not None:
             body["lr"] = self.lr
         return body
