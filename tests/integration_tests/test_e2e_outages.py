@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autolrs.callbacks import AutoLRS, ServerUnavailable, ServerUnavailableWarning
-from autolrs.callbacks.callback import OUTAGE_SLOT
+from autolrs.callbacks.plans import OUTAGE_SLOT
 from autolrs.callbacks.state import CheckpointStore
 from autolrs.testing.training import DigitsBatches, make_mlp, torch_scheduler_lrs, train_step
 from autolrs.wire import protocol
