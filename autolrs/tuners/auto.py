@@ -20,10 +20,6 @@ Phases, all within ``max_steps`` (required):
    constant LR looks best early and worst late). Each is scored by its validation loss at the
    end (with a ``val_fn``) or the mean training loss of its last fifth. The best one's end
    weights are kept and training continues from them, so only the losers' steps are spent.
-   While the best trial is at an edge of the LRs tried (the largest, or the smallest), up to
-   ``extend`` more trials go on past it in that direction, ``spacing ** 2`` apart (an expanding
-   bracket: the rule's LR is a guess, and the trials are the evidence), as long as the search
-   stays within 15 % of the budget.
 3. **train**: a linear warm-up over ``warmup_fraction`` of the budget to the winner's LR, then
    cosine to 0 at the last step. Every ``check_fraction`` of the budget the client reports
    (with one ``val_fn`` call when there is one), and the tuner checks the segment
@@ -33,8 +29,8 @@ Phases, all within ``max_steps`` (required):
    goes on with the remaining steps annealed from ``cut`` times the LR there. After
    ``max_cuts`` cuts a further divergence stops the job with the reason in its summary.
 
-Search share: the sweep plus the losing trials, ``sweep_fraction + (candidates - 1) *
-trial_fraction`` (0.05 + 2 * 0.03 = 11 % by default) plus the extensions, at most 15 %. Memory: two extra copies of model and
+Search share: the sweep plus the losing trials, at most ``sweep_fraction + (candidates - 1) *
+trial_fraction`` (0.05 + 2 * 0.03 = 11 % by default). Memory: two extra copies of model and
 optimizer during the trials (the shared start and the best trial), one during training.
 """
 
@@ -55,7 +51,6 @@ STATE_VERSION = 1
 PHASES = ("sweep", "trials", "train", "done")
 BASE, BEST, GOOD = "auto_base", "auto_best", "auto_good"
 FALL = 0.02  # a sweep whose smoothed loss never falls 2 % below its start saw no learning
-SEARCH_CAP = 0.15  # extension trials only while the search (sweep + losing trials) stays within this share
 
 
 class AutoTuner(Tuner):
@@ -70,8 +65,6 @@ class AutoTuner(Tuner):
         "rule": ("minimum", "range-test rule giving the candidates' centre"),
         "candidates": (3, "LRs tried, spaced by `spacing` around the rule's LR"),
         "spacing": (2.0, "factor between neighbouring candidates' LRs"),
-        "extend": (2, "trials past the edge candidate while the best trial is at the edge of those tried "
-                      "(spacing ** 2 apart; the search stays within 15 % of max_steps)"),
         "trial_fraction": (0.03, "share of max_steps each trial takes (at least 5 steps)"),
         "warmup_fraction": (0.02, "share of max_steps: the linear ramp to the peak"),
         "check_fraction": (0.05, "share of max_steps between two reports (and val_fn calls)"),
@@ -79,7 +72,7 @@ class AutoTuner(Tuner):
         "max_cuts": (5, "rollbacks before a divergence stops the job"),
         "use_val": (True, "score trials and watch overfitting on val_fn when there is one"),
     }
-    limits = {"candidates": 20, "extend": 20, "max_cuts": 100}
+    limits = {"candidates": 20, "max_cuts": 100}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -104,7 +97,6 @@ class AutoTuner(Tuner):
             raise ConfigError(f"auto: rule must be one of {', '.join(lr_curve.METHODS)}, got {c['rule']!r}")
         self.rule = c["rule"]
         self.n_candidates = require_int(c, "candidates", minimum=1)
-        self.max_extend = require_int(c, "extend", minimum=0)
         self.spacing = require_positive(c["spacing"], "spacing")
         self.cut = require_positive(c["cut"], "cut")
         if self.cut >= 1:
@@ -137,7 +129,6 @@ class AutoTuner(Tuner):
         self.search_steps = 0
         self.candidates: list[float] = []
         self.trials: list[dict] = []  # {"lr", "score"}
-        self.extension: str | None = None  # "up" or "down" once a trial was added past an edge
         self.best: int | None = None
         self.save_best = False  # the next plan first saves the previous trial's end weights as BEST
         self.best_saved = False  # BEST holds something
@@ -185,27 +176,6 @@ class AutoTuner(Tuner):
         lrs = [lr * (1 - j / n) for j in range(n)]  # linear decay to 0
         plan.append(actions.run(n, self.step, lrs=lrs, eval_every=n if self.use_val else 0))
         return plan
-
-    def _extend(self) -> None:
-        """One more candidate past the best trial when it sits at an edge of the LRs tried (in
-        one direction only), within ``extend`` and the search's share of the budget."""
-        if self.best is None or len(self.candidates) - self.n_candidates >= self.max_extend:
-            return
-        tried = [t["lr"] for t in self.trials]
-        best = self.trials[self.best]["lr"]
-        if best == max(tried) and self.extension in (None, "up"):
-            lr, direction = best * self.spacing ** 2, "up"
-        elif best == min(tried) and len(tried) > 1 and self.extension in (None, "down"):
-            lr, direction = best / self.spacing ** 2, "down"
-        else:
-            return
-        # Whichever trial wins, every other one is spent: the tried ones all may be.
-        if self.search_steps + len(self.trials) * self.trial_steps > SEARCH_CAP * self.max_steps:
-            return
-        if self.step + self.trial_steps > self.max_steps:
-            return
-        self.candidates.append(lr)
-        self.extension = direction
 
     def _trial_score(self, obs: Observation) -> float:
         losses = [x for x in obs.losses if x is not None]
@@ -360,13 +330,9 @@ class AutoTuner(Tuner):
             self.prefix = []
             if self.save_best:  # the plan just carried out saved the previous best
                 self.save_best, self.best_saved = False, True
-            new_best = math.isfinite(score) and (self.best is None or score < self.trials[self.best]["score"])
-            if new_best:
+            if math.isfinite(score) and (self.best is None or score < self.trials[self.best]["score"]):
                 self.best = i
-            if len(self.trials) >= len(self.candidates):
-                self._extend()
-            # Another trial follows a new best: its plan first saves this one's end weights.
-            self.save_best = new_best and len(self.trials) < len(self.candidates)
+                self.save_best = i < len(self.candidates) - 1
             if len(self.trials) >= len(self.candidates) or self.step >= self.max_steps:
                 self._end_trials()
             return
@@ -378,8 +344,7 @@ class AutoTuner(Tuner):
         return {"version": STATE_VERSION, "step": self.step, "lr": self.lr, "phase": self.phase,
                 "sweep": self.sweep.state_dict(), "sweep_result": dict(self.sweep_result),
                 "search_steps": self.search_steps, "candidates": list(self.candidates),
-                "trials": [dict(t) for t in self.trials], "extension": self.extension,
-                "best": self.best, "save_best": self.save_best,
+                "trials": [dict(t) for t in self.trials], "best": self.best, "save_best": self.save_best,
                 "best_saved": self.best_saved,
                 "prefix": [dict(a) for a in self.prefix], "train": _copy(self.train),
                 "events": [dict(e) for e in self.events], "stop_reason": self.stop_reason}
@@ -395,7 +360,6 @@ class AutoTuner(Tuner):
         self.search_steps = int(state["search_steps"])
         self.candidates = [float(x) for x in state["candidates"]]
         self.trials = [dict(t) for t in state["trials"]]
-        self.extension = state.get("extension")
         self.best = state["best"]
         self.save_best = bool(state["save_best"])
         self.best_saved = bool(state["best_saved"])
@@ -425,7 +389,7 @@ class AutoTuner(Tuner):
     def lr_bounds(self) -> tuple[float, float]:
         lo = min(self.sweep_min, self.initial_lr)
         hi = max(self.sweep_max, self.initial_lr)
-        return (0.0, hi * self.spacing ** (self.n_candidates + 2 * self.max_extend)) if lo > 0 else (0.0, hi)
+        return (0.0, hi * self.spacing ** self.n_candidates) if lo > 0 else (0.0, hi)
 
     def summary(self) -> dict:
         t = self.train
