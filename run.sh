@@ -6,6 +6,9 @@
 #                                   (--nproc N: N data-parallel ranks under torchrun)
 #   bash run.sh test [pytest args]  set up and run the test suite
 #   bash run.sh setup               set up only (with the test extra: a developer's set-up)
+#   bash run.sh lint                set up, then ruff and mypy over autolrs/, server/, callbacks/
+#   bash run.sh package             set up, then build sdist and wheel and smoke-test the wheel
+#                                   in a fresh environment (.ci/package_check.sh)
 #   bash run.sh --help              this help (and the example's options, once set up)
 #
 # Setup makes a virtual environment (.venv, or $AUTOLRS_VENV) that sees the system's packages,
@@ -41,7 +44,7 @@ PY
     # test extra holds the plot extra).
     local extras=${1:-plot}
     local stamp="$VENV/.autolrs-install" sum have
-    sum=$(cat setup.py pyproject.toml requirements.txt | cksum)
+    sum=$(cat setup.py pyproject.toml requirements.txt autolrs/__init__.py | cksum)  # __init__: the version
     have=$(cat "$stamp" 2>/dev/null || true)
     if [ "$have" != "$sum $extras" ] && [ "$have" != "$sum test" ] \
             || ! python -c "import autolrs.server, autolrs.callbacks" 2>/dev/null; then
@@ -87,6 +90,23 @@ run_tests() {
     exec python -m pytest -q tests "$@"
 }
 
+# The lint and type checks CI runs (settings in pyproject.toml). mypy checks the packages under
+# their installed names: server/ and callbacks/ are laid under autolrs/ in a folder of links,
+# as setup.py's package_dir installs them.
+run_lint() {
+    setup test
+    local status=0 tree=build/typecheck entry
+    ruff check autolrs server callbacks || status=1
+    rm -rf "$tree" && mkdir -p "$tree/autolrs"
+    for entry in autolrs/*; do ln -s "$PWD/$entry" "$tree/$entry"; done
+    ln -s "$PWD/server" "$tree/autolrs/server"
+    ln -s "$PWD/callbacks" "$tree/autolrs/callbacks"
+    # Reported with the checkout's paths.
+    (cd "$tree" && mypy --config-file ../../pyproject.toml --cache-dir ../mypy-cache -p autolrs) \
+        | sed -e 's#^autolrs/server/#server/#' -e 's#^autolrs/callbacks/#callbacks/#' || status=1
+    return "$status"
+}
+
 run_example() {
     local arg
     for arg in "$@"; do
@@ -125,6 +145,8 @@ run_example() {
 case "${1:-}" in
     test) shift; run_tests "$@" ;;
     setup) setup test ;;
+    lint) run_lint ;;
+    package) setup test; bash .ci/package_check.sh ;;
     -h|--help|help) usage ;;
     *) run_example "$@" ;;
 esac

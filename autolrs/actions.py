@@ -25,6 +25,11 @@ Actions are plain dicts so that they go on the wire unchanged:
 ``stop``       ``{"op": "stop", "reason": "budget"}``: the tuner is done; ``should_stop`` turns true
 =============  ===========================================================================
 
+A ``run`` of a search (AutoLRS trials, range tests, ``auto``'s sweep and trials, ``loss_diff``
+probes: steps a later ``restore`` undoes, see :meth:`~autolrs.tuners.base.Tuner.in_search`) also
+carries ``"search": true``, which the server adds: a client whose report at the end of such a run
+gets no answer must not train on at the run's LR (see the callback's outage rules).
+
 A ``run`` of a hypergradient tuner also carries ``"hypergrad": {"method": "hd" | "tangent",
 "mu": 0.9, "vb": false}`` and ``"hypergrad"`` in ``collect``: the client then reports a few
 scalars the server's LR rule needs (see :func:`validate_hypergrad` and
@@ -37,7 +42,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeGuard
 
 OPS = ("set_lr", "checkpoint", "restore", "discard", "evaluate", "probe", "run", "stop")
 TERMINAL_OPS = ("run", "stop")
@@ -76,6 +82,9 @@ def probe(slot: str, lrs: list[float]) -> dict:
 
 #: The most LRs one ``probe`` action may carry.
 MAX_PROBE_LRS = 10_000
+#: The most per-step LRs one ``run`` may carry (a message of ~200 kB; a client's report holds
+#: as many losses): a tuner sends longer runs in chunks.
+MAX_RUN_LRS = 10_000
 
 
 def run(steps: int, start_step: int, *, lrs: list[float] | None = None, eval_every: int = 0,
@@ -114,6 +123,23 @@ def undo_and_stop(slot: str, lr: float | None, reason: str) -> list[dict]:
     if lr is not None:
         plan.append(set_lr(lr))
     return plan + [stop(reason)]
+
+
+def mark_search(plan: list[dict]) -> list[dict]:
+    """``plan`` with its ``run`` marked as a search's (``"search": true``; a copy)."""
+    return [{**action, "search": True} if action["op"] == "run" else action for action in plan]
+
+
+def starting_lr(plan: list[dict]) -> float | None:
+    """The base LR a client trains at right after carrying out ``plan``'s actions: the first
+    LR of its ``run``'s ``lrs``, else its last ``set_lr``; None when it sets none."""
+    lr = None
+    for action in plan:
+        if action["op"] == "set_lr":
+            lr = action["lr"]
+        elif action["op"] == "run" and action.get("lrs"):
+            return action["lrs"][0]
+    return lr
 
 
 def plan_lrs(plan: list[dict]) -> list[float]:
@@ -162,14 +188,18 @@ def validate_plan(plan: Any) -> list[dict]:
             if lrs is not None:
                 if not isinstance(lrs, list) or len(lrs) != steps:
                     raise ValueError(f"action {i}: 'lrs' must list one LR per step ({steps})")
+                if len(lrs) > MAX_RUN_LRS:
+                    raise ValueError(f"action {i}: a run carries at most {MAX_RUN_LRS} per-step LRs")
                 for lr in lrs:
                     _check_lr(lr, f"action {i}")
             if "hypergrad" in action:
                 validate_hypergrad(action["hypergrad"], f"action {i}")
+            if not isinstance(action.get("search", False), bool):
+                raise ValueError(f"action {i}: 'search' must be true or false")
     return plan
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -196,9 +226,9 @@ class Observation:
     step: int
     steps: int = 0
     losses: list[float] = field(default_factory=list)
-    evals: list[tuple[int, float]] = field(default_factory=list)
+    evals: Sequence[Sequence[float]] = field(default_factory=list)  # [position, value] pairs
     hypergrad: dict | None = None
-    probes: list[tuple[float, float]] = field(default_factory=list)
+    probes: Sequence[Sequence[float]] = field(default_factory=list)  # [loss_before, loss_after] pairs
 
     @classmethod
     def from_body(cls, body: dict) -> "Observation":

@@ -107,7 +107,7 @@ def best_lr(lrs: Sequence[float], deltas: Any, method: str = "mean") -> dict:
         if not ok.any():
             return {"lr": None, "index": None, "value": None,
                     "reason": "every LR had some positive (or non-finite) loss differential"}
-        i = max(np.flatnonzero(ok), key=lambda j: lrs[j])
+        i = int(max(np.flatnonzero(ok), key=lambda j: lrs[j]))
         return {"lr": lrs[i], "index": int(i), "value": float(d[:, i].max()), "reason": None}
     key = {"mean": "mean", "median": "median", "variance": "std"}[method]
     if method == "variance" and d.shape[0] < 2:

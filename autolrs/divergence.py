@@ -60,6 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["RISE", "VAL_TOLERANCE", "PROGRESS", "Verdict", "segment_level", "segment_noise", "start_level",
            "under_way", "check_segment", "judge_segment"]
@@ -87,7 +88,7 @@ def segment_level(losses: Sequence[float]) -> float:
     return float(np.median(np.asarray(losses, dtype=float))) if len(losses) else math.nan
 
 
-def segment_noise(losses: Sequence[float]) -> float:
+def segment_noise(losses: ArrayLike) -> float:
     """A robust standard deviation of the losses: 1.4826 times their median absolute deviation."""
     y = np.asarray(losses, dtype=float)
     if y.size == 0:
@@ -109,7 +110,7 @@ def under_way(level: float, start: float | None) -> bool:
     return start is not None and math.isfinite(level) and level < start - UNDERWAY * abs(start)
 
 
-def start_level(losses: Sequence[float]) -> float:
+def start_level(losses: Sequence[float] | np.ndarray) -> float:
     """A run's start level: the median of its first 3 losses, at most the first one (the loss
     of the initial weights: a too large LR can blow the loss up from the second step on)."""
     head = list(losses)[:3]

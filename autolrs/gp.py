@@ -47,9 +47,9 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from scipy.special import ndtr
 from sklearn.gaussian_process import GaussianProcessRegressor
@@ -86,7 +86,7 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
     return _controller.limit(limits=1, user_api="blas")
 
 
-def transform_objective(y: Sequence[float]) -> np.ndarray:
+def transform_objective(y: ArrayLike) -> np.ndarray:
     """Observed values -> GP targets (see the module docstring). Non-finite = failure."""
     y = np.asarray(y, dtype=float)
     out = np.zeros_like(y)
@@ -127,8 +127,8 @@ def _fit_hyperparameters(obj_func, initial_theta: np.ndarray, bounds: np.ndarray
 class Posterior:
     """A GP fitted to ``(x, y)`` (``x`` in [0, 1], ``y`` raw observations, NaN/inf allowed)."""
 
-    def __init__(self, x: Sequence[float], y: Sequence[float], seed: int = 0,
-                 theta0: Sequence[float] | None = None):
+    def __init__(self, x: ArrayLike, y: ArrayLike, seed: int = 0,
+                 theta0: ArrayLike | None = None):
         self.x = np.asarray(x, dtype=float).ravel()
         self.y = transform_objective(y)
         if self.x.size != self.y.size or self.x.size == 0:
@@ -167,7 +167,7 @@ class Posterior:
         raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {kind!r}")
 
 
-def largest_gap(x: Sequence[float], grid: int = GRID_POINTS) -> float:
+def largest_gap(x: ArrayLike, grid: int = GRID_POINTS) -> float:
     """The grid point of [0, 1] farthest from every ``x`` (the centre of the largest gap)."""
     g = np.linspace(0.0, 1.0, grid)
     x = np.asarray(x, dtype=float).ravel()
@@ -177,7 +177,7 @@ def largest_gap(x: Sequence[float], grid: int = GRID_POINTS) -> float:
     return float(g[int(np.argmax(dist))])
 
 
-def suggest(x: Sequence[float], y: Sequence[float], *, acquisition: str = "lcb", kappa: float = 1e6,
+def suggest(x: ArrayLike, y: ArrayLike, *, acquisition: str = "lcb", kappa: float = 1e6,
             xi: float = 0.01, seed: int = 0, min_distance: float = MIN_DISTANCE,
             grid: int = GRID_POINTS) -> float:
     """The next point in [0, 1] to evaluate, given observations ``y`` at ``x``.
@@ -189,7 +189,7 @@ def suggest(x: Sequence[float], y: Sequence[float], *, acquisition: str = "lcb",
                         min_distance=min_distance, grid=grid)[0]
 
 
-def suggest_warm(x: Sequence[float], y: Sequence[float], theta0: Sequence[float] | None, *,
+def suggest_warm(x: ArrayLike, y: ArrayLike, theta0: ArrayLike | None, *,
                  acquisition: str = "lcb", kappa: float = 1e6, xi: float = 0.01, seed: int = 0,
                  min_distance: float = MIN_DISTANCE, grid: int = GRID_POINTS) -> tuple[float, list[float] | None]:
     """:func:`suggest` with the GP's hyper-parameter fit started from ``theta0`` (an earlier

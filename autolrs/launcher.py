@@ -106,6 +106,11 @@ class ServerProcess:
             self._log_file.flush()
         return self.log_path.read_text(errors="replace")
 
+    def admin_token(self) -> str:
+        """The server's admin token from its default file, ``<state_dir>/admin.token`` (the
+        server makes it at start): a ``status`` carrying it lists every job in full."""
+        return (self.state_dir / "admin.token").read_text(encoding="utf-8").strip()
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 

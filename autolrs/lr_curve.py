@@ -39,6 +39,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
            "suggest", "suggest_all", "debiased", "centred", "fell", "bounds_from_curve"]
@@ -123,7 +124,7 @@ def smooth(losses: Sequence[float], smooth_f: float = 0.05) -> list[float]:
     return [s.add(x)[0] for x in losses]
 
 
-def centred(losses: Sequence[float]) -> list[float]:
+def centred(losses: ArrayLike) -> list[float]:
     """A lag-free smoothing of raw losses: the centred running median over ``max(3, n // 10)``
     points (made odd), ends padded with the edge values; non-finite points dropped first and
     returned as NaN. Unlike an exponential average it neither starts at one batch's loss nor

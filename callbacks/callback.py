@@ -4,8 +4,9 @@ It carries out the server's plans (see :mod:`autolrs.actions`): set the LR, chec
 restore, discard, evaluate, probe, run a segment of steps and report its losses, stop. The work
 is split by job: :mod:`~autolrs.callbacks.link` talks to the server and fails open,
 :mod:`~autolrs.callbacks.segment` trains the current ``run``, :mod:`~autolrs.callbacks.lr`
-writes the LRs, :mod:`~autolrs.callbacks.state` keeps the checkpoints, and this module ties
-them together.
+writes the LRs, :mod:`~autolrs.callbacks.state` keeps the checkpoints,
+:mod:`~autolrs.callbacks.plans` carries out each plan and rides out outages, and this module
+ties them together.
 """
 
 from __future__ import annotations
@@ -13,37 +14,33 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
-import time
 from typing import Any, Callable, Mapping
 
 import torch
 
-from autolrs.actions import Observation
 from autolrs.callbacks import hypergrad
 from autolrs.callbacks.distributed import distributed_link
-from autolrs.callbacks.embedded import AUTO, NOT_STARTED, EmbeddedServer, EmbeddedServerError, resolve_endpoint
-from autolrs.callbacks.errors import AutoLRSConfigError, ServerUnavailableWarning, WarnOnce
-from autolrs.callbacks.link import CLOSED, ServerLink
+from autolrs.callbacks.embedded import AUTO, ENV_SERVER, EmbeddedServer, resolve_endpoint
+from autolrs.callbacks.errors import AutoLRSConfigError, WarnOnce
+from autolrs.callbacks.link import CLOSED, DETACHED, ServerLink
 from autolrs.callbacks.lr import GroupLRs
+from autolrs.callbacks.plans import PlanExecution
 from autolrs.callbacks.options import JobOptions, LinkOptions, check_job_id, default_job_id
-from autolrs.callbacks.probe import run_probes
 from autolrs.callbacks.segment import Segment
 from autolrs.callbacks.state import CheckpointStore
-from autolrs.wire import messages
+from autolrs.wire import protocol
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AutoLRS", "STATE_VERSION", "default_job_id"]
 
-#: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys.
-STATE_VERSION = 1
-#: The longest wait for an embedded server's first reply to a job's hello (seconds).
-EMBEDDED_HELLO_S = 30.0
+#: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys (2: the job's
+#: credential).
+STATE_VERSION = 2
 
 
-class AutoLRS:
+class AutoLRS(PlanExecution):
     """Learning-rate tuning by an autolrs server, one line after ``optimizer.step()``::
 
         with AutoLRS(model, optimizer, tuner="auto", max_steps=len(loader) * epochs) as cb:
@@ -66,14 +63,27 @@ class AutoLRS:
     and back); ``probe_fn()`` returns the loss of the current batch with its graph (the
     ``loss_diff`` tuner); ``val_batches`` and ``val_criterion`` give ``rtho``/``marthe`` their
     validation gradient. Checkpoints: ``scaler`` (a GradScaler) and, with ``include_rng``, the
-    RNG states are part of each; ``checkpoint="memory"`` (default) keeps them on the tensors'
-    devices, ``"cpu"`` in host memory (pinned, copied asynchronously from CUDA), ``"disk"`` in a
-    temporary folder under ``checkpoint_dir``. ``distributed``: see :mod:`autolrs.callbacks.distributed`.
+    RNG states are part of each. ``checkpoint`` places them: ``"memory"`` (the default without
+    ``checkpoint_dir``) on the tensors' devices, ``"cpu"`` in host memory (pinned, copied
+    asynchronously from CUDA), ``"disk"`` (the default when ``checkpoint_dir`` is given) in a
+    private folder under ``checkpoint_dir`` (default: the temp dir), removed at close, or at the
+    next start of a callback on this host after a crash. ``distributed``: see
+    :mod:`autolrs.callbacks.distributed`.
 
     A step the GradScaler skipped (inf/NaN gradients) is not a step: it is counted in
     ``skipped_steps`` only (detected by an optimizer step post-hook: no device sync).
     The server's refusals at start raise :class:`AutoLRSConfigError`; everything else fails
-    open (see :mod:`autolrs.callbacks.link`).
+    open (see :mod:`autolrs.callbacks.link`), unless ``require_server=True``: then a server
+    that does not answer (or refuses) raises :class:`~autolrs.callbacks.ServerUnavailable`
+    (:class:`~autolrs.callbacks.ServerError`) instead. An LR scheduler attached to the optimizer
+    raises :class:`AutoLRSConfigError` unless ``allow_scheduler=True`` (it would write LRs
+    behind the tuner's back).
+
+    While a report waits for its answer (an outage), training goes on: with the plan the server
+    sent ahead (a schedule's next chunk), so it stays exactly on plan; after a search's run (an
+    AutoLRS trial, a range test's sweep) from where the search started, at the LR from before it,
+    and those steps are undone when the server answers (the reply is then carried out as if it
+    had come on time); otherwise at the current LR.
     """
 
     #: Upper bound of the wait for the goodbye reply at :meth:`close` (unless told otherwise).
@@ -85,12 +95,16 @@ class AutoLRS:
                  val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
                  probe_fn: Callable[[], Any] | None = None,
                  val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
-                 checkpoint: str = "memory", checkpoint_dir: str | os.PathLike | None = None,
+                 checkpoint: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
                  timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
                  seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None,
-                 dashboard: bool = False):
+                 require_server: bool = False, allow_scheduler: bool = False, dashboard: bool = False):
         options = JobOptions.checked(tuner, config, job, max_steps, seed)
-        link_options = LinkOptions.checked(server, timeout, retry_interval, secret)
+        link_options = LinkOptions.checked(server, timeout, retry_interval, secret, require_server)
+        if not isinstance(allow_scheduler, bool):
+            raise ValueError(f"allow_scheduler must be True or False, got {allow_scheduler!r}")
+        self.optimizer, self._allow_scheduler = optimizer, allow_scheduler
+        self._check_scheduler()
         self._lrs = GroupLRs(optimizer)
         # DDP: rank 0 talks to the server for all ranks, under its job id.
         self._dist = distributed_link(distributed)
@@ -101,6 +115,11 @@ class AutoLRS:
         self.max_steps, self.seed = options.max_steps, options.seed
         endpoint = resolve_endpoint(link_options.server)
         if endpoint is not None:
+            if endpoint != link_options.server:
+                try:
+                    protocol.check_endpoint(endpoint)
+                except ValueError as exc:
+                    raise ValueError(f"${ENV_SERVER}: {exc}") from None
             link_options = dataclasses.replace(link_options, server=endpoint)
         #: The private server of ``server="auto"`` without ``$AUTOLRS_SERVER`` (None otherwise):
         #: its ``state_dir`` holds the job's decision log while the callback is open.
@@ -126,11 +145,27 @@ class AutoLRS:
                                     f"{self.server} serves one when started with --http-port")
         self._segment = Segment(self.set_lr, self._evaluate, job)
         self._probes: list[list[float]] = []  # [loss_before, loss_after] per probed LR, for the next report
-        self._hypergrad = None
+        self._hypergrad: hypergrad.HypergradEngine | None = None
         self._hypergrad_args = {"val_batches": val_batches, "val_criterion": val_criterion, "scaler": scaler}
         self._opt_steps = self._opt_steps_seen = 0
         self._step_hook = None
+        self._scaler = scaler
+        # Outages (see the class doc): the plan the last reply sent ahead (``next``), the one
+        # being carried out ahead of its reply, whether a step must look for that reply, the
+        # search in progress ({"base": its first checkpoint slot, "lr": the LR before it}), and
+        # the state to go back to when the server answers a search run's report late.
+        self._after: list | None = None
+        self._prefetched: list | None = None
+        self._polling = False
+        self._run_is_search = False
+        self._search: dict | None = None
+        self._provisional: dict | None = None
 
+        if checkpoint is None:  # a folder given means checkpoints on disk there
+            checkpoint = "memory" if checkpoint_dir is None else "disk"
+        elif checkpoint in ("memory", "cpu") and checkpoint_dir is not None:
+            raise ValueError("checkpoint_dir is where disk checkpoints go: pass checkpoint='disk' (or leave checkpoint "
+                             "unset) with it, or drop it")
         self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
                                             storage=checkpoint, directory=checkpoint_dir)
         self._link: ServerLink | None = None
@@ -142,11 +177,10 @@ class AutoLRS:
             self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
                                     lr=lambda: self.lr, step=lambda: self.global_step)
             if unstarted is None:
-                self._act(self._link.exchange("hello", self._hello_body(), starting=True,
-                                              deadline=self._hello_deadline()))
+                self._start(self._link.exchange("hello", self._hello_body(), starting=True, owner_may_load=True,
+                                                deadline=self._hello_deadline()))
             else:
-                self._warn("embedded", unstarted, ServerUnavailableWarning)
-                self._link.detach("embedded", unstarted)
+                self._embedded_unstarted(unstarted)
         except BaseException:
             self._closed = True
             self._checkpoints.close()
@@ -155,7 +189,7 @@ class AutoLRS:
             if self.embedded_server is not None:
                 self.embedded_server.stop()
             raise
-        if scaler is not None and hasattr(optimizer, "register_step_post_hook"):
+        if hasattr(optimizer, "register_step_post_hook"):  # counts optimizer steps: no device sync
             self._step_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
 
     # --- public ------------------------------------------------------------------------
@@ -202,17 +236,26 @@ class AutoLRS:
     def step(self, loss: Any = None) -> None:
         """Call once after each ``optimizer.step()`` with that step's loss (tensor or float)."""
         if self._step_hook is not None:
-            if self._opt_steps == self._opt_steps_seen:  # the GradScaler skipped optimizer.step()
-                self.skipped_steps += 1
-                return
+            if self._opt_steps == self._opt_steps_seen:
+                if self._scaler is not None:  # the GradScaler skipped optimizer.step()
+                    self.skipped_steps += 1
+                    return
+                if loss is not None:
+                    self._warn("no-optimizer-step", (
+                        f"autolrs: job {self.job}: cb.step() was called with no optimizer.step() since the last "
+                        "call; call it once after each optimizer.step() (the step is counted all the same)"))
             self._opt_steps_seen = self._opt_steps
         self.global_step += 1
         segment = self._segment
         if segment.active:
             if segment.advance(loss) and segment.event():
                 self._report()
+            elif self._polling:  # a report is pending while the plan sent ahead runs
+                self._receive(self._link.background())
         elif self._link.pending:
-            self._act(self._link.background())
+            self._receive(self._link.background())
+        elif self._link.conflict is not None:
+            raise AutoLRSConfigError(self._link.conflict)
 
     on_train_batch_end = step
 
@@ -239,10 +282,17 @@ class AutoLRS:
             self._step_hook = None
         if self._hypergrad is not None:
             self._hypergrad.close()
+        if self._link.decisions == 0 and self._link.state != DETACHED:  # detaching said so already
+            self._warn("no-decision", (
+                f"autolrs: job {self.job} never received a decision from the tuner server at {self.server}: the "
+                "run was not tuned (was the server running and reachable?)"))
+        if self._provisional is not None and self._provisional["base"] is not None:
+            # The server never answered: the search's run is off the path to the final weights.
+            self.discarded.append([self._provisional["base_saved"], self._provisional["step"]])
         reply = None
         try:
             if end_job:
-                reply = self._link.goodbye(self.global_step, reason, timeout)
+                reply = self._link.goodbye(self.global_step, reason, timeout, lr=self.lr)
             if reply is not None:
                 self._summary = reply.summary
         except Exception:  # noqa: BLE001 - closing must not mask the user's exception
@@ -270,19 +320,23 @@ class AutoLRS:
         """What a restarted trainer needs to carry on with the same tuning job (plain data: save
         it in your checkpoint beside the model's and the optimizer's). Versioned by
         ``"version"``; later versions add keys and older ones still load. ``client_id`` and
-        ``seq`` are this process's (rank 0's under DDP, None elsewhere)."""
+        ``seq`` are this process's (rank 0's under DDP, None elsewhere); ``credential`` is the
+        job's (None until the server issued it): it proves to the server that the trainer
+        restored from this dict owns the job, so keep the checkpoint as private as the job."""
         return {"version": STATE_VERSION, "job": self.job, "client_id": self._link.client_id,
                 "seq": self._link.next_seq, "step": self.global_step, "skipped_steps": self.skipped_steps,
                 "reports": self.reports, "stopped": self._should_stop, "tuner": self.tuner,
-                "config": copy.deepcopy(self.config), "lrs": self._lrs.state_dict()}
+                "config": copy.deepcopy(self.config), "lrs": self._lrs.state_dict(),
+                "credential": self._link.credential}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Carry on with the job of ``state`` (from :meth:`state_dict`) at its step. Build the
         callback with the same tuner and config, and load the model's and optimizer's state from
         the same checkpoint. This process takes the job over as a new client: it says hello at
-        the restored step and the server answers with the job's current plan (fail open, like
-        any hello; refusals raise :class:`AutoLRSConfigError`). The job this callback started
-        at construction, if another one, is closed with goodbye (reason ``replaced``)."""
+        the restored step with the job's credential and the server answers with the job's
+        current plan (fail open, like any hello; refusals raise :class:`AutoLRSConfigError`).
+        The job this callback started at construction, if another one, is closed with goodbye
+        (reason ``replaced``). Call it before the first :meth:`step`."""
         version = state.get("version") if isinstance(state, Mapping) else None
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= STATE_VERSION:
             raise ValueError(f"not an AutoLRS state dict of a version in 1..{STATE_VERSION} (version {version!r})")
@@ -294,156 +348,34 @@ class AutoLRS:
             raise ValueError(f"the state is of job {job!r} with tuner {state.get('tuner')!r} and config "
                              f"{state.get('config')!r}; this callback has tuner {self.tuner!r} and config "
                              f"{self.config!r}: build it with the same ones")
+        credential = state.get("credential")
+        if credential is not None and (not isinstance(credential, str) or not credential):
+            raise ValueError(f"the state's credential must be a non-empty string or None, got {type(credential).__name__}")
         GroupLRs(self.optimizer).load_state_dict(state["lrs"])  # check it before anything changes
         unstarted = None  # why the embedded server of the job could not start
-        if job != self.job:
+        if job != self.job or not self._link.registered:
+            # Another job, or this one held by its trainer (the state's credential proves it is us),
+            # or a hello that got no answer: a new client for the job, with its credential.
             replaced = self._link.goodbye(self.global_step, "replaced")
-            if self.embedded_server is not None:  # the job's own server, on the job's own folder
+            if job != self.job and self.embedded_server is not None:  # the job's own server, on its own folder
                 self.embedded_server.stop(ended=replaced is not None)
                 options, unstarted = self._embedded_endpoint(self._link.options, job)
                 self._link.options, self._link.server = options, options.server
                 self.server = options.server
-            self._link.connect(job)
+            self._link.connect(job, credential)
             self.job = self._segment.job = job
+        # Else the constructor's hello created this job id afresh (the saved job had finished or
+        # the server had lost it): the new session is ours, under its own credential.
         self._lrs.load_state_dict(state["lrs"])
         self.global_step, self.skipped_steps, self.reports = counts
         self._segment.clear()
         self._probes = []
+        self._reset_outage()
         self._should_stop = bool(state.get("stopped", False))
         if self._should_stop:  # the tuner had said stop: nothing more to ask of it
             self._link.stop()
             return
         if unstarted is not None:
-            self._warn("embedded", unstarted, ServerUnavailableWarning)
-            self._link.detach("embedded", unstarted)
+            self._embedded_unstarted(unstarted)
             return
-        self._act(self._link.exchange("hello", self._hello_body(), starting=True, deadline=self._hello_deadline()))
-
-    def _hello_deadline(self) -> float:
-        """``timeout`` from now; for an embedded server, which has just started and may still be
-        importing the job's tuner (scikit-learn for ``autolrs``), at least EMBEDDED_HELLO_S."""
-        wait = self.timeout if self.embedded_server is None else max(self.timeout, EMBEDDED_HELLO_S)
-        return time.monotonic() + wait
-
-    def _embedded_endpoint(self, options: LinkOptions, job: str) -> tuple[LinkOptions, str | None]:
-        """``options`` pointed at the embedded server started for ``job`` (on rank 0 alone under
-        DDP), and None; or, when it cannot start, a warning for a detached link."""
-        def start() -> tuple[str, str | None]:
-            try:
-                return self.embedded_server.start(job), None
-            except EmbeddedServerError as exc:
-                return "", str(exc)
-
-        endpoint, problem = start() if self._dist is None else self._dist.leader_call(start)
-        if problem is not None:
-            return (dataclasses.replace(options, server=NOT_STARTED),
-                    f"autolrs: {problem}; training continues untuned at the current LR ({self.lr:g})")
-        # The server checks this job's own secret (the embedded one's, off rank 0 unused).
-        return dataclasses.replace(options, server=endpoint, secret=self.embedded_server.secret), None
-
-    # --- plans -------------------------------------------------------------------------
-
-    def _hello_body(self) -> dict:
-        return messages.Hello(tuner=self.tuner, config=self.config, initial_lr=self.initial_lr,
-                              param_groups=len(self.optimizer.param_groups), step=self.global_step,
-                              max_steps=self.max_steps, has_val_fn=self.val_fn is not None,
-                              has_probe_fn=self.probe_fn is not None, seed=self.seed).to_body()
-
-    def _act(self, plan: list | None) -> None:
-        """Carry out a plan the link handed over (already validated), in order."""
-        if plan is None:
-            return
-        self._segment.clear()
-        self._probes = []
-        for action in plan:
-            op = action["op"]
-            if op == "set_lr":
-                self.set_lr(action["lr"])
-            elif op == "checkpoint":
-                self._checkpoint(action["slot"])
-            elif op == "restore":
-                self._restore(action["slot"])
-            elif op == "discard":
-                self._checkpoints.discard(action["slot"])
-            elif op == "evaluate":
-                self._segment.evals.append([0, self._evaluate()])
-            elif op == "probe":
-                self._probe(action)
-            elif op == "stop":
-                self._should_stop = True
-                self._link.stop()
-                log.info("autolrs job %s: the tuner said stop (%s) at step %d", self.job,
-                         action.get("reason", ""), self.global_step)
-            else:  # run: the plan's last action
-                if "hypergrad" in action:
-                    self._hypergrad_begin(action["hypergrad"])
-                self._segment.start(action, self.global_step)
-
-    def _report(self) -> None:
-        segment = self._segment
-        losses, evals = segment.take_losses(), segment.evals
-        segment.evals = []
-        if self._dist is not None:  # the mean over the ranks, the same on every rank
-            losses, evals = self._dist.average(losses, evals)
-        hypergrad_report = None
-        if self._hypergrad is not None and self._hypergrad.method is not None:
-            hypergrad_report = self._hypergrad.report()
-        observation = Observation(step=self.global_step, steps=segment.done, losses=losses, evals=evals,
-                                  hypergrad=hypergrad_report, probes=self._probes)
-        self._probes = []
-        self.reports += 1
-        self._act(self._link.exchange("report", messages.Report(observation, lr=self.lr).to_body()))
-
-    def _checkpoint(self, slot: str) -> None:
-        try:
-            self._checkpoints.save(slot)
-            self._saved_at[slot] = self.global_step
-        except (OSError, RuntimeError) as exc:
-            self._checkpoints.discard(slot)
-            self._warn("checkpoint", (f"autolrs: job {self.job} could not save checkpoint {slot!r} ({exc}); a later "
-                                      "restore of it will be skipped"))
-
-    def _restore(self, slot: str) -> None:
-        if self._checkpoints.restore(slot):
-            saved = self._saved_at.get(slot)
-            if saved is not None and self.global_step > saved:
-                self.discarded.append([saved, self.global_step])
-            # The restored optimizer carries the LR it was saved with; the LR is the plan's
-            # business (a set_lr follows a restore), so keep the current one.
-            self.set_lr(self.lr)
-        else:
-            self._warn("slot", (f"autolrs: job {self.job} was asked to restore checkpoint {slot!r}, which does "
-                                "not exist; training continues from the current state"))
-
-    def _evaluate(self) -> float:
-        if self.val_fn is None:
-            self._warn("val_fn", (f"autolrs: the tuner of job {self.job} asked for an evaluation but the callback "
-                                  "has no val_fn; reporting NaN"))
-            return math.nan
-        return float(self.val_fn())
-
-    def _probe(self, action: dict) -> None:
-        if self.probe_fn is None:
-            self._warn("probe_fn", (f"autolrs: the tuner of job {self.job} asked for a probe but the callback has "
-                                    "no probe_fn; nothing is probed (pass probe_fn= to AutoLRS)"))
-            return
-        results = run_probes(self._checkpoints, action["slot"], action["lrs"], self.probe_fn, self.set_lr)
-        if results is None:
-            self._warn("probe_slot", (f"autolrs: job {self.job} was asked to probe from checkpoint "
-                                      f"{action['slot']!r}, which does not exist; nothing is probed"))
-            return
-        self._probes.extend(results)
-
-    def _hypergrad_begin(self, spec: dict) -> None:
-        try:
-            if self._hypergrad is None:
-                self._hypergrad = hypergrad.engine_for(self.model, self.optimizer, self._lrs, self._warn,
-                                                       val_fn=self.val_fn, **self._hypergrad_args)
-            self._hypergrad.configure(spec)
-        except ValueError as exc:
-            if self.global_step == 0:  # before any training: a setup that cannot work
-                raise AutoLRSConfigError(f"tuner {self.tuner!r}: {exc}") from None
-            self._warn("hypergrad", f"autolrs: job {self.job}: {exc}; training continues at the current LR")
-
-    def _count_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._opt_steps += 1
+        self._start(self._link.exchange("hello", self._hello_body(), starting=True, deadline=self._hello_deadline()))

@@ -53,7 +53,9 @@ class Client:
 
     def __init__(self, endpoint: str, job_id: str, timeout: float = 5.0, client_id: str | None = None, *,
                  attempts: int = 3, context: zmq.Context | None = None, secret: str | bytes | None = None,
-                 server_key: str | bytes | None = None):
+                 server_key: str | bytes | None = None, credential: str | None = None):
+        if not (isinstance(endpoint, str) and endpoint.startswith("inproc://")):  # (a link with no server to reach)
+            protocol.check_endpoint(endpoint)
         if not protocol.is_valid_job_id(job_id):
             raise ValueError(f"invalid job id {job_id!r}: 1-128 characters of letters, digits, '.', '_' "
                              "or '-', starting with a letter or digit")
@@ -66,6 +68,9 @@ class Client:
         self.timeout = float(timeout)
         self.attempts = int(attempts)
         self.client_id = client_id or uuid.uuid4().hex
+        #: The job's credential (taken from the hello reply that created the job), carried by
+        #: every request sent from now on; None until the job has one.
+        self.credential = credential
         try:
             self._secret = auth.resolve_secret(secret)
             self._server_key = auth.resolve_server_key(server_key)
@@ -146,7 +151,8 @@ class Client:
             self._reset_socket()
         seq = self._next_seq
         self._next_seq += 1
-        frame = protocol.dumps(protocol.request(kind, body, job_id=self.job_id, client_id=self.client_id, seq=seq))
+        frame = protocol.dumps(protocol.request(kind, body, job_id=self.job_id, client_id=self.client_id, seq=seq,
+                                                credential=self.credential))
         self._pending = (kind, seq, frame)
         self._transmit()
         return seq
@@ -284,4 +290,7 @@ class Client:
             err = err if isinstance(err, dict) else {}
             raise ServerError(str(err.get("code", protocol.ErrorCode.INTERNAL)), str(err.get("message", "")))
         body = msg.get("body", {})
-        return body if isinstance(body, dict) else {}
+        body = body if isinstance(body, dict) else {}
+        if msg.get("type") == "hello_reply" and isinstance(body.get("credential"), str) and body["credential"]:
+            self.credential = body["credential"]  # the job is ours: every later request carries it
+        return body

@@ -55,7 +55,12 @@ LOCK_WAIT_S = 10.0
 
 
 class EmbeddedServerError(RuntimeError):
-    """The embedded server could not start (the message says why; its log is kept)."""
+    """The embedded server could not start (the message says why; its log is kept).
+    ``in_use``: the job's folder is held by another live server (another trainer runs the job)."""
+
+    def __init__(self, message: str, in_use: bool = False):
+        super().__init__(message)
+        self.in_use = in_use
 
 
 def resolve_endpoint(server: str) -> str | None:
@@ -133,7 +138,7 @@ class EmbeddedServer:
                 first = str(exc).strip().splitlines()
                 reason = "another process runs this job" if in_use else (first[-1] if first else type(exc).__name__)
                 raise EmbeddedServerError(f"could not start the embedded server for job {job} ({reason}; "
-                                          f"log: {folder / 'server.log'})") from None
+                                          f"log: {folder / 'server.log'})", in_use=in_use) from None
         log.info("autolrs: embedded server for job %s at %s (state in %s)", job, self.process.endpoint, folder)
         self.dashboard_url = self.process.dashboard_url
         if self.dashboard_url is not None:

@@ -27,10 +27,14 @@ class ServerUnavailable(AutoLRSError):
 
 
 class AutoLRSConfigError(AutoLRSError):
-    """The server refused the job's hello (unknown tuner, bad config, job id in use).
+    """A set-up that cannot be tuned: the server refused the job's hello (unknown tuner, bad
+    config, a job id that belongs to another trainer), or an LR scheduler is attached to the
+    optimizer.
 
-    Raised by the ``AutoLRS`` constructor, before training starts: it is a user error worth
-    stopping for, unlike an unreachable server, which the callback survives (fail open).
+    Raised before training starts (by the ``AutoLRS`` constructor, or at the first ``step`` for
+    a job id held by another trainer, since a trainer continuing its own job loads its
+    credential with ``load_state_dict`` after construction): it is a user error worth stopping
+    for, unlike an unreachable server, which the callback survives (fail open).
     """
 
 

@@ -47,7 +47,7 @@ try:  # the unified package first, then the standalone one
     from lightning.pytorch import Callback
 except ImportError:  # pragma: no cover - depends on what is installed
     try:
-        from pytorch_lightning import Callback
+        from pytorch_lightning import Callback  # type: ignore[assignment]  # the same class, older package
     except ImportError:
         raise ImportError("autolrs.callbacks.lightning needs Lightning: pip install lightning "
                           "(or pytorch_lightning)") from None

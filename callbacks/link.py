@@ -1,13 +1,21 @@
 """The callback's line to the server, fail open: every exchange goes through :class:`ServerLink`.
 
 An exchange sends a request and waits at most ``timeout`` s. When no reply comes, training goes
-on at the current LR with one :class:`ServerUnavailableWarning`; the request stays pending and
-later steps look for its reply without blocking (``poll_reply(0)``), resending it every
-``retry_interval`` s. A request the server failed on (``internal``) is sent again after
-``retry_interval``; a server that lost the job (``unknown_job``) gets a fresh hello; a refusal
-the user must fix (unknown tuner, bad config, job id in use, bad signature) raises
-:class:`AutoLRSConfigError` at start; any other refusal, or a reply that is not a valid body,
-detaches the link: training goes on untuned.
+on with one :class:`ServerUnavailableWarning` (what it trains on is the callback's business: the
+plan the last reply sent ahead, else the current LR); the request stays pending and later steps
+look for its reply without blocking (``poll_reply(0)``), resending it every ``retry_interval`` s.
+A request the server failed on (``internal``) is sent again after ``retry_interval``; a server
+that lost the job (``unknown_job``) gets a fresh hello; a refusal the user must fix (unknown
+tuner, bad config, bad signature) raises :class:`AutoLRSConfigError` at start; any other
+refusal, or a reply that is not a valid body, detaches the link: training goes on untuned. With
+``require_server`` a refusal or a failure that would detach or defer raises instead.
+
+A job belongs to the trainer that created it: the hello reply that creates it carries the job's
+credential, which every later request of the job carries (:attr:`ServerLink.credential`, saved
+in the callback's state dict). A hello at construction that finds the job held by another
+trainer (``job_conflict``) does not raise at once: a trainer restarting from its checkpoint
+builds the callback first and then loads the credential (``load_state_dict``). The refusal is
+kept in :attr:`ServerLink.conflict` and the callback raises it at its first step.
 
 States: ``online`` (nothing pending), ``waiting`` (a request is pending), ``deferred`` (a
 failed request waits for its retry time), ``stopped`` (the tuner said stop: only goodbye is
@@ -53,6 +61,10 @@ class ServerLink:
                  hello_body: Callable[[], dict], lr: Callable[[], float], step: Callable[[], int]):
         self.options = options
         self.server, self.timeout, self.retry_interval = options.server, options.timeout, options.retry_interval
+        self.require_server = options.require_server
+        #: Replies with a plan received (a hello's or a report's): none at close means the run
+        #: was never tuned.
+        self.decisions = 0
         self._dist, self._warn = dist, warn
         self._hello_body, self._lr, self._step = hello_body, lr, step
         self.state = ONLINE
@@ -65,12 +77,18 @@ class ServerLink:
         self._client: Client | None = None
         self.connect(job)
 
-    def connect(self, job: str) -> None:
-        """A client for ``job`` (rank 0's under DDP; None on the other ranks), replacing any."""
+    def connect(self, job: str, credential: str | None = None) -> None:
+        """A client for ``job`` (rank 0's under DDP; None on the other ranks), replacing any,
+        carrying the job's ``credential`` if known."""
         if self._client is not None:
             self._client.close()
         self.job, self.registered, self.state = job, False, ONLINE
-        make = lambda: Client(self.server, job, timeout=self.timeout, secret=self.options.secret)  # noqa: E731
+        #: The job's credential (every rank keeps it, so any rank's state dict has it).
+        self.credential = credential
+        #: The refusal of the hello at construction when the job belongs to another trainer.
+        self.conflict: str | None = None
+        make = lambda: Client(self.server, job, timeout=self.timeout, secret=self.options.secret,  # noqa: E731
+                              credential=credential)
         self._client = make() if self._dist is None else self._dist.leader_call(make, share=False)
 
     # --- what the callback asks ----------------------------------------------------------
@@ -94,18 +112,22 @@ class ServerLink:
         """The sequence number of this client's next request (None off rank 0)."""
         return None if self._client is None else self._client.next_seq
 
-    def exchange(self, kind: str, body: dict, *, starting: bool = False, deadline: float | None = None) -> list | None:
+    def exchange(self, kind: str, body: dict, *, starting: bool = False, deadline: float | None = None,
+                 owner_may_load: bool = False) -> Any:
         """Send a request and wait for its reply until ``deadline`` (default: ``timeout`` from
-        now). Returns the plan to carry out, or None (no reply yet, or nothing to do)."""
+        now). Returns the reply (a :class:`~autolrs.wire.messages.HelloReply` or
+        :class:`~autolrs.wire.messages.ReportReply`: its ``plan`` to carry out, its ``next``), or
+        None (no reply yet, or nothing to do). ``owner_may_load``: a hello at construction,
+        whose ``job_conflict`` waits for ``load_state_dict`` (see the module doc)."""
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         self._last_request = (kind, body)
         outcome = self._server("request", kind, body, wait=max(0.0, deadline - time.monotonic()))
-        return self._handle(outcome, deadline=deadline, starting=starting)
+        return self._handle(outcome, deadline=deadline, starting=starting, owner_may_load=owner_may_load)
 
-    def background(self) -> list | None:
-        """A step while a request is pending or deferred: never blocks. The plan of a reply that
-        came in, or None."""
+    def background(self) -> Any:
+        """A step while a request is pending or deferred: never blocks. The reply that came in
+        (as :meth:`exchange` returns it), or None."""
         if self.state == DEFERRED:
             due = time.monotonic() >= self._retry_at
             if self._dist is not None:  # rank 0's clock decides for every rank
@@ -125,17 +147,23 @@ class ServerLink:
         self.state = STOPPED
 
     def detach(self, key: str, message: str) -> None:
-        """Stop tuning this job, with a warning: training goes on at the current LR."""
+        """Stop tuning this job, with a warning: training goes on at the current LR. With
+        ``require_server``, raise :class:`ServerError` instead."""
+        if self.require_server:
+            self.state = DETACHED
+            reason = message.split("; the callback stops tuning")[0]
+            raise ServerError(key, f"{reason} (require_server=True: the callback raises instead of training on untuned)")
         self._warn(key, message)
         self.state = DETACHED
 
-    def goodbye(self, step: int, reason: str, timeout: float | None = None) -> messages.GoodbyeReply | None:
+    def goodbye(self, step: int, reason: str, timeout: float | None = None,
+                lr: float | None = None) -> messages.GoodbyeReply | None:
         """Say goodbye if the server knows the job; its reply (the job's summary) or None. Not
         collective: under DDP rank 0 says goodbye alone, so a rank may close on its own."""
         if not self.registered or self._client is None:
             return None
         wait = min(self.timeout, self.GOODBYE_TIMEOUT) if timeout is None else timeout
-        outcome = self._talk("request", "goodbye", messages.Goodbye(step, reason).to_body(), wait=wait)
+        outcome = self._talk("request", "goodbye", messages.Goodbye(step, reason, lr).to_body(), wait=wait)
         self.registered = False
         if outcome is None:
             log.info("autolrs job %s: no reply to goodbye; closing anyway", self.job)
@@ -195,7 +223,7 @@ class ServerLink:
         except ServerError as exc:
             return ("error", kind, exc.code, exc.message)
 
-    def _handle(self, outcome: Any, *, deadline: float, starting: bool = False) -> list | None:
+    def _handle(self, outcome: Any, *, deadline: float, starting: bool = False, owner_may_load: bool = False) -> Any:
         if outcome is None:
             if self.state != WAITING:
                 self.state = WAITING
@@ -213,9 +241,10 @@ class ServerLink:
         self.state = ONLINE
         if outcome[0] == "ok":
             return self._reply(outcome[1], outcome[2])
-        return self._refused(outcome[1], outcome[2], outcome[3], deadline=deadline, starting=starting)
+        return self._refused(outcome[1], outcome[2], outcome[3], deadline=deadline, starting=starting,
+                             owner_may_load=owner_may_load)
 
-    def _reply(self, kind: str, body: dict) -> list | None:
+    def _reply(self, kind: str, body: dict) -> Any:
         if kind == "hello":
             self.registered = True  # acknowledged: the server knows the job, whatever the body
         try:
@@ -228,13 +257,25 @@ class ServerLink:
         if kind == "hello":
             if reply.resumed:
                 log.info("autolrs job %s: the server resumed an existing session", self.job)
+            if reply.credential is not None:  # the job is new (or, saved before credentials, now has one)
+                self.credential = reply.credential
+                if self._client is not None:
+                    self._client.credential = reply.credential
             for notice in reply.notices:
                 self._warn(f"notice:{notice}", notice)
             for note in reply.deprecations:
                 self._warn(f"deprecated:{note}", f"autolrs: {note}", AutoLRSDeprecationWarning)
-        return reply.plan
+        self.decisions += 1
+        return reply
 
-    def _refused(self, kind: str, code: str, message: str, *, deadline: float, starting: bool) -> list | None:
+    def _refused(self, kind: str, code: str, message: str, *, deadline: float, starting: bool,
+                 owner_may_load: bool = False) -> Any:
+        if kind == "hello" and starting and code == ErrorCode.JOB_CONFLICT and owner_may_load:
+            # Maybe this is the job's own trainer, restarting: load_state_dict brings the credential.
+            self.conflict = (f"the server refused job {self.job!r} ({code}): {message}. A trainer that "
+                             "continues its job calls load_state_dict(state) before its first step")
+            self.state = DETACHED
+            return None
         if kind == "hello" and starting and code in CONFIG_ERRORS:
             raise AutoLRSConfigError(f"the server refused job {self.job!r} ({code}): {message}")
         if code == ErrorCode.UNKNOWN_JOB and kind == "report":
@@ -244,6 +285,9 @@ class ServerLink:
             self.registered = False
             return self.exchange("hello", self._hello_body(), deadline=deadline)
         if code == ErrorCode.INTERNAL:
+            if self.require_server:
+                raise ServerError(code, f"the tuner server failed on a {kind} of job {self.job}: {message} "
+                                  "(require_server=True: not training on)")
             self._warn("internal", (
                 f"autolrs: the tuner server failed on a {kind} of job {self.job} ({message}); training "
                 f"continues at the current LR and the request is retried every {self.retry_interval:g} s"))
@@ -251,9 +295,9 @@ class ServerLink:
             self.state = DEFERRED
             self._retry_at = time.monotonic() + self.retry_interval
             return None
+        if code in (ErrorCode.JOB_CONFLICT, ErrorCode.JOB_FINISHED, ErrorCode.UNKNOWN_JOB):
+            self.registered = False  # the job is not ours (any more): no goodbye either
         self.detach("refused", (
             f"autolrs: the tuner server refused a {kind} of job {self.job} ({code}: {message}); the "
             f"callback stops tuning and training continues at the current LR ({self._lr():g})"))
-        if code in (ErrorCode.JOB_CONFLICT, ErrorCode.JOB_FINISHED, ErrorCode.UNKNOWN_JOB):
-            self.registered = False  # the job is not ours (any more): no goodbye either
         return None

@@ -13,7 +13,15 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["GroupLRs", "lr_value", "write_lrs"]
+__all__ = ["GroupLRs", "lr_value", "scheduler_attached", "write_lrs"]
+
+
+def scheduler_attached(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a ``torch.optim.lr_scheduler`` scheduler was built on ``optimizer``: it wraps
+    ``optimizer.step`` and leaves ``initial_lr`` in the param groups. (ReduceLROnPlateau does
+    neither and is not seen.)"""
+    return bool(getattr(optimizer.step, "_wrapped_by_lr_sched", False)) or \
+        any("initial_lr" in group for group in optimizer.param_groups)
 
 
 def lr_value(lr: Any) -> float:

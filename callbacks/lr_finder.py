@@ -35,7 +35,7 @@ from autolrs import lr_curve
 from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.embedded import AUTO
 from autolrs.callbacks.errors import AutoLRSWarning
-from autolrs.callbacks.lr import write_lrs
+from autolrs.callbacks.lr import scheduler_attached, write_lrs
 from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, model_device,
                                           move_to_device, open_axes, progress_bar)
 
@@ -273,6 +273,5 @@ def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5
 
 
 def _check_no_scheduler(optimizer: torch.optim.Optimizer) -> None:
-    for group in optimizer.param_groups:
-        if "initial_lr" in group:
-            raise RuntimeError("Optimizer already has a scheduler attached to it")
+    if scheduler_attached(optimizer):  # torch-lr-finder's error and message
+        raise RuntimeError("Optimizer already has a scheduler attached to it")

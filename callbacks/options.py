@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from autolrs.callbacks.embedded import AUTO
 from autolrs.wire import protocol
 
 __all__ = ["JobOptions", "LinkOptions", "check_job_id", "default_job_id"]
@@ -68,16 +69,22 @@ class JobOptions:
 
 @dataclass(frozen=True)
 class LinkOptions:
-    """Where the server is, how long a call may wait for it, how often to retry, the secret."""
+    """Where the server is, how long a call may wait for it, how often to retry, the secret,
+    and whether training may go on without it (``require_server=False``: fail open)."""
 
     server: str
     timeout: float
     retry_interval: float
     secret: str | bytes | None
+    require_server: bool = False
 
     @classmethod
-    def checked(cls, server: Any, timeout: Any, retry_interval: Any, secret: Any) -> "LinkOptions":
-        if not isinstance(server, str) or not server:
-            raise ValueError(f"server must be an endpoint such as 'tcp://127.0.0.1:5555', got {server!r}")
+    def checked(cls, server: Any, timeout: Any, retry_interval: Any, secret: Any,
+                require_server: Any = False) -> "LinkOptions":
+        if server != AUTO:  # "auto": $AUTOLRS_SERVER (checked when read) or an embedded server
+            protocol.check_endpoint(server)
+        if not isinstance(require_server, bool):
+            raise ValueError(f"require_server must be True or False, got {require_server!r}")
         return cls(server=server, timeout=_positive(timeout, "timeout"),
-                   retry_interval=_positive(retry_interval, "retry_interval"), secret=secret)
+                   retry_interval=_positive(retry_interval, "retry_interval"), secret=secret,
+                   require_server=require_server)

@@ -53,16 +53,20 @@ class Segment:
         self._losses.clear()
         self.evals = []
 
-    def start(self, action: dict, global_step: int) -> None:
+    def start(self, action: dict, global_step: int, on_time: bool = False, ahead: bool = False) -> None:
         """Begin the plan's ``run``. A client that fell behind (the reply came late) skips the
-        steps it already trained: ``start_step`` says where the server expected it to be."""
+        steps it already trained: ``start_step`` says where the server expected it to be.
+        ``on_time``: the client went back to the state the plan was made for (the steps in
+        between were undone), so nothing is skipped. ``ahead``: the client trains on a plan the
+        server sent ahead, so its LR is the schedule's for this step."""
         steps, lrs = action["steps"], action.get("lrs")
-        skip = max(0, global_step - action["start_step"])
+        skip = 0 if on_time else max(0, global_step - action["start_step"])
         remaining = steps - skip
         if remaining <= 0:
-            # Nothing of the segment is left: report after the next step, at the schedule's last LR.
+            # Nothing of the segment is left: report after the next step, at the schedule's LR for
+            # it (the plan sent ahead's when the client is on one, else the segment's last).
             remaining = 1
-            lrs = None if lrs is None else lrs[-1:]
+            lrs = None if lrs is None or ahead else lrs[-1:]
         elif lrs is not None and skip:
             lrs = lrs[skip:]
         if skip:

@@ -29,7 +29,7 @@ class StandaloneTool:
         self.timeout = timeout
         self.include_rng = include_rng
         self.storage = "memory" if memory_cache else "disk"
-        self.cache_dir = cache_dir
+        self.cache_dir = cache_dir if self.storage == "disk" else None  # torch-lr-finder: used on disk only
         self.model_device = model_device(model)
         self.device = torch.device(device) if device is not None else self.model_device
         self._state = CheckpointStore(model, optimizer, scaler=grad_scaler, include_rng=include_rng,

@@ -14,24 +14,75 @@ Restoring deep-copies again before ``optimizer.load_state_dict``: that method ke
 it is given whenever they already have the parameter's dtype and device (``.to()`` is then a
 no-op), so handing it the stored copy would let the next in-place update corrupt the
 checkpoint, and a second restore from the same slot would be wrong.
+
+A process killed before it could clean up (SIGKILL, a power cut) leaves its disk checkpoints
+behind: their folder's name carries the host and the process id
+(``autolrs-ckpt-<host>-<pid>-<random>``), and every new store removes the folders of this host
+whose process is gone (:func:`sweep_dead`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
+import re
 import shutil
+import socket
 import tempfile
 import weakref
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointStore"]
+__all__ = ["CheckpointStore", "sweep_dead"]
+
+log = logging.getLogger(__name__)
 
 STORAGES = ("memory", "cpu", "disk")
+PREFIX = "autolrs-ckpt-"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname())[:64] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except OverflowError:  # not a process id at all
+        return False
+    return True
+
+
+def sweep_dead(directory: str | os.PathLike | None = None) -> list[str]:
+    """Remove the checkpoint folders in ``directory`` (default: the temp dir) that processes of
+    this host left behind when they died without cleaning up; returns their paths. A folder of
+    a live process, of another host (a shared file system) or of another user stays."""
+    root = Path(tempfile.gettempdir() if directory is None else directory)
+    pattern = re.compile(re.escape(PREFIX + _host()) + r"-([0-9]+)-")
+    removed: list[str] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or _alive(int(match.group(1))) or not entry.is_dir() or entry.is_symlink():
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(str(entry))
+    if removed:
+        log.info("removed %d checkpoint folder(s) of ended processes in %s", len(removed), root)
+    return removed
 
 
 class CheckpointStore:
@@ -40,10 +91,11 @@ class CheckpointStore:
     ``storage="memory"`` keeps copies on the tensors' own devices (fast; costs a copy of the
     model and optimizer state per slot). ``storage="cpu"`` keeps them in host memory (pinned
     for CUDA tensors, copied asynchronously; on a CPU-only model it is the same as
-    ``"memory"``). ``storage="disk"`` writes one file per slot under
-    ``tempfile.mkdtemp(prefix="autolrs-ckpt-", dir=directory)``; the directory is created at the
-    first save and removed by :meth:`close`, or at garbage collection / interpreter exit if
-    ``close`` is never called.
+    ``"memory"``). ``storage="disk"`` writes one file per slot in a private folder
+    ``autolrs-ckpt-<host>-<pid>-<random>`` under ``directory`` (default: the temp dir; made if
+    missing); the folder is created at the first save and removed by :meth:`close`, or at
+    garbage collection / interpreter exit if ``close`` is never called, or, after a crash, by
+    the next store made on this host (:func:`sweep_dead`).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
@@ -62,6 +114,7 @@ class CheckpointStore:
         self._tmpdir: str | None = None
         self._finalizer: weakref.finalize | None = None
         self._closed = False
+        sweep_dead(self.directory)
 
     # --- public ------------------------------------------------------------------------
 
@@ -196,7 +249,9 @@ class CheckpointStore:
 
     def _ensure_dir(self) -> str:
         if self._tmpdir is None:
-            self._tmpdir = tempfile.mkdtemp(prefix="autolrs-ckpt-", dir=self.directory)
+            if self.directory is not None:
+                os.makedirs(self.directory, exist_ok=True)
+            self._tmpdir = tempfile.mkdtemp(prefix=f"{PREFIX}{_host()}-{os.getpid()}-", dir=self.directory)
             # Removes the files even if close() is never called (GC or interpreter exit).
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, ignore_errors=True)
         return self._tmpdir
@@ -250,6 +305,7 @@ def _from_disk(state: dict) -> dict:
 # --- host placement ------------------------------------------------------------------------
 
 
+DTensor: Any
 try:  # FSDP2's sharded tensors (torch >= 2.4 with torch.distributed)
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover - torch without distributed support

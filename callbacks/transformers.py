@@ -89,8 +89,10 @@ class AutoLRSCallback(TrainerCallback):
         self._scheduler = lr_scheduler
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch one
         budget = self.max_steps or (state.max_steps if state.max_steps and state.max_steps > 0 else None)
+        # The Trainer's constant scheduler is checked above and kept at the tuner's LRs below.
+        options = {"allow_scheduler": True, **self.options}
         self.autolrs = AutoLRS(model, optimizer, tuner=self.tuner, config=self.config, server=self.server,
-                               job=self.job, max_steps=budget, **self.options)
+                               job=self.job, max_steps=budget, **options)
         self._scale = args.world_size if getattr(args, "average_tokens_across_devices", False) else 1
         self._hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)
         self._losses = []

@@ -27,6 +27,7 @@ from autolrs.wire import auth, messages, protocol
 from autolrs.errors import ConfigError
 from autolrs.server.config import load_config
 from autolrs.server.process import DASHBOARD_PREFIX
+from autolrs.server.security import admin_token_path
 from autolrs.server.sessions import StateDirLocked
 
 PROG = "autolrs-server"
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE)")
         c.add_argument("--server-key", help="the server's CURVE public key or its server.key file "
                        "(default: $AUTOLRS_SERVER_KEY)")
+        if name == "status":
+            c.add_argument("--admin-token-file", help="the server's admin token (written at its start to "
+                           "<state_dir>/admin.token): shows every job's tuner, step, LR and summary; without "
+                           "it, each job's id and status")
     keygen = sub.add_parser("keygen", help="write a CURVE key pair (server.key, server.key_secret) into DIR")
     keygen.add_argument("dir", help="folder for the key files (created if missing)")
     tuners = sub.add_parser("tuners", help="list the tuners and their knobs (defaults and meaning)")
@@ -187,6 +192,8 @@ def serve(args: argparse.Namespace) -> int:
                  len(server.dispatcher.store), server.dispatcher.store.state_dir, answering_threads(config),
                  config.processes, " started at their first job" if args.background_tuner_import else "",
                  "must be signed" if server.verifier is not None else "are not authenticated")
+        log.info("the admin token (status shows every job in full with it) is in %s",
+                 admin_token_path(config))
         if server.public_key is not None:
             log.info("CURVE encryption on; clients need the server's public key %s", server.public_key.decode())
         server.serve_forever()
@@ -316,9 +323,10 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = None,
-            server_key: bytes | None = None) -> dict:
+            server_key: bytes | None = None, credential: str | None = None) -> dict:
     """One request over a fresh REQ socket (signed with ``secret``, CURVE-encrypted to
-    ``server_key`` if given); raises TimeoutError, never blocks past ``timeout``."""
+    ``server_key`` if given, carrying ``credential``: the admin token for ``status``); raises
+    TimeoutError, never blocks past ``timeout``."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
@@ -328,7 +336,8 @@ def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = Non
     try:
         sock.connect(endpoint)
         body = messages.REQUESTS[kind]().to_body()
-        payload = protocol.dumps(protocol.request(kind, body, client_id=f"cli-{uuid.uuid4().hex[:12]}"))
+        payload = protocol.dumps(protocol.request(kind, body, client_id=f"cli-{uuid.uuid4().hex[:12]}",
+                                                  credential=credential))
         sock.send_multipart([payload] if secret is None else [payload, auth.sign(secret, payload)])
         if not sock.poll(int(timeout * 1000), zmq.POLLIN):
             raise TimeoutError(f"no answer from {endpoint} within {timeout:g} s (is the server running?)")
@@ -340,15 +349,26 @@ def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = Non
 
 def query(args: argparse.Namespace) -> int:
     kind = args.command
+    admin = None
+    try:
+        protocol.check_endpoint(args.server)
+    except ValueError as exc:
+        print(f"{PROG} {kind}: {exc}", file=sys.stderr)
+        return 2
     try:
         secret = auth.resolve_secret(None, args.secret_file)
         server_key = auth.resolve_server_key(args.server_key)
+        if getattr(args, "admin_token_file", None):
+            admin = Path(args.admin_token_file).read_text(encoding="utf-8").strip()
     except auth.SecretError as exc:
         print(f"{PROG} {kind}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"{PROG} {kind}: cannot read the admin token file: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     started = time.monotonic()
     try:
-        reply = request(args.server, kind, args.timeout, secret, server_key)
+        reply = request(args.server, kind, args.timeout, secret, server_key, admin)
     except TimeoutError as exc:
         print(f"{PROG} {kind}: {exc}", file=sys.stderr)
         return 1
@@ -384,10 +404,15 @@ def format_status(body: dict) -> str:
     server = body.get("server", {})
     lines = [f"autolrs {server.get('version')} protocol {server.get('protocol')}, "
              f"up {_duration(server.get('uptime_s'))}, {server.get('sessions', 0)} job(s)"]
-    rows = [("JOB", "TUNER", "STATUS", "STEP", "LR", "REQUESTS", "UPDATED")]
-    for s in body.get("sessions", []):
-        rows.append((str(s.get("job_id")), str(s.get("tuner")), str(s.get("status")), str(s.get("step")),
-                     _lr(s.get("lr")), str(s.get("requests")), _when(s.get("updated"))))
+    if server.get("admin", True):
+        rows: list[tuple[str, ...]] = [("JOB", "TUNER", "STATUS", "STEP", "LR", "REQUESTS", "UPDATED")]
+        for s in body.get("sessions", []):
+            rows.append((str(s.get("job_id")), str(s.get("tuner")), str(s.get("status")), str(s.get("step")),
+                         _lr(s.get("lr")), str(s.get("requests")), _when(s.get("updated"))))
+    else:
+        lines.append("(each job's id and status; --admin-token-file shows tuners, steps, LRs and summaries)")
+        rows = [("JOB", "STATUS")]
+        rows += [(str(s.get("job_id")), str(s.get("status"))) for s in body.get("sessions", [])]
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

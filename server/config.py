@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from autolrs.errors import ConfigError
+from autolrs.errors import ConfigError, did_you_mean
 from autolrs.tuners import JOB_KEYS, TUNERS
 from autolrs.tuners.guard import DEFAULTS as GUARD_KNOBS
 
@@ -47,6 +47,10 @@ class ServerConfig:
     auth_window_s: float = 120.0
     allow_insecure: bool = False
     curve_secret_key_file: str | None = None
+    max_sessions_per_peer: int = 250
+    max_backlog_bytes: int = 64 << 20
+    #: None: ``<state_dir>/admin.token``.
+    admin_token_file: str | None = None
     #: The dashboard (server/dashboard/): its address, and its port (None: not served).
     http_host: str = "127.0.0.1"
     http_port: int | None = None
@@ -96,7 +100,8 @@ def _merge(base: dict, layer: Mapping[str, Any], schema: Mapping[str, Any], sour
     for key, value in layer.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in schema:
-            raise ConfigError(f"{source}: unknown key '{where}'; valid: {', '.join(sorted(map(str, schema)))}")
+            raise ConfigError(f"{source}: unknown key '{where}'{did_you_mean(key, map(str, schema))}; "
+                              f"valid: {', '.join(sorted(map(str, schema)))}")
         if key == "tuners" and not prefix:
             out[key] = _merge_tuners(out.get(key) or {}, value, source)
         elif isinstance(schema[key], dict):
@@ -114,7 +119,7 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
     out = {name: dict(knobs) for name, knobs in base.items()}
     for name, knobs in layer.items():
         if name not in TUNERS:
-            raise ConfigError(f"{source}: 'tuners.{name}' is not a registered tuner; "
+            raise ConfigError(f"{source}: 'tuners.{name}' is not a registered tuner{did_you_mean(name, TUNERS)}; "
                               f"registered: {', '.join(sorted(TUNERS))}")
         knobs = {} if knobs is None else knobs
         if not isinstance(knobs, Mapping):
@@ -128,8 +133,9 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
             if knob in GUARD_KNOBS:  # the divergence guard's knobs go with every tuner
                 continue
             if knob not in cls.defaults and knob not in cls.aliases and knob not in cls.aliases.values():
-                raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'; "
-                                  f"valid: {', '.join(sorted(map(cls.public_name, cls.defaults))) or '(none)'}")
+                valid = sorted(map(cls.public_name, cls.defaults))
+                raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'{did_you_mean(knob, valid)}; "
+                                  f"valid: {', '.join(valid) or '(none)'}")
         try:
             knobs, notes = cls.canonical_config(knobs)
         except ConfigError as exc:
@@ -159,6 +165,9 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     curve_file = s["curve_secret_key_file"]
     if curve_file is not None and (not isinstance(curve_file, (str, Path)) or not str(curve_file)):
         raise ConfigError(f"server.curve_secret_key_file must be a path or null, got {curve_file!r}")
+    admin_file = s["admin_token_file"]
+    if admin_file is not None and (not isinstance(admin_file, (str, Path)) or not str(admin_file)):
+        raise ConfigError(f"server.admin_token_file must be a path or null, got {admin_file!r}")
     http_host = s["http_host"]
     if not isinstance(http_host, str) or not http_host:
         raise ConfigError(f"server.http_host must be a non-empty string, got {http_host!r}")
@@ -177,6 +186,10 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
                         auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
                         allow_insecure=allow_insecure,
                         curve_secret_key_file=None if curve_file is None else str(curve_file),
+                        max_sessions_per_peer=_int(s["max_sessions_per_peer"], "server.max_sessions_per_peer", 1,
+                                                   1_000_000),
+                        max_backlog_bytes=_int(s["max_backlog_bytes"], "server.max_backlog_bytes", 1 << 20, 1 << 40),
+                        admin_token_file=None if admin_file is None else str(admin_file),
                         http_host=http_host, http_port=http_port)
 
 

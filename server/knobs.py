@@ -9,13 +9,15 @@ from typing import Any, Sequence
 
 from autolrs.tuners import JOB_KEYS, TUNERS
 from autolrs.tuners.guard import KNOBS as GUARD_KNOBS
+from autolrs.tuners.guard import LIMITS as GUARD_LIMITS
 
 __all__ = ["describe_tuners", "format_tuners", "list_tuners"]
 
 
 def describe_tuners(names: Sequence[str] = ()) -> list[dict]:
-    """``[{"name", "doc", "knobs": [{"name", "default", "meaning", "aliases"}]}]`` of ``names``
-    (default: every tuner); raises KeyError naming an unknown one."""
+    """``[{"name", "doc", "knobs": [{"name", "default", "meaning", "aliases", "limit"}]}]`` of
+    ``names`` (default: every tuner; ``limit``: the largest value a job may set, or None);
+    raises KeyError naming an unknown one."""
     unknown = [n for n in names if n not in TUNERS]
     if unknown:
         raise KeyError(f"unknown tuner(s) {', '.join(unknown)}; registered: {', '.join(TUNERS)}")
@@ -29,7 +31,8 @@ def describe_tuners(names: Sequence[str] = ()) -> list[dict]:
         for key, (default, meaning) in cls.knobs.items():
             public = cls.public_name(key)
             knobs.append({"name": public, "default": default, "meaning": meaning,
-                          "aliases": sorted(set(old_names.get(public, [])) | ({key} - {public}))})
+                          "aliases": sorted(set(old_names.get(public, [])) | ({key} - {public})),
+                          "limit": cls.limits.get(key)})
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         out.append({"name": name, "doc": " ".join(doc.replace("``", "").split()), "knobs": knobs})
     return out
@@ -44,12 +47,13 @@ def format_tuners(tuners: list[dict]) -> str:
         dwidth = max((len(v) for v in shown), default=0)
         for knob, default in zip(tuner["knobs"], shown):
             alias = f" (formerly {', '.join(knob['aliases'])})" if knob["aliases"] else ""
-            lines.append(f"  {knob['name']:<{width}}  {default:<{dwidth}}  {knob['meaning']}{alias}")
+            lines.append(f"  {knob['name']:<{width}}  {default:<{dwidth}}  {knob['meaning']}{_limit(knob['limit'])}"
+                         f"{alias}")
         lines.append("")
     lines.append("Every tuner also takes the divergence guard's knobs (docs/guard.md):")
     width = max(map(len, GUARD_KNOBS))
     for name, (default, meaning) in GUARD_KNOBS.items():
-        lines.append(f"  {name:<{width}}  {_value(default):<5}  {meaning}")
+        lines.append(f"  {name:<{width}}  {_value(default):<5}  {meaning}{_limit(GUARD_LIMITS.get(name))}")
     lines.append(f"and gets, from the callback: {', '.join(JOB_KEYS)}.")
     return "\n".join(lines)
 
@@ -66,3 +70,7 @@ def list_tuners(names: Sequence[str] = (), as_json: bool = False) -> int:
 
 def _value(value: Any) -> str:
     return json.dumps(value)
+
+
+def _limit(limit: int | None) -> str:
+    return "" if limit is None else f" (at most {limit:,})"

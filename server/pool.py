@@ -41,22 +41,26 @@ class WorkerPool:
         # key -> requests not answered yet; the first is running or its key is in _ready.
         self._pending: dict[Hashable, deque] = {}
         self._guard = threading.Lock()
+        #: Bytes of the requests submitted and not answered yet (the transport bounds it).
+        self.queued_bytes = 0
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"autolrs-worker-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
             t.start()
 
-    def submit(self, key: Hashable | None, routing: list[bytes], request: Any) -> None:
-        """Queue ``request`` (answered as ``routing + [reply]`` on ``replies``); never blocks."""
+    def submit(self, key: Hashable | None, routing: list[bytes], request: Any, size: int = 0) -> None:
+        """Queue ``request`` of ``size`` bytes (answered as ``routing + [reply]`` on
+        ``replies``); never blocks."""
         if key is None:
             key = object()  # runs on its own, next to everything else
         with self._guard:
+            self.queued_bytes += size
             waiting = self._pending.get(key)
             if waiting is not None:
-                waiting.append((routing, request))
+                waiting.append((routing, request, size))
                 return
-            self._pending[key] = deque([(routing, request)])
+            self._pending[key] = deque([(routing, request, size)])
         self._ready.put(key)
 
     def backlog(self) -> int:
@@ -77,7 +81,7 @@ class WorkerPool:
                     waiting = self._pending.get(key)
                     if not waiting:  # dropped by close()
                         continue
-                    routing, request = waiting[0]
+                    routing, request, size = waiting[0]
                 try:
                     reply = self._answer(request)
                 except Exception:  # noqa: BLE001 - answer() never raises; keep the worker alive anyway
@@ -93,6 +97,7 @@ class WorkerPool:
                     waiting = self._pending.get(key)
                     if waiting:
                         waiting.popleft()
+                        self.queued_bytes -= size
                     more = bool(waiting)
                     if waiting is not None and not more:
                         del self._pending[key]
@@ -106,6 +111,7 @@ class WorkerPool:
         and close the PULL socket; returns whether every worker stopped within ``timeout``."""
         with self._guard:
             self._pending.clear()
+            self.queued_bytes = 0
         for _ in self._threads:
             self._ready.put(None)
         stopped = True

@@ -50,7 +50,15 @@ class Session:
     seed: int
     tuner: Tuner
     status: str = ACTIVE
+    #: The client that drives the job now (the last to say hello with its credential).
     owner: str = ""
+    #: SHA-256 of the job's credential (server/security.py); "" for a job saved before
+    #: credentials existed (its next resuming hello gets one).
+    credential: str = ""
+    #: Who created the job (the peer's address), for the per-peer session quota.
+    creator: str = ""
+    #: The LR the trainer trains at as of its last exchange (None: not known yet).
+    lr: float | None = None
     last_client_id: str | None = None
     last_seq: int | None = None
     #: The reply (envelope dict) sent for ``(last_client_id, last_seq)``.
@@ -64,7 +72,8 @@ class Session:
         return {
             "format": STATE_FORMAT, "job_id": self.job_id, "tuner": self.tuner_name,
             "config": self.config, "hello_config": self.hello_config, "seed": self.seed,
-            "status": self.status, "owner": self.owner,
+            "status": self.status, "owner": self.owner, "credential": self.credential,
+            "creator": self.creator, "lr": self.lr,
             "last": None if self.last_seq is None else
             {"client_id": self.last_client_id, "seq": self.last_seq, "reply": self.last_reply},
             "created": self.created, "updated": self.updated, "requests": self.requests,
@@ -84,7 +93,9 @@ class Session:
             raise ValueError(f"unknown session status {status!r}")
         return cls(job_id=state["job_id"], tuner_name=state["tuner"], config=dict(state["config"]),
                    hello_config=dict(state["hello_config"]), seed=int(state["seed"]), tuner=tuner,
-                   status=status, owner=state["owner"], last_client_id=last.get("client_id"),
+                   status=status, owner=state["owner"], credential=str(state.get("credential", "")),
+                   creator=str(state.get("creator", "")), lr=_optional_float(state.get("lr")),
+                   last_client_id=last.get("client_id"),
                    last_seq=last.get("seq"), last_reply=last.get("reply"), created=float(state["created"]),
                    updated=float(state["updated"]), requests=int(state["requests"]), step=int(state["step"]))
 
@@ -107,7 +118,9 @@ class SessionStore:
         self.fsync = fsync
         self.tuners = tuners if tuners is not None else InProcessTuners()
         self.jobs_dir = self.state_dir / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        # Private when made here: it holds the admin token and every job's config and log.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(exist_ok=True)
         self._lock_fd: int | None = self._acquire_lock() if lock else None
         self.sessions: dict[str, Session] = {}
         #: Sessions unloaded from memory (idle past the lease; see server/leases.py): job id ->
@@ -247,6 +260,10 @@ class SessionStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def observation_summary(losses: list[float], evals: list) -> dict:

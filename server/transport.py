@@ -11,7 +11,12 @@ The socket thread checks signatures and decodes; answering runs on a
 :class:`~autolrs.server.pool.WorkerPool` (one job's requests in order, different jobs at once),
 whose replies come back over an inproc socket polled next to the ROUTER. A server with a
 secret answers an unsigned, badly signed or replayed request with ``unauthenticated`` from the
-socket thread, before the payload is even decoded: it reaches no session.
+socket thread, before the payload is even decoded: it reaches no session. Whatever a message
+holds, the socket thread answers it or drops it and goes on: no request stops the server.
+
+Memory: a frame above ``max_message_bytes`` is answered ``too_large`` unread, zmq drops a peer
+sending one 4x larger, and requests waiting for a worker hold at most ``max_backlog_bytes``
+(beyond it a new request is dropped unanswered, like a lost message: its client resends later).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from autolrs.wire.protocol import ErrorCode
 from autolrs.server.config import ServerConfig
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.pool import WorkerPool
-from autolrs.server.security import check_bind, curve_keys, server_secret
+from autolrs.server.security import admin_token_path, check_bind, curve_keys, load_admin_token, server_secret
 from autolrs.server.sessions import SessionStore
 from autolrs.server.tuner_host import make_host
 
@@ -40,6 +45,17 @@ MAX_FRAMES = 16
 #: zmq disconnects a peer sending a frame above this (a memory guard). It is a multiple of the
 #: dispatcher's limit so that a merely too-large request still gets a ``too_large`` reply.
 MAXMSGSIZE_FACTOR = 4
+#: Warnings about refused or dropped requests: at most one per kind this often.
+WARN_EVERY_S = 10.0
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    """The address the message came from (ZeroMQ's ``Peer-Address``), None when unknown."""
+    try:
+        address = frame.get("Peer-Address")
+        return address if isinstance(address, str) else None
+    except (zmq.ZMQError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 class Server:
@@ -82,6 +98,8 @@ class Server:
         self._idle.set()
         self._closed = False
         self._workers_stuck = False
+        # kind -> (time of the last warning, warnings left out since)
+        self._warned: dict[str, tuple[float, int]] = {}
 
     def serve_forever(self) -> None:
         """Answer requests until ``stop()``; call from one thread at a time."""
@@ -107,7 +125,7 @@ class Server:
                 if self.socket in events:
                     for _ in range(100):
                         try:
-                            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
                         self._accept(frames)
@@ -122,27 +140,58 @@ class Server:
             self.pool = None
             self._idle.set()
 
-    def _accept(self, frames: list[bytes]) -> None:
-        """Check one incoming message and hand it to the pool (or answer a refusal at once)."""
-        if len(frames) < 2 or len(frames) > MAX_FRAMES:
-            log.warning("dropped a message of %d frames (expected routing frames then one payload)", len(frames))
-            return
-        routing, payload, signature = auth.split_frames(frames)
-        if self.verifier is not None:
-            try:
-                self.verifier.verify(payload, signature)
-            except auth.AuthError as exc:
-                log.warning("refused a request: %s", exc)
-                self._send(routing + [protocol.dumps(protocol.error_reply(None, ErrorCode.UNAUTHENTICATED, str(exc)))])
+    def _accept(self, frames: list[zmq.Frame]) -> None:
+        """Check one incoming message and hand it to the pool (or answer a refusal at once).
+        Never raises: a failure on one message is answered as ``internal`` (or, before its
+        routing is known, the message is dropped) and logged."""
+        routing: list[bytes] | None = None
+        try:
+            if len(frames) < 2 or len(frames) > MAX_FRAMES:
+                log.warning("dropped a message of %d frames (expected routing frames then one payload)",
+                            len(frames))
                 return
-        parsed = self.dispatcher.parse(payload)
-        if parsed.error is not None:
-            self._send(routing + [parsed.error])
+            peer = _peer_address(frames[-1])
+            routing, payload, signature = auth.split_frames([f.bytes for f in frames])
+            if self.verifier is not None:
+                try:
+                    self.verifier.verify(payload, signature)
+                except auth.AuthError as exc:
+                    self._warn_limited("auth", "refused a request: %s", exc)
+                    self._send(routing + [self._refusal(ErrorCode.UNAUTHENTICATED, str(exc))])
+                    return
+            if self.pool.queued_bytes + len(payload) > self.config.max_backlog_bytes:
+                self._warn_limited("backlog", "dropped a request: %d bytes of requests wait for a worker "
+                                   "(max_backlog_bytes %d)", self.pool.queued_bytes, self.config.max_backlog_bytes)
+                return
+            parsed = self.dispatcher.parse(payload, peer)
+            if parsed.error is not None:
+                self._send(routing + [parsed.error])
+                return
+            if parsed.kind == "ping":  # touches no job: answered here, never queued behind tuner work
+                self._send(routing + [self.dispatcher.respond(parsed)])
+                return
+            self.pool.submit(parsed.job_id, routing, parsed, size=len(payload))
+        except Exception:  # noqa: BLE001 - one message must never stop the server
+            log.exception("internal error while accepting a request")
+            if routing is not None:
+                self._send(routing + [self._refusal(ErrorCode.INTERNAL, "internal server error; see the server log")])
+
+    @staticmethod
+    def _refusal(code: str, message: str) -> bytes:
+        return protocol.dumps(protocol.error_reply(None, code, message))
+
+    def _warn_limited(self, key: str, message: str, *args: object) -> None:
+        """A warning at most every WARN_EVERY_S per kind (a flood must not flood the log too);
+        the ones left out are counted in the next."""
+        now = time.monotonic()
+        last, skipped = self._warned.get(key, (-WARN_EVERY_S, 0))
+        if now - last < WARN_EVERY_S:
+            self._warned[key] = (last, skipped + 1)
             return
-        if parsed.kind == "ping":  # touches no job: answered here, never queued behind tuner work
-            self._send(routing + [self.dispatcher.respond(parsed)])
-            return
-        self.pool.submit(parsed.job_id, routing, parsed)
+        self._warned[key] = (now, 0)
+        if skipped:
+            message += f" (and {skipped} more like it in the last {now - last:.0f} s)"
+        log.warning(message, *args)
 
     def _send(self, frames: list[bytes]) -> None:
         try:
@@ -211,7 +260,8 @@ def make_server(config: ServerConfig, store: SessionStore | None = None, *,
             tuners.close()
             raise
     try:
-        server = Server(config, Dispatcher(config, store), verifier=verifier, curve=curve)
+        admin_token = load_admin_token(admin_token_path(config))
+        server = Server(config, Dispatcher(config, store, admin_token), verifier=verifier, curve=curve)
         if start_tuner_processes:
             store.tuners.start()
         return server

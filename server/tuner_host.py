@@ -453,6 +453,7 @@ class RemoteTuner:
 
     def source(self) -> tuple[str, dict, int, dict | None]:
         """What rebuilds this tuner: name, config, seed and its last state."""
+        state: dict | None
         if self.local is not None:
             state = self.local.state_dict()
         elif self._view is not None and self._view.get("state_dict", (False,))[0]:
@@ -490,7 +491,7 @@ class RemoteTuner:
             value = getattr(self.local, name)
             return value() if name in tuner_worker.PURE else value
         try:
-            ok, blob = self._view[name]
+            ok, blob = (self._view or {})[name]
         except KeyError:
             raise AttributeError(f"tuner {self.name!r} has no {name!r}") from None
         if not ok:

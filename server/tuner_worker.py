@@ -65,9 +65,9 @@ def main(conn: Any) -> None:
                 raise ValueError(f"unknown request {op!r}")
         except Exception as exc:  # noqa: BLE001 - the server raises it where the call was made
             outcome = (False, _pickled_error(exc))
-        tuner = tuners.get(key)
+        held = tuners.get(key)
         try:
-            conn.send((outcome, None if tuner is None else view(tuner)))
+            conn.send((outcome, None if held is None else view(held)))
         except (BrokenPipeError, OSError):
             return
 

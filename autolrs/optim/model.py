@@ -94,6 +94,7 @@ class AlraoModel(nn.Module):
         params = [list(c.parameters()) for c in self.classifiers]
         for i in range(len(params[0])):
             avg = sum(post[k].to(params[k][i].dtype) * params[k][i] for k in range(self.n_classifiers))
+            assert isinstance(avg, torch.Tensor)  # n_classifiers >= 1
             for k in behind:
                 params[k][i].copy_(avg)
         return len(behind)
@@ -107,8 +108,9 @@ class AlraoModel(nn.Module):
     def reset_parameters(self) -> None:
         """Re-initialise every layer that can, and the Switch."""
         for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if m is not self and callable(reset):
+                reset()
         self.switch.reset()
 
     def method_fwd_preclassifier(self, src: str, dst: str | None = None) -> None:

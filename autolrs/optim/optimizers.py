@@ -39,8 +39,8 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         defaults = dict(defaults, lr_min=lr_min, lr_max=lr_max, seed=seed, per=per)
         super().__init__(groups, defaults)
         generator = generator if generator is not None else torch.Generator().manual_seed(seed)
-        for p, lr in sample_unit_lrs(pre, lr_min, lr_max, generator, per=per):
-            self.state[p]["unit_lr"] = lr.to(device=p.device, dtype=p.dtype)
+        for p, unit_lr in sample_unit_lrs(pre, lr_min, lr_max, generator, per=per):
+            self.state[p]["unit_lr"] = unit_lr.to(device=p.device, dtype=p.dtype)
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's ``add_param_group`` with Alrao's default for a group that names no ``lr``:
@@ -88,7 +88,7 @@ class _AlraoOptimizer(torch.optim.Optimizer):
         return unit if group["lr"] == 1.0 else unit * group["lr"]
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -53,6 +53,9 @@ class Switch(nn.Module):
             loss = F.nll_loss
         self.n_models, self.theta, self.task, self.loss, self.likelihood = n_models, theta, task, loss, likelihood
         # float64: after thousands of updates the log-weights differ by thousands of nats.
+        self.logw: torch.Tensor  # buffers, typed for the checker (Module.__getattr__ is Tensor | Module)
+        self.logposterior: torch.Tensor
+        self.t: torch.Tensor
         self.register_buffer("logw", torch.empty(2, n_models, dtype=torch.float64))
         self.register_buffer("logposterior", torch.empty(n_models, dtype=torch.float64))
         self.register_buffer("t", torch.zeros((), dtype=torch.long))

@@ -11,7 +11,7 @@ import copy
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
@@ -46,7 +46,7 @@ class ScriptedPeer:
         self.silent = False
         self.received: list[dict] = []
         self.times: list[float] = []
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         if port is None:
@@ -118,8 +118,8 @@ class ScriptedTuner:
         self.summary = summary
         self.applied: list[dict] = []  # hello/report requests that consumed a plan or error
         self.goodbyes: list[dict] = []
-        self._last_key = None
-        self._last_reply = None
+        self._last_key: Any = None
+        self._last_reply: Any = None
 
     def __call__(self, req: dict):
         key = (req.get("client_id"), req.get("seq"))

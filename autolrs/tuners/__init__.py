@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from autolrs.errors import did_you_mean
 from autolrs.tuners import guard
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
 
@@ -89,7 +90,8 @@ def make_tuner(name: str, config: Mapping[str, Any] | None = None, seed: int = 0
     try:
         cls = TUNERS[name]
     except KeyError:
-        raise UnknownTunerError(f"unknown tuner {name!r}; registered: {', '.join(sorted(TUNERS))}") from None
+        raise UnknownTunerError(f"unknown tuner {name!r}{did_you_mean(name, TUNERS)}; registered: "
+                                f"{', '.join(sorted(TUNERS))}") from None
     config = dict(config or {})
     if name in GUARD_OFF_BY_DEFAULT:
         config.setdefault("guard", False)

@@ -42,7 +42,7 @@ from typing import Any
 
 from autolrs import actions, divergence, lr_curve
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, require_int, require_positive
 from autolrs.tuners.phases import warmup_cosine
 from autolrs.tuners.range_test import SLOT as SWEEP_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
@@ -72,6 +72,7 @@ class AutoTuner(Tuner):
         "max_cuts": (5, "rollbacks before a divergence stops the job"),
         "use_val": (True, "score trials and watch overfitting on val_fn when there is one"),
     }
+    limits = {"candidates": 20, "max_cuts": 100}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -110,6 +111,10 @@ class AutoTuner(Tuner):
         self.trial_steps = max(5, round(c["trial_fraction"] * n))
         self.check_steps = max(10, round(c["check_fraction"] * n))
         self.warmup_frac = float(c["warmup_fraction"])
+        for key, steps in (("trial_fraction", self.trial_steps), ("check_fraction", self.check_steps)):
+            if steps > MAX_CHUNK:  # those runs carry an LR per step
+                raise ConfigError(f"auto: {key} of max_steps is {steps} steps per report; at most {MAX_CHUNK}: "
+                                  f"lower {key}")
         self.initial_lr = float(initial) if initial else self.sweep_min
         self._init_state()
 
@@ -365,6 +370,21 @@ class AutoTuner(Tuner):
 
     def in_search(self) -> bool:
         return self.phase in ("sweep", "trials")
+
+    def resume(self, step: int) -> None:
+        """A trainer restarted from its checkpoint at ``step`` holds none of the slots: a search
+        in progress starts again from there; training goes on, with its next plan saving a new
+        good point."""
+        step = max(0, int(step))
+        if self.phase in ("sweep", "trials"):
+            events = self.events
+            self._init_state()
+            self.events = events
+            self.sweep.step = step
+        elif self.phase == "train":
+            self.prefix = []
+            self.train["good_step"] = None
+        self.step = step
 
     def lr_bounds(self) -> tuple[float, float]:
         lo = min(self.sweep_min, self.initial_lr)

@@ -323,6 +323,15 @@ class AutoLRSStages(Tuner):
     def in_search(self) -> bool:
         return self.phase == "trial"
 
+    def resume(self, step: int) -> None:
+        """A stage in progress starts again at ``step``: its trials were measured from weights
+        (the stage slot, the best trial's) a restarted trainer no longer has. The steps they
+        took stay counted. The final run goes on at ``step``."""
+        self.step = max(0, int(step))
+        if self.phase in ("trial", "exploit"):
+            self.stage -= 1  # the same stage, from the beginning
+            self._start_stage()
+
     def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
         """The divergence guard undid training at ``info["lr_before"]``: the rest of the stage
         (or of the final run) trains at ``factor`` times its LR, and later stages search below

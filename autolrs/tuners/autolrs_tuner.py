@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from autolrs import gp, lr_curve
 from autolrs.actions import Observation
 from autolrs.tuners.autolrs_stages import AutoLRSStages, Settings
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_STEPS, ConfigError, Tuner, require_int, require_positive
 from autolrs.tuners.phases import ANNEALS, FinalAnneal, LinearWarmup, Sequence
 from autolrs.tuners.range_test import RangeTestTuner
 
@@ -95,6 +95,8 @@ class AutoLRSTuner(Tuner):
         "check_trials": (True, "a trial with a rising tail, spikes or outsized noise cannot win"),
         "preset": ("default", "'paper': the published method (the knobs in PAPER), for comparison"),
     }
+    limits: ClassVar[dict[str, int]] = {"auto_num_iter": 1000, "tau": MAX_STEPS, "tau_max": MAX_STEPS, "k": 100,
+                                        "warmup_steps": MAX_STEPS, "val_points": 1000}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         config = dict(config or {})
@@ -177,9 +179,10 @@ class AutoLRSTuner(Tuner):
                               "initial_lr (/100 and *10), so set both")
         return lo, hi
 
-    def _interval_from(self, rt: RangeTestTuner) -> tuple[float, float]:
+    def _interval_from(self, rt: Tuner) -> tuple[float, float]:
         """The interval the finished range test supports, or the defaults (``bounds_source``
         says which and why)."""
+        assert isinstance(rt, RangeTestTuner)  # the first part of the sequence _compose builds
         history = rt.history
         given = {key: None if self.auto[key] else self.config[key] for key in ("lr_min", "lr_max")}
         self.bounds_steps = max(len(history["lr"]), rt.pos)
@@ -259,6 +262,13 @@ class AutoLRSTuner(Tuner):
 
     def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
         self.core.on_rollback(factor, info)
+
+    def resume(self, step: int) -> None:
+        """A trainer restarted from its checkpoint at ``step`` holds none of the stage's slots: a
+        range test or a stage in progress starts again from there (its trials were measured
+        from weights the trainer no longer has); warm-up and the final run go on at ``step``
+        (each part's ``resume``)."""
+        self.core.resume(max(0, int(step)))
 
     def lr_bounds(self) -> tuple[float, float]:
         lo, hi = self._bounds()

@@ -17,8 +17,9 @@ import abc
 import math
 from typing import Any, Callable, ClassVar, Mapping
 
+from autolrs import actions
 from autolrs.actions import Observation
-from autolrs.errors import ConfigError
+from autolrs.errors import ConfigError, did_you_mean
 
 #: Keys the server fills in from the job's hello; every tuner accepts them.
 JOB_KEYS: dict[str, Any] = {
@@ -27,6 +28,13 @@ JOB_KEYS: dict[str, Any] = {
     "has_val_fn": False,  # whether the client can evaluate (``evaluate`` / ``eval_every``)
     "has_probe_fn": False,  # whether the client can carry out ``probe`` (it has a ``probe_fn``)
 }
+
+#: The largest step count any knob or job may name (``max_steps``, a schedule's period, ...):
+#: about 11 days at a step per millisecond. Bounds the work a job's requests can ask for.
+MAX_STEPS = 10**9
+#: The largest ``chunk`` of any tuner: the most per-step LRs one plan carries and the most
+#: losses one report holds.
+MAX_CHUNK = actions.MAX_RUN_LRS
 
 
 class Tuner(abc.ABC):
@@ -39,6 +47,10 @@ class Tuner(abc.ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     #: Renamed knobs, ``{old name: new name}``: see :meth:`canonical_config`.
     aliases: ClassVar[dict[str, str]] = {}
+    #: The largest value of each integer knob (a length, a count, a period): no job can ask the
+    #: server for more memory or work than these allow. Every integer knob has one (the tuner
+    #: contract test checks); the checks run before the tuner's own (:func:`check_limits`).
+    limits: ClassVar[dict[str, int]] = {}
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -50,6 +62,7 @@ class Tuner(abc.ABC):
         #: A note per deprecated knob name the config used (the server passes them to the client).
         self.deprecations: list[str] = notes
         self.config = resolve_config(self.name, {**JOB_KEYS, **self.defaults}, config, self.public_name)
+        check_limits(self.name, self.config, {"max_steps": MAX_STEPS, **self.limits}, self.public_name)
         self.seed = int(seed)
         #: Advice for the user about this job's set-up (e.g. a missing ``max_steps``): the server
         #: sends it in the hello reply and the callback shows each once as a warning.
@@ -81,6 +94,29 @@ class Tuner(abc.ABC):
         """A few numbers for status listings and logs (override to add more)."""
         return {}
 
+    def in_search(self) -> bool:
+        """Whether the plan ``ask()`` returns now belongs to a search (trials, a sweep, probes)
+        whose runs are undone or whose divergence is information. The server marks such a
+        plan's ``run`` (``"search": true``), so that a client cut off from the server at its
+        end does not train on at a trial's LR; the divergence guard
+        (:mod:`autolrs.tuners.guard`) leaves such plans alone."""
+        return False
+
+    def resume(self, step: int) -> None:
+        """The job's trainer restarted from its own checkpoint at global step ``step``: a new
+        process with that step's weights and none of the checkpoint slots earlier plans saved.
+        Go on from there: the next ``ask()`` must start at ``step`` and restore no slot saved
+        before. Default: nothing (a tuner whose plans restore no earlier slot and do not depend
+        on the step)."""
+
+    def ask_next(self) -> list[dict] | None:
+        """The plan that follows ``ask()``'s whatever the coming report says, when the tuner
+        knows it already (a schedule's next chunk), else None. It must be what ``ask()`` returns
+        after a ``tell`` of the report that ends the current run. The server sends it along
+        (``next``) so that a client whose report goes unanswered stays on plan meanwhile. No
+        side effects, like ``ask()``."""
+        return None
+
     @classmethod
     def canonical_config(cls, config: Mapping[str, Any]) -> tuple[dict, list[str]]:
         """``config`` with each renamed knob under the key this tuner reads, and a deprecation
@@ -104,12 +140,6 @@ class Tuner(abc.ABC):
     def public_name(cls, key: str) -> str:
         """The documented spelling of a key of :attr:`defaults`."""
         return cls.aliases.get(key, key)
-
-    def in_search(self) -> bool:
-        """Whether the plan ``ask()`` returns now belongs to a search (trials, a sweep, probes)
-        whose runs are undone or whose divergence is information: the divergence guard
-        (:mod:`autolrs.tuners.guard`) leaves such plans alone."""
-        return False
 
     def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
         """The divergence guard undid training back to its last good snapshot and multiplied
@@ -135,8 +165,10 @@ def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, 
     ``public_name``) and coerce numeric strings."""
     unknown = sorted(set(config) - set(defaults))
     if unknown:
-        raise ConfigError(f"{name}: unknown option(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(sorted(map(public_name, defaults)))}")
+        # The facts the server fills in from the hello are not the user's to set: not listed.
+        valid = sorted(public_name(key) for key in defaults if key not in JOB_KEYS)
+        hints = "".join(did_you_mean(key, valid) for key in unknown)
+        raise ConfigError(f"{name}: unknown option(s) {', '.join(unknown)}{hints}; valid: {', '.join(valid)}")
     merged = dict(defaults)
     for key, value in config.items():
         default = defaults[key]
@@ -150,6 +182,17 @@ def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, 
                     raise ConfigError(f"{name}: option {key!r} must be a number, got {value!r}") from None
         merged[key] = value
     return merged
+
+
+def check_limits(name: str, config: Mapping[str, Any], limits: Mapping[str, int],
+                 public_name: Callable[[str], str] = str) -> None:
+    """Refuse a knob above its limit (ConfigError naming it). Values of other types are left to
+    the tuner's own checks, which say what the knob must be."""
+    for key, cap in limits.items():
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value <= cap:
+            raise ConfigError(f"{name}: option {public_name(key)!r} is {value!r}; at most {cap} (a limit of the "
+                              "server: each job's memory and work are bounded)")
 
 
 def require_positive(value: Any, key: str) -> float:

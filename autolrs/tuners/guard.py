@@ -54,7 +54,7 @@ from typing import Any
 
 from autolrs import actions, divergence
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, check_limits, require_int, require_positive
 
 SLOT = "guard"
 STATE_VERSION = 1
@@ -68,6 +68,9 @@ KNOBS: dict[str, tuple[Any, str]] = {
     "guard_max": (5, "rollbacks in a row without a healthy window; one more divergence stops the job"),
 }
 DEFAULTS: dict[str, Any] = {name: default for name, (default, _meaning) in KNOBS.items()}
+#: The largest value of each integer knob, as a tuner's ``limits``: a segment's losses are a
+#: report's and live in the job's state until its window is judged.
+LIMITS: dict[str, int] = {"guard_every": MAX_CHUNK, "guard_max": 100}
 #: The default segment: this share of max_steps, within [MIN_EVERY, MAX_EVERY].
 EVERY_FRACTION, MIN_EVERY, MAX_EVERY = 0.02, 10, 100
 #: What the guard keeps of an inner run in flight (the run itself is the inner tuner's plan).
@@ -89,6 +92,7 @@ def check_knobs(knobs: Mapping[str, Any]) -> dict:
     """Validate the guard's knobs; ConfigError names the bad one."""
     if not isinstance(knobs["guard"], bool):
         raise ConfigError(f"option 'guard' must be true or false, got {knobs['guard']!r}")
+    check_limits("guard", knobs, LIMITS)
     every = None if knobs["guard_every"] is None else require_int(knobs, "guard_every", minimum=1)
     out = {"guard": knobs["guard"], "guard_every": every,
            "guard_factor": require_positive(knobs["guard_factor"], "guard_factor"),
@@ -113,7 +117,7 @@ class Guarded(Tuner):
     def __init__(self, inner: Tuner, every: int | None = None, factor: float = 0.5, max_rollbacks: int = 5):
         # Not Tuner.__init__: the config and the job's facts are the inner tuner's.
         self.inner = inner
-        self.name = inner.name
+        self.name = inner.name  # type: ignore[misc]  # the wrapper answers to its inner tuner's name
         self.config = inner.config
         self.seed = inner.seed
         self.notices = inner.notices
@@ -183,7 +187,7 @@ class Guarded(Tuner):
     def _compose(self, p: dict) -> tuple[list[dict], dict]:
         """The plan for the next segment of ``p`` and what it does to the guard's slot."""
         plan: list[dict] = []
-        effects = {"checkpoint": False, "discard": False, "restore": False, "run": None}
+        effects: dict[str, Any] = {"checkpoint": False, "discard": False, "restore": False, "run": None}
         if self._owed is not None:
             plan.append(actions.restore(SLOT))
             effects["restore"] = True
@@ -393,6 +397,41 @@ class Guarded(Tuner):
     def in_search(self) -> bool:
         return self.inner.in_search()
 
+    def ask_next(self) -> list[dict] | None:
+        """What a client cut off from the server trains on after the current plan: the rest of
+        the inner run in flight (unsplit, at the cut LRs), or, when the current plan ends it,
+        the inner tuner's next plan. It touches no slot: offline there is no guard, and the
+        server's reply, when it comes, takes over from wherever the client is."""
+        if self._stopped is not None:
+            return None
+        p = self._current()
+        last = p["last"]
+        if p["search"] or last["op"] != "run" or last.get("hypergrad") is not None:
+            return None  # (a hypergradient run's LR is the tuner's answer to its report)
+        run = self._compose(p)[1]["run"]
+        done = last["steps"] if p["whole"] else p["consumed"] + run["steps"]
+        if done >= last["steps"]:
+            if p["rollbacks"]:  # the inner tuner has not heard of the cuts yet
+                return None
+            after = self.inner.ask_next()
+            return None if after is None else [a for a in after if a["op"] in ("set_lr", "run")]
+        lrs = last.get("lrs")
+        every = last.get("eval_every", 0)
+        rest = actions.run(last["steps"] - done, last["start_step"] + done,
+                           lrs=None if lrs is None else [lr * p["scale"] for lr in lrs[done:]],
+                           eval_every=every if every and done % every == 0 else 0,
+                           collect=tuple(run.get("collect", ("loss",))))
+        return [_joined(rest, None if p["rollbacks"] else self.inner.ask_next())]
+
+    def resume(self, step: int) -> None:
+        """A trainer restarted from its own checkpoint at ``step``: no guard slot (the next
+        plan saves one), the run in flight dropped (the inner tuner resumes there)."""
+        self.inner.resume(step)
+        self._asked = self._pending = self._owed = None
+        self._slot, self._good_step, self._save_due = False, None, False
+        self._step = self._base_step = max(0, int(step))
+        self._window, self._window_steps, self._tail = [], 0, []
+
     def lr_bounds(self) -> tuple[float, float]:
         """The inner tuner's, down to 0: rollbacks cut LRs below anything it would send."""
         return (0.0, self.inner.lr_bounds()[1])
@@ -480,3 +519,16 @@ def _first_lr(plan: list[dict]) -> float | None:
         elif action["op"] == "run":
             return action["lrs"][0] if action.get("lrs") else lr
     return lr
+
+
+def _joined(rest: dict, after: list[dict] | None) -> dict:
+    """``rest`` followed by the inner tuner's next plan as one run, when that plan is one plain
+    run of explicit LRs (a schedule's next chunk): a client cut off from the server in the
+    middle of a chunk then stays on plan past its end, as it does without the guard."""
+    runs = [a for a in after or [] if a["op"] == "run"]
+    if (len(runs) != 1 or rest.get("lrs") is None or runs[0].get("lrs") is None or rest["eval_every"]
+            or runs[0]["eval_every"] or runs[0].get("hypergrad") is not None
+            or runs[0]["start_step"] != rest["start_step"] + rest["steps"]):
+        return rest
+    return actions.run(rest["steps"] + runs[0]["steps"], rest["start_step"], lrs=rest["lrs"] + runs[0]["lrs"],
+                       collect=tuple(rest["collect"]))

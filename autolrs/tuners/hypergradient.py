@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Mapping
 
 from autolrs import actions
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_nonnegative, require_positive
+from autolrs.tuners.base import MAX_CHUNK, MAX_STEPS, ConfigError, Tuner, require_int, require_nonnegative, require_positive
 
 
 #: ``lr_max`` when not set: this many times the initial LR.
@@ -54,6 +54,8 @@ class HypergradientTuner(Tuner):
         "every": (10, "steps per report"),
         "doubling_steps": (10, "the LR at most doubles or halves in this many steps; null: no limit"),
     }
+    #: A report holds a hypergradient per step of ``every``.
+    limits: ClassVar[dict[str, int]] = {"every": MAX_CHUNK, "doubling_steps": MAX_STEPS}
 
     #: The hyper-LR per training step when ``beta`` is not set, by the optimizer the client
     #: reports (before its first report, and for a client that does not say: SGD's).

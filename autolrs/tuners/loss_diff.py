@@ -47,6 +47,9 @@ class LossDiffTuner(Tuner):
         "method": ("mean", "the rule reported as best_lr (and applied with apply_best): mean, median, variance, max"),
         "apply_best": (False, "after the restore set the best LR instead of the initial one"),
     }
+    #: The job's state holds a loss change per subsample and LR, saved after every report: at
+    #: most 100 x 100 of them (about 250 kB).
+    limits = {"num_evals": 100, "num_subsamples": 100}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -57,8 +60,6 @@ class LossDiffTuner(Tuner):
         self.initial_lr = None if c["initial_lr"] is None else require_positive(c["initial_lr"], "initial_lr")
         lr_min, lr_max = require_positive(c["lr_min"], "lr_min"), require_positive(c["lr_max"], "lr_max")
         num_evals = require_int(c, "num_evals", minimum=1)
-        if num_evals > actions.MAX_PROBE_LRS:
-            raise ConfigError(f"loss_diff: num_evals must be <= {actions.MAX_PROBE_LRS}")
         if c["spacing"] not in delta_stats.SPACINGS:
             raise ConfigError(f"loss_diff: spacing must be one of {delta_stats.SPACINGS}, got {c['spacing']!r}")
         try:

@@ -100,12 +100,28 @@ class Sequence(_Wrapper):
         self.carry = []
         self.second.tell(_shift_observation(observation, self.offset))
 
-    def _switch(self, carry: list[dict], step: int) -> None:
+    def _switch(self, carry: list[dict], step: int) -> Tuner:
         self.carry, self.offset = carry, step
         self.second = self.then(self.first, step)
+        return self.second
 
     def in_search(self) -> bool:
         return self.active.in_search()
+
+    def resume(self, step: int) -> None:
+        """A restarted trainer at ``step``: the part that ran there goes on (a checkpoint from
+        before the switch takes the job back to the first part). The first's closing actions
+        that touch its slots are dropped: the trainer no longer has them."""
+        if self.second is not None and step < self.offset:
+            self.second, self.carry, self.offset = None, [], 0
+        if self.second is None:
+            self.first.resume(step)
+            closing = self.first.ask()
+            if closing[-1]["op"] == "stop":
+                self._switch([a for a in closing[:-1] if a["op"] == "set_lr"], step)
+            return
+        self.carry = [a for a in self.carry if a["op"] == "set_lr"]
+        self.second.resume(step - self.offset)
 
     def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
         self.active.on_rollback(factor, info)
@@ -122,8 +138,7 @@ class Sequence(_Wrapper):
         self.first.load_state_dict(state["first"])
         self.second = None
         if state["switched"]:
-            self._switch([dict(a) for a in state["carry"]], int(state["offset"]))
-            self.second.load_state_dict(state["second"])
+            self._switch([dict(a) for a in state["carry"]], int(state["offset"])).load_state_dict(state["second"])
 
     def summary(self) -> dict:
         return self.active.summary()
@@ -156,6 +171,11 @@ class LinearWarmup(_Wrapper):
 
     def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
         self.lr *= factor  # the rest of the ramp, to the cut target
+
+    def resume(self, step: int) -> None:
+        """The ramp goes on at ``step`` (its own steps count from 0)."""
+        self.step = max(0, int(step))
+        self.done = min(self.steps, self.step)
 
     def lr_bounds(self) -> tuple[float, float]:
         return (self.lr / self.steps, self.lr)
@@ -227,7 +247,7 @@ class FinalAnneal(_Wrapper):
                 return
             _, lr, n = final
             last = self.inner.ask()[-1]
-            self.anneal = {"lr": lr, "n": n, "done": 0, "losses": [], "evals": [],
+            self.anneal = {"lr": lr, "n": n, "done": 0, "start": self.step, "losses": [], "evals": [],
                            "extra": {"eval_every": last.get("eval_every", 0),
                                      "collect": list(last.get("collect", ("loss",)))}}
         a = self.anneal
@@ -251,6 +271,25 @@ class FinalAnneal(_Wrapper):
 
     def in_search(self) -> bool:
         return self.anneal is None and self.inner.in_search()
+
+    def resume(self, step: int) -> None:
+        """The annealed run goes on at ``step`` (at that step's LR); before it, the inner tuner
+        resumes there."""
+        a = self.anneal
+        if a is not None and step >= a.get("start", self.step - a["done"]):
+            a["done"] = min(a["n"], step - a.get("start", self.step - a["done"]))
+            a["evals"] = [[p, v] for p, v in a["evals"] if p <= a["done"]]
+            self.step = step
+            if a["done"]:
+                self.lr = annealed_lr(a["lr"], a["done"] - 1, a["n"], self.kind)
+            if a["done"] >= a["n"]:
+                self.anneal = None
+                self.inner.tell(Observation(step=step, steps=a["done"], losses=a["losses"],
+                                            evals=[(p, v) for p, v in a["evals"]]))
+            return
+        self.anneal = None
+        self.step = max(0, int(step))
+        self.inner.resume(self.step)
 
     def on_rollback(self, factor: float, info: Mapping[str, Any]) -> None:
         if self.anneal is not None:

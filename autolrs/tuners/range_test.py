@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from autolrs import actions, lr_curve
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, require_int, require_positive
 
 SLOT = "range_test"
 
@@ -53,6 +53,8 @@ class RangeTestTuner(Tuner):
         "skip_start": (None, "points the suggestion skips at the start; null: the method's default"),
         "skip_end": (None, "points the suggestion skips at the end; null: the method's default"),
     }
+    #: num_iter points of history live in the job's state, saved after every report.
+    limits = {"num_iter": 1000, "chunk": MAX_CHUNK, "skip_start": 1000, "skip_end": 1000}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
@@ -75,8 +77,6 @@ class RangeTestTuner(Tuner):
         if self.val and not c["has_val_fn"]:
             raise ConfigError("range_test: val: true needs a val_fn in the callback")
         self.chunk = require_int(c, "chunk", minimum=1)
-        if self.chunk > 10_000:
-            raise ConfigError("range_test: chunk must be <= 10000 (the most losses one report carries)")
         if c["method"] not in lr_curve.METHODS:
             raise ConfigError(f"range_test: method must be one of {lr_curve.METHODS}, got {c['method']!r}")
         self.method = c["method"]
@@ -143,7 +143,7 @@ class RangeTestTuner(Tuner):
         ran = min(n, max(0, obs.steps)) or n
         late = n - ran
         if self.val:
-            points = [(late + p - 1, v) for p, v in obs.evals if 1 <= p <= ran]
+            points = [(late + int(p) - 1, v) for p, v in obs.evals if 1 <= p <= ran]
         else:
             losses = obs.losses[-ran:]
             points = [(n - len(losses) + j, v) for j, v in enumerate(losses)]
@@ -159,6 +159,13 @@ class RangeTestTuner(Tuner):
 
     def in_search(self) -> bool:
         return True  # the sweep is undone by the final restore; its divergence is its result
+
+    def resume(self, step: int) -> None:
+        """A sweep in progress starts again at ``step`` (its start's slot is gone with the
+        trainer); a finished one stands."""
+        if self.done is None:
+            self._reset()
+            self.step = max(0, int(step))
 
     def lr_bounds(self) -> tuple[float, float]:
         lrs = [self.start_lr, self.end_lr] + ([self.initial_lr] if self.initial_lr is not None else [])

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from autolrs import actions
 from autolrs.actions import Observation
-from autolrs.tuners.base import ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.base import MAX_CHUNK, MAX_STEPS, ConfigError, Tuner, require_int, require_positive
 
 #: Segment means and evaluations kept in the state (the oldest are dropped beyond this; the
 #: job log keeps every report).
@@ -37,13 +37,12 @@ class RecordTuner(Tuner):
         "lr_max": (None, "upper end of that interval (recorded only)"),
         "interval_source": (None, "how that interval was chosen (free text, recorded only)"),
     }
+    limits = {"chunk": MAX_CHUNK, "eval_every": MAX_STEPS}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
         c = self.config
         self.chunk = require_int(c, "chunk", minimum=1)
-        if self.chunk > 10_000:
-            raise ConfigError("record: chunk must be <= 10000 (the most losses one report carries)")
         self.eval_every = require_int(c, "eval_every", minimum=0)
         if self.eval_every and not c["has_val_fn"]:
             raise ConfigError("record: eval_every needs a val_fn in the callback")

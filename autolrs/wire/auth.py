@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import threading
 import time
@@ -38,6 +39,9 @@ ENV_SERVER_KEY = "AUTOLRS_SERVER_KEY"
 #: Shorter secrets are refused: HMAC is only as strong as a secret nobody can guess.
 MIN_SECRET_BYTES = 16
 DEFAULT_WINDOW_S = 120.0
+#: The whole auth frame: the scheme, a timestamp of at most 16 digits (milliseconds: good until
+#: the year 318857), 32 hex digits of nonce and 64 of MAC. Anything else is malformed.
+_FRAME = re.compile(rb"(autolrs-hmac1 ([0-9]{1,16}) ([0-9a-f]{32})) ([0-9a-f]{64})")
 
 
 class AuthError(Exception):
@@ -144,28 +148,29 @@ class Verifier:
         self._lock = threading.Lock()
 
     def verify(self, payload: bytes, auth: bytes | None, now: float | None = None) -> None:
-        """Return if ``auth`` is a valid, fresh signature of ``payload``; raise AuthError if not."""
+        """Return if ``auth`` is a valid, fresh signature of ``payload``; raise AuthError if not
+        (and nothing else, whatever the frame holds)."""
         if auth is None:
             raise AuthError("this server requires signed requests (a shared secret: AUTOLRS_SECRET or a "
                             "secret file); the request carried no signature")
-        parts = auth[len(_PREFIX):].split(b" ")
-        if not auth.startswith(_PREFIX) or len(parts) != 3 or not parts[0].isdigit() or len(parts[1]) != 32:
-            raise AuthError("malformed auth frame")
-        header = auth[: len(auth) - len(parts[2]) - 1]
-        if not hmac.compare_digest(_mac(self._key, header, payload).encode("ascii"), parts[2]):
+        match = _FRAME.fullmatch(auth)
+        if match is None:
+            raise AuthError("malformed auth frame (expected 'autolrs-hmac1 <ts_ms> <nonce: 32 hex> <mac: 64 hex>')")
+        header, ts_ms, nonce, mac = match.groups()
+        if not hmac.compare_digest(_mac(self._key, header, payload).encode("ascii"), mac):
             raise AuthError("bad signature: the client's secret is not the server's, or the request was altered")
         now = time.time() if now is None else now
-        skew = int(parts[0]) / 1000.0 - now
+        skew = int(ts_ms) / 1000.0 - now  # at most 16 digits: a float, never an overflow
         if abs(skew) > self.window:
             raise AuthError(f"request timestamp is {skew:+.0f} s from the server's clock (allowed: "
                             f"{self.window:g} s); a replay, or clocks out of sync")
-        nonce = parts[1].decode("ascii", "replace")
+        nonce_text = nonce.decode("ascii")
         with self._lock:
             self._forget(now)
-            if nonce in self._seen:
+            if nonce_text in self._seen:
                 raise AuthError("replayed request: this signature's nonce was already used")
-            self._seen.add(nonce)
-            self._order.append((now + 2 * self.window, nonce))
+            self._seen.add(nonce_text)
+            self._order.append((now + 2 * self.window, nonce_text))
 
     def _forget(self, now: float) -> None:
         order, seen = self._order, self._seen

@@ -26,7 +26,7 @@ ping       :class:`Ping` (empty)    :class:`PingReply`: protocol and server vers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 from autolrs import actions
 from autolrs.actions import Observation
@@ -42,7 +42,7 @@ class BodyError(ValueError):
 # --- field checks ------------------------------------------------------------------------------
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -80,6 +80,19 @@ def _plan(body: dict) -> list[dict]:
         return actions.validate_plan(body.get("plan"))
     except ValueError as exc:
         raise BodyError(f"invalid plan: {exc}") from None
+
+
+def _next(body: dict) -> list[dict] | None:
+    """The optional prefetched plan of a hello or report reply."""
+    if body.get("next") is None:
+        return None
+    try:
+        plan = actions.validate_plan(body["next"])
+    except ValueError as exc:
+        raise BodyError(f"invalid next plan: {exc}") from None
+    if plan[-1]["op"] != "run":
+        raise BodyError("invalid next plan: it must end with 'run'")
+    return plan
 
 
 def _strings(body: dict, key: str) -> tuple[str, ...]:
@@ -143,23 +156,32 @@ class Hello:
 @dataclass(frozen=True)
 class HelloReply:
     """The job's first plan; ``resumed``: the server already held this job and carries on with
-    it; ``seed``: the seed its tuner uses. ``notices``: the tuner's advice about the job's set-up
-    (e.g. a missing ``max_steps``); ``deprecations``: notes on knob names the tuner still accepts
-    but will drop. The callback shows each once, as a warning (a deprecation warning for the
-    second kind). Both are left out when empty."""
+    it; ``seed``: the seed its tuner uses. ``credential``: the job's credential, in the reply
+    that created the job only: every later hello, report and goodbye of the job must carry it
+    (the envelope's ``credential``). ``notices``: the tuner's advice about the job's set-up
+    (e.g. a missing ``max_steps``); ``deprecations``: notes on knob names the tuner still
+    accepts but will drop. The callback shows each once, as a warning (a deprecation warning
+    for the second kind). ``next``: the plan that follows this one whatever the report says
+    (see :class:`ReportReply`). The last four are left out when empty."""
 
     plan: list
     resumed: bool = False
     seed: int | None = None
+    credential: str | None = None
     notices: tuple[str, ...] = ()
     deprecations: tuple[str, ...] = ()
+    next: list | None = None
 
     def to_body(self) -> dict:
         body = {"plan": self.plan, "resumed": self.resumed, "seed": self.seed}
+        if self.credential is not None:
+            body["credential"] = self.credential
         if self.notices:
             body["notices"] = list(self.notices)
         if self.deprecations:
             body["deprecations"] = list(self.deprecations)
+        if self.next is not None:
+            body["next"] = self.next
         return body
 
     @classmethod
@@ -167,8 +189,12 @@ class HelloReply:
         seed = body.get("seed")
         if seed is not None and not _is_int(seed):
             raise BodyError("'seed' must be an integer or null")
-        return cls(plan=_plan(body), resumed=_bool(body, "resumed", False), seed=seed,
-                   notices=_strings(body, "notices"), deprecations=_strings(body, "deprecations"))
+        credential = body.get("credential")
+        if credential is not None and (not isinstance(credential, str) or not credential):
+            raise BodyError("'credential' must be a non-empty string or null")
+        return cls(plan=_plan(body), resumed=_bool(body, "resumed", False), seed=seed, credential=credential,
+                   notices=_strings(body, "notices"), deprecations=_strings(body, "deprecations"),
+                   next=_next(body))
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -206,16 +232,23 @@ class Report:
 
 @dataclass(frozen=True)
 class ReportReply:
-    """The next plan."""
+    """The next plan. ``next`` (optional): the plan after it when the tuner knows it already,
+    whatever the coming report says (a schedule's next chunk); a client whose report at the end
+    of ``plan``'s run gets no answer in time carries it out meanwhile, so it stays on plan
+    through an outage shorter than that plan. Left out when the tuner cannot tell."""
 
     plan: list
+    next: list | None = None
 
     def to_body(self) -> dict:
-        return {"plan": self.plan}
+        body: dict = {"plan": self.plan}
+        if self.next is not None:
+            body["next"] = self.next
+        return body
 
     @classmethod
     def from_body(cls, body: dict) -> "ReportReply":
-        return cls(plan=_plan(body))
+        return cls(plan=_plan(body), next=_next(body))
 
 
 # --- goodbye -------------------------------------------------------------------------------------
@@ -224,22 +257,30 @@ class ReportReply:
 @dataclass(frozen=True)
 class Goodbye:
     """The client is done with the job (``reason``: ``done`` or ``error``, or free text) at
-    global step ``step`` (None: unknown). The job is then finished on the server."""
+    global step ``step`` (None: unknown), its base LR then being ``lr`` (optional). The job is
+    then finished on the server."""
 
     KIND: ClassVar[str] = "goodbye"
 
     step: int | None = None
     reason: str = ""
+    lr: float | None = None
 
     def to_body(self) -> dict:
-        return {"step": self.step, "reason": self.reason}
+        body: dict[str, Any] = {"step": self.step, "reason": self.reason}
+        if self.lr is not None:
+            body["lr"] = self.lr
+        return body
 
     @classmethod
     def from_body(cls, body: dict) -> "Goodbye":
         reason = body.get("reason", "")
         if not isinstance(reason, str):
             raise BodyError("'reason' must be a string")
-        return cls(step=_int(body, "step", None, nullable=True), reason=reason)
+        lr = body.get("lr")
+        if lr is not None and not _is_number(lr):
+            raise BodyError("'lr' must be a number or null")
+        return cls(step=_int(body, "step", None, nullable=True), reason=reason, lr=None if lr is None else float(lr))
 
 
 @dataclass(frozen=True)
@@ -263,8 +304,9 @@ class GoodbyeReply:
 
 @dataclass(frozen=True)
 class Status:
-    """The server and every job it holds (an operator's view; a job reads its own summary from
-    the goodbye reply). Empty body."""
+    """The server and the jobs it holds (an operator's view; a job reads its own summary from
+    the goodbye reply). Empty body; the envelope's ``credential`` may carry the server's admin
+    token, which shows every job in full."""
 
     KIND: ClassVar[str] = "status"
 
@@ -278,10 +320,12 @@ class Status:
 
 @dataclass(frozen=True)
 class StatusReply:
-    """``server``: ``version``, ``protocol``, ``uptime_s``, ``sessions`` (how many). ``sessions``:
-    one row per job, sorted by job id: ``job_id``, ``tuner``, ``status`` (``active``,
-    ``finished`` or ``expired``), ``step``, ``lr``, ``created``, ``updated`` (Unix times),
-    ``requests``, ``summary`` (its tuner's)."""
+    """``server``: ``version``, ``protocol``, ``uptime_s``, ``sessions`` (how many), ``admin``
+    (whether the request carried the admin token). ``sessions``: one row per job, sorted by job
+    id. For the admin: ``job_id``, ``tuner``, ``status`` (``active``, ``finished`` or
+    ``expired``), ``step``, ``lr`` (the base LR its trainer trains at as of its last exchange),
+    ``created``, ``updated`` (Unix times), ``requests``, ``summary`` (its tuner's). For anyone
+    else the minimal row: ``job_id`` and ``status``."""
 
     server: dict
     sessions: list
@@ -292,6 +336,7 @@ class StatusReply:
     @classmethod
     def from_body(cls, body: dict) -> "StatusReply":
         server = _dict(body, "server", nullable=False)
+        assert server is not None  # nullable=False raised otherwise
         sessions = body.get("sessions")
         if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
             raise BodyError("'sessions' must be a list of objects")
@@ -333,6 +378,6 @@ class PingReply:
 
 
 #: Request kind -> its body class, and the body class of its reply.
-REQUESTS: dict[str, type] = {cls.KIND: cls for cls in (Hello, Report, Goodbye, Status, Ping)}
-REPLIES: dict[str, type] = {"hello": HelloReply, "report": ReportReply, "goodbye": GoodbyeReply,
+REQUESTS: dict[str, Any] = {cls.KIND: cls for cls in (Hello, Report, Goodbye, Status, Ping)}
+REPLIES: dict[str, Any] = {"hello": HelloReply, "report": ReportReply, "goodbye": GoodbyeReply,
                             "status": StatusReply, "ping": PingReply}

@@ -31,8 +31,15 @@ REQUEST_KINDS = ("hello", "report", "goodbye", "status", "ping")
 JOB_KINDS = ("hello", "report", "goodbye")
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+#: The largest integer any message may carry (a 64-bit signed one): larger ones make the frame
+#: malformed, so no step, seq or knob can be a number that overflows a float or a C integer.
+MAX_INT = 2**63 - 1
+#: Longest ``client_id`` and ``credential`` strings.
+MAX_ID_CHARS = 64
+MAX_CREDENTIAL_CHARS = 128
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Matched whole (re.fullmatch): "$" would also accept a trailing newline.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ErrorCode:
@@ -86,7 +93,7 @@ def _tag_nonfinite(value: Any) -> Any:
 def _untag_nonfinite(obj: dict) -> Any:
     if len(obj) == 1 and _FLOAT_TAG in obj:
         tag = obj[_FLOAT_TAG]
-        if tag not in _SPECIAL:
+        if not isinstance(tag, str) or tag not in _SPECIAL:
             raise ValueError(f"unknown {_FLOAT_TAG} value {tag!r}")
         return _SPECIAL[tag]
     return obj
@@ -101,11 +108,29 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(_tag_nonfinite(obj), allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
+def _parse_int(text: str) -> int:
+    # Checked on the digits first: converting a 4,000-digit number is itself slow.
+    if len(text.lstrip("-")) > 19 or abs(value := int(text)) > MAX_INT:
+        raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is out of range "
+                         f"(at most {MAX_INT} in magnitude)")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: standard JSON would give inf silently
+        raise ValueError(f"number {text[:24]} is out of the float range; non-finite values travel as "
+                         f"{{\"{_FLOAT_TAG}\": ...}}")
+    return value
+
+
 def loads(frame: bytes) -> Any:
-    """Decode a frame; raises ProtocolError(MALFORMED) for anything that is not valid v1 JSON."""
+    """Decode a frame; raises ProtocolError(MALFORMED) for anything that is not valid v1 JSON,
+    including integers beyond :data:`MAX_INT` and numbers beyond the float range."""
     try:
         text = frame.decode("utf-8")
-        return json.loads(text, object_hook=_untag_nonfinite, parse_constant=_reject_constant)
+        return json.loads(text, object_hook=_untag_nonfinite, parse_constant=_reject_constant,
+                          parse_int=_parse_int, parse_float=_parse_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"frame is not valid protocol JSON: {exc}") from None
 
@@ -114,8 +139,9 @@ def loads(frame: bytes) -> Any:
 
 
 def request(kind: str, body: dict | None = None, *, job_id: str | None = None,
-            client_id: str | None = None, seq: int | None = None) -> dict:
-    """Build a request envelope (a dict; ``dumps`` it to send)."""
+            client_id: str | None = None, seq: int | None = None, credential: str | None = None) -> dict:
+    """Build a request envelope (a dict; ``dumps`` it to send). ``credential``: the job's
+    credential (job requests) or the server's admin token (``status``)."""
     if kind not in REQUEST_KINDS:
         raise ValueError(f"unknown request kind {kind!r}")
     msg: dict = {"v": PROTOCOL_VERSION, "type": f"{kind}_request", "body": body or {}}
@@ -125,6 +151,8 @@ def request(kind: str, body: dict | None = None, *, job_id: str | None = None,
         msg["client_id"] = client_id
     if seq is not None:
         msg["seq"] = seq
+    if credential is not None:
+        msg["credential"] = credential
     return msg
 
 
@@ -169,19 +197,39 @@ def validate_request(msg: Any) -> tuple[str, dict]:
     body = msg.get("body", {})
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'body' must be an object")
+    credential = msg.get("credential")
+    if credential is not None and (not isinstance(credential, str) or not 0 < len(credential) <= MAX_CREDENTIAL_CHARS):
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"field 'credential' must be a string of 1-{MAX_CREDENTIAL_CHARS} characters")
     if kind in JOB_KINDS:
         job_id = msg.get("job_id")
-        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        if not is_valid_job_id(job_id):
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 "field 'job_id' must be 1-128 characters of letters, digits, '.', '_' or '-'")
         seq = msg.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'seq' must be a non-negative integer")
         client_id = msg.get("client_id")
-        if not isinstance(client_id, str) or not 0 < len(client_id) <= 64:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'client_id' must be a string of 1-64 characters")
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID_CHARS:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"field 'client_id' must be a string of 1-{MAX_ID_CHARS} characters")
     return kind, body
 
 
+_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*|\*):([0-9]{1,5})")
+
+
+def check_endpoint(endpoint: Any) -> str:
+    """``endpoint`` if it is ``tcp://HOST:PORT`` (HOST a name, an IPv4 address or a bracketed
+    IPv6 one; PORT 1-65535), else ValueError saying what is expected."""
+    match = _ENDPOINT.fullmatch(endpoint) if isinstance(endpoint, str) else None
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"server address {endpoint!r} is not valid: expected tcp://HOST:PORT, e.g. "
+                         "tcp://127.0.0.1:5555")
+    return endpoint
+
+
 def is_valid_job_id(job_id: Any) -> bool:
-    return isinstance(job_id, str) and bool(_JOB_ID.match(job_id))
+    """Whether ``job_id`` is 1-128 letters, digits, '.', '_' or '-', starting with a letter or
+    digit (the whole string: no trailing newline)."""
+    return isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) is not None

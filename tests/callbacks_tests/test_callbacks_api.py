@@ -75,7 +75,8 @@ def test_state_dict_is_plain_versioned_data(peer):
             cb.step(1.0)
         state = cb.state_dict()
     assert json.loads(json.dumps(state)) == state  # plain data: fits any checkpoint
-    assert state["version"] == STATE_VERSION == 1
+    assert state["version"] == STATE_VERSION == 2
+    assert state["credential"] is None  # this scripted peer issues none; a real server does
     hello = p.requests("hello")[0]
     assert state["job"] == "sd-job" and state["client_id"] == hello["client_id"] and state["seq"] == 1
     assert state["step"] == 2 and state["tuner"] == "cosine" and state["config"] == {"T_0": 7}
@@ -91,7 +92,7 @@ def test_load_state_dict_takes_the_job_over_at_its_step_as_a_new_client(peer):
     saved = {"version": 1, "job": "old-job", "client_id": "f" * 32, "seq": 9, "step": 120, "skipped_steps": 2,
              "reports": 11, "stopped": False, "tuner": "constant", "config": {},
              "lrs": {"base": 0.2, "initial": 0.1, "initial_lrs": [0.1, 0.01], "ratios": [1.0, 0.1]},
-             "credential": "a field of a later version: ignored"}
+             "later": "a field of a later version: ignored"}
     with AutoLRS(model, optimizer, server=p.endpoint, timeout=2.0) as cb:
         first_job = cb.job
         cb.load_state_dict(saved)
@@ -117,7 +118,7 @@ def test_load_state_dict_of_a_stopped_job_asks_nothing(peer):
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"version": 2}, "version"), ({"version": "1"}, "version"), ({"job": "../x"}, "job id"),
+    ({"version": 3}, "version"), ({"version": "1"}, "version"), ({"job": "../x"}, "job id"),
     ({"step": -1}, "step"), ({"tuner": "cosine"}, "tuner"), ({"config": {"lr": 1}}, "config"),
     ({"lrs": {"base": 0.1}}, "'ratios'|ratios"),
 ])

@@ -58,7 +58,7 @@ def test_hello_body_and_default_job_id(peer):
                              "step": 0, "max_steps": 100, "has_val_fn": True, "seed": 7}
     assert protocol.is_valid_job_id(cb.job) and hello["job_id"] == cb.job
     assert re.search(rf"-{os.getpid()}-[0-9a-f]{{6}}$", cb.job), cb.job
-    assert script.goodbyes[0]["body"] == {"step": 0, "reason": "done"}
+    assert script.goodbyes[0]["body"] == {"step": 0, "reason": "done", "lr": 0.1}
     cb.close()  # idempotent
     assert len(script.goodbyes) == 1
 
@@ -93,7 +93,7 @@ def test_lrs_follow_the_plan_and_group_ratios_are_kept(peer):
     assert reports[0]["losses"] + reports[1]["losses"] + reports[2]["losses"] == losses  # exact floats
     assert all(type(x) is float for r in reports for x in r["losses"])
     assert all(r["evals"] == [] for r in reports)
-    assert script.goodbyes[0]["body"] == {"step": 12, "reason": "done"}
+    assert script.goodbyes[0]["body"] == {"step": 12, "reason": "done", "lr": 0.02}
 
 
 @pytest.mark.parametrize("storage", ["memory", "disk"])
@@ -113,7 +113,8 @@ def test_checkpoint_restore_evaluate(peer, storage, tmp_path):
         calls.append((snapshot(model, optimizer), float(optimizer.param_groups[0]["lr"])))
         return val_loss(model)
 
-    with make(p.endpoint, model, optimizer, val_fn=val_fn, checkpoint=storage, checkpoint_dir=tmp_path) as cb:
+    with make(p.endpoint, model, optimizer, val_fn=val_fn, checkpoint=storage,
+              checkpoint_dir=tmp_path if storage == "disk" else None) as cb:
         train(cb, model, optimizer, DigitsBatches(), 20)
         assert cb.should_stop and cb.global_step == 7
         # Both restores went back to step 0: steps 1-3, then 1-7, are off the training path.
@@ -198,7 +199,7 @@ def test_invalid_plan_warns_once_and_training_goes_on(peer):
     assert [r["type"] for r in p.received] == ["hello_request", "goodbye_request"]
 
 
-@pytest.mark.parametrize("code", ["unknown_tuner", "bad_config", "job_conflict"])
+@pytest.mark.parametrize("code", ["unknown_tuner", "bad_config"])
 def test_rejected_hello_raises_config_error_and_cleans_up(peer, code, tmp_path):
     p = peer(ScriptedTuner([], errors={0: code}))
     model = make_mlp()
@@ -206,6 +207,18 @@ def test_rejected_hello_raises_config_error_and_cleans_up(peer, code, tmp_path):
     with pytest.raises(AutoLRSConfigError, match=code):
         make(p.endpoint, model, optimizer, checkpoint="disk", checkpoint_dir=tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_job_held_by_another_trainer_raises_at_the_first_step(peer, tmp_path):
+    # The constructor cannot tell a second trainer from the job's own, restarting one (which
+    # loads its credential after construction): the refusal is raised at the first step.
+    p = peer(ScriptedTuner([], errors={0: "job_conflict"}))
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(AutoLRSConfigError, match="job_conflict.*load_state_dict"):
+        with make(p.endpoint, model, optimizer, checkpoint="disk", checkpoint_dir=tmp_path) as cb:
+            train(cb, model, optimizer, DigitsBatches(), 1)
+    assert os.listdir(tmp_path) == [] and p.requests("goodbye") == []
 
 
 def test_other_hello_errors_fail_open(peer):

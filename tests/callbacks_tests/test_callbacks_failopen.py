@@ -177,7 +177,7 @@ def test_exception_inside_with_says_goodbye_with_error_and_removes_files(peer, t
             cb.step(1.0)
             1 / 0
     assert os.listdir(tmp_path) == []
-    assert script.goodbyes[0]["body"] == {"step": 1, "reason": "error"}
+    assert script.goodbyes[0]["body"] == {"step": 1, "reason": "error", "lr": 0.1}
 
 
 def test_goodbye_to_a_dead_server_is_short(peer):

@@ -5,12 +5,16 @@ from __future__ import annotations
 import gc
 import os
 import random
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from autolrs.callbacks.state import CheckpointStore
+from callbacks_testlib import peer  # noqa: F401  (fixture)
 from autolrs.testing.bitwise import assert_bitwise_equal, snapshot
 from autolrs.testing.training import DigitsBatches, make_mlp, train_step
 
@@ -174,3 +178,55 @@ def test_bad_storage_is_refused():
     model = make_mlp()
     with pytest.raises(ValueError):
         CheckpointStore(model, torch.optim.SGD(model.parameters(), lr=0.1), storage="cloud")
+
+
+DIES = """
+import os, signal, sys, torch
+from autolrs.callbacks.state import CheckpointStore
+from autolrs.testing.training import make_mlp
+model = make_mlp()
+store = CheckpointStore(model, torch.optim.SGD(model.parameters(), lr=0.1), storage="disk", directory=sys.argv[1])
+store.save("stage")
+print(store.path, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close(), no finalizer, no atexit
+"""
+
+
+def test_folders_of_killed_processes_are_swept_by_the_next_store(tmp_path):
+    result = subprocess.run([sys.executable, "-c", DIES, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    dead = result.stdout.strip()
+    assert os.path.isdir(dead) and os.listdir(dead) == ["slot-1.pt"]
+    host = os.path.basename(dead).split("-")[2]
+    assert os.path.basename(dead).startswith(f"autolrs-ckpt-{host}-")
+    # Folders the sweep must leave: a live process's (this one's), another host's, not ours at all.
+    model = make_mlp()
+    live = CheckpointStore(model, torch.optim.SGD(model.parameters(), lr=0.1), storage="disk", directory=tmp_path)
+    live.save("x")
+    other_host = tmp_path / "autolrs-ckpt-another.host-999999999-abc"  # that pid is nobody's here
+    other_host.mkdir()
+    unrelated = tmp_path / "my-own-folder-123"
+    unrelated.mkdir()
+    second = CheckpointStore(model, torch.optim.SGD(model.parameters(), lr=0.1), storage="disk", directory=tmp_path)
+    assert not os.path.exists(dead)
+    assert os.path.isdir(live.path) and other_host.is_dir() and unrelated.is_dir()
+    live.close()
+    second.close()
+
+
+def test_checkpoint_dir_is_honoured(tmp_path, peer):
+    from autolrs import actions
+    from autolrs.callbacks import AutoLRS
+    from autolrs.testing.peer import ScriptedTuner
+
+    p = peer(ScriptedTuner([[actions.checkpoint("stage"), actions.run(3, 0)]]))
+    model = make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    folder = tmp_path / "not-made-yet" / "ckpts"
+    with AutoLRS(model, optimizer, server=p.endpoint, checkpoint_dir=folder, timeout=2.0) as cb:
+        assert cb._checkpoints.storage == "disk"  # a folder given means disk checkpoints
+        (made,) = os.listdir(folder)
+        assert os.listdir(folder / made) == ["slot-1.pt"]
+    assert os.listdir(folder) == []
+    with pytest.raises(ValueError, match="checkpoint='disk'"):
+        AutoLRS(model, optimizer, server=p.endpoint, checkpoint="memory", checkpoint_dir=folder)

@@ -70,8 +70,8 @@ def test_unsigned_wrong_altered_stale_and_replayed_requests_are_refused(live_ser
     refused(raw_call(server.endpoint, [frame, signature]), "replayed")
     assert jobs_on_disk(state) == ["job-a"]
 
-    # a signed status shows the replay changed nothing: one request applied
-    with Client(server.endpoint, "probe", secret=SECRET) as client:
+    # a signed status (with the admin token) shows the replay changed nothing: one request applied
+    with Client(server.endpoint, "probe", secret=SECRET, credential=server.admin_token()) as client:
         sessions = client.request("status")["sessions"]
     assert [(s["job_id"], s["requests"]) for s in sessions] == [("job-a", 1)]
 
@@ -94,7 +94,7 @@ def test_client_signs_every_resend_and_the_cli_needs_the_secret(live_server, sec
     assert run_cli("status", "--server", server.endpoint).returncode == 1
     ok = run_cli("status", "--server", server.endpoint, "--secret-file", str(secret_file))
     assert ok.returncode == 0 and "job-c" in ok.stdout and "active" in ok.stdout
-    with Client(server.endpoint, "probe", secret=SECRET) as client:
+    with Client(server.endpoint, "probe", secret=SECRET, credential=server.admin_token()) as client:
         assert client.request("status")["sessions"][0]["requests"] == 2  # hello + one report
 
 

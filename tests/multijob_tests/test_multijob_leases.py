@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import time
 
-from server_testlib import ReqClient, hello_body, make_config, report_body, run_cli
+from server_testlib import DispatcherHarness, ReqClient, hello_body, make_config, report_body, run_cli
 
-from autolrs.wire import protocol
 from autolrs.wire.protocol import ErrorCode
 from autolrs.server.dispatcher import Dispatcher
 from autolrs.server.sessions import SessionStore
 
 
-class Server:
-    """A dispatcher (no sockets) with a lease and a session limit."""
+class Server(DispatcherHarness):
+    """A dispatcher (no sockets) with a lease and a session limit; job requests carry their
+    job's credential, status is the admin's."""
 
     def __init__(self, state_dir, **server):
+        super().__init__(state_dir)
+        self.store.close()
         self.store = SessionStore(state_dir)
         self.dispatcher = Dispatcher(make_config(state_dir, **server), self.store)
-
-    def call(self, kind, body=None, job_id="job-1", seq=0, client_id="client-a"):
-        if kind in protocol.JOB_KINDS:
-            msg = protocol.request(kind, body, job_id=job_id, client_id=client_id, seq=seq)
-        else:
-            msg = protocol.request(kind, body)
-        return protocol.loads(self.dispatcher.handle(protocol.dumps(msg)))
 
     def listed(self) -> dict:
         return {r["job_id"]: r["status"] for r in self.call("status")["body"]["sessions"]}

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from server_testlib import TIMEOUT_S, ReqClient, hello_body, make_config, report_body
+from server_testlib import TIMEOUT_S, ReqClient, admin_token, hello_body, make_config, report_body
 
 from autolrs.server.transport import make_server
 from autolrs.testing import SimulatedClient
@@ -55,7 +55,8 @@ def test_a_stuck_job_does_not_stall_other_jobs(pooled_server):
         assert b.call("ping")["status"] == "ok"
         assert b.call("hello", hello_body(config={"T_0": 100, "chunk": 10}), job_id="job-b", seq=0)["status"] == "ok"
         assert b.call("report", report_body(10, 10), job_id="job-b", seq=1)["status"] == "ok"
-        rows = {r["job_id"]: r for r in b.call("status")["body"]["sessions"]}
+        admin = admin_token(server.dispatcher.store.state_dir)
+        rows = {r["job_id"]: r for r in b.call("status", credential=admin)["body"]["sessions"]}
         assert rows["job-a"]["step"] == 0 and rows["job-b"]["step"] == 10
         assert time.monotonic() - started < 2.0
     stuck.join(TIMEOUT_S)
@@ -67,6 +68,7 @@ def test_one_job_runs_one_request_at_a_time_in_order(pooled_server):
     first = client(client_id="owner-a")
     assert first.call("hello", hello_body(config={"T_0": 100, "chunk": 10}), job_id="job-a", seq=0)["status"] == "ok"
     resend = client(client_id="owner-a")  # the lazy pirate's fresh socket, same client id
+    resend.credentials = first.credentials
     with server.dispatcher._jobs.hold("job-a"):
         t1, r1 = call_in_thread(first, "report", report_body(10, 10), job_id="job-a", seq=1)
         time.sleep(0.1)
@@ -114,5 +116,5 @@ def test_many_concurrent_autolrs_jobs(pooled_server):
         t.join(60)
     assert not errors, errors[0]
     assert steps == {f"auto-{i}": 400 for i in range(16)}
-    rows = client().call("status")["body"]["sessions"]
+    rows = client().call("status", credential=admin_token(server.dispatcher.store.state_dir))["body"]["sessions"]
     assert len(rows) == 16 and {r["step"] for r in rows} == {400}

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from server_testlib import ReqClient, hello_body
+from server_testlib import ReqClient, admin_token, hello_body
 
 from autolrs.errors import ConfigError
 from autolrs.server.tuner_host import ProcessTuners, TunerProcessDied, build_tuner
@@ -287,7 +287,7 @@ def test_a_job_goes_on_exactly_on_plan_after_its_tuner_process_is_killed_mid_req
     try:
         expected, _ = drive(client, "undisturbed")
         plans, errors = drive(client, "killed", kill_at=8, endpoint=server.endpoint)
-        status = client.call("status")["body"]
+        status = client.call("status", credential=admin_token(tmp_path / "state"))["body"]
     finally:
         client.close()
     [(killed, failed)] = errors

@@ -92,3 +92,19 @@ def test_goodbye_reply_without_a_summary():
 def test_bad_fields_are_refused_by_name(cls, body, field):
     with pytest.raises(M.BodyError, match=field):
         cls.from_body(body)
+
+
+def test_the_credential_and_the_plan_sent_ahead_travel_only_when_there_are_some():
+    plan = [A.run(3, 0, lrs=[0.1, 0.1, 0.1])]
+    ahead = [A.run(3, 3, lrs=[0.05, 0.05, 0.05])]
+    assert M.HelloReply(plan).to_body() == {"plan": plan, "resumed": False, "seed": None}
+    body = M.HelloReply(plan, credential="c" * 43, next=ahead).to_body()
+    assert body["credential"] == "c" * 43 and body["next"] == ahead
+    assert M.HelloReply.from_body(body) == M.HelloReply(plan, credential="c" * 43, next=ahead)
+    assert M.ReportReply(plan).to_body() == {"plan": plan}
+    assert M.ReportReply.from_body({"plan": plan, "next": ahead}).next == ahead
+    for bad in ([A.stop("x")], [{"op": "fly"}], "x"):
+        with pytest.raises(M.BodyError, match="next"):
+            M.ReportReply.from_body({"plan": plan, "next": bad})
+    assert M.Goodbye(5, "done").to_body() == {"step": 5, "reason": "done"}
+    assert M.Goodbye.from_body({"step": 5, "lr": 0.01}).lr == 0.01

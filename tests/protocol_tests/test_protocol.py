@@ -139,3 +139,61 @@ def test_error_reply_does_not_echo_junk_identifiers():
     reply = P.error_reply({"type": "report_request", "job_id": ["x"] * 3, "seq": "9" * 300},
                           P.ErrorCode.BAD_REQUEST, "bad")
     assert "job_id" not in reply and "seq" not in reply
+
+
+@pytest.mark.parametrize("frame", [
+    b'{"v": 1, "type": "ping_request", "x": ' + b"1" * 400 + b"}",  # 400 digits
+    b'{"v": 1, "type": "ping_request", "x": 9223372036854775808}',  # 2**63
+    b'{"v": 1, "type": "ping_request", "x": -9223372036854775808}',
+    b'{"v": 1, "type": "ping_request", "x": 1e999}',  # inf in standard JSON
+    b'{"v": 1, "type": "ping_request", "x": -1e400}',
+    b'{"v": 1, "type": "ping_request", "x": {"$float": ["nan"]}}',  # an unhashable tag
+    b'{"v": 1, "type": "ping_request", "x": {"$float": {}}}',
+])
+def test_numbers_out_of_bounds_are_malformed(frame):
+    with pytest.raises(P.ProtocolError) as info:
+        P.loads(frame)
+    assert info.value.code == P.ErrorCode.MALFORMED
+
+
+def test_the_largest_integers_and_floats_pass():
+    msg = P.loads(b'{"a": 9223372036854775807, "b": -9223372036854775807, "c": 1.7e308, "d": 5e-324}')
+    assert msg == {"a": P.MAX_INT, "b": -P.MAX_INT, "c": 1.7e308, "d": 5e-324}
+
+
+def test_the_credential_travels_in_the_envelope_and_is_checked():
+    env = P.request("report", {"step": 1}, job_id="j", client_id="c", seq=1, credential="k" * 43)
+    assert P.validate_request(env)[0] == "report" and env["credential"] == "k" * 43
+    assert "credential" not in P.request("report", {}, job_id="j", client_id="c", seq=1)
+    for bad in ("", 5, "k" * 129, ["k"]):
+        with pytest.raises(P.ProtocolError) as info:
+            P.validate_request({**env, "credential": bad})
+        assert info.value.code == P.ErrorCode.BAD_REQUEST
+    # An error reply never carries it back.
+    assert "credential" not in json.dumps(P.error_reply(env, P.ErrorCode.JOB_CONFLICT, "no"))
+
+
+@pytest.mark.parametrize("endpoint, ok", [
+    ("tcp://127.0.0.1:5555", True), ("tcp://[::1]:5555", True), ("tcp://gpu-node.example.org:1", True),
+    ("tcp://127.0.0.1:65535", True), ("127.0.0.1:5555", False), ("tcp://127.0.0.1", False),
+    ("tcp://127.0.0.1:65536", False), ("ipc:///tmp/x", False), ("tcp://127.0.0.1:5555\n", False), (None, False),
+])
+def test_endpoints_are_tcp_host_port(endpoint, ok):
+    if ok:
+        assert P.check_endpoint(endpoint) == endpoint
+    else:
+        with pytest.raises(ValueError, match="expected tcp://HOST:PORT"):
+            P.check_endpoint(endpoint)
+
+
+def test_search_runs_and_starting_lrs():
+    plan = [A.checkpoint("stage"), A.set_lr(0.3), A.run(5, 10)]
+    marked = A.mark_search(plan)
+    assert marked[-1]["search"] is True and "search" not in plan[-1] and A.validate_plan(marked)
+    with pytest.raises(ValueError, match="'search'"):
+        A.validate_plan([{**plan[-1], "search": "yes"}])
+    assert A.starting_lr(plan) == 0.3
+    assert A.starting_lr([A.set_lr(0.3), A.run(2, 0, lrs=[0.1, 0.2])]) == 0.1
+    assert A.starting_lr([A.restore("s"), A.stop("done")]) is None
+    with pytest.raises(ValueError, match="at most 10000"):
+        A.validate_plan([A.run(10_001, 0, lrs=[0.1] * 10_001)])

@@ -12,8 +12,9 @@ def test_embedded_defaults():
     d = load_defaults()
     assert d == {"server": {"host": "127.0.0.1", "port": 5555, "state_dir": "autolrs-state",
                             "max_message_bytes": 1048576, "fsync": False, "workers": 16, "processes": "auto",
-                            "tuner_timeout_s": 60, "max_sessions": 1000, "lease_s": 3600, "secret_file": None, "auth_window_s": 120,
-                            "allow_insecure": False, "curve_secret_key_file": None,
+                            "tuner_timeout_s": 60, "max_sessions": 1000, "lease_s": 3600, "secret_file": None,
+                            "auth_window_s": 120, "allow_insecure": False, "curve_secret_key_file": None,
+                            "max_sessions_per_peer": 250, "max_backlog_bytes": 67108864, "admin_token_file": None,
                             "http_host": "127.0.0.1", "http_port": None}, "tuners": {}}
     c = load_config()
     assert c == ServerConfig(host="127.0.0.1", port=5555, state_dir="autolrs-state",

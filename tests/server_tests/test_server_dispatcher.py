@@ -139,8 +139,12 @@ def test_hello_resume_by_new_client(harness):
     start_job(harness)
     ok(harness.call("report", report_body(10, 10), seq=1))
     current = harness.store.get("job-1").tuner.ask()
-    body = ok(harness.call("hello", hello_body(config={"T_0": 10}, initial_lr=0.05), client_id="client-b", seq=0))
-    assert body["resumed"] is True and body["plan"] == current and body["seed"] == zlib.crc32(b"job-1")
+    # A new process (a trainer restarted from its checkpoint, with the job's credential) at step 10.
+    body = ok(harness.call("hello", hello_body(config={"T_0": 10}, initial_lr=0.05, step=10), client_id="client-b",
+                           seq=0))
+    assert body["resumed"] is True and body["plan"][-1] == current[-1] and body["seed"] == zlib.crc32(b"job-1")
+    # the new process holds none of the old one's slots: the guard saves its snapshot afresh
+    assert body["plan"][:-1] == [actions.discard("guard"), actions.checkpoint("guard")]
     assert harness.store.get("job-1").owner == "client-b"
     # the old client has lost the job; the new one continues it
     err(harness.call("report", report_body(20, 10), client_id="client-a", seq=2), ErrorCode.JOB_CONFLICT)
@@ -219,13 +223,14 @@ def test_report_bad_body_changes_nothing(harness, body):
 
 def test_duplicate_report_is_applied_once(harness):
     start_job(harness, config={"T_0": 100, "chunk": 10})
-    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1)
+    cred = harness.credentials["job-1"]
+    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1, credential=cred)
     first = harness.dispatcher.handle(frame)
     state = harness.store.get("job-1").to_state()
     again = harness.dispatcher.handle(frame)
     assert again == first
     # a resend with a different body under the same seq is still the cached reply, not applied
-    other = harness.frame("report", report_body(30, 30), job_id="job-1", client_id="client-a", seq=1)
+    other = harness.frame("report", report_body(30, 30), job_id="job-1", client_id="client-a", seq=1, credential=cred)
     assert harness.dispatcher.handle(other) == first
     assert harness.store.get("job-1").to_state() == state
     assert harness.store.get("job-1").tuner.step == 10 and harness.store.get("job-1").requests == 2
@@ -236,8 +241,11 @@ def test_duplicate_report_is_applied_once(harness):
 
 def test_duplicate_hello_and_goodbye_get_cached_reply(harness):
     h1 = harness.frame("hello", hello_body(), job_id="job-1", client_id="client-a", seq=0)
-    assert harness.dispatcher.handle(h1) == harness.dispatcher.handle(h1)
-    g = harness.frame("goodbye", {"step": 0, "reason": "x"}, job_id="job-1", client_id="client-a", seq=1)
+    first = harness.dispatcher.handle(h1)
+    assert harness.dispatcher.handle(h1) == first  # the resend gets the same credential too
+    cred = protocol.loads(first)["body"]["credential"]
+    g = harness.frame("goodbye", {"step": 0, "reason": "x"}, job_id="job-1", client_id="client-a", seq=1,
+                      credential=cred)
     assert protocol.loads(harness.dispatcher.handle(g))["status"] == "ok"
     assert protocol.loads(harness.dispatcher.handle(g))["status"] == "ok"
     assert [r["kind"] for r in harness.decisions()] == ["hello", "goodbye"]
@@ -403,7 +411,8 @@ def test_unencodable_summary_does_not_break_status(harness, monkeypatch):
 
 def test_restart_resumes_and_recognises_last_request(harness):
     start_job(harness, config={"T_0": 100, "chunk": 10})
-    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1)
+    frame = harness.frame("report", report_body(10, 10), job_id="job-1", client_id="client-a", seq=1,
+                          credential=harness.credentials["job-1"])
     first = harness.dispatcher.handle(frame)
     h2 = harness.restart()
     try:
@@ -420,3 +429,97 @@ def test_every_reply_is_json_with_a_known_code(harness):
     for frame in (b"x", b"{}", b'{"v":1}', b'{"v":1,"type":5}'):
         reply = json.loads(harness.dispatcher.handle(frame))
         assert reply["status"] == "error" and reply["error"]["code"] in ERROR_CODES
+
+
+# --- ownership ---------------------------------------------------------------------------
+
+
+def test_a_job_belongs_to_the_holder_of_its_credential(harness):
+    start_job(harness, config={"T_0": 10, "chunk": 5})
+    own = harness.credentials["job-1"]
+    assert len(own) >= 40
+    for credential in (None, "x" * 43, own[:-1] + ("A" if own[-1] != "A" else "B")):
+        for kind, body in (("hello", hello_body(config={"T_0": 10, "chunk": 5})), ("report", report_body(5, 5)),
+                           ("goodbye", {"step": 5})):
+            msg = err(harness.call(kind, body, client_id="intruder", seq=0, credential=credential),
+                      ErrorCode.JOB_CONFLICT)
+            assert "belongs to another trainer" in msg and "T_0" not in msg and "chunk" not in msg
+    s = harness.store.get("job-1")
+    assert (s.owner, s.requests, s.status) == ("client-a", 1, "active")
+    # the credential is kept only as a digest, and never in the cached reply
+    state = (harness.state_dir / "jobs" / "job-1" / "state.json").read_text()
+    assert own not in state and s.credential in state and "credential" not in json.dumps(s.last_reply)
+
+
+def test_a_lost_first_reply_is_resent_with_the_credential_even_after_a_restart(harness):
+    frame = harness.frame("hello", hello_body(), job_id="job-1", client_id="client-a", seq=0)
+    first = protocol.loads(harness.dispatcher.handle(frame))["body"]["credential"]
+    assert protocol.loads(harness.dispatcher.handle(frame))["body"]["credential"] == first
+    h2 = harness.restart()
+    try:
+        again = protocol.loads(h2.dispatcher.handle(frame))["body"]["credential"]
+        assert again != first  # only its digest survived the restart: a new one, the old one void
+        err(h2.call("report", report_body(5, 5), seq=1, credential=first), ErrorCode.JOB_CONFLICT)
+        ok(h2.call("report", report_body(5, 5), seq=1, credential=again))
+        # once the client has shown it has the credential, a resend of that hello is refused
+        err(protocol.loads(h2.dispatcher.handle(frame)), ErrorCode.JOB_CONFLICT)
+    finally:
+        h2.store.close()
+
+
+def test_a_job_saved_before_credentials_gets_one_at_its_next_hello(harness):
+    start_job(harness)
+    path = harness.state_dir / "jobs" / "job-1" / "state.json"
+    state = json.loads(path.read_text())
+    del state["credential"], state["creator"], state["lr"]  # as an older server wrote it
+    path.write_text(json.dumps(state))
+    h2 = harness.restart()
+    try:
+        h2.credentials.clear()
+        ok(h2.call("report", report_body(10, 10), seq=1))  # its client id still drives it
+        body = ok(h2.call("hello", hello_body(config={"T_0": 10}), client_id="client-b", seq=0))
+        assert body["resumed"] is True and body["credential"]
+        err(h2.call("report", report_body(20, 10), client_id="client-b", seq=1, credential=None), ErrorCode.JOB_CONFLICT)
+        ok(h2.call("report", report_body(20, 10), client_id="client-b", seq=1, credential=body["credential"]))
+    finally:
+        h2.store.close()
+
+
+def test_status_rows_and_the_lr_the_trainer_is_at(harness):
+    start_job(harness, config={"T_0": 10, "chunk": 5})
+    assert ok(harness.call("status", admin=False))["sessions"] == [{"job_id": "job-1", "status": "active"}]
+    assert ok(harness.call("status"))["sessions"][0]["lr"] == 0.1  # the plan's first LR
+    ok(harness.call("report", {**report_body(5, 5), "lr": 0.07}, seq=1))
+    row = ok(harness.call("status"))["sessions"][0]
+    assert row["lr"] == pytest.approx(0.05 * (1 + math.cos(math.pi * 5 / 10)))  # the next plan's first LR
+    ok(harness.call("goodbye", {"step": 7, "lr": 0.0123}, seq=2))
+    assert ok(harness.call("status"))["sessions"][0]["lr"] == 0.0123  # where the trainer ended
+
+
+def test_sessions_per_peer(tmp_path):
+    h = DispatcherHarness(tmp_path / "s")
+    try:
+        h.config = h.dispatcher.config = dataclasses_replace(h.config, max_sessions_per_peer=2)
+        for i in range(2):
+            ok(h.call("hello", hello_body(), job_id=f"a-{i}", peer="10.0.0.1"))
+        msg = err(h.call("hello", hello_body(), job_id="a-2", peer="10.0.0.1"), ErrorCode.TOO_MANY_SESSIONS)
+        assert "max_sessions_per_peer 2" in msg
+        ok(h.call("hello", hello_body(), job_id="b-0", peer="10.0.0.2"))
+        ok(h.call("goodbye", {}, job_id="a-0", seq=1))
+        ok(h.call("hello", hello_body(), job_id="a-2", peer="10.0.0.1"))
+    finally:
+        h.store.close()
+
+
+def test_a_reply_too_large_is_internal_and_rolled_back(harness, monkeypatch):
+    start_job(harness)
+    cls = type(harness.store.get("job-1").tuner)
+    monkeypatch.setattr(cls, "summary", lambda self: {"pad": "x" * (5 << 20)})
+    err(harness.call("goodbye", {"step": 1}, seq=1), ErrorCode.INTERNAL)
+    assert harness.store.get("job-1").status == "active"
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)

@@ -46,7 +46,13 @@ def test_ready_line_ping_status_and_sigterm(server_process, req_client, tmp_path
     assert c.call("hello", hello_body(config={"T_0": 10}), job_id="cifar-run-1", seq=0)["status"] == "ok"
     assert c.call("report", report_body(500, 500), job_id="cifar-run-1", seq=1)["status"] == "ok"
 
+    # Without the admin token: each job's id and status only.
     status = run_cli("status", "--server", p.endpoint)
+    assert status.returncode == 0, status.stderr
+    header, row = status.stdout.splitlines()[2:4]
+    assert header.split() == ["JOB", "STATUS"] and row.split() == ["cifar-run-1", "active"]
+    # With it (the server wrote it into its state dir at start): every column.
+    status = run_cli("status", "--server", p.endpoint, "--admin-token-file", str(tmp_path / "state" / "admin.token"))
     assert status.returncode == 0, status.stderr
     header, row = status.stdout.splitlines()[1:3]
     assert header.split() == ["JOB", "TUNER", "STATUS", "STEP", "LR", "REQUESTS", "UPDATED"]
@@ -99,7 +105,8 @@ def test_sigkill_then_restart_resumes_job(server_process, tmp_path):
         for seq in range(1, 4):
             c.call("report", report_body(5 * seq, 5), job_id="job", seq=seq)
         last = protocol.dumps(protocol.request("report", report_body(20, 5), job_id="job",
-                                               client_id="trainer-1", seq=4))
+                                               client_id="trainer-1", seq=4, credential=c.credentials["job"]))
+        credentials = dict(c.credentials)
         last_reply = c.send_raw(last)
     finally:
         c.close()
@@ -108,11 +115,12 @@ def test_sigkill_then_restart_resumes_job(server_process, tmp_path):
 
     p2 = server_process(state_dir)
     c = ReqClient(p2.endpoint, client_id="trainer-1")
+    c.credentials = credentials
     try:
         # the resent request (its reply was lost with the old server) gets the identical reply
         assert c.send_raw(last) == last_reply
         nxt = c.call("report", report_body(25, 5), job_id="job", seq=5)
-        status = c.call("status")["body"]["sessions"][0]
+        status = c.call("status", credential=p2.admin_token())["body"]["sessions"][0]
     finally:
         c.close()
     # the schedule continues where it stood: same plan as a tuner that never stopped

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -25,7 +26,9 @@ def test_req_round_trip(thread_server, req_client):
     plan = c.call("hello", hello_body(config={"T_0": 10, "chunk": 5}), job_id="j", seq=0)["body"]["plan"]
     assert plan[-1]["steps"] == 5
     assert c.call("report", report_body(5, 5), job_id="j", seq=1)["body"]["plan"][-1]["start_step"] == 5
-    assert c.call("status")["body"]["sessions"][0]["step"] == 5
+    admin = (Path(thread_server.dispatcher.store.state_dir) / "admin.token").read_text().strip()
+    assert c.call("status", credential=admin)["body"]["sessions"][0]["step"] == 5
+    assert c.call("status")["body"]["sessions"] == [{"job_id": "j", "status": "active"}]
 
 
 def test_many_clients_at_once(thread_server, req_client):
