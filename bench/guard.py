@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 import quality
-from autolrs.tuners.guard import default_every
+from autolrs.tuners.guard_knobs import default_every
 from benchlib import write_report
 from tasks import TASKS, Batches, Task
 

@@ -20,7 +20,7 @@ import yaml
 
 from autolrs.errors import ConfigError, did_you_mean
 from autolrs.tuners import JOB_KEYS, TUNERS
-from autolrs.tuners.guard import DEFAULTS as GUARD_KNOBS
+from autolrs.tuners.guard_knobs import DEFAULTS as GUARD_KNOBS
 
 __all__ = ["ConfigError", "ServerConfig", "job_tuner_config", "load_config", "load_defaults"]
 

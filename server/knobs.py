@@ -8,8 +8,8 @@ import sys
 from typing import Any, Sequence
 
 from autolrs.tuners import JOB_KEYS, TUNERS
-from autolrs.tuners.guard import KNOBS as GUARD_KNOBS
-from autolrs.tuners.guard import LIMITS as GUARD_LIMITS
+from autolrs.tuners.guard_knobs import KNOBS as GUARD_KNOBS
+from autolrs.tuners.guard_knobs import LIMITS as GUARD_LIMITS
 
 __all__ = ["describe_tuners", "format_tuners", "list_tuners"]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from autolrs.errors import did_you_mean
-from autolrs.tuners import guard
+from autolrs.tuners import guard, guard_knobs
 from autolrs.tuners.base import JOB_KEYS, ConfigError, Tuner
 
 #: Built-in tuners: name -> (module, class), in the order ``autolrs-server tuners`` lists them.
@@ -95,8 +95,8 @@ def make_tuner(name: str, config: Mapping[str, Any] | None = None, seed: int = 0
     config = dict(config or {})
     if name in GUARD_OFF_BY_DEFAULT:
         config.setdefault("guard", False)
-    knobs, rest = guard.split_config(config)
-    knobs = guard.check_knobs(knobs)
+    knobs, rest = guard_knobs.split_config(config)
+    knobs = guard_knobs.check_knobs(knobs)
     inner = cls(rest, seed)
     if not knobs["guard"]:
         return inner

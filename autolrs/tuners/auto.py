@@ -1,39 +1,31 @@
 """``auto``: the recommended tuner. One run, a small share of it spent deciding, then an
 annealed schedule from the chosen peak LR, watched for divergence and (with a ``val_fn``) for
-overfitting.
+overfitting. Phases, all within ``max_steps`` (required):
 
-Phases, all within ``max_steps`` (required):
-
-1. **sweep**: an LR range test (:class:`~autolrs.tuners.range_test.RangeTestTuner`, exponential
-   from ``initial_lr / 1e4`` to ``initial_lr * 1000`` by default, wide enough to see divergence
-   with Adam's LR scale too, and with the optimizer's LR 10x off) over ``sweep_fraction`` of the
-   budget (30 to 100 steps, fewer only within a tenth of a budget under 300 steps); the weights
-   are restored afterwards. ``rule`` (default
-   ``minimum``: the LR of the lowest loss / 10; see :mod:`autolrs.lr_curve`) applied to the
-   lag-free running-median curve (:func:`autolrs.lr_curve.centred`; the last points are not
-   skipped when the sweep never diverged) gives the centre ``p`` of the candidates; a sweep
-   whose loss never fell 2 % below its start gives no evidence, and ``p`` is the optimizer's
-   LR. These steps are spent.
-2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (3: ``p/2, p, 2p``), each
+1. **sweep**: an LR range test (:class:`~autolrs.tuners.range_test.RangeTestTuner`) from
+   ``initial_lr / 1e4`` to ``initial_lr * 1000`` (wide enough for Adam's LR scale, and for an
+   optimizer LR 10x off) over ``sweep_fraction`` of the budget (30 to 100 steps; fewer only
+   within a tenth of a budget under 300 steps), weights restored afterwards. ``rule``
+   (``minimum``: the lowest loss's LR / 10, :mod:`autolrs.lr_curve`) on the lag-free curve
+   (:func:`autolrs.lr_curve.centred`; no tail skipped when the sweep never diverged) gives the
+   centre ``p``; a sweep whose loss never fell 2 % is no evidence: ``p`` is the optimizer's LR.
+2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (``p/2, p, 2p``), each
    trained ``trial_fraction`` of the budget from the same checkpoint with the LR annealed
    linearly to 0 (an annealed short run ranks LRs far better than a constant one: a large
-   constant LR looks best early and worst late). Each is scored by its validation loss at the
-   end (with a ``val_fn``) or the mean training loss of its last fifth. The best one's end
-   weights are kept and training continues from them, so only the losers' steps are spent.
+   constant LR looks best early and worst late), scored by its final validation loss (with a
+   ``val_fn``) or the mean training loss of its last fifth. Training continues from the best
+   one's end weights, so only the losers' steps are spent.
 3. **train**: a linear warm-up over ``warmup_fraction`` of the budget to the winner's LR, then
    cosine to 0 at the last step. Every ``check_fraction`` of the budget the client reports
-   (with one ``val_fn`` call when there is one), and the tuner checks the segment
-   (:mod:`autolrs.divergence`): a non-finite loss, a spike or a sustained rise of the training
-   loss, or a validation loss above its best for two reports in a row, restores the last good
-   checkpoint (the best validation point with a ``val_fn``, else the last healthy segment) and
-   goes on with the remaining steps annealed from ``cut`` times the LR there. After
-   ``max_cuts`` cuts a further divergence stops the job with the reason in its summary.
+   (with one ``val_fn`` call), and the tuner checks the segment (:mod:`autolrs.divergence`): a
+   non-finite loss, a spike or a sustained rise of the training loss, or a validation loss
+   above its best for two reports in a row, restores the last good checkpoint (the best
+   validation point with a ``val_fn``) and anneals the remaining steps from ``cut`` times the LR
+   there. After ``max_cuts`` cuts a further divergence stops the job, the reason in its summary.
 
-Search share: the sweep plus the losing trials, at most ``sweep_fraction + (candidates - 1) *
-trial_fraction`` (0.05 + 2 * 0.03 = 11 % by default). Memory: two extra copies of model and
-optimizer during the trials (the shared start and the best trial), one during training.
+Search share: ``sweep_fraction + (candidates - 1) * trial_fraction`` at most (11 % by
+default). Memory: two extra copies of model and optimizer during the trials, one after.
 """
-
 from __future__ import annotations
 
 import math

@@ -1,48 +1,17 @@
 """The divergence guard: any tuner's training, rolled back to the last good point and slowed
-down when its loss blows up.
+down when its loss blows up (the rules, knobs, figures and limits: docs/guard.md).
 
 :class:`Guarded` wraps a tuner the way ``torch.optim.lr_scheduler.ChainedScheduler`` wraps
 schedulers: it asks the inner tuner for its plans and edits them, with the verbs the wire
-already has.
-
-* **Segments.** A training ``run`` of the inner tuner is carried out in segments of at most
-  ``guard_every`` steps (default :func:`default_every`: 2 % of ``max_steps``, 10 to 100), its
-  per-step ``lrs`` sliced and its evaluations kept at their positions (a segment ends at an
-  evaluation it cannot hold whole). Each segment's report is judged by
-  :func:`autolrs.divergence.judge_segment`; once the inner run is done, the kept segments'
-  losses, evaluations and hypergradients are told to the inner tuner as the one observation it
-  expects. Runs shorter than ``guard_every`` go out unchanged, and so do the runs of the
-  tangent hypergradient (``rtho``, ``marthe``: one hypergradient at the run's end).
-* **Last good snapshot.** Before the first guarded segment, and after every ``guard_every``
-  healthy steps, the plan saves a checkpoint in slot ``"guard"`` (``discard`` first, so memory
-  holds one copy, not two, while it is refreshed). After a segment with a loss beyond the
-  spike threshold (``suspect``) nothing is saved; the next segment decides.
-* **Rollback.** On a non-finite loss, a spike or a rise judged as divergence the next plan
-  restores the slot and sets the LR cut by ``guard_factor``: the rest of the inner run in flight
-  goes on at ``guard_factor`` times its LRs; when that run is done the inner tuner is told
-  through :meth:`~autolrs.tuners.base.Tuner.on_rollback` (then its observation, without the
-  undone segments) so that its later plans follow: a schedule scales what remains,
-  ``hd``/``rtho``/``marthe`` lower their LR and ``lr_max``, AutoLRS its stage's LR and the search
-  interval of later stages. The steps undone still count against ``max_steps`` (they were
-  computed).
-* **Give up.** Rollbacks in a row without a healthy window in between cut the LR again each
-  time; a divergence after ``guard_max`` of them restores the last good snapshot and stops the
-  job, with the reason in its summary.
-* **Searches are left alone.** While the inner tuner searches
-  (:meth:`~autolrs.tuners.base.Tuner.in_search`: AutoLRS trials, range tests, ``loss_diff``
-  probes, ``auto``'s sweep and trials) its plans go out unchanged: their runs are undone anyway
-  and a divergence there is information. The guard's slot is dropped for the search (its memory
-  is the search's) and saved again when training resumes. A job whose tuner only searches
-  (``range_test``, ``loss_diff``) gets exactly the plans it would without the guard.
-
-Every guard action is an event in :meth:`Guarded.summary` (``guard.events``; ``guard.action``
-is the event the last report caused), so the server's decision log has a line for each.
-
-State: the wrapper's ``state_dict()`` is the inner tuner's with one more key, ``"guard"``, so
-a restarted server resumes the job exactly and tools reading the inner's keys keep working.
-
-Cost: one report (a round trip) and one checkpoint copy per ``guard_every`` training steps, and
-the memory of one copy of model and optimizer (plus scaler and RNG with ``include_rng``).
+already has. The inner tuner's training runs go out in segments of at most ``guard_every``
+steps (:func:`~autolrs.tuners.guard_knobs.default_every`), each judged by
+:func:`autolrs.divergence.judge_segment`; a checkpoint in slot ``"guard"`` is refreshed after
+healthy stretches; a divergence restores it and cuts the LR by ``guard_factor``, and the inner
+tuner hears of it through :meth:`~autolrs.tuners.base.Tuner.on_rollback` before the observation
+of its run (without the undone segments). After ``guard_max`` rollbacks in a row a further
+divergence stops the job. Searches (:meth:`~autolrs.tuners.base.Tuner.in_search`) go out
+unchanged. Every action is an event in :meth:`Guarded.summary`, so the decision log has a line
+for each. The wrapper's ``state_dict()`` is the inner tuner's with one more key, ``"guard"``.
 """
 
 from __future__ import annotations
@@ -54,61 +23,18 @@ from typing import Any
 
 from autolrs import actions, divergence
 from autolrs.actions import Observation
-from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, check_limits, require_int, require_positive
+from autolrs.tuners.base import Tuner
+from autolrs.tuners.guard_knobs import default_every
+from autolrs.tuners.guard_plans import copy_progress, first_lr, joined, last_lr, merged
 
 SLOT = "guard"
 STATE_VERSION = 1
-#: The guard's knobs, accepted by every tuner (:func:`autolrs.tuners.make_tuner` strips them):
-#: name -> (default, meaning), as a tuner's ``knobs``.
-KNOBS: dict[str, tuple[Any, str]] = {
-    "guard": (True, "watch training for divergence (false: the tuner alone, unwrapped; "
-                    "off by default for auto and record)"),
-    "guard_every": (None, "steps per segment at most and between two snapshots; null: 2% of max_steps, 10 to 100"),
-    "guard_factor": (0.5, "LR factor of each rollback"),
-    "guard_max": (5, "rollbacks in a row without a healthy window; one more divergence stops the job"),
-}
-DEFAULTS: dict[str, Any] = {name: default for name, (default, _meaning) in KNOBS.items()}
-#: The largest value of each integer knob, as a tuner's ``limits``: a segment's losses are a
-#: report's and live in the job's state until its window is judged.
-LIMITS: dict[str, int] = {"guard_every": MAX_CHUNK, "guard_max": 100}
-#: The default segment: this share of max_steps, within [MIN_EVERY, MAX_EVERY].
-EVERY_FRACTION, MIN_EVERY, MAX_EVERY = 0.02, 10, 100
 #: What the guard keeps of an inner run in flight (the run itself is the inner tuner's plan).
 PROGRESS = ("consumed", "started", "scale", "lr", "segments", "committed", "rollbacks")
 #: Healthy windows after which the run counts as under way even if its loss has not fallen.
 EARLY_WINDOWS = 10
 #: Guard events kept in the state and summary (the decision log keeps every one).
 EVENTS_KEPT = 50
-
-
-def split_config(config: Mapping[str, Any] | None) -> tuple[dict, dict]:
-    """``(guard knobs with defaults, the rest)`` of a tuner config."""
-    config = dict(config or {})
-    knobs = {key: config.pop(key, default) for key, default in DEFAULTS.items()}
-    return knobs, config
-
-
-def check_knobs(knobs: Mapping[str, Any]) -> dict:
-    """Validate the guard's knobs; ConfigError names the bad one."""
-    if not isinstance(knobs["guard"], bool):
-        raise ConfigError(f"option 'guard' must be true or false, got {knobs['guard']!r}")
-    check_limits("guard", knobs, LIMITS)
-    every = None if knobs["guard_every"] is None else require_int(knobs, "guard_every", minimum=1)
-    out = {"guard": knobs["guard"], "guard_every": every,
-           "guard_factor": require_positive(knobs["guard_factor"], "guard_factor"),
-           "guard_max": require_int(knobs, "guard_max", minimum=0)}
-    if out["guard_factor"] >= 1:
-        raise ConfigError(f"option 'guard_factor' must be below 1, got {out['guard_factor']}")
-    return out
-
-
-def default_every(max_steps: int | None) -> int:
-    """``guard_every`` unless set: 2 % of the job's steps, between 10 and 100 (100 when the
-    budget is unknown). A rollback undoes at most the segment it was detected in, so the
-    segment bounds what one spike costs; each segment costs one report and one copy."""
-    if max_steps is None:
-        return MAX_EVERY
-    return max(MIN_EVERY, min(MAX_EVERY, round(EVERY_FRACTION * max_steps)))
 
 
 class Guarded(Tuner):
@@ -298,11 +224,11 @@ class Guarded(Tuner):
             self._pending, self._asked = None, None
             for info in p["rollbacks"]:  # the inner tuner follows the cuts, then hears how its run went
                 self.inner.on_rollback(self.factor, info)
-            self.inner.tell(self._merged(p, observation))
+            self.inner.tell(merged(p, observation))
         else:
             self._pending = {key: p[key] for key in PROGRESS}
         if self._action is not None and self._action["action"] == "rollback":
-            self._action["lr_after"] = _first_lr(self.ask())  # what the next step really trains at
+            self._action["lr_after"] = first_lr(self.ask())  # what the next step really trains at
 
     def _carried_out(self, plan: list[dict], effects: dict, start_step: int) -> None:
         """Update what the guard knows of the client after it carried out ``plan``."""
@@ -316,7 +242,7 @@ class Guarded(Tuner):
             self._base_step = start_step
             self._window, self._window_steps = [], 0
             self._snapshots += 1
-        lr = _last_lr(plan)
+        lr = last_lr(plan)
         if lr is not None:
             self._lr = lr
 
@@ -367,31 +293,6 @@ class Guarded(Tuner):
         self._events.append(event)
         del self._events[:-EVENTS_KEPT]
 
-    def _merged(self, p: dict, last: Observation) -> Observation:
-        """The one observation of the inner run: its kept segments, positions in the run."""
-        r = p["last"]
-        collect = r.get("collect", ["loss"])
-        losses: list[float] = []
-        evals: list[tuple[int, float]] = []
-        probes: list[tuple[float, float]] = []
-        hs: list[float] = []
-        tail: dict = {}
-        for seg in p["segments"]:
-            if "loss" in collect:
-                losses += seg["losses"]
-            for q, v in seg["evals"]:
-                evals.append((0 if q == 0 else seg["at"] + q, v))
-            probes += [(a, b) for a, b in seg["probes"]]
-            if seg["hypergrad"] is not None:
-                hs += seg["hypergrad"].get("h", [])
-                tail = seg["hypergrad"]
-        hypergrad = None
-        if r.get("hypergrad") is not None:
-            # The last segment's report (vb, val_loss, the optimizer's family) with every h.
-            hypergrad = {**tail, "h": hs}
-        return Observation(step=last.step, steps=p["consumed"], losses=losses, evals=evals,
-                           hypergrad=hypergrad, probes=probes)
-
     # ------------------------------------------------------------------ the rest of the contract
 
     def in_search(self) -> bool:
@@ -421,7 +322,7 @@ class Guarded(Tuner):
                            lrs=None if lrs is None else [lr * p["scale"] for lr in lrs[done:]],
                            eval_every=every if every and done % every == 0 else 0,
                            collect=tuple(run.get("collect", ("loss",))))
-        return [_joined(rest, None if p["rollbacks"] else self.inner.ask_next())]
+        return [joined(rest, None if p["rollbacks"] else self.inner.ask_next())]
 
     def resume(self, step: int) -> None:
         """A trainer restarted from its own checkpoint at ``step``: no guard slot (the next
@@ -455,7 +356,7 @@ class Guarded(Tuner):
             raise RuntimeError(f"{self.name}: the tuner's state has a 'guard' key of its own")
         return {**state, "guard": {
             "version": STATE_VERSION, "step": self._step, "lr": self._lr, "slot": self._slot,
-            "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": _copy_progress(self._pending),
+            "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": copy_progress(self._pending),
             "owed": copy.deepcopy(self._owed), "window": list(self._window), "window_steps": self._window_steps, "tail": list(self._tail),
             "ref": self._ref, "noise": self._noise, "start": self._start,
             "underway": self._underway, "early_windows": self._early_windows,
@@ -477,7 +378,7 @@ class Guarded(Tuner):
         self._step, self._lr = int(g["step"]), None if g["lr"] is None else float(g["lr"])
         self._slot, self._good_step, self._save_due = bool(g["slot"]), g["good_step"], bool(g["save_due"])
         self._base_step = int(g["base_step"])
-        self._pending, self._owed = _copy_progress(g["pending"]), copy.deepcopy(g["owed"])
+        self._pending, self._owed = copy_progress(g["pending"]), copy.deepcopy(g["owed"])
         self._window, self._window_steps = [float(x) for x in g["window"]], int(g["window_steps"])
         self._tail = [float(x) for x in g["tail"]]
         self._ref, self._noise, self._start = g["ref"], g["noise"], g["start"]
@@ -487,48 +388,3 @@ class Guarded(Tuner):
         self._snapshots, self._steps_lost, self._scale = int(g["snapshots"]), int(g["steps_lost"]), float(g["scale"])
         self._events, self._action = copy.deepcopy(g["events"]), copy.deepcopy(g["action"])
         self._stopped = g["stopped"]
-
-
-def _copy_progress(progress: dict | None) -> dict | None:
-    """A copy of the progress through an inner run that shares nothing editable with it."""
-    if progress is None:
-        return None
-    return {**progress, "segments": [{**seg, "losses": list(seg["losses"]), "evals": [list(e) for e in seg["evals"]],
-                                      "hypergrad": copy.deepcopy(seg["hypergrad"]),
-                                      "probes": [list(x) for x in seg["probes"]]} for seg in progress["segments"]],
-            "rollbacks": [dict(info) for info in progress["rollbacks"]]}
-
-
-def _last_lr(plan: list[dict]) -> float | None:
-    """The LR the client is at after carrying out ``plan`` (None: the plan sets none)."""
-    lr = None
-    for action in plan:
-        if action["op"] == "set_lr":
-            lr = action["lr"]
-        elif action["op"] == "run" and action.get("lrs"):
-            lr = action["lrs"][-1]
-    return lr
-
-
-def _first_lr(plan: list[dict]) -> float | None:
-    """The LR the first step of ``plan``'s run trains at (None: not set by the plan)."""
-    lr = None
-    for action in plan:
-        if action["op"] == "set_lr":
-            lr = action["lr"]
-        elif action["op"] == "run":
-            return action["lrs"][0] if action.get("lrs") else lr
-    return lr
-
-
-def _joined(rest: dict, after: list[dict] | None) -> dict:
-    """``rest`` followed by the inner tuner's next plan as one run, when that plan is one plain
-    run of explicit LRs (a schedule's next chunk): a client cut off from the server in the
-    middle of a chunk then stays on plan past its end, as it does without the guard."""
-    runs = [a for a in after or [] if a["op"] == "run"]
-    if (len(runs) != 1 or rest.get("lrs") is None or runs[0].get("lrs") is None or rest["eval_every"]
-            or runs[0]["eval_every"] or runs[0].get("hypergrad") is not None
-            or runs[0]["start_step"] != rest["start_step"] + rest["steps"]):
-        return rest
-    return actions.run(rest["steps"] + runs[0]["steps"], rest["start_step"], lrs=rest["lrs"] + runs[0]["lrs"],
-                       collect=tuple(rest["collect"]))
