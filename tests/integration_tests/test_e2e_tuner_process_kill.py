@@ -51,8 +51,9 @@ def train(endpoint: str, state_dir: Path, job: str, kill: bool) -> tuple[list[fl
                 wait_for(lambda: KILL_AT in [s for s, _ in report_plans(state_dir, job)])
                 stale = lrs[-1]
             if kill and KILL_AT < step < KILL_AT + 10 and lrs[-1] == stale:
-                # The reply is on its way (the server logs a decision before it answers) and the
-                # callback looks for it after 1, 2, 4 ... steps: slow steps until it is taken.
+                # Should the plan sent ahead be missing, the reply is on its way (the server logs
+                # a decision before it answers) and the callback looks for it after 1, 2, 4 ...
+                # steps: slow steps until it is taken.
                 time.sleep(0.2)
     return lrs, killed
 
@@ -81,13 +82,9 @@ def test_training_goes_on_on_plan_when_its_tuner_process_is_killed_mid_request(l
         opt, T_0=15, eta_min=0.001), 0.1, STEPS)
     assert reference == expected
     assert killed is not None and "during a request of job killed" in server.log()
-    # While the report waited for its retry, training went on at the last LR it had (fail open);
-    # the retried report's plan then took over where the schedule stood.
-    late = next(i for i in range(KILL_AT, STEPS) if lrs[i] == expected[i])
-    assert late > KILL_AT and len(lrs) == STEPS
-    assert lrs[:KILL_AT] == expected[:KILL_AT]
-    assert lrs[KILL_AT:late] == [expected[KILL_AT - 1]] * (late - KILL_AT)
-    assert lrs[late:] == expected[late:]
+    # While the report waited for its retry, training went on at the chunk the server had sent
+    # ahead with the last plan (fail open, on schedule); the retried report's plan agreed with it.
+    assert lrs == expected
     # The server's decisions: the same plans at the same steps as the undisturbed job, each
     # report applied once (the killed one by its retry).
     assert report_plans(server.state_dir, "killed") == report_plans(server.state_dir, "undisturbed")
