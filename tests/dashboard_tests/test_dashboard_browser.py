@@ -14,6 +14,7 @@ from autolrs.server.process import ServerProcess
 from dashboard_testlib import SHOTS, DigitsLoop, get_json
 
 pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -40,7 +41,9 @@ def running(server, digits):
 
 
 def wait(driver, condition, what):
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+    # A live page redraws between finding an element and reading it: look again.
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(condition, message=f"waiting for {what}")
 
 
 def drawn(driver, chart_id: str) -> int:
