@@ -292,6 +292,10 @@ class AutoLRS(PlanExecution):
         reply = None
         try:
             if end_job:
+                if timeout is None and self.embedded_server is not None:
+                    # The job's own local server: worth the full wait, since an unanswered
+                    # goodbye leaves its folder behind as a job to resume.
+                    timeout = self.timeout
                 reply = self._link.goodbye(self.global_step, reason, timeout, lr=self.lr)
             if reply is not None:
                 self._summary = reply.summary
