@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from autolrs import lr_curve  # noqa: E402
 from autolrs.callbacks import LRFinder  # noqa: E402
 from autolrs.server import ServerProcess  # noqa: E402
+from autolrs.testing.training import torch_lr_finder_loop  # noqa: E402
 
 CIFAR_DIR = Path("/work/shared/data/cifar-10-subset-py")
 
@@ -59,31 +60,10 @@ def make_data(kind: str, num_batches: int, batch_size: int, seed: int = 0):
     return batches, model, 1e-5
 
 
-def plain_range_test(model, optimizer, batches, end_lr, num_iter, smooth_f=0.05, diverge_th=5.0):
-    """torch-lr-finder's loop, in process."""
+def plain_range_test(model, optimizer, batches, end_lr, num_iter):
+    """torch-lr-finder's loop, in process, then model and optimizer restored as it does."""
     state = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
-    start = optimizer.param_groups[0]["lr"]
-    history = {"lr": [], "loss": []}
-    best = None
-    for i, (x, y) in zip(range(num_iter), batches):
-        lr = lr_curve.sweep_lr(i, start, end_lr, num_iter, "exp")
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        model.train()
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        history["lr"].append(lr)
-        if i == 0:
-            best = value
-        else:
-            value = smooth_f * value + (1 - smooth_f) * history["loss"][-1]
-            best = min(best, value)
-        history["loss"].append(value)
-        if value > diverge_th * best:
-            break
+    history = torch_lr_finder_loop(model, optimizer, torch.nn.functional.cross_entropy, batches, end_lr, num_iter)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return history

@@ -1,15 +1,18 @@
 """Real training on real data for tests and benchmarks: scikit-learn's digits (1,797 8x8
 images, bundled with scikit-learn: no download), a seeded MLP for them, shuffled mini-batches,
-one training step, the validation loss, and the LRs a torch scheduler gives."""
+one training step, the validation loss, the LRs a torch scheduler gives, and torch-lr-finder's
+range test written out (the reference ``LRFinder`` is compared with)."""
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["DigitsBatches", "digits", "make_mlp", "torch_scheduler_lrs", "train_step", "val_loss"]
+__all__ = ["DigitsBatches", "digits", "make_mlp", "torch_lr_finder_loop", "torch_scheduler_lrs", "train_step",
+           "val_loss"]
 
 
 @lru_cache(maxsize=1)
@@ -93,3 +96,39 @@ def torch_scheduler_lrs(make_scheduler: Callable[[torch.optim.Optimizer], Any], 
         optimizer.step()
         scheduler.step()
     return lrs
+
+
+def torch_lr_finder_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Callable[..., Any],
+                         batches: Any, end_lr: float, num_iter: int, smooth_f: float = 0.05,
+                         diverge_th: float = 5.0) -> dict[str, list[float]]:
+    """torch-lr-finder's ``range_test`` written out: its ExponentialLR (``base * (end / base) **
+    (i / (num_iter - 1))``), one batch per step (``batches`` restarted when exhausted, as its
+    loader is), the loss smoothed, stopped when it exceeds ``diverge_th`` times the best. The
+    model and optimizer are left where the sweep ended."""
+    base = optimizer.param_groups[0]["lr"]
+    history: dict[str, list[float]] = {"lr": [], "loss": []}
+    it = iter(batches)
+    best = math.inf
+    for i in range(num_iter):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(batches)
+            x, y = next(it)
+        lr = base * (end_lr / base) ** (i / (num_iter - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        history["lr"].append(lr)
+        if i:
+            value = smooth_f * value + (1 - smooth_f) * history["loss"][-1]
+        best = min(best, value)
+        history["loss"].append(value)
+        if value > diverge_th * best:
+            break
+    return history

@@ -13,14 +13,13 @@ import textwrap
 import urllib.error
 import urllib.request
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 from autolrs.callbacks import AutoLRS, LossDiffFinder, LRFinder, ServerUnavailableWarning
 from autolrs.callbacks.embedded import cache_root
-from autolrs.testing.training import make_mlp
+from autolrs.testing.training import make_mlp, torch_lr_finder_loop
 
 
 def loader(digits, seed=0, batch=64):
@@ -28,41 +27,6 @@ def loader(digits, seed=0, batch=64):
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch, shuffle=True,
                                        generator=g)
-
-
-def torch_lr_finder_loop(model, optimizer, criterion, train_loader, end_lr, num_iter, smooth_f=0.05, diverge_th=5):
-    """torch-lr-finder's ``range_test`` written out: its ExponentialLR (``base * (end / base) **
-    (i / (num_iter - 1))``), one batch per step (the loader restarted when exhausted), the
-    loss smoothed, stopped when it exceeds ``diverge_th`` times the best."""
-    base = optimizer.param_groups[0]["lr"]
-    history = {"lr": [], "loss": []}
-    it = iter(train_loader)
-    best = None
-    for i in range(num_iter):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(train_loader)
-            x, y = next(it)
-        lr = base * (end_lr / base) ** (i / (num_iter - 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        optimizer.zero_grad()
-        loss = criterion(model(x), y)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        history["lr"].append(lr)
-        if i == 0:
-            best = value
-        else:
-            value = smooth_f * value + (1 - smooth_f) * history["loss"][-1]
-            best = min(best, value)
-        history["loss"].append(value)
-        if value > diverge_th * best:
-            break
-    return history
 
 
 def assert_no_job_folders():
@@ -172,7 +136,7 @@ def test_an_embedded_server_that_cannot_start_fails_open(tmp_path, monkeypatch):
 TRAINER = textwrap.dedent("""
     import json, os, signal, sys, torch
     from autolrs.callbacks import AutoLRS
-    from autolrs.testing.training import make_mlp
+    from autolrs.testing.training import make_mlp, torch_lr_finder_loop
     model = make_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     cb = AutoLRS(model, optimizer, tuner="cosine", config={"T_0": 30, "chunk": 10}, job="killed-trainer")
