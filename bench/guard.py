@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -271,16 +270,10 @@ def measure_cost(tasks: list[str], budget: str, work: Path, guard_every: int | N
 # ------------------------------------------------------------------------------ analysis
 
 
-def _value(task: Task, row: dict) -> float:
-    m = row.get("metric")
-    if m is None or not math.isfinite(m):
-        return 0.0 if task.higher_is_better else math.inf
-    return m
-
-
-def _gap(task: Task, value: float, reference: float) -> float:
-    """Points behind (accuracy x100), or percent of the reference for a loss; negative: better."""
-    return quality._gap(task, value, reference)
+# A row's final metric (a failed run: the worst value) and the gap to a reference, as the
+# quality suite reports them.
+_value = quality._metric_value
+_gap = quality._gap
 
 
 def analyse(rows: list[dict]) -> dict:
