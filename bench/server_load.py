@@ -93,10 +93,12 @@ def run_job(endpoint: str, index: int, step_s: float, start_at: float, measure_f
     sim = SimulatedClient(seed=index)
     time.sleep(max(0.0, start_at - time.time()))
     seq = 0
+    credential = None  # the job's credential, from hello's reply: later requests must carry it
 
     def call(kind: str, body: dict) -> dict:
         nonlocal seq
-        frame = protocol.dumps(protocol.request(kind, body, job_id=job, client_id=client_id, seq=seq))
+        frame = protocol.dumps(protocol.request(kind, body, job_id=job, client_id=client_id, seq=seq,
+                                                credential=credential))
         seq += 1
         sent_wall, t0 = time.time(), time.perf_counter()
         reply = caller.call(frame)
@@ -105,9 +107,11 @@ def run_job(endpoint: str, index: int, step_s: float, start_at: float, measure_f
             samples.append((kind, latency))
         if reply.get("status") != "ok":
             stats["errors"] = stats.get("errors", 0) + 1
+            stats.setdefault("first_error", f"{kind}: {reply}")
         return reply
 
     reply = call("hello", messages.Hello("autolrs", JOB_CONFIG, initial_lr=0.1, seed=index).to_body())
+    credential = (reply.get("body") or {}).get("credential")
     while time.time() < stop_at and reply.get("status") == "ok":
         obs = sim.execute(reply["body"]["plan"])
         if obs is None:
@@ -285,6 +289,7 @@ def measure(n: int, seconds: float, step_ms: float, processes: int, server_args:
     reports = [lat for samples, _ in results for kind, lat in samples if kind == "report"]
     errors = sum(stats.get("errors", 0) for _, stats in results)
     timeouts = sum(stats.get("timeouts", 0) for _, stats in results)
+    first_error = next((stats["first_error"] for _, stats in results if "first_error" in stats), None)
     ms = 1000.0
     return {
         "jobs": n, "seconds": seconds, "step_ms": step_ms, "requests": len(latencies), "reports": len(reports),
@@ -297,7 +302,7 @@ def measure(n: int, seconds: float, step_ms: float, processes: int, server_args:
         "tuner_processes": tuner_processes, "tuner_process_restarts": restarts,
         "tree_rss_mb": busy["rss"] / 1024, "tree_pss_mb": busy["pss"] / 1024, "tree_idle_pss_mb": idle["pss"] / 1024,
         "kb_per_job": (busy["pss"] - idle["pss"]) / n,
-        "load_average_start": load_start, "load_average_end": load_end, "errors": errors, "timeouts": timeouts,
+        "load_average_start": load_start, "load_average_end": load_end, "errors": errors, "first_error": first_error, "timeouts": timeouts,
     }
 
 
@@ -351,8 +356,13 @@ def main() -> None:
               f"{r['tuner_processes']:>5} {r['load_average_start']:>4.1f}-{r['load_average_end']:<4.1f} "
               f"{r['errors'] + r['timeouts']:>7}", flush=True)
     top = max(rows, key=lambda r: r["jobs"])
-    verdict = "meets" if top["p99_ms"] < TARGET_P99_MS else "misses"
-    ping_verdict = "meets" if top["ping_p99_ms"] < TARGET_PING_P99_MS else "misses"
+    # A refused or failed request is no latency figure: a run with errors meets nothing.
+    clean = top["errors"] == 0
+    verdict = "meets" if clean and top["p99_ms"] < TARGET_P99_MS else "misses"
+    ping_verdict = "meets" if clean and top["ping_p99_ms"] < TARGET_PING_P99_MS else "misses"
+    if not clean:
+        print(f"{top['errors']} requests at {top['jobs']} jobs were answered with an error (the first: "
+              f"{top['first_error']}): the figures do not count", flush=True)
     print(f"p99 at {top['jobs']} jobs: {top['p99_ms']:.1f} ms ({verdict} the target of < {TARGET_P99_MS:g} ms); "
           f"ping p99 {top['ping_p99_ms']:.1f} ms ({ping_verdict} the target of < {TARGET_PING_P99_MS:g} ms); "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
@@ -363,8 +373,9 @@ def main() -> None:
 
 
 def _server_config(workers: int | None, jobs: int) -> str:
-    """A config file: room for ``jobs`` live sessions (the default limit is 1,000), ``workers``."""
-    settings = {"max_sessions": max(1000, jobs)}
+    """A config file: room for ``jobs`` live sessions, all from this machine's address (the
+    defaults allow 1,000, and 250 from one address), ``workers``."""
+    settings = {"max_sessions": max(1000, jobs), "max_sessions_per_peer": max(250, jobs)}
     if workers is not None:
         settings["workers"] = workers
     path = Path(tempfile.mkdtemp(prefix="autolrs-load-cfg-")) / "server.yaml"
