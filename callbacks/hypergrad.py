@@ -26,13 +26,13 @@ backward's graph during ``backward``.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from autolrs.callbacks.tangents import adam_direction, adam_tangent, check_optimizer, decoupled, sgd_tangent
+from autolrs.callbacks.validation import validation_loss
 
 __all__ = ["HypergradEngine", "check_optimizer", "engine_for"]
 
@@ -323,51 +323,12 @@ def _to_floats(values: list[torch.Tensor]) -> list[float]:
     return stacked.cpu().tolist()
 
 
-def cycle_batches(batches: Iterable) -> Callable[[], Any]:
-    """The next batch of ``batches`` at every call, starting again when it is exhausted
-    (an iterator that cannot restart raises StopIteration the second time)."""
-    state = {"it": iter(batches)}
-
-    def next_batch():
-        try:
-            return next(state["it"])
-        except StopIteration:
-            state["it"] = iter(batches)
-            return next(state["it"])
-
-    return next_batch
-
-
-def batch_loss(model: torch.nn.Module, next_batch: Callable[[], Any], criterion: Callable) -> Callable[[], Any]:
-    """A validation loss from the next ``(inputs, targets)`` batch, in eval mode (BatchNorm
-    running statistics untouched, no dropout) and back to the mode the model was in."""
-
-    def loss():
-        x, y = next_batch()[:2]
-        device = next(itertools.chain(model.parameters(), [torch.empty(())])).device
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        was_training = model.training
-        model.eval()
-        try:
-            return criterion(model(x), y)
-        finally:
-            model.train(was_training)
-
-    return loss
-
-
 def engine_for(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lrs: Any, warn: Callable[..., None], *,
                val_fn: Callable[[], Any] | None = None, val_batches: Any = None,
                val_criterion: Callable | None = None, scaler: Any = None) -> HypergradEngine:
     """The engine of a callback's model and optimizer. ``lrs`` (a
     :class:`~autolrs.callbacks.lr.GroupLRs`) gives the param groups' ratios to the base LR;
     ``warn(key, message)`` issues a warning once. The validation loss comes from
-    ``val_batches`` (``(inputs, targets)`` pairs, cycled; ``val_criterion`` defaults to
-    cross-entropy) or else ``val_fn`` (which must then return a loss with a graph)."""
-    val_loss = None
-    if val_batches is not None:
-        criterion = val_criterion or torch.nn.functional.cross_entropy
-        val_loss = batch_loss(model, cycle_batches(val_batches), criterion)
-    elif val_fn is not None:
-        val_loss = val_fn
+    ``val_batches`` or else ``val_fn`` (:func:`~autolrs.callbacks.validation.validation_loss`)."""
+    val_loss = validation_loss(model, val_fn, val_batches, val_criterion)
     return HypergradEngine(model, optimizer, lambda: lrs.ratios, val_loss, warn, scaler)

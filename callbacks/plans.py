@@ -63,16 +63,19 @@ class PlanExecution:
     _saved_at: dict
     _allow_scheduler: bool
     _hypergrad_args: dict
-    _opt_steps: int
     _should_stop: bool
     _probes: list
-    _polling: bool
-    _run_is_search: bool
-    # The outage state (see AutoLRS's class doc).
+    # Outages (see AutoLRS's class doc): the plan the last reply sent ahead (``next``), the one
+    # being carried out ahead of its reply, whether a step must look for that reply, whether
+    # the run is a search's, the search in progress ({"base": its first checkpoint slot, "lr":
+    # the LR before it}), and the state to go back to when the server answers a search run's
+    # report late. AutoLRS.__init__ starts them through _reset_outage.
     _after: list | None
     _prefetched: list | None
-    _provisional: dict | None
+    _polling: bool
+    _run_is_search: bool
     _search: dict | None
+    _provisional: dict | None
     _hypergrad: Any
 
     lr: Any  # AutoLRS's property
@@ -312,7 +315,4 @@ class PlanExecution:
             if self.global_step == 0:  # before any training: a setup that cannot work
                 raise AutoLRSConfigError(f"tuner {self.tuner!r}: {exc}") from None
             self._warn("hypergrad", f"autolrs: job {self.job}: {exc}; training continues at the current LR")
-
-    def _count_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._opt_steps += 1
 
