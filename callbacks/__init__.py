@@ -26,7 +26,8 @@ package never imports the server, the tuners, scipy or scikit-learn.
 if __name__ != "autolrs.callbacks":
     raise ImportError(
         f"the autolrs callback package must be imported as 'autolrs.callbacks', not {__name__!r}; "
-        "install the distribution (pip install -e .) and use 'from autolrs.callbacks import AutoLRS'")
+        "install the distribution (pip install -e .) and use 'from autolrs.callbacks import AutoLRS'"
+    )
 
 from autolrs.callbacks.errors import (  # noqa: E402
     AutoLRSConfigError,
@@ -46,9 +47,20 @@ _LAZY = {
     "LossDiffFinder": "autolrs.callbacks.loss_diff",
 }
 
-__all__ = ["AutoLRS", "CheckpointStore", "Client", "LRFinder", "LossDiffFinder", "AutoLRSConfigError",
-           "AutoLRSDeprecationWarning", "AutoLRSError", "AutoLRSWarning", "ServerError", "ServerUnavailable",
-           "ServerUnavailableWarning"]
+__all__ = [
+    "AutoLRS",
+    "CheckpointStore",
+    "Client",
+    "LRFinder",
+    "LossDiffFinder",
+    "AutoLRSConfigError",
+    "AutoLRSDeprecationWarning",
+    "AutoLRSError",
+    "AutoLRSWarning",
+    "ServerError",
+    "ServerUnavailable",
+    "ServerUnavailableWarning",
+]
 
 
 def __getattr__(name: str):

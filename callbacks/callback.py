@@ -86,15 +86,33 @@ class AutoLRS(PlanExecution):
     GOODBYE_TIMEOUT = ServerLink.GOODBYE_TIMEOUT
     MAX_LOSSES = Segment.MAX_LOSSES
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tuner: str = "constant",
-                 config: dict | None = None, server: str = AUTO, job: str | None = None,
-                 val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
-                 probe_fn: Callable[[], Any] | None = None,
-                 val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
-                 checkpoint: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                 timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
-                 seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None,
-                 require_server: bool = False, allow_scheduler: bool = False, dashboard: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        tuner: str = "constant",
+        config: dict | None = None,
+        server: str = AUTO,
+        job: str | None = None,
+        val_fn: Callable[[], Any] | None = None,
+        *,
+        scaler: Any = None,
+        include_rng: bool = False,
+        probe_fn: Callable[[], Any] | None = None,
+        val_batches: Any = None,
+        val_criterion: Callable[..., Any] | None = None,
+        checkpoint: str | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        timeout: float = 5.0,
+        retry_interval: float = 5.0,
+        max_steps: int | None = None,
+        seed: int | None = None,
+        distributed: bool | None = None,
+        secret: str | bytes | None = None,
+        require_server: bool = False,
+        allow_scheduler: bool = False,
+        dashboard: bool = False,
+    ):
         options = JobOptions.checked(tuner, config, job, max_steps, seed)
         link_options = LinkOptions.checked(server, timeout, retry_interval, secret, require_server)
         if not isinstance(allow_scheduler, bool):
@@ -114,8 +132,11 @@ class AutoLRS(PlanExecution):
         self.embedded_server: EmbeddedServer | None = None
         if link_options.server == AUTO:
             self.embedded_server = EmbeddedServer(dashboard=bool(dashboard))
-        self.server, self.timeout, self.retry_interval = link_options.server, link_options.timeout, \
-            link_options.retry_interval
+        self.server, self.timeout, self.retry_interval = (
+            link_options.server,
+            link_options.timeout,
+            link_options.retry_interval,
+        )
         #: ``step()`` calls so far (GradScaler-skipped ones excluded), and reports sent.
         self.global_step = 0
         self.reports = 0
@@ -130,8 +151,11 @@ class AutoLRS(PlanExecution):
         self._saved_at: dict[str, int] = {}
         self._warn = WarnOnce(leader=self._dist is None or self._dist.leader)
         if dashboard and self.embedded_server is None:
-            self._warn("dashboard", f"autolrs: dashboard=True is for the embedded server; the server at "
-                                    f"{self.server} serves one when started with --http-port")
+            self._warn(
+                "dashboard",
+                f"autolrs: dashboard=True is for the embedded server; the server at "
+                f"{self.server} serves one when started with --http-port",
+            )
         self._segment = Segment(self.set_lr, self._evaluate, job)
         self._probes: list[list[float]] = []  # [loss_before, loss_after] per probed LR, for the next report
         self._hypergrad: hypergrad.HypergradEngine | None = None
@@ -140,20 +164,35 @@ class AutoLRS(PlanExecution):
         self._provisional = None
         self._reset_outage()  # no outage (see the class doc and plans.py)
 
-        self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
-                                            storage=checkpoint_storage(checkpoint, checkpoint_dir),
-                                            directory=checkpoint_dir)
+        self._checkpoints = CheckpointStore(
+            model,
+            optimizer,
+            scaler=scaler,
+            include_rng=include_rng,
+            storage=checkpoint_storage(checkpoint, checkpoint_dir),
+            directory=checkpoint_dir,
+        )
         self._link: ServerLink | None = None
         unstarted: str | None = None  # why the embedded server could not start
         try:
             if self.embedded_server is not None:
                 link_options, unstarted = self._embedded_endpoint(link_options, job)
                 self.server = link_options.server
-            self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
-                                    lr=lambda: self.lr, step=lambda: self.global_step)
+            self._link = ServerLink(
+                link_options,
+                job,
+                dist=self._dist,
+                warn=self._warn,
+                hello_body=self._hello_body,
+                lr=lambda: self.lr,
+                step=lambda: self.global_step,
+            )
             if unstarted is None:
-                self._start(self._link.exchange("hello", self._hello_body(), starting=True, owner_may_load=True,
-                                                deadline=self._hello_deadline()))
+                self._start(
+                    self._link.exchange(
+                        "hello", self._hello_body(), starting=True, owner_may_load=True, deadline=self._hello_deadline()
+                    )
+                )
             else:
                 self._embedded_unstarted(unstarted)
         except BaseException:
@@ -214,9 +253,11 @@ class AutoLRS(PlanExecution):
                 self.skipped_steps += 1
                 return
             if loss is not None:
-                self._warn("no-optimizer-step",
-                           f"autolrs: job {self.job}: cb.step() was called with no optimizer.step() since the last "
-                           "call; call it once after each optimizer.step() (the step is counted all the same)")
+                self._warn(
+                    "no-optimizer-step",
+                    f"autolrs: job {self.job}: cb.step() was called with no optimizer.step() since the last "
+                    "call; call it once after each optimizer.step() (the step is counted all the same)",
+                )
         self.global_step += 1
         segment = self._segment
         if segment.active:
@@ -253,9 +294,11 @@ class AutoLRS(PlanExecution):
         if self._hypergrad is not None:
             self._hypergrad.close()
         if self._link.decisions == 0 and self._link.state != DETACHED:  # detaching said so already
-            self._warn("no-decision",
-                       f"autolrs: job {self.job} never received a decision from the tuner server at {self.server}: the "
-                       "run was not tuned (was the server running and reachable?)")
+            self._warn(
+                "no-decision",
+                f"autolrs: job {self.job} never received a decision from the tuner server at {self.server}: the "
+                "run was not tuned (was the server running and reachable?)",
+            )
         if self._provisional is not None and self._provisional["base"] is not None:
             # The server never answered: the search's run is off the path to the final weights.
             self.discarded.append([self._provisional["base_saved"], self._provisional["step"]])
@@ -285,8 +328,10 @@ class AutoLRS(PlanExecution):
 
     def __repr__(self) -> str:
         state = CLOSED if self._closed or self._link is None else self._link.state
-        return (f"AutoLRS(job={self.job!r}, tuner={self.tuner!r}, server={self.server!r}, "
-                f"step={self.global_step}, lr={self.lr:g}, link={state})")
+        return (
+            f"AutoLRS(job={self.job!r}, tuner={self.tuner!r}, server={self.server!r}, "
+            f"step={self.global_step}, lr={self.lr:g}, link={state})"
+        )
 
     # --- state -------------------------------------------------------------------------
 
@@ -298,10 +343,19 @@ class AutoLRS(PlanExecution):
         job's (None until the server issued it): it proves to the server that the trainer
         restored from this dict owns the job, so keep the checkpoint as private as the job
         (the layout: :class:`~autolrs.callbacks.job_state.JobState`)."""
-        return JobState(job=self.job, tuner=self.tuner, config=self.config, lrs=self._lrs.state_dict(),
-                        step=self.global_step, skipped_steps=self.skipped_steps, reports=self.reports,
-                        stopped=self._should_stop, credential=self._link.credential,
-                        client_id=self._link.client_id, seq=self._link.next_seq).to_dict()
+        return JobState(
+            job=self.job,
+            tuner=self.tuner,
+            config=self.config,
+            lrs=self._lrs.state_dict(),
+            step=self.global_step,
+            skipped_steps=self.skipped_steps,
+            reports=self.reports,
+            stopped=self._should_stop,
+            credential=self._link.credential,
+            client_id=self._link.client_id,
+            seq=self._link.next_seq,
+        ).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Carry on with the job of ``state`` (from :meth:`state_dict`) at its step. Build the

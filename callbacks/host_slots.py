@@ -99,8 +99,14 @@ def _any_cuda(devices: Any) -> bool:
 def _back(saved: Any, devices: Any) -> Any:
     """Fresh tensors from a host slot, each on the device it was saved from."""
     if isinstance(saved, _Shard):
-        return DTensor.from_local(_back(saved.local, devices.local), saved.mesh, saved.placements, run_check=False,
-                                  shape=saved.shape, stride=saved.stride)
+        return DTensor.from_local(
+            _back(saved.local, devices.local),
+            saved.mesh,
+            saved.placements,
+            run_check=False,
+            shape=saved.shape,
+            stride=saved.stride,
+        )
     if isinstance(saved, torch.Tensor):
         if devices.type == "cuda":
             return saved.to(devices, non_blocking=True)

@@ -56,13 +56,18 @@ class HypergradEngine:
     differentiable validation loss at the current weights (None when there is none).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 ratios: Callable[[], Sequence[float]], val_loss: Callable[[], Any] | None,
-                 warn: Callable[[str, str], None], scaler: Any = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ratios: Callable[[], Sequence[float]],
+        val_loss: Callable[[], Any] | None,
+        warn: Callable[[str, str], None],
+        scaler: Any = None,
+    ):
         self.kind = check_optimizer(optimizer)
         self._scaler = scaler
-        self.model, self.optimizer, self._ratios, self._val_loss, self._warn = \
-            model, optimizer, ratios, val_loss, warn
+        self.model, self.optimizer, self._ratios, self._val_loss, self._warn = model, optimizer, ratios, val_loss, warn
         self.method: str | None = None
         self.mu = 0.0
         self.want_vb = False
@@ -83,11 +88,15 @@ class HypergradEngine:
         """Take a run's ``hypergrad`` spec; a change of method starts from scratch."""
         method = spec["method"]
         if method == "tangent" and self._val_loss is None:
-            raise ValueError("rtho and marthe need a validation gradient: pass val_batches (with "
-                             "val_criterion) or a val_fn returning a differentiable loss")
+            raise ValueError(
+                "rtho and marthe need a validation gradient: pass val_batches (with "
+                "val_criterion) or a val_fn returning a differentiable loss"
+            )
         if method == "tangent" and self._scaler is not None:
-            raise ValueError("rtho and marthe do not support a GradScaler (the Hessian-vector product "
-                             "would be of the scaled loss); hd does")
+            raise ValueError(
+                "rtho and marthe do not support a GradScaler (the Hessian-vector product "
+                "would be of the scaled loss); hd does"
+            )
         if method != self.method:
             self._hd.clear()
             self._prev_dir.clear()
@@ -139,9 +148,13 @@ class HypergradEngine:
                 try:
                     hvp = torch.autograd.grad(dot, params, allow_unused=True)
                 except RuntimeError as exc:  # an op without double backward: fail open, first order
-                    self._warn("hypergrad_hvp", (
-                        f"autolrs: the Hessian-vector product failed ({exc}); the tangent recursion goes "
-                        "on without its second-order term"))
+                    self._warn(
+                        "hypergrad_hvp",
+                        (
+                            f"autolrs: the Hessian-vector product failed ({exc}); the tangent recursion goes "
+                            "on without its second-order term"
+                        ),
+                    )
         acc = self._hvp if self._hvp is not None else {}
         for p, hz in zip(params, hvp):
             if hz is not None:
@@ -210,9 +223,13 @@ class HypergradEngine:
         opt_state = self.optimizer.state
         mu, hvp = self.mu, self._hvp
         if hvp is None and mu > 0 and self._Z:
-            self._warn("hypergrad_backward", (
-                "autolrs: rtho/marthe need the Hessian-vector product: call cb.backward(loss) instead of "
-                "loss.backward(); until then the tangent recursion drops its second-order term"))
+            self._warn(
+                "hypergrad_backward",
+                (
+                    "autolrs: rtho/marthe need the Hessian-vector product: call cb.backward(loss) instead of "
+                    "loss.backward(); until then the tangent recursion drops its second-order term"
+                ),
+            )
         for k, group, p in self._params():
             g = self._grad(group, p)
             if g is None:
@@ -260,8 +277,10 @@ class HypergradEngine:
         try:
             report = self._report()
         except (RuntimeError, ValueError, TypeError, StopIteration) as exc:  # fail open: no hypergradient
-            self._warn("hypergrad_report", f"autolrs: computing the hypergradient failed ({exc!r}); "
-                       "reported without it (the server keeps the LR)")
+            self._warn(
+                "hypergrad_report",
+                f"autolrs: computing the hypergradient failed ({exc!r}); reported without it (the server keeps the LR)",
+            )
             report = {"h": [], "vb": None, "val_loss": None}
         report["optimizer"] = self.kind  # the server scales its default hyper-LR by it
         self.last_report = report
@@ -281,18 +300,25 @@ class HypergradEngine:
         extra = [x for x in (vb, val) if x is not None]
         floats = _to_floats(values + extra)
         n = len(values)
-        return {"h": floats[:n], "vb": floats[n] if vb is not None else None,
-                "val_loss": floats[-1] if val is not None else None}
+        return {
+            "h": floats[:n],
+            "vb": floats[n] if vb is not None else None,
+            "val_loss": floats[-1] if val is not None else None,
+        }
 
     def _validation_dots(self):
         params = [p for _, _, p in self._params()]
         with torch.enable_grad():
             loss = self._val_loss()
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            self._warn("hypergrad_val", (
-                "autolrs: the validation loss for rtho/marthe has no autograd graph (a val_fn under "
-                "torch.no_grad()?); pass val_batches, or a val_fn that returns a differentiable loss; "
-                "no hypergradient is reported"))
+            self._warn(
+                "hypergrad_val",
+                (
+                    "autolrs: the validation loss for rtho/marthe has no autograd graph (a val_fn under "
+                    "torch.no_grad()?); pass val_batches, or a val_fn that returns a differentiable loss; "
+                    "no hypergradient is reported"
+                ),
+            )
             return None
         loss = loss.mean() if loss.dim() else loss
         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -323,9 +349,17 @@ def _to_floats(values: list[torch.Tensor]) -> list[float]:
     return stacked.cpu().tolist()
 
 
-def engine_for(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lrs: Any, warn: Callable[..., None], *,
-               val_fn: Callable[[], Any] | None = None, val_batches: Any = None,
-               val_criterion: Callable | None = None, scaler: Any = None) -> HypergradEngine:
+def engine_for(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lrs: Any,
+    warn: Callable[..., None],
+    *,
+    val_fn: Callable[[], Any] | None = None,
+    val_batches: Any = None,
+    val_criterion: Callable | None = None,
+    scaler: Any = None,
+) -> HypergradEngine:
     """The engine of a callback's model and optimizer. ``lrs`` (a
     :class:`~autolrs.callbacks.lr.GroupLRs`) gives the param groups' ratios to the base LR;
     ``warn(key, message)`` issues a warning once. The validation loss comes from

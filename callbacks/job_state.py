@@ -52,13 +52,27 @@ class JobState:
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
             raise ValueError(f"step, skipped_steps and reports must be integers >= 0, got {counts}")
         if state.get("tuner") != tuner or state.get("config") != config:
-            raise ValueError(f"the state is of job {job!r} with tuner {state.get('tuner')!r} and config "
-                             f"{state.get('config')!r}; this callback has tuner {tuner!r} and config "
-                             f"{config!r}: build it with the same ones")
+            raise ValueError(
+                f"the state is of job {job!r} with tuner {state.get('tuner')!r} and config "
+                f"{state.get('config')!r}; this callback has tuner {tuner!r} and config "
+                f"{config!r}: build it with the same ones"
+            )
         credential = state.get("credential")
         if credential is not None and (not isinstance(credential, str) or not credential):
-            raise ValueError(f"the state's credential must be a non-empty string or None, got {type(credential).__name__}")
+            raise ValueError(
+                f"the state's credential must be a non-empty string or None, got {type(credential).__name__}"
+            )
         step, skipped_steps, reports = counts
-        return cls(job=job, tuner=tuner, config=config, lrs=state["lrs"], step=step, skipped_steps=skipped_steps,
-                   reports=reports, stopped=bool(state.get("stopped", False)), credential=credential,
-                   client_id=state.get("client_id"), seq=state.get("seq"))
+        return cls(
+            job=job,
+            tuner=tuner,
+            config=config,
+            lrs=state["lrs"],
+            step=step,
+            skipped_steps=skipped_steps,
+            reports=reports,
+            stopped=bool(state.get("stopped", False)),
+            credential=credential,
+            client_id=state.get("client_id"),
+            seq=state.get("seq"),
+        )

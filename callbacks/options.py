@@ -26,8 +26,10 @@ def default_job_id() -> str:
 
 def check_job_id(job: Any) -> str:
     if not protocol.is_valid_job_id(job):
-        raise ValueError(f"invalid job id {job!r}: 1-128 characters of letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
+        raise ValueError(
+            f"invalid job id {job!r}: 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
     return job
 
 
@@ -37,8 +39,10 @@ def checkpoint_storage(checkpoint: str | None, checkpoint_dir: Any) -> str | Non
     if checkpoint is None:
         return "memory" if checkpoint_dir is None else "disk"
     if checkpoint in ("memory", "cpu") and checkpoint_dir is not None:
-        raise ValueError("checkpoint_dir is where disk checkpoints go: pass checkpoint='disk' (or leave checkpoint "
-                         "unset) with it, or drop it")
+        raise ValueError(
+            "checkpoint_dir is where disk checkpoints go: pass checkpoint='disk' (or leave checkpoint "
+            "unset) with it, or drop it"
+        )
     return checkpoint
 
 
@@ -74,9 +78,13 @@ class JobOptions:
         if config is not None and not isinstance(config, dict):
             raise ValueError(f"config must be a dict or None, got {type(config).__name__}")
         job = check_job_id(default_job_id() if job is None else job)
-        return cls(tuner=tuner, config=dict(config or {}), job=job,
-                   max_steps=_optional_int(max_steps, "max_steps", 1),
-                   seed=_optional_int(seed, "seed", 0, 2**63))
+        return cls(
+            tuner=tuner,
+            config=dict(config or {}),
+            job=job,
+            max_steps=_optional_int(max_steps, "max_steps", 1),
+            seed=_optional_int(seed, "seed", 0, 2**63),
+        )
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,9 @@ class LinkOptions:
     require_server: bool = False
 
     @classmethod
-    def checked(cls, server: Any, timeout: Any, retry_interval: Any, secret: Any,
-                require_server: Any = False) -> "LinkOptions":
+    def checked(
+        cls, server: Any, timeout: Any, retry_interval: Any, secret: Any, require_server: Any = False
+    ) -> "LinkOptions":
         if server != AUTO:
             protocol.check_endpoint(server)
         elif (endpoint := resolve_endpoint(server)) is not None:
@@ -103,6 +112,10 @@ class LinkOptions:
                 raise ValueError(f"${ENV_SERVER}: {exc}") from None
         if not isinstance(require_server, bool):
             raise ValueError(f"require_server must be True or False, got {require_server!r}")
-        return cls(server=server, timeout=_positive(timeout, "timeout"),
-                   retry_interval=_positive(retry_interval, "retry_interval"), secret=secret,
-                   require_server=require_server)
+        return cls(
+            server=server,
+            timeout=_positive(timeout, "timeout"),
+            retry_interval=_positive(retry_interval, "retry_interval"),
+            secret=secret,
+            require_server=require_server,
+        )

@@ -97,8 +97,15 @@ class CheckpointStore:
     the next store made on this host (:func:`sweep_dead`).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
-                 include_rng: bool = False, storage: str = "memory", directory: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any = None,
+        include_rng: bool = False,
+        storage: str = "memory",
+        directory: str | os.PathLike | None = None,
+    ):
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
         self.model = model
@@ -280,8 +287,13 @@ def _to_disk_rng(state: dict) -> dict:
     its key array as a tensor and rebuild the tuple on load."""
     kind, keys, pos, has_gauss, cached = state["numpy"]
     out = dict(state)
-    out["numpy"] = {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    out["numpy"] = {
+        "kind": kind,
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
     return out
 
 
@@ -289,8 +301,7 @@ def _from_disk(state: dict) -> dict:
     rng = state.get("rng")
     if rng is not None and isinstance(rng.get("numpy"), dict):
         n = rng["numpy"]
-        rng["numpy"] = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                        n["cached_gaussian"])
+        rng["numpy"] = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
     return state
 
 

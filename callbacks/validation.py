@@ -13,8 +13,9 @@ import torch
 __all__ = ["batch_loss", "cycle_batches", "validation_loss"]
 
 
-def validation_loss(model: torch.nn.Module, val_fn: Callable[[], Any] | None, val_batches: Any,
-                    val_criterion: Callable | None) -> Callable[[], Any] | None:
+def validation_loss(
+    model: torch.nn.Module, val_fn: Callable[[], Any] | None, val_batches: Any, val_criterion: Callable | None
+) -> Callable[[], Any] | None:
     """The loss from ``val_batches`` (``(inputs, targets)`` pairs, cycled; ``val_criterion``
     defaults to cross-entropy), else ``val_fn`` (which must then return a loss with a graph),
     else None."""

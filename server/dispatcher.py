@@ -82,8 +82,11 @@ class Dispatcher:
         self.config = config
         self.store = store
         if admin_token is None:
-            path = Path(config.admin_token_file) if config.admin_token_file else \
-                store.state_dir / security.ADMIN_TOKEN_FILE
+            path = (
+                Path(config.admin_token_file)
+                if config.admin_token_file
+                else store.state_dir / security.ADMIN_TOKEN_FILE
+            )
             admin_token = security.load_admin_token(path)
         self._admin = security.digest(admin_token)
         # job id -> the credential its creating hello issued, until the client shows it has it
@@ -111,8 +114,10 @@ class Dispatcher:
         req: Any = None
         try:
             if len(frame) > self.config.max_message_bytes:
-                raise ProtocolError(ErrorCode.TOO_LARGE, f"message of {len(frame)} bytes exceeds the "
-                                    f"server's limit of {self.config.max_message_bytes}")
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"message of {len(frame)} bytes exceeds the server's limit of {self.config.max_message_bytes}",
+                )
             req = protocol.loads(frame)
             kind, body = protocol.validate_request(req)
             return Parsed(req, kind, body, None, peer)
@@ -120,8 +125,14 @@ class Dispatcher:
             return Parsed(req, None, None, _encode(protocol.error_reply(req, exc.code, exc.message), req))
         except Exception:  # noqa: BLE001 - the transport must keep serving
             log.exception("internal error while decoding a request")
-            return Parsed(req, None, None, _encode(protocol.error_reply(
-                req, ErrorCode.INTERNAL, "internal server error; see the server log"), req))
+            return Parsed(
+                req,
+                None,
+                None,
+                _encode(
+                    protocol.error_reply(req, ErrorCode.INTERNAL, "internal server error; see the server log"), req
+                ),
+            )
 
     def respond(self, parsed: Parsed) -> bytes:
         """The reply to a parsed request. Never raises."""
@@ -137,8 +148,11 @@ class Dispatcher:
                 with self._jobs.hold(job_id):
                     try:
                         assert body is not None  # a parsed request without an error has its body
-                        reply = self._hello(req, body, parsed.peer) if kind == "hello" else \
-                            getattr(self, f"_{kind}")(req, body)
+                        reply = (
+                            self._hello(req, body, parsed.peer)
+                            if kind == "hello"
+                            else getattr(self, f"_{kind}")(req, body)
+                        )
                     finally:
                         if job_id in self.store.sessions:  # any request of a job renews its lease
                             self.leases.touch(job_id)
@@ -171,8 +185,11 @@ class Dispatcher:
                 self._issued.pop(session.job_id, None)
                 evicted.append(session.job_id)
         if evicted:
-            log.info("lease of %d job(s) ran out; unloaded from memory (state kept on disk): %s",
-                     len(evicted), ", ".join(evicted[:10]) + (" ..." if len(evicted) > 10 else ""))
+            log.info(
+                "lease of %d job(s) ran out; unloaded from memory (state kept on disk): %s",
+                len(evicted),
+                ", ".join(evicted[:10]) + (" ..." if len(evicted) > 10 else ""),
+            )
         return evicted
 
     # --- stateless requests ------------------------------------------------------------
@@ -187,9 +204,14 @@ class Dispatcher:
         sessions = self.rows()
         if not admin:
             sessions = [{"job_id": row["job_id"], "status": row["status"]} for row in sessions]
-        server = {"version": autolrs.__version__, "protocol": protocol.PROTOCOL_VERSION,
-                  "uptime_s": round(time.monotonic() - self.started, 3), "sessions": len(sessions), "admin": admin,
-                  "tuner_processes": self.store.tuners.describe()}
+        server = {
+            "version": autolrs.__version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "sessions": len(sessions),
+            "admin": admin,
+            "tuner_processes": self.store.tuners.describe(),
+        }
         return protocol.ok_reply(req, messages.StatusReply(server, sessions).to_body())
 
     def rows(self, now: float | None = None, only: str | None = None) -> list[dict]:
@@ -205,9 +227,17 @@ class Dispatcher:
         return [rows[job] for job in sorted(rows)]
 
     def _row(self, s: Session, now: float) -> dict:
-        return {"job_id": s.job_id, "tuner": s.tuner_name, "status": self.leases.status(s, now), "step": s.step,
-                "lr": s.lr, "created": s.created, "updated": s.updated, "requests": s.requests,
-                "summary": self._summary(s)}
+        return {
+            "job_id": s.job_id,
+            "tuner": s.tuner_name,
+            "status": self.leases.status(s, now),
+            "step": s.step,
+            "lr": s.lr,
+            "created": s.created,
+            "updated": s.updated,
+            "requests": s.requests,
+            "summary": self._summary(s),
+        }
 
     def _summary(self, s: Session) -> dict:
         if s.job_id in self._summaries:
@@ -243,10 +273,14 @@ class Dispatcher:
                     raise _stale(session, seq)
                 if hello.tuner != session.tuner_name or hello.config != session.hello_config:
                     # The job's own trainer asks: its config may be shown back to it.
-                    raise ProtocolError(ErrorCode.JOB_CONFLICT, (
-                        f"job {job_id!r} is active with tuner {session.tuner_name!r} and config "
-                        f"{session.hello_config!r}; this hello asks for {hello.tuner!r} with "
-                        f"{hello.config!r}. Use another job id, or send goodbye for this one first"))
+                    raise ProtocolError(
+                        ErrorCode.JOB_CONFLICT,
+                        (
+                            f"job {job_id!r} is active with tuner {session.tuner_name!r} and config "
+                            f"{session.hello_config!r}; this hello asks for {hello.tuner!r} with "
+                            f"{hello.config!r}. Use another job id, or send goodbye for this one first"
+                        ),
+                    )
                 return self._apply(session, req, lambda s: self._resume(s, req, hello))
             log.info("job %s had finished; a new hello replaces it with a new session", job_id)
         return self._create(req, hello, replaced=session, peer=peer)
@@ -266,13 +300,25 @@ class Dispatcher:
         identity = _identity(peer)
         self._admit(job_id, now, identity)
         credential = security.new_credential()
-        session = Session(job_id=job_id, tuner_name=hello.tuner, config=config,
-                          hello_config=hello.config, seed=seed, tuner=tuner, owner=req["client_id"],
-                          credential=security.digest(credential), creator=identity,
-                          lr=_lr_after(plan, hello.initial_lr), created=now, updated=now, step=hello.step)
+        session = Session(
+            job_id=job_id,
+            tuner_name=hello.tuner,
+            config=config,
+            hello_config=hello.config,
+            seed=seed,
+            tuner=tuner,
+            owner=req["client_id"],
+            credential=security.digest(credential),
+            creator=identity,
+            lr=_lr_after(plan, hello.initial_lr),
+            created=now,
+            updated=now,
+            step=hello.step,
+        )
         # Notices and deprecation notes: said once to the user by the callback, as warnings.
-        reply_body = messages.HelloReply(plan, resumed=False, seed=seed, notices=tuple(tuner.notices),
-                                         deprecations=_deprecations(hello), next=after)
+        reply_body = messages.HelloReply(
+            plan, resumed=False, seed=seed, notices=tuple(tuner.notices), deprecations=_deprecations(hello), next=after
+        )
         # The reply kept for resends (and saved) leaves the credential out; a resend gets it back.
         reply = protocol.ok_reply(req, reply_body.to_body())
         _check_size(reply, job_id)
@@ -285,8 +331,17 @@ class Dispatcher:
             self.store.put(session)
         self._issued[job_id] = credential
         self.history.start(job_id)  # a new session: the history of one it replaced goes with it
-        self._log(session, req, "hello", plan, resumed=False, replaced_finished=replaced is not None,
-                  tuner=hello.tuner, config=config, seed=seed)
+        self._log(
+            session,
+            req,
+            "hello",
+            plan,
+            resumed=False,
+            replaced_finished=replaced is not None,
+            tuner=hello.tuner,
+            config=config,
+            seed=seed,
+        )
         return _with_credential(reply, credential)
 
     def _admit(self, job_id: str, now: float, identity: str) -> None:
@@ -294,15 +349,23 @@ class Dispatcher:
         ``max_sessions_per_peer`` of them (expired and finished ones do not count)."""
         live = [s for s in self.store.listing()[0] if self.leases.live(s, now)]
         if len(live) >= self.config.max_sessions:
-            raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, (
-                f"the server holds {len(live)} live sessions (max_sessions {self.config.max_sessions}); job "
-                f"{job_id!r} was not created. Retry later, or raise server.max_sessions"))
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SESSIONS,
+                (
+                    f"the server holds {len(live)} live sessions (max_sessions {self.config.max_sessions}); job "
+                    f"{job_id!r} was not created. Retry later, or raise server.max_sessions"
+                ),
+            )
         mine = sum(1 for s in live if s.creator == identity)
         if mine >= self.config.max_sessions_per_peer:
-            raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, (
-                f"{mine} live sessions were created from this client's address (max_sessions_per_peer "
-                f"{self.config.max_sessions_per_peer}); job {job_id!r} was not created. End some jobs (goodbye), "
-                "wait for their lease to run out, or raise server.max_sessions_per_peer"))
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_SESSIONS,
+                (
+                    f"{mine} live sessions were created from this client's address (max_sessions_per_peer "
+                    f"{self.config.max_sessions_per_peer}); job {job_id!r} was not created. End some jobs (goodbye), "
+                    "wait for their lease to run out, or raise server.max_sessions_per_peer"
+                ),
+            )
 
     def _resume(self, session: Session, req: dict, hello: messages.Hello) -> tuple[dict | _Issue, dict]:
         if req["client_id"] != session.owner:
@@ -315,8 +378,12 @@ class Dispatcher:
         # A job saved before credentials existed gets one now.
         credential = None if session.credential else security.new_credential()
         session.lr = _lr_after(plan, session.lr)
-        reply = protocol.ok_reply(req, messages.HelloReply(plan, resumed=True, seed=session.seed,
-                                                           deprecations=_deprecations(hello), next=after).to_body())
+        reply = protocol.ok_reply(
+            req,
+            messages.HelloReply(
+                plan, resumed=True, seed=session.seed, deprecations=_deprecations(hello), next=after
+            ).to_body(),
+        )
         record = {"kind": "hello", "plan": plan, "resumed": True, "client_step": hello.step}
         return (reply if credential is None else _Issue(reply, credential)), record
 
@@ -335,15 +402,27 @@ class Dispatcher:
             s.step = obs.step
             s.lr = _lr_after(plan, reported_lr if reported_lr is not None else s.lr)
             return protocol.ok_reply(req, messages.ReportReply(plan, next=after).to_body()), {
-                "kind": "report", "plan": plan, "observation": observation_summary(obs.losses, obs.evals)}
+                "kind": "report",
+                "plan": plan,
+                "observation": observation_summary(obs.losses, obs.evals),
+            }
 
         # The history needs the plan the client carried out and the summary from before the report.
         plan_before = (session.last_reply or {}).get("body", {}).get("plan")
-        summary_before = (self._summaries[session.job_id] if session.job_id in self._summaries
-                          else self._cache_summary(session))
+        summary_before = (
+            self._summaries[session.job_id] if session.job_id in self._summaries else self._cache_summary(session)
+        )
         reply = self._apply(session, req, apply)
-        self.history.record_report(session.job_id, plan_before, body, obs.losses, obs.evals, obs.hypergrad,
-                                   summary_before, self._summaries.get(session.job_id))
+        self.history.record_report(
+            session.job_id,
+            plan_before,
+            body,
+            obs.losses,
+            obs.evals,
+            obs.hypergrad,
+            summary_before,
+            self._summaries.get(session.job_id),
+        )
         return reply
 
     def _goodbye(self, req: dict, body: dict) -> dict:
@@ -383,10 +462,12 @@ class Dispatcher:
             return None
         reply = session.last_reply
         if reply is None or reply.get("type") != req["type"][: -len("_request")] + "_reply":
-            raise ProtocolError(ErrorCode.STALE_SEQ,
-                                f"seq {req['seq']} was already used by this client for another request")
-        creating = reply["type"] == "hello_reply" and reply.get("status") == "ok" \
-            and reply["body"].get("resumed") is False
+            raise ProtocolError(
+                ErrorCode.STALE_SEQ, f"seq {req['seq']} was already used by this client for another request"
+            )
+        creating = (
+            reply["type"] == "hello_reply" and reply.get("status") == "ok" and reply["body"].get("resumed") is False
+        )
         if creating and req.get("credential") is None:
             credential = self._issued.get(session.job_id)
             if credential is None:  # issued before a restart: only its digest is left, so a new one
@@ -406,22 +487,34 @@ class Dispatcher:
         elif security.matches(req.get("credential"), session.credential):
             self._issued.pop(session.job_id, None)  # the client has it: no resend will need it
             return
-        raise ProtocolError(ErrorCode.JOB_CONFLICT, (
-            f"job {session.job_id!r} belongs to another trainer (this request does not carry the job's "
-            "credential). Use another job id, or continue that job from its trainer's checkpoint "
-            "(AutoLRS.load_state_dict with the state it saved)"))
+        raise ProtocolError(
+            ErrorCode.JOB_CONFLICT,
+            (
+                f"job {session.job_id!r} belongs to another trainer (this request does not carry the job's "
+                "credential). Use another job id, or continue that job from its trainer's checkpoint "
+                "(AutoLRS.load_state_dict with the state it saved)"
+            ),
+        )
 
     def _check_writable(self, session: Session, req: dict) -> None:
         if session.status == FINISHED:
-            raise ProtocolError(ErrorCode.JOB_FINISHED,
-                                f"job {session.job_id!r} has finished; start a new one with hello")
+            raise ProtocolError(
+                ErrorCode.JOB_FINISHED, f"job {session.job_id!r} has finished; start a new one with hello"
+            )
         self._check_owner(session, req)
         if req["client_id"] != session.owner:
-            raise ProtocolError(ErrorCode.JOB_CONFLICT, (
-                f"job {session.job_id!r} was taken over by a later hello with its credential (a trainer "
-                "restarted from its checkpoint); this client no longer drives it"))
-        if session.last_seq is not None and session.last_client_id == req["client_id"] \
-                and req["seq"] < session.last_seq:
+            raise ProtocolError(
+                ErrorCode.JOB_CONFLICT,
+                (
+                    f"job {session.job_id!r} was taken over by a later hello with its credential (a trainer "
+                    "restarted from its checkpoint); this client no longer drives it"
+                ),
+            )
+        if (
+            session.last_seq is not None
+            and session.last_client_id == req["client_id"]
+            and req["seq"] < session.last_seq
+        ):
             raise _stale(session, req["seq"])
 
     def _apply(self, session: Session, req: dict, change) -> dict:
@@ -456,8 +549,16 @@ class Dispatcher:
 
     def _log(self, session: Session, req: dict, kind: str, plan: list | None, **extra: Any) -> None:
         summary = self._cache_summary(session)
-        record = {"time": round(time.time(), 6), "seq": req["seq"], "client_id": req["client_id"], "kind": kind,
-                  "step": session.step, **extra, "plan": plan, "summary": summary}
+        record = {
+            "time": round(time.time(), 6),
+            "seq": req["seq"],
+            "client_id": req["client_id"],
+            "kind": kind,
+            "step": session.step,
+            **extra,
+            "plan": plan,
+            "summary": summary,
+        }
         try:
             self.store.append_log(session, record)
         except Exception:  # noqa: BLE001 - the log is for people; the decision is already saved
@@ -534,8 +635,9 @@ def _check_plan(plan: Any, job_id: str) -> None:
 
 
 def _stale(session: Session, seq: int) -> ProtocolError:
-    return ProtocolError(ErrorCode.STALE_SEQ,
-                         f"seq {seq} is older than the last applied seq {session.last_seq} of this client")
+    return ProtocolError(
+        ErrorCode.STALE_SEQ, f"seq {seq} is older than the last applied seq {session.last_seq} of this client"
+    )
 
 
 def _describe(req: Any) -> str:

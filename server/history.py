@@ -114,9 +114,17 @@ def plan_lrs(plan: Sequence[Mapping] | None) -> tuple[list[float] | None, float 
     return per_step, constant
 
 
-def make_entry(plan: Sequence[Mapping] | None, step: int, steps: int, losses: Sequence[float],
-               evals: Sequence[Sequence[float]], hypergrad: Mapping | None, reported_lr: Any,
-               before: Mapping | None, after: Mapping | None) -> dict:
+def make_entry(
+    plan: Sequence[Mapping] | None,
+    step: int,
+    steps: int,
+    losses: Sequence[float],
+    evals: Sequence[Sequence[float]],
+    hypergrad: Mapping | None,
+    reported_lr: Any,
+    before: Mapping | None,
+    after: Mapping | None,
+) -> dict:
     """The journal entry of one applied report.
 
     ``plan`` is the plan the client carried out (the reply before the report), ``step`` the
@@ -182,12 +190,19 @@ def _series_points(start: int, end: int, loss_steps: list[int], losses: Sequence
         else:
             bad[i] += 1
     lrs = [_r(lr_at(min(end, (first + i + 1) * w))) for i in range(len(sums))]
-    return {"w": w, "b": first, "lr": _column(lrs), "m": [_r(t / n) if n else None for t, n in zip(sums, counts)],
-            "n": _column(counts), "x": _column(bad)}
+    return {
+        "w": w,
+        "b": first,
+        "lr": _column(lrs),
+        "m": [_r(t / n) if n else None for t, n in zip(sums, counts)],
+        "n": _column(counts),
+        "x": _column(bad),
+    }
 
 
-def _trial_window(ctx: Mapping, steps: int, losses: Sequence[float], evals: Sequence[Sequence[float]],
-                  lr: float | None) -> dict:
+def _trial_window(
+    ctx: Mapping, steps: int, losses: Sequence[float], evals: Sequence[Sequence[float]], lr: float | None
+) -> dict:
     """An AutoLRS trial's loss window: positions are steps since the trial started (what the
     forecaster fits; validation losses in validation mode), at most WINDOW_POINTS means."""
     if ctx.get("mode") == "val" and any(p > 0 for p, _ in evals):
@@ -197,8 +212,13 @@ def _trial_window(ctx: Mapping, steps: int, losses: Sequence[float], evals: Sequ
         pts = [(float(steps - len(losses) + j), v) for j, v in enumerate(losses)]
         kind = "train"
     points = _reduce(pts, WINDOW_POINTS)
-    return {"stage": ctx["stage"], "trial": ctx["trial"], "lr": lr, "kind": kind,
-            "points": [[_r(p), _r(v)] for p, v in points]}
+    return {
+        "stage": ctx["stage"],
+        "trial": ctx["trial"],
+        "lr": lr,
+        "kind": kind,
+        "points": [[_r(p), _r(v)] for p, v in points],
+    }
 
 
 def _reduce(points: Sequence[tuple[float, float]], limit: int) -> list[tuple]:
@@ -209,7 +229,7 @@ def _reduce(points: Sequence[tuple[float, float]], limit: int) -> list[tuple]:
         return [(p, v if _finite(v) else None) for p, v in points]
     out = []
     for i in range(limit):
-        chunk = points[i * n // limit:(i + 1) * n // limit]
+        chunk = points[i * n // limit : (i + 1) * n // limit]
         vals = [v for _, v in chunk if _finite(v)]
         out.append((sum(p for p, _ in chunk) / len(chunk), sum(vals) / len(vals) if vals else None))
     return out
@@ -244,8 +264,9 @@ class JobHistory:
         w, first = entry.get("w", 1), entry.get("b", 0)
         for i, mean in enumerate(entry.get("m", ())):
             n = _at(entry["n"], i)
-            self._add_series(min(end, (first + i + 1) * w), _at(entry["lr"], i), (mean or 0.0) * n, n,
-                             _at(entry["x"], i))
+            self._add_series(
+                min(end, (first + i + 1) * w), _at(entry["lr"], i), (mean or 0.0) * n, n, _at(entry["x"], i)
+            )
         if entry.get("last") is not None:
             self.last_loss = list(entry["last"])
         for step, value in entry.get("ev", ()):
@@ -261,7 +282,7 @@ class JobHistory:
             self._trim_windows()
         if "sweep" in entry and len(self.sweep) < MAX_SWEEP:
             pairs = [list(p) for p in zip(entry["sweep"]["lr"], entry["sweep"]["loss"])]
-            self.sweep.extend(pairs[:MAX_SWEEP - len(self.sweep)])
+            self.sweep.extend(pairs[: MAX_SWEEP - len(self.sweep)])
 
     def _rebucket(self) -> None:
         width = bucket_width(self.last_step, SERIES_POINTS)
@@ -324,10 +345,18 @@ class JobHistory:
         def rounded(table: dict) -> list:
             return [[p[0], *(_r(x) if isinstance(x, float) else x for x in p[1:])] for _, p in sorted(table.items())]
 
-        return {"format": FORMAT, "reports": self.reports, "last_step": self.last_step, "last_loss": self.last_loss,
-                "series": rounded(self.series), "evals": rounded(self.evals), "hyper": rounded(self.hyper),
-                "stages": [self.stages[s] for s in sorted(self.stages)],
-                "windows": [self.windows[k] for k in sorted(self.windows)], "sweep": self.sweep}
+        return {
+            "format": FORMAT,
+            "reports": self.reports,
+            "last_step": self.last_step,
+            "last_loss": self.last_loss,
+            "series": rounded(self.series),
+            "evals": rounded(self.evals),
+            "hyper": rounded(self.hyper),
+            "stages": [self.stages[s] for s in sorted(self.stages)],
+            "windows": [self.windows[k] for k in sorted(self.windows)],
+            "sweep": self.sweep,
+        }
 
     @classmethod
     def from_snapshot(cls, snap: Mapping) -> "JobHistory":
@@ -355,11 +384,17 @@ class JobHistory:
         evals = [self.evals[b] for b in sorted(self.evals)]
         hyper = [self.hyper[b] for b in sorted(self.hyper)]
         return {
-            "reports": self.reports, "last_step": self.last_step, "last_loss": self.last_loss,
-            "width": self.width, "eval_width": self.eval_width,
-            "series": {"step": [p[0] for p in series], "lr": [p[1] for p in series],
-                       "loss": [p[2] / p[3] if p[3] else None for p in series],
-                       "nonfinite": [p[4] for p in series]},
+            "reports": self.reports,
+            "last_step": self.last_step,
+            "last_loss": self.last_loss,
+            "width": self.width,
+            "eval_width": self.eval_width,
+            "series": {
+                "step": [p[0] for p in series],
+                "lr": [p[1] for p in series],
+                "loss": [p[2] / p[3] if p[3] else None for p in series],
+                "nonfinite": [p[4] for p in series],
+            },
             "evals": {"step": [p[0] for p in evals], "value": [p[1] / p[2] for p in evals]},
             "hypergrad": {"step": [p[0] for p in hyper], "value": [p[1] / p[2] for p in hyper]},
             "stages": [self.stages[s] for s in sorted(self.stages)],
@@ -397,8 +432,9 @@ class HistoryRecorder:
     lock held; never raises. Journals past ``journal_bytes`` are compacted on a background
     thread (``background=False``: at once, in the caller's thread)."""
 
-    def __init__(self, jobs_dir: str | Path, fsync: bool = False, journal_bytes: int = JOURNAL_BYTES,
-                 background: bool = True):
+    def __init__(
+        self, jobs_dir: str | Path, fsync: bool = False, journal_bytes: int = JOURNAL_BYTES, background: bool = True
+    ):
         self.jobs_dir = Path(jobs_dir)
         self.fsync = fsync
         self.journal_bytes = journal_bytes
@@ -422,12 +458,21 @@ class HistoryRecorder:
         except OSError:
             log.exception("could not remove the old history of job %s", job_id)
 
-    def record_report(self, job_id: str, plan: Sequence[Mapping] | None, body: Mapping, losses: Sequence[float],
-                      evals: Sequence[Sequence[float]], hypergrad: Mapping | None,
-                      before: Mapping | None, after: Mapping | None) -> None:
+    def record_report(
+        self,
+        job_id: str,
+        plan: Sequence[Mapping] | None,
+        body: Mapping,
+        losses: Sequence[float],
+        evals: Sequence[Sequence[float]],
+        hypergrad: Mapping | None,
+        before: Mapping | None,
+        after: Mapping | None,
+    ) -> None:
         try:
-            entry = make_entry(plan, body.get("step", 0), body.get("steps", 0), losses, evals, hypergrad,
-                               body.get("lr"), before, after)
+            entry = make_entry(
+                plan, body.get("step", 0), body.get("steps", 0), losses, evals, hypergrad, body.get("lr"), before, after
+            )
             self.append(job_id, entry)
         except Exception:  # noqa: BLE001 - the history is for people; the decision is saved
             log.exception("could not record the history of job %s", job_id)

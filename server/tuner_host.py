@@ -64,8 +64,9 @@ START_TIMEOUT_S = 120.0
 RETRY_START_S = 10.0
 
 
-def build_tuner(name: str, config: Mapping[str, Any], seed: int, state: Mapping[str, Any] | None = None, *,
-                job: str | None = None) -> Tuner:
+def build_tuner(
+    name: str, config: Mapping[str, Any], seed: int, state: Mapping[str, Any] | None = None, *, job: str | None = None
+) -> Tuner:
     """An ordinary tuner object, with ``state`` loaded when given (``job`` only names it)."""
     tuner = make_tuner(name, config, seed)
     if state is not None:
@@ -79,8 +80,14 @@ class InProcessTuners:
     processes = 0
 
     @staticmethod
-    def make(name: str, config: Mapping[str, Any], seed: int, state: Mapping[str, Any] | None = None, *,
-             job: str | None = None) -> Tuner:
+    def make(
+        name: str,
+        config: Mapping[str, Any],
+        seed: int,
+        state: Mapping[str, Any] | None = None,
+        *,
+        job: str | None = None,
+    ) -> Tuner:
         return build_tuner(name, config, seed, state, job=job)
 
     def start(self) -> None:
@@ -134,8 +141,15 @@ class ProcessTuners:
         """The process of ``job`` (a stable hash: the same in every server process)."""
         return self.slots[zlib.crc32((job or "").encode("utf-8")) % self.processes]
 
-    def make(self, name: str, config: Mapping[str, Any], seed: int, state: Mapping[str, Any] | None = None, *,
-             job: str | None = None) -> "RemoteTuner":
+    def make(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        seed: int,
+        state: Mapping[str, Any] | None = None,
+        *,
+        job: str | None = None,
+    ) -> "RemoteTuner":
         """A tuner pinned to ``job``'s process. A new one (``state`` None) is built at once, so a
         bad config raises here. One with a state (loaded from disk, or a rollback) is checked
         here, by building it in this process, and built in its process when first used."""
@@ -150,8 +164,9 @@ class ProcessTuners:
         """Start the processes if needed and wait until all are ready; whether they were in time."""
         self.start()
         deadline = None if timeout is None else time.monotonic() + timeout
-        return all(slot.wait_ready(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                   for slot in self.slots)
+        return all(
+            slot.wait_ready(None if deadline is None else max(0.0, deadline - time.monotonic())) for slot in self.slots
+        )
 
     def describe(self) -> list[dict]:
         """One row per process (what ``status`` lists): index, pid, ready, tuners held, the job
@@ -219,8 +234,9 @@ class TunerProcess:
             if self._closed or self._starting or self._ready.is_set() or time.monotonic() < self._next_try:
                 return
             self._starting = True
-        threading.Thread(target=self._start_in_background, name=f"autolrs-tuners-{self.index}-start",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._start_in_background, name=f"autolrs-tuners-{self.index}-start", daemon=True
+        ).start()
 
     def _start_in_background(self) -> None:
         try:
@@ -239,15 +255,20 @@ class TunerProcess:
         if self._proc is not None:
             self._reap("is being replaced")
         ours, theirs = self._context.Pipe(duplex=True)
-        proc = self._context.Process(target=tuner_worker.main, args=(theirs,), daemon=True,
-                                     name=f"autolrs-tuners-{self.index}")
+        proc = self._context.Process(
+            target=tuner_worker.main, args=(theirs,), daemon=True, name=f"autolrs-tuners-{self.index}"
+        )
         try:
             proc.start()
         except Exception as exc:  # noqa: BLE001 - e.g. out of processes or memory
             ours.close()
             theirs.close()
-            log.error("could not start tuner process %d (%s: %s); its jobs' tuners run in the server process "
-                      "meanwhile", self.index, type(exc).__name__, exc)
+            log.error(
+                "could not start tuner process %d (%s: %s); its jobs' tuners run in the server process meanwhile",
+                self.index,
+                type(exc).__name__,
+                exc,
+            )
             self._next_try = time.monotonic() + RETRY_START_S
             raise _Unavailable(str(exc)) from exc
         theirs.close()  # only the child's copy stays open: its death closes the pipe
@@ -263,8 +284,11 @@ class TunerProcess:
                 pass
         if not (isinstance(hello, tuple) and hello[:1] == (tuner_worker.READY,)):
             code = self._reap("did not start")
-            log.error("tuner process %d did not start (exit code %s); its jobs' tuners run in the server process "
-                      "meanwhile", self.index, code)
+            log.error(
+                "tuner process %d did not start (exit code %s); its jobs' tuners run in the server process meanwhile",
+                self.index,
+                code,
+            )
             self._next_try = time.monotonic() + RETRY_START_S
             raise _Unavailable(f"exit code {code}")
         self._ready.set()
@@ -337,8 +361,9 @@ class TunerProcess:
             except _NotSent as exc:
                 self._reap(f"died between requests ({exc})")
                 if attempt:
-                    raise TunerProcessDied(f"tuner process {self.index} could not take a request of job "
-                                           f"{tuner.job!r} ({exc})") from None
+                    raise TunerProcessDied(
+                        f"tuner process {self.index} could not take a request of job {tuner.job!r} ({exc})"
+                    ) from None
                 continue
             if outcome is None:
                 return None
@@ -378,8 +403,7 @@ class TunerProcess:
             except (BrokenPipeError, OSError) as exc:  # its end is closed: it never saw this request
                 raise _NotSent(str(exc)) from None
             if not _readable(self._conn, self._proc, self.timeout_s):
-                raise self._died(tuner, f"did not answer within tuner_timeout_s ({self.timeout_s:g} s) and "
-                                        "was killed")
+                raise self._died(tuner, f"did not answer within tuner_timeout_s ({self.timeout_s:g} s) and was killed")
             try:
                 return self._conn.recv()
             except (EOFError, OSError):
@@ -390,8 +414,10 @@ class TunerProcess:
     def _died(self, tuner: "RemoteTuner", why: str) -> TunerProcessDied:
         pid = None if self._proc is None else self._proc.pid
         self._reap(f"{why} during a request of job {tuner.job}")
-        return TunerProcessDied(f"tuner process {self.index} (pid {pid}) {why} during a request of job "
-                                f"{tuner.job!r}; the request was not applied: send it again")
+        return TunerProcessDied(
+            f"tuner process {self.index} (pid {pid}) {why} during a request of job "
+            f"{tuner.job!r}; the request was not applied: send it again"
+        )
 
     def forget(self, key: int, incarnation: int) -> None:
         """A tuner's session is gone: drop it with the next request (called from a finalizer)."""
@@ -400,8 +426,14 @@ class TunerProcess:
 
     def describe(self) -> dict:
         proc = self._proc
-        return {"index": self.index, "pid": None if proc is None else proc.pid, "ready": self._ready.is_set(),
-                "tuners": len(self._held) - len(self._drops), "busy": self.busy, "restarts": self.restarts}
+        return {
+            "index": self.index,
+            "pid": None if proc is None else proc.pid,
+            "ready": self._ready.is_set(),
+            "tuners": len(self._held) - len(self._drops),
+            "busy": self.busy,
+            "restarts": self.restarts,
+        }
 
 
 def _readable(conn: Any, proc: Any, timeout: float) -> bool:
@@ -421,8 +453,9 @@ class RemoteTuner:
     here (``local``), and moves to the process with its state at the first call once it is.
     """
 
-    def __init__(self, slot: TunerProcess, job: str | None, name: str, config: Mapping[str, Any], seed: int,
-                 state: bytes | None):
+    def __init__(
+        self, slot: TunerProcess, job: str | None, name: str, config: Mapping[str, Any], seed: int, state: bytes | None
+    ):
         self.job = job
         self.name = name
         self.config = dict(config)

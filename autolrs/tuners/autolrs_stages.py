@@ -124,7 +124,7 @@ class AutoLRSStages(Tuner):
         return None if self.s.max_steps is None else self.s.max_steps - self.step
 
     def _seed_seq(self, *keys: int) -> np.random.SeedSequence:
-        return np.random.SeedSequence([self.seed % (2 ** 63), *keys])
+        return np.random.SeedSequence([self.seed % (2**63), *keys])
 
     def _start_stage(self) -> None:
         remaining = self._remaining()
@@ -138,10 +138,16 @@ class AutoLRSStages(Tuner):
         self.stage += 1
         tp = plan["trial_steps"]
         first = self.space.sample(np.random.default_rng(self._seed_seq(self.stage, 0)))
-        self.current = Stage(stage=self.stage, tau=plan["tau"], trial_steps=tp, exploit_steps=plan["exploit_steps"],
-                             mode="val" if self.val_mode else "train",
-                             eval_every=max(1, tp // self.s.val_points) if self.val_mode else 0,
-                             start_step=self.step, next_lr=first)
+        self.current = Stage(
+            stage=self.stage,
+            tau=plan["tau"],
+            trial_steps=tp,
+            exploit_steps=plan["exploit_steps"],
+            mode="val" if self.val_mode else "train",
+            eval_every=max(1, tp // self.s.val_points) if self.val_mode else 0,
+            start_step=self.step,
+            next_lr=first,
+        )
         self.phase = "trial"
 
     # ------------------------------------------------------------------ trials and decisions
@@ -152,8 +158,15 @@ class AutoLRSStages(Tuner):
         ys = [math.inf if t.failed else score(t, self.s) for t in cur.trials]
         seed = int(self._seed_seq(self.stage, len(cur.trials)).generate_state(1)[0])
         # Each fit starts from the stage's previous one: one more point moves the optimum little.
-        u, theta = gp.suggest_warm(us, ys, cur.gp_theta, acquisition=self.s.acquisition, kappa=self.s.kappa,
-                                   seed=seed, min_distance=self.min_distance)
+        u, theta = gp.suggest_warm(
+            us,
+            ys,
+            cur.gp_theta,
+            acquisition=self.s.acquisition,
+            kappa=self.s.kappa,
+            seed=seed,
+            min_distance=self.min_distance,
+        )
         if theta is not None:
             cur.gp_theta = [float(x) for x in theta]
         lr = self.space.from_unit(u)
@@ -165,14 +178,24 @@ class AutoLRSStages(Tuner):
         cur = self.current
         cur.winner = w = pick_winner(cur.trials, self.s)
         reasons = unfit_reasons(cur.trials, self.s)
-        self.stages.append({
-            "stage": cur.stage, "start_step": cur.start_step, "mode": cur.mode, "tau": cur.tau,
-            "trial_steps": cur.trial_steps, "exploit_steps": cur.exploit_steps, "eval_every": cur.eval_every,
-            "trials": [{"lr": t.lr, "forecast": t.forecast, "std": t.std, "status": t.status, "unstable": r}
-                       for t, r in zip(cur.trials, reasons)],
-            "winner": cur.trials[w].lr, "winner_forecast": cur.trials[w].forecast,
-            "all_failed": all(t.failed for t in cur.trials),
-        })
+        self.stages.append(
+            {
+                "stage": cur.stage,
+                "start_step": cur.start_step,
+                "mode": cur.mode,
+                "tau": cur.tau,
+                "trial_steps": cur.trial_steps,
+                "exploit_steps": cur.exploit_steps,
+                "eval_every": cur.eval_every,
+                "trials": [
+                    {"lr": t.lr, "forecast": t.forecast, "std": t.std, "status": t.status, "unstable": r}
+                    for t, r in zip(cur.trials, reasons)
+                ],
+                "winner": cur.trials[w].lr,
+                "winner_forecast": cur.trials[w].forecast,
+                "all_failed": all(t.failed for t in cur.trials),
+            }
+        )
         self.phase = "exploit"
 
     def _end_stage(self) -> None:
@@ -296,11 +319,21 @@ class AutoLRSStages(Tuner):
         return (min(self.s.lr_min, self.s.start_lr), max(self.s.lr_max, self.s.start_lr))
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "step": self.step, "lr": self.lr, "phase": self.phase,
-                "stage": self.stage, "tau": self.tau, "val_mode": self.val_mode,
-                "current": None if self.current is None else self.current.to_json(),
-                "stages": copy.deepcopy(self.stages), "search_steps": self.search_steps,
-                "train_steps": self.train_steps, "stop_reason": self.stop_reason, "lr_cap": self.lr_cap}
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "lr": self.lr,
+            "phase": self.phase,
+            "stage": self.stage,
+            "tau": self.tau,
+            "val_mode": self.val_mode,
+            "current": None if self.current is None else self.current.to_json(),
+            "stages": copy.deepcopy(self.stages),
+            "search_steps": self.search_steps,
+            "train_steps": self.train_steps,
+            "stop_reason": self.stop_reason,
+            "lr_cap": self.lr_cap,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -318,14 +351,28 @@ class AutoLRSStages(Tuner):
 
     def summary(self) -> dict:
         cur = self.current
-        out = {"stage": self.stage, "phase": self.phase, "lr": self.lr, "step": self.step,
-               "mode": "val" if self.val_mode else "train", "tau": self.tau,
-               "search_steps": self.search_steps, "train_steps": self.train_steps,
-               "lr_min": self.space.min_lr, "lr_max": self.space.max_lr}
+        out = {
+            "stage": self.stage,
+            "phase": self.phase,
+            "lr": self.lr,
+            "step": self.step,
+            "mode": "val" if self.val_mode else "train",
+            "tau": self.tau,
+            "search_steps": self.search_steps,
+            "train_steps": self.train_steps,
+            "lr_min": self.space.min_lr,
+            "lr_max": self.space.max_lr,
+        }
         if cur is not None:
-            out.update({"trial": len(cur.trials), "k": self.s.k, "trial_steps": cur.trial_steps,
-                        "exploit_steps": cur.exploit_steps,
-                        "trials": [[t.lr, t.forecast, t.std] for t in cur.trials]})
+            out.update(
+                {
+                    "trial": len(cur.trials),
+                    "k": self.s.k,
+                    "trial_steps": cur.trial_steps,
+                    "exploit_steps": cur.exploit_steps,
+                    "trials": [[t.lr, t.forecast, t.std] for t in cur.trials],
+                }
+            )
             if cur.winner is not None:
                 out["winner"] = cur.trials[cur.winner].lr
         if self.stages:

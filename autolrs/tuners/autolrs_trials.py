@@ -34,17 +34,28 @@ def trial_record(obs: Observation, stage: Stage, s: Settings) -> dict:
         by_pos = {int(p): float(v) for p, v in evals}
         pos = sorted(by_pos)
         window = [by_pos[p] for p in pos]
-        fit = fit_forecast(window, stage.exploit_steps / stage.eval_every, "val",
-                           x=[p / stage.eval_every for p in pos], penalty=s.penalty, floor=s.loss_floor)
+        fit = fit_forecast(
+            window,
+            stage.exploit_steps / stage.eval_every,
+            "val",
+            x=[p / stage.eval_every for p in pos],
+            penalty=s.penalty,
+            floor=s.loss_floor,
+        )
     else:
         window = losses
         fit = fit_forecast(window, stage.exploit_steps, "train", penalty=s.penalty, floor=s.loss_floor)
-    record = {"forecast": float(fit.value), "std": float(fit.std) if math.isfinite(fit.std) else 0.0,
-              "status": fit.status, "failed": fit.failed}
+    record = {
+        "forecast": float(fit.value),
+        "std": float(fit.std) if math.isfinite(fit.std) else 0.0,
+        "status": fit.status,
+        "failed": fit.failed,
+    }
     if not fit.failed:
         health = trial_checks.window_health(window)
-        record.update(sigma=health.sigma if math.isfinite(health.sigma) else None,
-                      rising=health.rising_tail, spikes=health.spikes)
+        record.update(
+            sigma=health.sigma if math.isfinite(health.sigma) else None, rising=health.rising_tail, spikes=health.spikes
+        )
     return record
 
 
@@ -64,8 +75,10 @@ def unfit_reasons(trials: list[Trial], s: Settings) -> list[list[str]]:
     """Why each trial may not win (empty: it may); every finite trial may without checks."""
     if not s.check_trials:
         return [["failed"] if t.failed else [] for t in trials]
-    healths = [None if t.failed else trial_checks.WindowHealth(
-        t.rising, t.spikes, math.nan if t.sigma is None else t.sigma) for t in trials]
+    healths = [
+        None if t.failed else trial_checks.WindowHealth(t.rising, t.spikes, math.nan if t.sigma is None else t.sigma)
+        for t in trials
+    ]
     return trial_checks.unstable_reasons(healths)
 
 

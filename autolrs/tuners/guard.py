@@ -87,19 +87,37 @@ class Guarded(Tuner):
         if self._asked is None:  # the inner tuner changes only through this wrapper: ask it once a change
             self._asked = (self.inner.ask(), self.inner.in_search())
         (*prefix, last), search = self._asked
-        whole = last["op"] != "run" or search or (last.get("hypergrad") or {}).get("method") == "tangent" \
+        whole = (
+            last["op"] != "run"
+            or search
+            or (last.get("hypergrad") or {}).get("method") == "tangent"
             or last["steps"] <= self.every
+        )
         progress = self._pending
         if progress is None:
             lr = self._lr
             for action in prefix:
                 if action["op"] == "set_lr":
                     lr = action["lr"]
-            progress = {"consumed": 0, "started": False, "scale": 1.0, "lr": lr, "segments": [], "committed": 0,
-                        "rollbacks": []}
+            progress = {
+                "consumed": 0,
+                "started": False,
+                "scale": 1.0,
+                "lr": lr,
+                "segments": [],
+                "committed": 0,
+                "rollbacks": [],
+            }
         # Fresh lists: tell() edits them; the segments themselves are never edited.
-        return {"prefix": prefix, "last": last, "search": search, "whole": whole, **progress,
-                "segments": list(progress["segments"]), "rollbacks": list(progress["rollbacks"])}
+        return {
+            "prefix": prefix,
+            "last": last,
+            "search": search,
+            "whole": whole,
+            **progress,
+            "segments": list(progress["segments"]),
+            "rollbacks": list(progress["rollbacks"]),
+        }
 
     def _compose(self, p: dict) -> tuple[list[dict], dict]:
         """The plan for the next segment of ``p`` and what it does to the guard's slot."""
@@ -161,9 +179,14 @@ class Guarded(Tuner):
         r = p["last"]
         ran = observation.step - r["start_step"]
         consumed = ran if ran > p["consumed"] else p["consumed"] + max(1, observation.steps)
-        segment = {"at": p["consumed"], "steps": consumed - p["consumed"], "losses": list(observation.losses),
-                   "evals": [[int(q), float(v)] for q, v in observation.evals],
-                   "hypergrad": copy.deepcopy(observation.hypergrad), "probes": [list(x) for x in observation.probes]}
+        segment = {
+            "at": p["consumed"],
+            "steps": consumed - p["consumed"],
+            "losses": list(observation.losses),
+            "evals": [[int(q), float(v)] for q, v in observation.evals],
+            "hypergrad": copy.deepcopy(observation.hypergrad),
+            "probes": [list(x) for x in observation.probes],
+        }
         p["consumed"] = consumed
         verdict = self._watch.judge(observation.losses, segment["steps"])
         if verdict.kind == "diverged":
@@ -210,15 +233,16 @@ class Guarded(Tuner):
         lost = self._step - self._base_step  # training steps the restore undoes
         lr_before = self._lr
         if self._strikes >= self.max_rollbacks:
-            self._stopped = (f"diverged after {self._strikes} rollback(s) in a row (LR cut to {self._scale:.3g}x): "
-                            f"{reason}")
+            self._stopped = (
+                f"diverged after {self._strikes} rollback(s) in a row (LR cut to {self._scale:.3g}x): {reason}"
+            )
             self._event("stop", reason, to_step=self._good_step, steps_back=lost, lr_before=lr_before)
             return
         self._strikes += 1
         self._rollbacks += 1
         self._steps_lost += lost
         self._scale *= self.factor
-        del p["segments"][p["committed"]:]  # their weights are undone
+        del p["segments"][p["committed"] :]  # their weights are undone
         p["scale"] *= self.factor
         lr_after = None if lr_before is None else lr_before * self.factor
         if not p["whole"] and p["last"].get("lrs") is None and p["lr"] is not None:
@@ -226,10 +250,24 @@ class Guarded(Tuner):
         self._owed = {"lr": lr_after}
         self._watch.new_window()
         self._save_due = False
-        info = {"step": self._step, "to_step": self._good_step, "steps_back": lost, "lr_before": lr_before,
-                "reason": reason, "rollbacks": self._rollbacks, "strikes": self._strikes}
-        self._event("rollback", reason, to_step=self._good_step, steps_back=lost, lr_before=lr_before,
-                    lr_after=lr_after, strike=self._strikes)
+        info = {
+            "step": self._step,
+            "to_step": self._good_step,
+            "steps_back": lost,
+            "lr_before": lr_before,
+            "reason": reason,
+            "rollbacks": self._rollbacks,
+            "strikes": self._strikes,
+        }
+        self._event(
+            "rollback",
+            reason,
+            to_step=self._good_step,
+            steps_back=lost,
+            lr_before=lr_before,
+            lr_after=lr_after,
+            strike=self._strikes,
+        )
         p["rollbacks"].append(info)
 
     def _event(self, kind: str, reason: str, **fields: Any) -> None:
@@ -280,13 +318,22 @@ class Guarded(Tuner):
 
     def summary(self) -> dict:
         out = dict(self.inner.summary())
-        out["guard"] = {"every": self.every, "factor": self.factor, "max": self.max_rollbacks,
-                        "rollbacks": self._rollbacks, "strikes": self._strikes, "lr_scale": self._scale,
-                        "steps_rolled_back": self._steps_lost, "snapshots": self._snapshots,
-                        "last_good_step": self._good_step, "watching": not self.in_search(),
-                        "under_way": self._watch.underway,
-                        "action": copy.deepcopy(self._action), "events": copy.deepcopy(self._events),
-                        "stopped": self._stopped}
+        out["guard"] = {
+            "every": self.every,
+            "factor": self.factor,
+            "max": self.max_rollbacks,
+            "rollbacks": self._rollbacks,
+            "strikes": self._strikes,
+            "lr_scale": self._scale,
+            "steps_rolled_back": self._steps_lost,
+            "snapshots": self._snapshots,
+            "last_good_step": self._good_step,
+            "watching": not self.in_search(),
+            "under_way": self._watch.underway,
+            "action": copy.deepcopy(self._action),
+            "events": copy.deepcopy(self._events),
+            "stopped": self._stopped,
+        }
         if self._stopped is not None:
             out["stop_reason"] = f"guard: {self._stopped}"
         return out
@@ -295,13 +342,29 @@ class Guarded(Tuner):
         state = self.inner.state_dict()
         if "guard" in state:
             raise RuntimeError(f"{self.name}: the tuner's state has a 'guard' key of its own")
-        return {**state, "guard": {
-            "version": STATE_VERSION, "step": self._step, "lr": self._lr, "slot": self._slot,
-            "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": copy_progress(self._pending),
-            "owed": copy.deepcopy(self._owed), **self._watch.state_dict(), "strikes": self._strikes,
-            "rollbacks": self._rollbacks, "snapshots": self._snapshots, "steps_lost": self._steps_lost,
-            "scale": self._scale, "events": copy.deepcopy(self._events), "action": copy.deepcopy(self._action),
-            "stopped": self._stopped}}
+        return {
+            **state,
+            "guard": {
+                "version": STATE_VERSION,
+                "step": self._step,
+                "lr": self._lr,
+                "slot": self._slot,
+                "good_step": self._good_step,
+                "base_step": self._base_step,
+                "save_due": self._save_due,
+                "pending": copy_progress(self._pending),
+                "owed": copy.deepcopy(self._owed),
+                **self._watch.state_dict(),
+                "strikes": self._strikes,
+                "rollbacks": self._rollbacks,
+                "snapshots": self._snapshots,
+                "steps_lost": self._steps_lost,
+                "scale": self._scale,
+                "events": copy.deepcopy(self._events),
+                "action": copy.deepcopy(self._action),
+                "stopped": self._stopped,
+            },
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         state = dict(state)

@@ -45,9 +45,10 @@ class LossWatch:
                 self.start = level
         # Until a healthy window gives a level (and a noise), the run's start is the reference.
         ref = self.ref if self.ref is not None else self.start
-        verdict = divergence.judge_segment(losses, ref, self.start, self.noise, before=self.tail,
-                                           early=not self.underway)
-        self.tail = [] if verdict.kind == "diverged" else list(losses[-divergence.SPIKE_WINDOW:])
+        verdict = divergence.judge_segment(
+            losses, ref, self.start, self.noise, before=self.tail, early=not self.underway
+        )
+        self.tail = [] if verdict.kind == "diverged" else list(losses[-divergence.SPIKE_WINDOW :])
         self.window_steps += max(0, steps)
         if verdict.kind != "diverged":
             self.window += [x for x in losses if math.isfinite(x)]
@@ -72,9 +73,16 @@ class LossWatch:
         self.window, self.window_steps = [], 0
 
     def state_dict(self) -> dict:
-        return {"window": list(self.window), "window_steps": self.window_steps, "tail": list(self.tail),
-                "ref": self.ref, "noise": self.noise, "start": self.start, "underway": self.underway,
-                "early_windows": self.early_windows}
+        return {
+            "window": list(self.window),
+            "window_steps": self.window_steps,
+            "tail": list(self.tail),
+            "ref": self.ref,
+            "noise": self.noise,
+            "start": self.start,
+            "underway": self.underway,
+            "early_windows": self.early_windows,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.window, self.window_steps = [float(x) for x in state["window"]], int(state["window_steps"])

@@ -31,8 +31,21 @@ from typing import Any, ClassVar, TypeGuard
 from autolrs import actions
 from autolrs.actions import Observation
 
-__all__ = ["BodyError", "Goodbye", "GoodbyeReply", "Hello", "HelloReply", "Ping", "PingReply", "REPLIES",
-           "REQUESTS", "Report", "ReportReply", "Status", "StatusReply"]
+__all__ = [
+    "BodyError",
+    "Goodbye",
+    "GoodbyeReply",
+    "Hello",
+    "HelloReply",
+    "Ping",
+    "PingReply",
+    "REPLIES",
+    "REQUESTS",
+    "Report",
+    "ReportReply",
+    "Status",
+    "StatusReply",
+]
 
 
 class BodyError(ValueError):
@@ -125,9 +138,16 @@ class Hello:
     seed: int | None = None
 
     def to_body(self) -> dict:
-        body = {"tuner": self.tuner, "config": self.config, "initial_lr": self.initial_lr,
-                "param_groups": self.param_groups, "step": self.step, "max_steps": self.max_steps,
-                "has_val_fn": self.has_val_fn, "seed": self.seed}
+        body = {
+            "tuner": self.tuner,
+            "config": self.config,
+            "initial_lr": self.initial_lr,
+            "param_groups": self.param_groups,
+            "step": self.step,
+            "max_steps": self.max_steps,
+            "has_val_fn": self.has_val_fn,
+            "seed": self.seed,
+        }
         if self.has_probe_fn:  # only then: other hellos stay as older clients sent them
             body["has_probe_fn"] = True
         return body
@@ -147,10 +167,17 @@ class Hello:
         seed = body.get("seed")
         if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
             raise BodyError("'seed' must be an integer in [0, 2**63) or null")
-        return cls(tuner=tuner, config={} if config is None else config, initial_lr=initial_lr,
-                   param_groups=_int(body, "param_groups", 1, minimum=1), step=_int(body, "step", 0),
-                   max_steps=max_steps, has_val_fn=_bool(body, "has_val_fn", False),
-                   has_probe_fn=_bool(body, "has_probe_fn", False), seed=seed)
+        return cls(
+            tuner=tuner,
+            config={} if config is None else config,
+            initial_lr=initial_lr,
+            param_groups=_int(body, "param_groups", 1, minimum=1),
+            step=_int(body, "step", 0),
+            max_steps=max_steps,
+            has_val_fn=_bool(body, "has_val_fn", False),
+            has_probe_fn=_bool(body, "has_probe_fn", False),
+            seed=seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -192,9 +219,15 @@ class HelloReply:
         credential = body.get("credential")
         if credential is not None and (not isinstance(credential, str) or not credential):
             raise BodyError("'credential' must be a non-empty string or null")
-        return cls(plan=_plan(body), resumed=_bool(body, "resumed", False), seed=seed, credential=credential,
-                   notices=_strings(body, "notices"), deprecations=_strings(body, "deprecations"),
-                   next=_next(body))
+        return cls(
+            plan=_plan(body),
+            resumed=_bool(body, "resumed", False),
+            seed=seed,
+            credential=credential,
+            notices=_strings(body, "notices"),
+            deprecations=_strings(body, "deprecations"),
+            next=_next(body),
+        )
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -379,5 +412,10 @@ class PingReply:
 
 #: Request kind -> its body class, and the body class of its reply.
 REQUESTS: dict[str, Any] = {cls.KIND: cls for cls in (Hello, Report, Goodbye, Status, Ping)}
-REPLIES: dict[str, Any] = {"hello": HelloReply, "report": ReportReply, "goodbye": GoodbyeReply,
-                            "status": StatusReply, "ping": PingReply}
+REPLIES: dict[str, Any] = {
+    "hello": HelloReply,
+    "report": ReportReply,
+    "goodbye": GoodbyeReply,
+    "status": StatusReply,
+    "ping": PingReply,
+}
