@@ -77,6 +77,7 @@ METHODS: dict[str, tuple[str, dict, float]] = {
     "autolrs-valstart": ("autolrs", {"val_from": "start"}, 1.0),
     "autolrs-k5": ("autolrs", {"k": 5}, 1.0),
     "auto-c4": ("auto", {"candidates": 4, "spacing": 3.0, "trial_fraction": 0.025}, 1.0),
+    "auto-noval": ("auto", {"use_val": False}, 1.0),
     **{f"range_test-{rule}": ("range_test", {**RANGE_TEST, "method": rule}, 1.0)
        for rule in ("steepest", "valley", "minimum")},
 }

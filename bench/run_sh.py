@@ -70,20 +70,33 @@ def run(row: str, seed: int, steps: int, work: Path, endpoint: str) -> dict:
             "account": proc.stdout.strip().splitlines()[-8:]}
 
 
+def reused(path: str, steps: int, seeds: list[int]) -> list[dict]:
+    """The baseline rows of an earlier report run at ``steps`` for one of ``seeds``."""
+    report = json.loads(Path(path).read_text())
+    if report["steps"] != steps:
+        raise SystemExit(f"{path} was run at {report['steps']} steps, not {steps}")
+    return [r for r in report["runs"] if r["row"] != "run.sh" and r["seed"] in seeds]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--max-steps", type=int, default=None, help="default: the example's 30 epochs")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "run_sh.json"))
+    p.add_argument("--reuse", default=None, metavar="JSON",
+                   help="take the rows without a tuner decision (cosine@0.1, none@LR) from this earlier report "
+                        "where its steps and seeds match; run only run.sh and what is missing")
     args = p.parse_args(argv)
     steps = args.max_steps or example_steps()
     rows = ["run.sh", "cosine@0.1"] + [f"none@{lr:g}" for lr in FIXED_LRS]
-    results = []
+    results = reused(args.reuse, steps, args.seeds) if args.reuse else []
     from autolrs.server import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="autolrs-run-sh-") as tmp, ServerProcess(Path(tmp) / "state") as server:
         for seed in args.seeds:
             for row in rows:
+                if any(r["row"] == row and r["seed"] == seed for r in results):
+                    continue
                 r = run(row, seed, steps, Path(tmp), server.endpoint)
                 results.append(r)
                 print(f"  {row:<12} seed {seed}  test accuracy {r['test_accuracy']:.4f}  ({r['wall_s']:.0f}s)", flush=True)
