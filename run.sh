@@ -6,7 +6,8 @@
 #                                   (--nproc N: N data-parallel ranks under torchrun)
 #   bash run.sh test [pytest args]  set up and run the test suite
 #   bash run.sh setup               set up only (with the test extra: a developer's set-up)
-#   bash run.sh lint                set up, then ruff and mypy over autolrs/, server/, callbacks/
+#   bash run.sh lint                set up, then ruff (lint and format check) and mypy over
+#                                   autolrs/, server/, callbacks/
 #   bash run.sh package             set up, then build sdist and wheel and smoke-test the wheel
 #                                   in a fresh environment (.ci/package_check.sh)
 #   bash run.sh --help              this help (and the example's options, once set up)
@@ -90,13 +91,14 @@ run_tests() {
     exec python -m pytest -q tests "$@"
 }
 
-# The lint and type checks CI runs (settings in pyproject.toml). mypy checks the packages under
-# their installed names: server/ and callbacks/ are laid under autolrs/ in a folder of links,
-# as setup.py's package_dir installs them.
+# The lint, format and type checks CI runs (settings in pyproject.toml). mypy checks the
+# packages under their installed names: server/ and callbacks/ are laid under autolrs/ in a
+# folder of links, as setup.py's package_dir installs them.
 run_lint() {
     setup test
     local status=0 tree=build/typecheck entry
     ruff check autolrs server callbacks || status=1
+    ruff format --check autolrs server callbacks || status=1
     rm -rf "$tree" && mkdir -p "$tree/autolrs"
     for entry in autolrs/*; do ln -s "$PWD/$entry" "$tree/$entry"; done
     ln -s "$PWD/server" "$tree/autolrs/server"

@@ -87,10 +87,22 @@ MAX_PROBE_LRS = 10_000
 MAX_RUN_LRS = 10_000
 
 
-def run(steps: int, start_step: int, *, lrs: list[float] | None = None, eval_every: int = 0,
-        collect: tuple[str, ...] = ("loss",), hypergrad: dict | None = None) -> dict:
-    action: dict[str, Any] = {"op": "run", "steps": int(steps), "start_step": int(start_step),
-                              "eval_every": int(eval_every), "collect": list(collect)}
+def run(
+    steps: int,
+    start_step: int,
+    *,
+    lrs: list[float] | None = None,
+    eval_every: int = 0,
+    collect: tuple[str, ...] = ("loss",),
+    hypergrad: dict | None = None,
+) -> dict:
+    action: dict[str, Any] = {
+        "op": "run",
+        "steps": int(steps),
+        "start_step": int(start_step),
+        "eval_every": int(eval_every),
+        "collect": list(collect),
+    }
     if lrs is not None:
         action["lrs"] = [float(lr) for lr in lrs]
     if hypergrad is not None:
@@ -244,20 +256,30 @@ class Observation:
             raise ValueError("'losses' must be a list of numbers")
         evals = body.get("evals", [])
         if not isinstance(evals, list) or not all(
-                isinstance(e, list) and len(e) == 2 and _is_int(e[0]) and _is_number(e[1]) for e in evals):
+            isinstance(e, list) and len(e) == 2 and _is_int(e[0]) and _is_number(e[1]) for e in evals
+        ):
             raise ValueError("'evals' must be a list of [position, value] pairs")
         probes = body.get("probes", [])
         if not isinstance(probes, list) or not all(
-                isinstance(p, list) and len(p) == 2 and _is_number(p[0]) and _is_number(p[1]) for p in probes):
+            isinstance(p, list) and len(p) == 2 and _is_number(p[0]) and _is_number(p[1]) for p in probes
+        ):
             raise ValueError("'probes' must be a list of [loss_before, loss_after] pairs")
-        return cls(step=step, steps=steps, losses=[float(x) for x in losses],
-                   evals=[(int(p), float(v)) for p, v in evals],
-                   hypergrad=_parse_hypergrad(body.get("hypergrad")),
-                   probes=[(float(a), float(b)) for a, b in probes])
+        return cls(
+            step=step,
+            steps=steps,
+            losses=[float(x) for x in losses],
+            evals=[(int(p), float(v)) for p, v in evals],
+            hypergrad=_parse_hypergrad(body.get("hypergrad")),
+            probes=[(float(a), float(b)) for a, b in probes],
+        )
 
     def to_body(self) -> dict:
-        body = {"step": self.step, "steps": self.steps, "losses": list(self.losses),
-                "evals": [[p, v] for p, v in self.evals]}
+        body = {
+            "step": self.step,
+            "steps": self.steps,
+            "losses": list(self.losses),
+            "evals": [[p, v] for p, v in self.evals],
+        }
         if self.hypergrad is not None:
             body["hypergrad"] = dict(self.hypergrad)
         if self.probes:  # absent when empty: reports without probes stay as they were

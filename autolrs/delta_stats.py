@@ -80,8 +80,14 @@ def statistics(deltas: Any, alpha: float = 0.05) -> dict[str, list[float]]:
             low, high = mean - half, mean + half
         else:
             low = high = nan
-    return {"mean": _floats(mean), "median": _floats(median), "std": _floats(std),
-            "ci_low": _floats(low), "ci_high": _floats(high), "n": [int(n)] * k}
+    return {
+        "mean": _floats(mean),
+        "median": _floats(median),
+        "std": _floats(std),
+        "ci_low": _floats(low),
+        "ci_high": _floats(high),
+        "n": [int(n)] * k,
+    }
 
 
 def best_lr(lrs: Sequence[float], deltas: Any, method: str = "mean") -> dict:
@@ -105,8 +111,12 @@ def best_lr(lrs: Sequence[float], deltas: Any, method: str = "mean") -> dict:
     if method == "max":
         ok = np.all(d <= 0, axis=0)  # NaN compares False: an undefined delta disqualifies
         if not ok.any():
-            return {"lr": None, "index": None, "value": None,
-                    "reason": "every LR had some positive (or non-finite) loss differential"}
+            return {
+                "lr": None,
+                "index": None,
+                "value": None,
+                "reason": "every LR had some positive (or non-finite) loss differential",
+            }
         i = int(max(np.flatnonzero(ok), key=lambda j: lrs[j]))
         return {"lr": lrs[i], "index": int(i), "value": float(d[:, i].max()), "reason": None}
     key = {"mean": "mean", "median": "median", "variance": "std"}[method]

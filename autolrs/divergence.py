@@ -62,8 +62,18 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["RISE", "VAL_TOLERANCE", "PROGRESS", "Verdict", "segment_level", "segment_noise", "start_level",
-           "under_way", "check_segment", "judge_segment"]
+__all__ = [
+    "RISE",
+    "VAL_TOLERANCE",
+    "PROGRESS",
+    "Verdict",
+    "segment_level",
+    "segment_noise",
+    "start_level",
+    "under_way",
+    "check_segment",
+    "judge_segment",
+]
 
 RISE = 1.5
 VAL_TOLERANCE = 0.05
@@ -96,8 +106,9 @@ def segment_noise(losses: ArrayLike) -> float:
     return 1.4826 * float(np.median(np.abs(y - np.median(y))))
 
 
-def _rise_threshold(ref: float, margin: float, start: float | None = None, rise: float = RISE,
-                    progress: float = PROGRESS) -> float:
+def _rise_threshold(
+    ref: float, margin: float, start: float | None = None, rise: float = RISE, progress: float = PROGRESS
+) -> float:
     """How far above the reference level a level may be before it counts as a rise."""
     threshold = max((rise - 1) * abs(ref), margin)
     if start is not None and math.isfinite(start) and start > ref:
@@ -152,8 +163,14 @@ class Verdict:
     reason: str = ""
 
 
-def judge_segment(losses: Sequence[float], ref: float | None, start: float | None = None,
-                  noise: float | None = None, before: Sequence[float] = (), early: bool = False) -> Verdict:
+def judge_segment(
+    losses: Sequence[float],
+    ref: float | None,
+    start: float | None = None,
+    noise: float | None = None,
+    before: Sequence[float] = (),
+    early: bool = False,
+) -> Verdict:
     """May training go on from where this segment ended (see the module doc)?
 
     ``ref``: the lowest level of the run's healthy windows so far (None: none yet; the
@@ -175,7 +192,7 @@ def judge_segment(losses: Sequence[float], ref: float | None, start: float | Non
     if (noise is None or not math.isfinite(noise)) and y.size >= 2 * TAIL_MIN:
         # No healthy window yet: the noise of the segment's second half (a blow-up at the very
         # start of a run is over by then; one that is not shows as a rise or a spike anyway).
-        noise = segment_noise(y[y.size // 2:])
+        noise = segment_noise(y[y.size // 2 :])
     noisy = noise is not None and math.isfinite(noise)
     k = min(y.size, max(TAIL_MIN, math.ceil(y.size / 4)))
     margin = _MEDIAN_SE3 * noise / math.sqrt(k) if noisy else 0.0
@@ -186,13 +203,17 @@ def judge_segment(losses: Sequence[float], ref: float | None, start: float | Non
     if early and start is not None and math.isfinite(start):
         spike = min(spike, start + max((EARLY_RISE - 1) * abs(start), 3 * noise if noisy else 0.0))
     above = y > spike
-    prior = np.asarray(list(before)[-(SPIKE_WINDOW - 1):], dtype=float)
+    prior = np.asarray(list(before)[-(SPIKE_WINDOW - 1) :], dtype=float)
     prior = prior[np.isfinite(prior)] > spike
     most = _most_in_a_window(np.concatenate([prior, above]), SPIKE_WINDOW)
     if most >= SPIKE_COUNT:
-        return Verdict("diverged", f"a spike: {most} of {SPIKE_WINDOW} losses in a row above {spike:.4g} (up to "
-                                   f"{float(y.max()):.4g}; level {ref:.4g})")
+        return Verdict(
+            "diverged",
+            f"a spike: {most} of {SPIKE_WINDOW} losses in a row above {spike:.4g} (up to "
+            f"{float(y.max()):.4g}; level {ref:.4g})",
+        )
     if above.any():
-        return Verdict("suspect", f"{int(above.sum())} loss(es) above {spike:.4g} (up to {float(y.max()):.4g}; "
-                                  f"level {ref:.4g})")
+        return Verdict(
+            "suspect", f"{int(above.sum())} loss(es) above {spike:.4g} (up to {float(y.max()):.4g}; level {ref:.4g})"
+        )
     return Verdict("ok")

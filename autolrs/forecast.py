@@ -130,14 +130,28 @@ class Fit:
         return self.status in FAILED
 
 
-def forecast(y: Sequence[float], horizon: float, kind: str = "train", *,
-             x: Sequence[float] | None = None, penalty: float = PENALTY, floor: float | None = 0.0) -> float:
+def forecast(
+    y: Sequence[float],
+    horizon: float,
+    kind: str = "train",
+    *,
+    x: Sequence[float] | None = None,
+    penalty: float = PENALTY,
+    floor: float | None = 0.0,
+) -> float:
     """The loss predicted at ``x = horizon`` (a float; ``penalty`` for unusable windows)."""
     return fit_forecast(y, horizon, kind, x=x, penalty=penalty, floor=floor).value
 
 
-def fit_forecast(y: Sequence[float], horizon: float, kind: str = "train", *,
-                 x: Sequence[float] | None = None, penalty: float = PENALTY, floor: float | None = 0.0) -> Fit:
+def fit_forecast(
+    y: Sequence[float],
+    horizon: float,
+    kind: str = "train",
+    *,
+    x: Sequence[float] | None = None,
+    penalty: float = PENALTY,
+    floor: float | None = 0.0,
+) -> Fit:
     """Like :func:`forecast` but returns the whole :class:`Fit`. ``floor``: the loss's lower
     bound (0 for cross-entropy or MSE; None for a loss that can be negative)."""
     if kind not in ("train", "val"):
@@ -312,8 +326,12 @@ def _fit_exponential(t: np.ndarray, y: np.ndarray, floor: float, h: float, sigma
     i = int(np.argmin(rss))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, _GRID - 1)]
     best_theta, best_rss = grid[i], rss[i]
-    res = minimize_scalar(lambda th: float(solve(np.array([math.exp(th)]))[0][0]),
-                          bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    res = minimize_scalar(
+        lambda th: float(solve(np.array([math.exp(th)]))[0][0]),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     if res.success and math.isfinite(res.fun) and res.fun <= best_rss:
         best_theta, best_rss = float(res.x), float(res.fun)
     rate = math.exp(best_theta)

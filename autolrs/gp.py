@@ -109,34 +109,40 @@ def transform_objective(y: ArrayLike) -> np.ndarray:
 
 
 def make_gp(seed: int = 0) -> GaussianProcessRegressor:
-    kernel = (ConstantKernel(1.0, (0.01, 1000.0)) * Matern(length_scale=1.0, length_scale_bounds=(LENGTH_SCALE_MIN, 100.0), nu=2.5)
-              + WhiteKernel(noise_level=0.01, noise_level_bounds=(1e-6, 1.0)))
-    return GaussianProcessRegressor(kernel=kernel, normalize_y=True, n_restarts_optimizer=0,
-                                    optimizer=_fit_hyperparameters,
-                                    random_state=np.random.RandomState(seed % (2 ** 32)))
+    kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
+        length_scale=1.0, length_scale_bounds=(LENGTH_SCALE_MIN, 100.0), nu=2.5
+    ) + WhiteKernel(noise_level=0.01, noise_level_bounds=(1e-6, 1.0))
+    return GaussianProcessRegressor(
+        kernel=kernel,
+        normalize_y=True,
+        n_restarts_optimizer=0,
+        optimizer=_fit_hyperparameters,
+        random_state=np.random.RandomState(seed % (2**32)),
+    )
 
 
 def _fit_hyperparameters(obj_func, initial_theta: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, float]:
     """scikit-learn's default optimiser (L-BFGS-B on the negative log marginal likelihood and
     its gradient) with at most :data:`MAX_ITER` iterations."""
-    result = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds,
-                      options={"maxiter": MAX_ITER})
+    result = minimize(
+        obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": MAX_ITER}
+    )
     return result.x, float(result.fun)
 
 
 class Posterior:
     """A GP fitted to ``(x, y)`` (``x`` in [0, 1], ``y`` raw observations, NaN/inf allowed)."""
 
-    def __init__(self, x: ArrayLike, y: ArrayLike, seed: int = 0,
-                 theta0: ArrayLike | None = None):
+    def __init__(self, x: ArrayLike, y: ArrayLike, seed: int = 0, theta0: ArrayLike | None = None):
         self.x = np.asarray(x, dtype=float).ravel()
         self.y = transform_objective(y)
         if self.x.size != self.y.size or self.x.size == 0:
             raise ValueError("need as many x as y, and at least one")
         self.gp = make_gp(seed)
         if theta0 is not None:  # start the fit from an earlier fit's hyper-parameters
-            self.gp.kernel = self.gp.kernel.clone_with_theta(_within(np.asarray(theta0, dtype=float),
-                                                                     self.gp.kernel.bounds))
+            self.gp.kernel = self.gp.kernel.clone_with_theta(
+                _within(np.asarray(theta0, dtype=float), self.gp.kernel.bounds)
+            )
         with warnings.catch_warnings(), single_threaded_blas():
             warnings.simplefilter("ignore")  # ConvergenceWarning at hyper-parameter bounds
             self.gp.fit(self.x[:, None], self.y)
@@ -177,21 +183,39 @@ def largest_gap(x: ArrayLike, grid: int = GRID_POINTS) -> float:
     return float(g[int(np.argmax(dist))])
 
 
-def suggest(x: ArrayLike, y: ArrayLike, *, acquisition: str = "lcb", kappa: float = 1e6,
-            xi: float = 0.01, seed: int = 0, min_distance: float = MIN_DISTANCE,
-            grid: int = GRID_POINTS) -> float:
+def suggest(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    acquisition: str = "lcb",
+    kappa: float = 1e6,
+    xi: float = 0.01,
+    seed: int = 0,
+    min_distance: float = MIN_DISTANCE,
+    grid: int = GRID_POINTS,
+) -> float:
     """The next point in [0, 1] to evaluate, given observations ``y`` at ``x``.
 
     Deterministic for given arguments. Never within ``min_distance`` of an observed ``x``
     unless the observations leave no such point (then the largest-gap centre).
     """
-    return suggest_warm(x, y, None, acquisition=acquisition, kappa=kappa, xi=xi, seed=seed,
-                        min_distance=min_distance, grid=grid)[0]
+    return suggest_warm(
+        x, y, None, acquisition=acquisition, kappa=kappa, xi=xi, seed=seed, min_distance=min_distance, grid=grid
+    )[0]
 
 
-def suggest_warm(x: ArrayLike, y: ArrayLike, theta0: ArrayLike | None, *,
-                 acquisition: str = "lcb", kappa: float = 1e6, xi: float = 0.01, seed: int = 0,
-                 min_distance: float = MIN_DISTANCE, grid: int = GRID_POINTS) -> tuple[float, list[float] | None]:
+def suggest_warm(
+    x: ArrayLike,
+    y: ArrayLike,
+    theta0: ArrayLike | None,
+    *,
+    acquisition: str = "lcb",
+    kappa: float = 1e6,
+    xi: float = 0.01,
+    seed: int = 0,
+    min_distance: float = MIN_DISTANCE,
+    grid: int = GRID_POINTS,
+) -> tuple[float, list[float] | None]:
     """:func:`suggest` with the GP's hyper-parameter fit started from ``theta0`` (an earlier
     fit's, on fewer of the same observations; None: the kernel's defaults). Returns the point
     and the fitted hyper-parameters (None when no GP was fitted), for the next call."""
@@ -213,8 +237,9 @@ def _within(theta: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return np.clip(theta, bounds[:, 0], bounds[:, 1])
 
 
-def _minimise_acquisition(post: Posterior, xs: np.ndarray, acquisition: str, kappa: float, xi: float,
-                          min_distance: float, grid: int) -> float:
+def _minimise_acquisition(
+    post: Posterior, xs: np.ndarray, acquisition: str, kappa: float, xi: float, min_distance: float, grid: int
+) -> float:
     g = np.linspace(0.0, 1.0, grid)
     values = post.acquisition(g, acquisition, kappa, xi)
     dist = np.abs(g[:, None] - xs[None, :]).min(axis=1)

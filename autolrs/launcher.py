@@ -56,9 +56,17 @@ class ServerProcess:
     without :meth:`close` (SIGKILL, a crash) leaves no server running (``--stop-on-stdin-close``).
     """
 
-    def __init__(self, state_dir: str | Path | None = None, *args: str, port: int = 0,
-                 log_path: str | Path | None = None, ready_timeout: float = 30.0, timeout: float = 10.0,
-                 env: Mapping[str, str] | None = None, lifeline: bool = False):
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        *args: str,
+        port: int = 0,
+        log_path: str | Path | None = None,
+        ready_timeout: float = 30.0,
+        timeout: float = 10.0,
+        env: Mapping[str, str] | None = None,
+        lifeline: bool = False,
+    ):
         self._tmpdir = tempfile.mkdtemp(prefix="autolrs-server-") if state_dir is None else None
         if self._tmpdir is not None:
             state_dir = Path(self._tmpdir) / "state"
@@ -71,9 +79,14 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "autolrs.server", "--port", str(port), "--state-dir", str(self.state_dir), *args]
         if lifeline:
             cmd.append("--stop-on-stdin-close")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log_file, text=True,
-                                     stdin=subprocess.PIPE if lifeline else None,
-                                     env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+            stdin=subprocess.PIPE if lifeline else None,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        )
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, name="autolrs-server-stdout", daemon=True).start()
         try:
@@ -81,7 +94,7 @@ class ServerProcess:
         except BaseException:
             self.close()
             raise
-        self.endpoint = self.ready_line[len(READY_PREFIX):].split()[0]
+        self.endpoint = self.ready_line[len(READY_PREFIX) :].split()[0]
         self.port = int(self.endpoint.rsplit(":", 1)[1])
         self.dashboard_url: str | None = None
         if "--http-port" in args:
@@ -89,7 +102,7 @@ class ServerProcess:
             if line is None or not line.startswith(DASHBOARD_PREFIX):
                 self.kill()
                 raise RuntimeError(f"server printed no dashboard line (got {line!r}); log:\n{self.log()}")
-            self.dashboard_url = line[len(DASHBOARD_PREFIX):].strip()
+            self.dashboard_url = line[len(DASHBOARD_PREFIX) :].strip()
 
     def __repr__(self) -> str:
         state = "running" if self.alive else f"exited ({self.proc.returncode})"

@@ -41,8 +41,23 @@ from typing import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "sweep_lr", "sweep_lrs", "smooth", "Smoother", "steepest", "valley", "minimum",
-           "suggest", "suggest_all", "debiased", "centred", "fell", "bounds_from_curve"]
+__all__ = [
+    "METHODS",
+    "DEFAULT_METHOD",
+    "sweep_lr",
+    "sweep_lrs",
+    "smooth",
+    "Smoother",
+    "steepest",
+    "valley",
+    "minimum",
+    "suggest",
+    "suggest_all",
+    "debiased",
+    "centred",
+    "fell",
+    "bounds_from_curve",
+]
 
 METHODS = ("steepest", "valley", "minimum")
 #: The rule the range test applies by default (measured on bench/quality.py: see the README).
@@ -147,7 +162,7 @@ def fell(curve: Sequence[float], fraction: float) -> bool:
     finite = [float(x) for x in curve if math.isfinite(x)]
     if len(finite) < 3:
         return False
-    start = float(np.median(finite[:max(1, len(finite) // 10)]))
+    start = float(np.median(finite[: max(1, len(finite) // 10)]))
     return start - min(finite) > fraction * abs(start)
 
 
@@ -187,23 +202,34 @@ def _trim(n: int, skip_start: int, skip_end: int) -> slice:
     return slice(skip_start, n - skip_end)
 
 
-def _result(method: str, lr: float | None, index: int | None = None, loss: float | None = None,
-            reason: str | None = None) -> dict:
-    return {"method": method, "lr": None if lr is None else float(lr),
-            "index": None if index is None else int(index), "loss": None if loss is None else float(loss),
-            "reason": reason}
+def _result(
+    method: str, lr: float | None, index: int | None = None, loss: float | None = None, reason: str | None = None
+) -> dict:
+    return {
+        "method": method,
+        "lr": None if lr is None else float(lr),
+        "index": None if index is None else int(index),
+        "loss": None if loss is None else float(loss),
+        "reason": reason,
+    }
 
 
-def steepest(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5,
-             wrt: str = "log_lr") -> dict:
+def steepest(
+    lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5, wrt: str = "log_lr"
+) -> dict:
     """The LR of the steepest descent of the loss (see the module doc)."""
     lr, loss, where = _finite(lrs, losses)
     n = len(lr)
     need = skip_start + skip_end + 2
     if n < need:
-        return _result("steepest", None, reason=(
-            f"need at least {need} finite points (skip_start={skip_start} + skip_end={skip_end} + 2) "
-            f"to suggest a learning rate, got {n}"))
+        return _result(
+            "steepest",
+            None,
+            reason=(
+                f"need at least {need} finite points (skip_start={skip_start} + skip_end={skip_end} + 2) "
+                f"to suggest a learning rate, got {n}"
+            ),
+        )
     part = _trim(n, skip_start, skip_end)
     lr, loss, where = lr[part], loss[part], where[part]
     if wrt == "index":
@@ -225,17 +251,23 @@ def _default_skips(n: int, skip_start: int | None, skip_end: int | None) -> tupl
     return (n // 10 if skip_start is None else skip_start), (5 if skip_end is None else skip_end)
 
 
-def valley(lrs: Sequence[float], losses: Sequence[float], skip_start: int | None = None,
-           skip_end: int | None = None) -> dict:
+def valley(
+    lrs: Sequence[float], losses: Sequence[float], skip_start: int | None = None, skip_end: int | None = None
+) -> dict:
     """fastai's ``valley`` suggestion (see the module doc); ``skip_start`` defaults to
     ``len(lrs) // 10`` (fastai's ``num_it // 10``), ``skip_end`` to 5."""
     lr, loss, where = _finite(lrs, losses)
     skip_start, skip_end = _default_skips(len(lrs), skip_start, skip_end)
     n = len(lr) - skip_start - skip_end
     if n < 2:
-        return _result("valley", None, reason=(
-            f"need at least {skip_start + skip_end + 2} finite points (skip_start={skip_start} + "
-            f"skip_end={skip_end} + 2) for the valley rule, got {len(lr)}"))
+        return _result(
+            "valley",
+            None,
+            reason=(
+                f"need at least {skip_start + skip_end + 2} finite points (skip_start={skip_start} + "
+                f"skip_end={skip_end} + 2) for the valley rule, got {len(lr)}"
+            ),
+        )
     part = _trim(len(lr), skip_start, skip_end)
     lr, loss, where = lr[part], loss[part], where[part]
     # fastai's double loop, vectorised over j; it updates (max_start, max_end) the moment the
@@ -257,15 +289,21 @@ def valley(lrs: Sequence[float], losses: Sequence[float], skip_start: int | None
     return _result("valley", lr[idx], where[idx], loss[idx])
 
 
-def minimum(lrs: Sequence[float], losses: Sequence[float], skip_start: int | None = None,
-            skip_end: int | None = None) -> dict:
+def minimum(
+    lrs: Sequence[float], losses: Sequence[float], skip_start: int | None = None, skip_end: int | None = None
+) -> dict:
     """fastai's ``minimum``: the LR at the lowest loss / 10 (``index``/``loss``: that point)."""
     lr, loss, where = _finite(lrs, losses)
     skip_start, skip_end = _default_skips(len(lrs), skip_start, skip_end)
     if len(lr) - skip_start - skip_end < 1:
-        return _result("minimum", None, reason=(
-            f"need at least {skip_start + skip_end + 1} finite points (skip_start={skip_start} + "
-            f"skip_end={skip_end} + 1), got {len(lr)}"))
+        return _result(
+            "minimum",
+            None,
+            reason=(
+                f"need at least {skip_start + skip_end + 1} finite points (skip_start={skip_start} + "
+                f"skip_end={skip_end} + 1), got {len(lr)}"
+            ),
+        )
     part = _trim(len(lr), skip_start, skip_end)
     lr, loss, where = lr[part], loss[part], where[part]
     i = int(np.argmin(loss))
@@ -292,8 +330,14 @@ def suggest_all(lrs: Sequence[float], losses: Sequence[float]) -> dict:
 # --- AutoLRS bounds -------------------------------------------------------------------------
 
 
-def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fraction: float = 0.1,
-                      min_decades: float = 1.0, below_minimum: float = 1.0) -> tuple[float, float]:
+def bounds_from_curve(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    *,
+    drop_fraction: float = 0.1,
+    min_decades: float = 1.0,
+    below_minimum: float = 1.0,
+) -> tuple[float, float]:
     """A search interval ``(min_lr, max_lr)`` for the ``autolrs`` tuner (or, with a wider
     ``min_decades``, an Alrao interval) from a range test.
 
@@ -327,17 +371,19 @@ def bounds_from_curve(lrs: Sequence[float], losses: Sequence[float], *, drop_fra
     i_min = head + int(np.argmin(loss[head:]))
     fall = start - loss[i_min]
     if not fall > 0:
-        raise ValueError("the loss never fell below its start during the range test; no LR interval "
-                         "can be derived (start the sweep lower or check the model)")
+        raise ValueError(
+            "the loss never fell below its start during the range test; no LR interval "
+            "can be derived (start the sweep lower or check the model)"
+        )
     if not below_minimum >= 1:
         raise ValueError(f"below_minimum must be >= 1, got {below_minimum!r}")
     max_lr = float(lr[i_min]) / below_minimum
     threshold = start - drop_fraction * fall
     # The fall starts after the last point above the threshold (before the minimum): a noisy or
     # lucky early point below it does not count as the start.
-    above = np.nonzero(loss[:i_min + 1] > threshold)[0]
+    above = np.nonzero(loss[: i_min + 1] > threshold)[0]
     first = int(above[-1]) + 1 if above.size else 0
-    low = min(float(lr[first]), max_lr / 10.0 ** min_decades)
+    low = min(float(lr[first]), max_lr / 10.0**min_decades)
     min_lr = max(low, float(lr[0]))
     if min_lr >= max_lr:  # the minimum is the very first point
         min_lr = float(lr[0])

@@ -6,9 +6,12 @@ Installed as ``autolrs.callbacks`` (setup.py maps this folder there). Modules:
   ``options`` (its settings, checked), ``link`` (the fail-open line to the server),
   ``client`` (reliable request-reply over ZeroMQ, "Lazy Pirate"; knows no torch),
   ``segment`` (the ``run`` being trained), ``lr`` (the one place that writes param groups'
-  LRs), ``state`` (checkpoints of model, optimizer, GradScaler and RNG, restored bitwise),
-  ``probe`` (the ``probe`` action), ``hypergrad`` (the on-device scalars of ``hd``, ``rtho``,
-  ``marthe``) and ``distributed`` (DDP: rank 0 talks, every rank acts).
+  LRs), ``state`` (checkpoints of model, optimizer, GradScaler and RNG, restored bitwise;
+  ``host_slots`` for host memory), ``probe`` (the ``probe`` action), ``hypergrad`` (the
+  on-device scalars of ``hd``, ``rtho``, ``marthe``; ``tangents`` and ``validation`` beside it),
+  ``distributed`` (DDP: rank 0 talks, every rank acts), ``plans`` (each plan carried out,
+  outages), ``job_state`` (the state dict's layout) and ``optimizer_steps`` (GradScaler-skipped
+  steps).
 * ``lr_finder``: :class:`LRFinder`, torch-lr-finder's interface to the ``range_test`` tuner.
 * ``loss_diff``: :class:`LossDiffFinder`, autolrtuner's interface to the ``loss_diff`` tuner.
 * ``standalone``: what those two share (the snapshot behind ``reset()``, batches, plots).
@@ -23,7 +26,8 @@ package never imports the server, the tuners, scipy or scikit-learn.
 if __name__ != "autolrs.callbacks":
     raise ImportError(
         f"the autolrs callback package must be imported as 'autolrs.callbacks', not {__name__!r}; "
-        "install the distribution (pip install -e .) and use 'from autolrs.callbacks import AutoLRS'")
+        "install the distribution (pip install -e .) and use 'from autolrs.callbacks import AutoLRS'"
+    )
 
 from autolrs.callbacks.errors import (  # noqa: E402
     AutoLRSConfigError,
@@ -43,9 +47,20 @@ _LAZY = {
     "LossDiffFinder": "autolrs.callbacks.loss_diff",
 }
 
-__all__ = ["AutoLRS", "CheckpointStore", "Client", "LRFinder", "LossDiffFinder", "AutoLRSConfigError",
-           "AutoLRSDeprecationWarning", "AutoLRSError", "AutoLRSWarning", "ServerError", "ServerUnavailable",
-           "ServerUnavailableWarning"]
+__all__ = [
+    "AutoLRS",
+    "CheckpointStore",
+    "Client",
+    "LRFinder",
+    "LossDiffFinder",
+    "AutoLRSConfigError",
+    "AutoLRSDeprecationWarning",
+    "AutoLRSError",
+    "AutoLRSWarning",
+    "ServerError",
+    "ServerUnavailable",
+    "ServerUnavailableWarning",
+]
 
 
 def __getattr__(name: str):

@@ -5,14 +5,13 @@ restore, discard, evaluate, probe, run a segment of steps and report its losses,
 is split by job: :mod:`~autolrs.callbacks.link` talks to the server and fails open,
 :mod:`~autolrs.callbacks.segment` trains the current ``run``, :mod:`~autolrs.callbacks.lr`
 writes the LRs, :mod:`~autolrs.callbacks.state` keeps the checkpoints,
-:mod:`~autolrs.callbacks.plans` carries out each plan and rides out outages, and this module
-ties them together.
+:mod:`~autolrs.callbacks.plans` carries out each plan and rides out outages,
+:mod:`~autolrs.callbacks.job_state` lays out the state dict, :mod:`~autolrs.callbacks.optimizer_steps`
+tells a step the GradScaler skipped, and this module ties them together.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import os
 from typing import Any, Callable, Mapping
@@ -21,23 +20,20 @@ import torch
 
 from autolrs.callbacks import hypergrad
 from autolrs.callbacks.distributed import distributed_link
-from autolrs.callbacks.embedded import AUTO, ENV_SERVER, EmbeddedServer, resolve_endpoint
+from autolrs.callbacks.embedded import AUTO, EmbeddedServer
 from autolrs.callbacks.errors import AutoLRSConfigError, WarnOnce
+from autolrs.callbacks.job_state import STATE_VERSION, JobState
 from autolrs.callbacks.link import CLOSED, DETACHED, ServerLink
 from autolrs.callbacks.lr import GroupLRs
+from autolrs.callbacks.optimizer_steps import OptimizerSteps
 from autolrs.callbacks.plans import PlanExecution
-from autolrs.callbacks.options import JobOptions, LinkOptions, check_job_id, default_job_id
+from autolrs.callbacks.options import JobOptions, LinkOptions, checkpoint_storage, default_job_id
 from autolrs.callbacks.segment import Segment
 from autolrs.callbacks.state import CheckpointStore
-from autolrs.wire import protocol
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AutoLRS", "STATE_VERSION", "default_job_id"]
-
-#: Version of :meth:`AutoLRS.state_dict`'s layout; later versions only add keys (2: the job's
-#: credential).
-STATE_VERSION = 2
+__all__ = ["AutoLRS", "STATE_VERSION", "default_job_id"]  # STATE_VERSION: see job_state
 
 
 class AutoLRS(PlanExecution):
@@ -90,15 +86,33 @@ class AutoLRS(PlanExecution):
     GOODBYE_TIMEOUT = ServerLink.GOODBYE_TIMEOUT
     MAX_LOSSES = Segment.MAX_LOSSES
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, tuner: str = "constant",
-                 config: dict | None = None, server: str = AUTO, job: str | None = None,
-                 val_fn: Callable[[], Any] | None = None, *, scaler: Any = None, include_rng: bool = False,
-                 probe_fn: Callable[[], Any] | None = None,
-                 val_batches: Any = None, val_criterion: Callable[..., Any] | None = None,
-                 checkpoint: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
-                 timeout: float = 5.0, retry_interval: float = 5.0, max_steps: int | None = None,
-                 seed: int | None = None, distributed: bool | None = None, secret: str | bytes | None = None,
-                 require_server: bool = False, allow_scheduler: bool = False, dashboard: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        tuner: str = "constant",
+        config: dict | None = None,
+        server: str = AUTO,
+        job: str | None = None,
+        val_fn: Callable[[], Any] | None = None,
+        *,
+        scaler: Any = None,
+        include_rng: bool = False,
+        probe_fn: Callable[[], Any] | None = None,
+        val_batches: Any = None,
+        val_criterion: Callable[..., Any] | None = None,
+        checkpoint: str | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        timeout: float = 5.0,
+        retry_interval: float = 5.0,
+        max_steps: int | None = None,
+        seed: int | None = None,
+        distributed: bool | None = None,
+        secret: str | bytes | None = None,
+        require_server: bool = False,
+        allow_scheduler: bool = False,
+        dashboard: bool = False,
+    ):
         options = JobOptions.checked(tuner, config, job, max_steps, seed)
         link_options = LinkOptions.checked(server, timeout, retry_interval, secret, require_server)
         if not isinstance(allow_scheduler, bool):
@@ -113,20 +127,16 @@ class AutoLRS(PlanExecution):
         self.model, self.optimizer, self.val_fn, self.probe_fn = model, optimizer, val_fn, probe_fn
         self.tuner, self.config, self.job = options.tuner, options.config, job
         self.max_steps, self.seed = options.max_steps, options.seed
-        endpoint = resolve_endpoint(link_options.server)
-        if endpoint is not None:
-            if endpoint != link_options.server:
-                try:
-                    protocol.check_endpoint(endpoint)
-                except ValueError as exc:
-                    raise ValueError(f"${ENV_SERVER}: {exc}") from None
-            link_options = dataclasses.replace(link_options, server=endpoint)
         #: The private server of ``server="auto"`` without ``$AUTOLRS_SERVER`` (None otherwise):
         #: its ``state_dir`` holds the job's decision log while the callback is open.
-        self.embedded_server: EmbeddedServer | None = None if endpoint is not None else EmbeddedServer(
-            dashboard=bool(dashboard))
-        self.server, self.timeout, self.retry_interval = link_options.server, link_options.timeout, \
-            link_options.retry_interval
+        self.embedded_server: EmbeddedServer | None = None
+        if link_options.server == AUTO:
+            self.embedded_server = EmbeddedServer(dashboard=bool(dashboard))
+        self.server, self.timeout, self.retry_interval = (
+            link_options.server,
+            link_options.timeout,
+            link_options.retry_interval,
+        )
         #: ``step()`` calls so far (GradScaler-skipped ones excluded), and reports sent.
         self.global_step = 0
         self.reports = 0
@@ -141,44 +151,48 @@ class AutoLRS(PlanExecution):
         self._saved_at: dict[str, int] = {}
         self._warn = WarnOnce(leader=self._dist is None or self._dist.leader)
         if dashboard and self.embedded_server is None:
-            self._warn("dashboard", f"autolrs: dashboard=True is for the embedded server; the server at "
-                                    f"{self.server} serves one when started with --http-port")
+            self._warn(
+                "dashboard",
+                f"autolrs: dashboard=True is for the embedded server; the server at "
+                f"{self.server} serves one when started with --http-port",
+            )
         self._segment = Segment(self.set_lr, self._evaluate, job)
         self._probes: list[list[float]] = []  # [loss_before, loss_after] per probed LR, for the next report
         self._hypergrad: hypergrad.HypergradEngine | None = None
         self._hypergrad_args = {"val_batches": val_batches, "val_criterion": val_criterion, "scaler": scaler}
-        self._opt_steps = self._opt_steps_seen = 0
-        self._step_hook = None
         self._scaler = scaler
-        # Outages (see the class doc): the plan the last reply sent ahead (``next``), the one
-        # being carried out ahead of its reply, whether a step must look for that reply, the
-        # search in progress ({"base": its first checkpoint slot, "lr": the LR before it}), and
-        # the state to go back to when the server answers a search run's report late.
-        self._after: list | None = None
-        self._prefetched: list | None = None
-        self._polling = False
-        self._run_is_search = False
-        self._search: dict | None = None
-        self._provisional: dict | None = None
+        self._provisional = None
+        self._reset_outage()  # no outage (see the class doc and plans.py)
 
-        if checkpoint is None:  # a folder given means checkpoints on disk there
-            checkpoint = "memory" if checkpoint_dir is None else "disk"
-        elif checkpoint in ("memory", "cpu") and checkpoint_dir is not None:
-            raise ValueError("checkpoint_dir is where disk checkpoints go: pass checkpoint='disk' (or leave checkpoint "
-                             "unset) with it, or drop it")
-        self._checkpoints = CheckpointStore(model, optimizer, scaler=scaler, include_rng=include_rng,
-                                            storage=checkpoint, directory=checkpoint_dir)
+        self._checkpoints = CheckpointStore(
+            model,
+            optimizer,
+            scaler=scaler,
+            include_rng=include_rng,
+            storage=checkpoint_storage(checkpoint, checkpoint_dir),
+            directory=checkpoint_dir,
+        )
         self._link: ServerLink | None = None
         unstarted: str | None = None  # why the embedded server could not start
         try:
             if self.embedded_server is not None:
                 link_options, unstarted = self._embedded_endpoint(link_options, job)
                 self.server = link_options.server
-            self._link = ServerLink(link_options, job, dist=self._dist, warn=self._warn, hello_body=self._hello_body,
-                                    lr=lambda: self.lr, step=lambda: self.global_step)
+            self._link = ServerLink(
+                link_options,
+                job,
+                dist=self._dist,
+                warn=self._warn,
+                hello_body=self._hello_body,
+                lr=lambda: self.lr,
+                step=lambda: self.global_step,
+            )
             if unstarted is None:
-                self._start(self._link.exchange("hello", self._hello_body(), starting=True, owner_may_load=True,
-                                                deadline=self._hello_deadline()))
+                self._start(
+                    self._link.exchange(
+                        "hello", self._hello_body(), starting=True, owner_may_load=True, deadline=self._hello_deadline()
+                    )
+                )
             else:
                 self._embedded_unstarted(unstarted)
         except BaseException:
@@ -189,8 +203,7 @@ class AutoLRS(PlanExecution):
             if self.embedded_server is not None:
                 self.embedded_server.stop()
             raise
-        if hasattr(optimizer, "register_step_post_hook"):  # counts optimizer steps: no device sync
-            self._step_hook = optimizer.register_step_post_hook(self._count_optimizer_step)
+        self._optimizer_steps = OptimizerSteps(optimizer)
 
     # --- public ------------------------------------------------------------------------
 
@@ -235,16 +248,16 @@ class AutoLRS(PlanExecution):
 
     def step(self, loss: Any = None) -> None:
         """Call once after each ``optimizer.step()`` with that step's loss (tensor or float)."""
-        if self._step_hook is not None:
-            if self._opt_steps == self._opt_steps_seen:
-                if self._scaler is not None:  # the GradScaler skipped optimizer.step()
-                    self.skipped_steps += 1
-                    return
-                if loss is not None:
-                    self._warn("no-optimizer-step", (
-                        f"autolrs: job {self.job}: cb.step() was called with no optimizer.step() since the last "
-                        "call; call it once after each optimizer.step() (the step is counted all the same)"))
-            self._opt_steps_seen = self._opt_steps
+        if self._optimizer_steps.stepped() is False:
+            if self._scaler is not None:  # the GradScaler skipped optimizer.step()
+                self.skipped_steps += 1
+                return
+            if loss is not None:
+                self._warn(
+                    "no-optimizer-step",
+                    f"autolrs: job {self.job}: cb.step() was called with no optimizer.step() since the last "
+                    "call; call it once after each optimizer.step() (the step is counted all the same)",
+                )
         self.global_step += 1
         segment = self._segment
         if segment.active:
@@ -277,15 +290,15 @@ class AutoLRS(PlanExecution):
             return
         self._closed = True
         self._segment.clear()
-        if self._step_hook is not None:
-            self._step_hook.remove()
-            self._step_hook = None
+        self._optimizer_steps.close()
         if self._hypergrad is not None:
             self._hypergrad.close()
         if self._link.decisions == 0 and self._link.state != DETACHED:  # detaching said so already
-            self._warn("no-decision", (
+            self._warn(
+                "no-decision",
                 f"autolrs: job {self.job} never received a decision from the tuner server at {self.server}: the "
-                "run was not tuned (was the server running and reachable?)"))
+                "run was not tuned (was the server running and reachable?)",
+            )
         if self._provisional is not None and self._provisional["base"] is not None:
             # The server never answered: the search's run is off the path to the final weights.
             self.discarded.append([self._provisional["base_saved"], self._provisional["step"]])
@@ -315,8 +328,10 @@ class AutoLRS(PlanExecution):
 
     def __repr__(self) -> str:
         state = CLOSED if self._closed or self._link is None else self._link.state
-        return (f"AutoLRS(job={self.job!r}, tuner={self.tuner!r}, server={self.server!r}, "
-                f"step={self.global_step}, lr={self.lr:g}, link={state})")
+        return (
+            f"AutoLRS(job={self.job!r}, tuner={self.tuner!r}, server={self.server!r}, "
+            f"step={self.global_step}, lr={self.lr:g}, link={state})"
+        )
 
     # --- state -------------------------------------------------------------------------
 
@@ -326,12 +341,21 @@ class AutoLRS(PlanExecution):
         ``"version"``; later versions add keys and older ones still load. ``client_id`` and
         ``seq`` are this process's (rank 0's under DDP, None elsewhere); ``credential`` is the
         job's (None until the server issued it): it proves to the server that the trainer
-        restored from this dict owns the job, so keep the checkpoint as private as the job."""
-        return {"version": STATE_VERSION, "job": self.job, "client_id": self._link.client_id,
-                "seq": self._link.next_seq, "step": self.global_step, "skipped_steps": self.skipped_steps,
-                "reports": self.reports, "stopped": self._should_stop, "tuner": self.tuner,
-                "config": copy.deepcopy(self.config), "lrs": self._lrs.state_dict(),
-                "credential": self._link.credential}
+        restored from this dict owns the job, so keep the checkpoint as private as the job
+        (the layout: :class:`~autolrs.callbacks.job_state.JobState`)."""
+        return JobState(
+            job=self.job,
+            tuner=self.tuner,
+            config=self.config,
+            lrs=self._lrs.state_dict(),
+            step=self.global_step,
+            skipped_steps=self.skipped_steps,
+            reports=self.reports,
+            stopped=self._should_stop,
+            credential=self._link.credential,
+            client_id=self._link.client_id,
+            seq=self._link.next_seq,
+        ).to_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Carry on with the job of ``state`` (from :meth:`state_dict`) at its step. Build the
@@ -341,21 +365,9 @@ class AutoLRS(PlanExecution):
         current plan (fail open, like any hello; refusals raise :class:`AutoLRSConfigError`).
         The job this callback started at construction, if another one, is closed with goodbye
         (reason ``replaced``). Call it before the first :meth:`step`."""
-        version = state.get("version") if isinstance(state, Mapping) else None
-        if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= STATE_VERSION:
-            raise ValueError(f"not an AutoLRS state dict of a version in 1..{STATE_VERSION} (version {version!r})")
-        job = check_job_id(state.get("job"))
-        counts = [state.get(key, 0) for key in ("step", "skipped_steps", "reports")]
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
-            raise ValueError(f"step, skipped_steps and reports must be integers >= 0, got {counts}")
-        if state.get("tuner") != self.tuner or state.get("config") != self.config:
-            raise ValueError(f"the state is of job {job!r} with tuner {state.get('tuner')!r} and config "
-                             f"{state.get('config')!r}; this callback has tuner {self.tuner!r} and config "
-                             f"{self.config!r}: build it with the same ones")
-        credential = state.get("credential")
-        if credential is not None and (not isinstance(credential, str) or not credential):
-            raise ValueError(f"the state's credential must be a non-empty string or None, got {type(credential).__name__}")
-        GroupLRs(self.optimizer).load_state_dict(state["lrs"])  # check it before anything changes
+        saved = JobState.checked(state, self.tuner, self.config)
+        job = saved.job
+        GroupLRs(self.optimizer).load_state_dict(saved.lrs)  # check it before anything changes
         unstarted = None  # why the embedded server of the job could not start
         if job != self.job or not self._link.registered:
             # Another job, or this one held by its trainer (the state's credential proves it is us),
@@ -366,16 +378,16 @@ class AutoLRS(PlanExecution):
                 options, unstarted = self._embedded_endpoint(self._link.options, job)
                 self._link.options, self._link.server = options, options.server
                 self.server = options.server
-            self._link.connect(job, credential)
+            self._link.connect(job, saved.credential)
             self.job = self._segment.job = job
         # Else the constructor's hello created this job id afresh (the saved job had finished or
         # the server had lost it): the new session is ours, under its own credential.
-        self._lrs.load_state_dict(state["lrs"])
-        self.global_step, self.skipped_steps, self.reports = counts
+        self._lrs.load_state_dict(saved.lrs)
+        self.global_step, self.skipped_steps, self.reports = saved.step, saved.skipped_steps, saved.reports
         self._segment.clear()
         self._probes = []
         self._reset_outage()
-        self._should_stop = bool(state.get("stopped", False))
+        self._should_stop = saved.stopped
         if self._should_stop:  # the tuner had said stop: nothing more to ask of it
             self._link.stop()
             return

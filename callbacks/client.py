@@ -51,14 +51,26 @@ class Client:
     default from the environment, see :func:`autolrs.wire.auth.resolve_secret`) signs every request.
     """
 
-    def __init__(self, endpoint: str, job_id: str, timeout: float = 5.0, client_id: str | None = None, *,
-                 attempts: int = 3, context: zmq.Context | None = None, secret: str | bytes | None = None,
-                 server_key: str | bytes | None = None, credential: str | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        job_id: str,
+        timeout: float = 5.0,
+        client_id: str | None = None,
+        *,
+        attempts: int = 3,
+        context: zmq.Context | None = None,
+        secret: str | bytes | None = None,
+        server_key: str | bytes | None = None,
+        credential: str | None = None,
+    ):
         if not (isinstance(endpoint, str) and endpoint.startswith("inproc://")):  # (a link with no server to reach)
             protocol.check_endpoint(endpoint)
         if not protocol.is_valid_job_id(job_id):
-            raise ValueError(f"invalid job id {job_id!r}: 1-128 characters of letters, digits, '.', '_' "
-                             "or '-', starting with a letter or digit")
+            raise ValueError(
+                f"invalid job id {job_id!r}: 1-128 characters of letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         if attempts < 1:
@@ -134,8 +146,9 @@ class Client:
             if reply is not None:
                 return reply
             if time.monotonic() >= deadline - 1e-3:
-                raise ServerUnavailable(f"no reply from {self.endpoint} to {kind} seq {self.pending_seq} "
-                                        f"within {timeout:g} s")
+                raise ServerUnavailable(
+                    f"no reply from {self.endpoint} to {kind} seq {self.pending_seq} within {timeout:g} s"
+                )
             log.debug("no reply to %s seq %s; resending on a fresh socket", kind, self.pending_seq)
             self.resend()
 
@@ -151,8 +164,11 @@ class Client:
             self._reset_socket()
         seq = self._next_seq
         self._next_seq += 1
-        frame = protocol.dumps(protocol.request(kind, body, job_id=self.job_id, client_id=self.client_id, seq=seq,
-                                                credential=self.credential))
+        frame = protocol.dumps(
+            protocol.request(
+                kind, body, job_id=self.job_id, client_id=self.client_id, seq=seq, credential=self.credential
+            )
+        )
         self._pending = (kind, seq, frame)
         self._transmit()
         return seq

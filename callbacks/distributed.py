@@ -49,8 +49,10 @@ def distributed_link(mode: bool | None) -> "DistributedLink | None":
     ready = dist.is_available() and dist.is_initialized()
     if not ready:
         if mode:
-            raise ValueError("distributed=True needs an initialised torch.distributed default process group "
-                             "(call torch.distributed.init_process_group first)")
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed default process group "
+                "(call torch.distributed.init_process_group first)"
+            )
         return None
     if dist.get_world_size() < 2 and not mode:
         return None
@@ -171,13 +173,21 @@ class DistributedLink:
         torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
         n_max, n_min, m_max, m_min = int(counts[0]), -int(counts[1]), int(counts[2]), -int(counts[3])
         if n_max != n_min:
-            log.warning("autolrs: the ranks recorded different numbers of losses in a segment (%d to %d); "
-                        "averaging the last %d of each", n_min, n_max, n_min)
-            losses = losses[len(losses) - n_min:]
+            log.warning(
+                "autolrs: the ranks recorded different numbers of losses in a segment (%d to %d); "
+                "averaging the last %d of each",
+                n_min,
+                n_max,
+                n_min,
+            )
+            losses = losses[len(losses) - n_min :]
         same_evals = m_max == m_min
         if not same_evals:
-            log.warning("autolrs: the ranks recorded different numbers of evaluations (%d to %d); "
-                        "reporting rank 0's own", m_min, m_max)
+            log.warning(
+                "autolrs: the ranks recorded different numbers of evaluations (%d to %d); reporting rank 0's own",
+                m_min,
+                m_max,
+            )
         values = list(losses) + ([float(v) for _, v in evals] if same_evals else [])
         if not values:
             return list(losses), evals

@@ -39,8 +39,15 @@ from autolrs.launcher import ServerProcess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "ENV_SERVER", "NOT_STARTED", "EmbeddedServer", "EmbeddedServerError", "cache_root",
-           "resolve_endpoint"]
+__all__ = [
+    "AUTO",
+    "ENV_SERVER",
+    "NOT_STARTED",
+    "EmbeddedServer",
+    "EmbeddedServerError",
+    "cache_root",
+    "resolve_endpoint",
+]
 
 #: The ``server`` value that means: ``$AUTOLRS_SERVER``, else an embedded server.
 AUTO = "auto"
@@ -120,15 +127,23 @@ class EmbeddedServer:
             folder.mkdir(parents=True, exist_ok=True)
             self.secret = _secret(folder / "secret")
         except OSError as exc:
-            raise EmbeddedServerError(f"could not start the embedded server for job {job} (cannot use the cache "
-                                      f"folder {folder}: {exc})") from None
+            raise EmbeddedServerError(
+                f"could not start the embedded server for job {job} (cannot use the cache folder {folder}: {exc})"
+            ) from None
         deadline = time.monotonic() + LOCK_WAIT_S
         extra = ("--http-port", "0") if self.dashboard else ()
         while True:
             try:
-                self.process = ServerProcess(folder / "state", "--secret-file", str(folder / "secret"),
-                                             "--background-tuner-import", *extra, log_path=folder / "server.log",
-                                             ready_timeout=self.ready_timeout, lifeline=True)
+                self.process = ServerProcess(
+                    folder / "state",
+                    "--secret-file",
+                    str(folder / "secret"),
+                    "--background-tuner-import",
+                    *extra,
+                    log_path=folder / "server.log",
+                    ready_timeout=self.ready_timeout,
+                    lifeline=True,
+                )
                 break
             except (RuntimeError, OSError) as exc:
                 in_use = "in use by another autolrs server" in str(exc)
@@ -137,8 +152,10 @@ class EmbeddedServer:
                     continue
                 first = str(exc).strip().splitlines()
                 reason = "another process runs this job" if in_use else (first[-1] if first else type(exc).__name__)
-                raise EmbeddedServerError(f"could not start the embedded server for job {job} ({reason}; "
-                                          f"log: {folder / 'server.log'})", in_use=in_use) from None
+                raise EmbeddedServerError(
+                    f"could not start the embedded server for job {job} ({reason}; log: {folder / 'server.log'})",
+                    in_use=in_use,
+                ) from None
         log.info("autolrs: embedded server for job %s at %s (state in %s)", job, self.process.endpoint, folder)
         self.dashboard_url = self.process.dashboard_url
         if self.dashboard_url is not None:

@@ -26,13 +26,13 @@ backward's graph during ``backward``.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 from autolrs.callbacks.tangents import adam_direction, adam_tangent, check_optimizer, decoupled, sgd_tangent
+from autolrs.callbacks.validation import validation_loss
 
 __all__ = ["HypergradEngine", "check_optimizer", "engine_for"]
 
@@ -56,13 +56,18 @@ class HypergradEngine:
     differentiable validation loss at the current weights (None when there is none).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 ratios: Callable[[], Sequence[float]], val_loss: Callable[[], Any] | None,
-                 warn: Callable[[str, str], None], scaler: Any = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ratios: Callable[[], Sequence[float]],
+        val_loss: Callable[[], Any] | None,
+        warn: Callable[[str, str], None],
+        scaler: Any = None,
+    ):
         self.kind = check_optimizer(optimizer)
         self._scaler = scaler
-        self.model, self.optimizer, self._ratios, self._val_loss, self._warn = \
-            model, optimizer, ratios, val_loss, warn
+        self.model, self.optimizer, self._ratios, self._val_loss, self._warn = model, optimizer, ratios, val_loss, warn
         self.method: str | None = None
         self.mu = 0.0
         self.want_vb = False
@@ -83,11 +88,15 @@ class HypergradEngine:
         """Take a run's ``hypergrad`` spec; a change of method starts from scratch."""
         method = spec["method"]
         if method == "tangent" and self._val_loss is None:
-            raise ValueError("rtho and marthe need a validation gradient: pass val_batches (with "
-                             "val_criterion) or a val_fn returning a differentiable loss")
+            raise ValueError(
+                "rtho and marthe need a validation gradient: pass val_batches (with "
+                "val_criterion) or a val_fn returning a differentiable loss"
+            )
         if method == "tangent" and self._scaler is not None:
-            raise ValueError("rtho and marthe do not support a GradScaler (the Hessian-vector product "
-                             "would be of the scaled loss); hd does")
+            raise ValueError(
+                "rtho and marthe do not support a GradScaler (the Hessian-vector product "
+                "would be of the scaled loss); hd does"
+            )
         if method != self.method:
             self._hd.clear()
             self._prev_dir.clear()
@@ -139,9 +148,13 @@ class HypergradEngine:
                 try:
                     hvp = torch.autograd.grad(dot, params, allow_unused=True)
                 except RuntimeError as exc:  # an op without double backward: fail open, first order
-                    self._warn("hypergrad_hvp", (
-                        f"autolrs: the Hessian-vector product failed ({exc}); the tangent recursion goes "
-                        "on without its second-order term"))
+                    self._warn(
+                        "hypergrad_hvp",
+                        (
+                            f"autolrs: the Hessian-vector product failed ({exc}); the tangent recursion goes "
+                            "on without its second-order term"
+                        ),
+                    )
         acc = self._hvp if self._hvp is not None else {}
         for p, hz in zip(params, hvp):
             if hz is not None:
@@ -210,9 +223,13 @@ class HypergradEngine:
         opt_state = self.optimizer.state
         mu, hvp = self.mu, self._hvp
         if hvp is None and mu > 0 and self._Z:
-            self._warn("hypergrad_backward", (
-                "autolrs: rtho/marthe need the Hessian-vector product: call cb.backward(loss) instead of "
-                "loss.backward(); until then the tangent recursion drops its second-order term"))
+            self._warn(
+                "hypergrad_backward",
+                (
+                    "autolrs: rtho/marthe need the Hessian-vector product: call cb.backward(loss) instead of "
+                    "loss.backward(); until then the tangent recursion drops its second-order term"
+                ),
+            )
         for k, group, p in self._params():
             g = self._grad(group, p)
             if g is None:
@@ -260,8 +277,10 @@ class HypergradEngine:
         try:
             report = self._report()
         except (RuntimeError, ValueError, TypeError, StopIteration) as exc:  # fail open: no hypergradient
-            self._warn("hypergrad_report", f"autolrs: computing the hypergradient failed ({exc!r}); "
-                       "reported without it (the server keeps the LR)")
+            self._warn(
+                "hypergrad_report",
+                f"autolrs: computing the hypergradient failed ({exc!r}); reported without it (the server keeps the LR)",
+            )
             report = {"h": [], "vb": None, "val_loss": None}
         report["optimizer"] = self.kind  # the server scales its default hyper-LR by it
         self.last_report = report
@@ -281,18 +300,25 @@ class HypergradEngine:
         extra = [x for x in (vb, val) if x is not None]
         floats = _to_floats(values + extra)
         n = len(values)
-        return {"h": floats[:n], "vb": floats[n] if vb is not None else None,
-                "val_loss": floats[-1] if val is not None else None}
+        return {
+            "h": floats[:n],
+            "vb": floats[n] if vb is not None else None,
+            "val_loss": floats[-1] if val is not None else None,
+        }
 
     def _validation_dots(self):
         params = [p for _, _, p in self._params()]
         with torch.enable_grad():
             loss = self._val_loss()
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-            self._warn("hypergrad_val", (
-                "autolrs: the validation loss for rtho/marthe has no autograd graph (a val_fn under "
-                "torch.no_grad()?); pass val_batches, or a val_fn that returns a differentiable loss; "
-                "no hypergradient is reported"))
+            self._warn(
+                "hypergrad_val",
+                (
+                    "autolrs: the validation loss for rtho/marthe has no autograd graph (a val_fn under "
+                    "torch.no_grad()?); pass val_batches, or a val_fn that returns a differentiable loss; "
+                    "no hypergradient is reported"
+                ),
+            )
             return None
         loss = loss.mean() if loss.dim() else loss
         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -323,51 +349,20 @@ def _to_floats(values: list[torch.Tensor]) -> list[float]:
     return stacked.cpu().tolist()
 
 
-def cycle_batches(batches: Iterable) -> Callable[[], Any]:
-    """The next batch of ``batches`` at every call, starting again when it is exhausted
-    (an iterator that cannot restart raises StopIteration the second time)."""
-    state = {"it": iter(batches)}
-
-    def next_batch():
-        try:
-            return next(state["it"])
-        except StopIteration:
-            state["it"] = iter(batches)
-            return next(state["it"])
-
-    return next_batch
-
-
-def batch_loss(model: torch.nn.Module, next_batch: Callable[[], Any], criterion: Callable) -> Callable[[], Any]:
-    """A validation loss from the next ``(inputs, targets)`` batch, in eval mode (BatchNorm
-    running statistics untouched, no dropout) and back to the mode the model was in."""
-
-    def loss():
-        x, y = next_batch()[:2]
-        device = next(itertools.chain(model.parameters(), [torch.empty(())])).device
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        was_training = model.training
-        model.eval()
-        try:
-            return criterion(model(x), y)
-        finally:
-            model.train(was_training)
-
-    return loss
-
-
-def engine_for(model: torch.nn.Module, optimizer: torch.optim.Optimizer, lrs: Any, warn: Callable[..., None], *,
-               val_fn: Callable[[], Any] | None = None, val_batches: Any = None,
-               val_criterion: Callable | None = None, scaler: Any = None) -> HypergradEngine:
+def engine_for(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lrs: Any,
+    warn: Callable[..., None],
+    *,
+    val_fn: Callable[[], Any] | None = None,
+    val_batches: Any = None,
+    val_criterion: Callable | None = None,
+    scaler: Any = None,
+) -> HypergradEngine:
     """The engine of a callback's model and optimizer. ``lrs`` (a
     :class:`~autolrs.callbacks.lr.GroupLRs`) gives the param groups' ratios to the base LR;
     ``warn(key, message)`` issues a warning once. The validation loss comes from
-    ``val_batches`` (``(inputs, targets)`` pairs, cycled; ``val_criterion`` defaults to
-    cross-entropy) or else ``val_fn`` (which must then return a loss with a graph)."""
-    val_loss = None
-    if val_batches is not None:
-        criterion = val_criterion or torch.nn.functional.cross_entropy
-        val_loss = batch_loss(model, cycle_batches(val_batches), criterion)
-    elif val_fn is not None:
-        val_loss = val_fn
+    ``val_batches`` or else ``val_fn`` (:func:`~autolrs.callbacks.validation.validation_loss`)."""
+    val_loss = validation_loss(model, val_fn, val_batches, val_criterion)
     return HypergradEngine(model, optimizer, lambda: lrs.ratios, val_loss, warn, scaler)

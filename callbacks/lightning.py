@@ -49,8 +49,9 @@ except ImportError:  # pragma: no cover - depends on what is installed
     try:
         from pytorch_lightning import Callback  # type: ignore[assignment]  # the same class, older package
     except ImportError:
-        raise ImportError("autolrs.callbacks.lightning needs Lightning: pip install lightning "
-                          "(or pytorch_lightning)") from None
+        raise ImportError(
+            "autolrs.callbacks.lightning needs Lightning: pip install lightning (or pytorch_lightning)"
+        ) from None
 
 from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.embedded import AUTO
@@ -70,9 +71,19 @@ class AutoLRSCallback(Callback):
     the logged metric read as the validation loss; ``val_fn``: a function of your own instead.
     """
 
-    def __init__(self, tuner: str = "auto", config: dict | None = None, *, server: str = AUTO,
-                 job: str | None = None, max_steps: int | None = None, val: bool = True, monitor: str = "val_loss",
-                 val_fn: Callable[[], Any] | None = None, **autolrs_options: Any):
+    def __init__(
+        self,
+        tuner: str = "auto",
+        config: dict | None = None,
+        *,
+        server: str = AUTO,
+        job: str | None = None,
+        max_steps: int | None = None,
+        val: bool = True,
+        monitor: str = "val_loss",
+        val_fn: Callable[[], Any] | None = None,
+        **autolrs_options: Any,
+    ):
         super().__init__()
         if "distributed" in autolrs_options:
             raise ValueError("AutoLRSCallback follows the trainer's strategy: do not pass distributed=")
@@ -92,10 +103,18 @@ class AutoLRSCallback(Callback):
         optimizer = _the_optimizer(trainer)
         restored, self._restored = self._restored, None
         job = self.job or (restored or {}).get("job")
-        self.autolrs = AutoLRS(pl_module, optimizer, tuner=self.tuner, config=self.config, server=self.server,
-                               job=job, val_fn=self._validation(trainer, pl_module),
-                               max_steps=self.max_steps or _budget(trainer),
-                               scaler=getattr(trainer.precision_plugin, "scaler", None), **self.options)
+        self.autolrs = AutoLRS(
+            pl_module,
+            optimizer,
+            tuner=self.tuner,
+            config=self.config,
+            server=self.server,
+            job=job,
+            val_fn=self._validation(trainer, pl_module),
+            max_steps=self.max_steps or _budget(trainer),
+            scaler=getattr(trainer.precision_plugin, "scaler", None),
+            **self.options,
+        )
         if restored:
             self.autolrs.load_state_dict(restored)
         self._seen_step = trainer.global_step
@@ -168,8 +187,13 @@ class AutoLRSCallback(Callback):
             connector._first_loop_iter = first_loop_iter
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            self._warn("monitor", (f"autolrs: the tuner asked for a validation loss, but the validation logged no "
-                                   f"{self.monitor!r} (AutoLRSCallback(monitor=...) names the metric); reporting NaN"))
+            self._warn(
+                "monitor",
+                (
+                    f"autolrs: the tuner asked for a validation loss, but the validation logged no "
+                    f"{self.monitor!r} (AutoLRSCallback(monitor=...) names the metric); reporting NaN"
+                ),
+            )
             return math.nan
         return float(value)
 
@@ -177,11 +201,14 @@ class AutoLRSCallback(Callback):
 def _the_optimizer(trainer: Any) -> torch.optim.Optimizer:
     if trainer.lr_scheduler_configs:
         names = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
-        raise ValueError(f"AutoLRSCallback sets the learning rate itself, but configure_optimizers also returned an "
-                         f"LR scheduler ({names}), which would fight it: return only the optimizer")
+        raise ValueError(
+            f"AutoLRSCallback sets the learning rate itself, but configure_optimizers also returned an "
+            f"LR scheduler ({names}), which would fight it: return only the optimizer"
+        )
     if len(trainer.optimizers) != 1:
-        raise ValueError(f"AutoLRSCallback tunes one optimizer; configure_optimizers returned "
-                         f"{len(trainer.optimizers)}")
+        raise ValueError(
+            f"AutoLRSCallback tunes one optimizer; configure_optimizers returned {len(trainer.optimizers)}"
+        )
     return trainer.optimizers[0]
 
 

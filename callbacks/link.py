@@ -33,8 +33,14 @@ import time
 from typing import Any, Callable
 
 from autolrs.callbacks.client import Client
-from autolrs.callbacks.errors import (AutoLRSConfigError, AutoLRSDeprecationWarning, ServerError, ServerUnavailable,
-                                      ServerUnavailableWarning, WarnOnce)
+from autolrs.callbacks.errors import (
+    AutoLRSConfigError,
+    AutoLRSDeprecationWarning,
+    ServerError,
+    ServerUnavailable,
+    ServerUnavailableWarning,
+    WarnOnce,
+)
 from autolrs.callbacks.options import LinkOptions
 from autolrs.wire import messages
 from autolrs.wire.protocol import ErrorCode
@@ -57,8 +63,17 @@ class ServerLink:
     #: Upper bound of the wait for the goodbye reply at close() (unless the caller asks for more).
     GOODBYE_TIMEOUT = 1.0
 
-    def __init__(self, options: LinkOptions, job: str, *, dist: Any, warn: WarnOnce,
-                 hello_body: Callable[[], dict], lr: Callable[[], float], step: Callable[[], int]):
+    def __init__(
+        self,
+        options: LinkOptions,
+        job: str,
+        *,
+        dist: Any,
+        warn: WarnOnce,
+        hello_body: Callable[[], dict],
+        lr: Callable[[], float],
+        step: Callable[[], int],
+    ):
         self.options = options
         self.server, self.timeout, self.retry_interval = options.server, options.timeout, options.retry_interval
         self.require_server = options.require_server
@@ -87,8 +102,13 @@ class ServerLink:
         self.credential = credential
         #: The refusal of the hello at construction when the job belongs to another trainer.
         self.conflict: str | None = None
-        make = lambda: Client(self.server, job, timeout=self.timeout, secret=self.options.secret,  # noqa: E731
-                              credential=credential)
+        make = lambda: Client(
+            self.server,
+            job,
+            timeout=self.timeout,
+            secret=self.options.secret,  # noqa: E731
+            credential=credential,
+        )
         self._client = make() if self._dist is None else self._dist.leader_call(make, share=False)
 
     # --- what the callback asks ----------------------------------------------------------
@@ -112,8 +132,15 @@ class ServerLink:
         """The sequence number of this client's next request (None off rank 0)."""
         return None if self._client is None else self._client.next_seq
 
-    def exchange(self, kind: str, body: dict, *, starting: bool = False, deadline: float | None = None,
-                 owner_may_load: bool = False) -> Any:
+    def exchange(
+        self,
+        kind: str,
+        body: dict,
+        *,
+        starting: bool = False,
+        deadline: float | None = None,
+        owner_may_load: bool = False,
+    ) -> Any:
         """Send a request and wait for its reply until ``deadline`` (default: ``timeout`` from
         now). Returns the reply (a :class:`~autolrs.wire.messages.HelloReply` or
         :class:`~autolrs.wire.messages.ReportReply`: its ``plan`` to carry out, its ``next``), or
@@ -152,12 +179,15 @@ class ServerLink:
         if self.require_server:
             self.state = DETACHED
             reason = message.split("; the callback stops tuning")[0]
-            raise ServerError(key, f"{reason} (require_server=True: the callback raises instead of training on untuned)")
+            raise ServerError(
+                key, f"{reason} (require_server=True: the callback raises instead of training on untuned)"
+            )
         self._warn(key, message)
         self.state = DETACHED
 
-    def goodbye(self, step: int, reason: str, timeout: float | None = None,
-                lr: float | None = None) -> messages.GoodbyeReply | None:
+    def goodbye(
+        self, step: int, reason: str, timeout: float | None = None, lr: float | None = None
+    ) -> messages.GoodbyeReply | None:
         """Say goodbye if the server knows the job; its reply (the job's summary) or None. Not
         collective: under DDP rank 0 says goodbye alone, so a rank may close on its own."""
         if not self.registered or self._client is None:
@@ -229,20 +259,29 @@ class ServerLink:
                 self.state = WAITING
                 self._offline_since = time.monotonic()
                 self._retry_at = time.monotonic() + self.retry_interval
-            self._warn("unavailable", (
-                f"autolrs: the tuner server at {self.server} did not answer within {self.timeout:g} s "
-                f"(job {self.job}); training continues at the current LR ({self._lr():g}) and the callback "
-                f"keeps retrying every {self.retry_interval:g} s in the background"), ServerUnavailableWarning)
+            self._warn(
+                "unavailable",
+                (
+                    f"autolrs: the tuner server at {self.server} did not answer within {self.timeout:g} s "
+                    f"(job {self.job}); training continues at the current LR ({self._lr():g}) and the callback "
+                    f"keeps retrying every {self.retry_interval:g} s in the background"
+                ),
+                ServerUnavailableWarning,
+            )
             return None
         if self.state == WAITING and self._offline_since is not None:
-            log.info("autolrs job %s: the server answered again after %.1f s", self.job,
-                     time.monotonic() - self._offline_since)
+            log.info(
+                "autolrs job %s: the server answered again after %.1f s",
+                self.job,
+                time.monotonic() - self._offline_since,
+            )
         self._offline_since = None
         self.state = ONLINE
         if outcome[0] == "ok":
             return self._reply(outcome[1], outcome[2])
-        return self._refused(outcome[1], outcome[2], outcome[3], deadline=deadline, starting=starting,
-                             owner_may_load=owner_may_load)
+        return self._refused(
+            outcome[1], outcome[2], outcome[3], deadline=deadline, starting=starting, owner_may_load=owner_may_load
+        )
 
     def _reply(self, kind: str, body: dict) -> Any:
         if kind == "hello":
@@ -250,9 +289,13 @@ class ServerLink:
         try:
             reply = messages.REPLIES[kind].from_body(body)
         except messages.BodyError as exc:
-            self.detach("plan", (
-                f"autolrs: job {self.job} got an invalid {kind} reply from the server ({exc}); the callback stops "
-                f"tuning and training continues at the current LR ({self._lr():g})"))
+            self.detach(
+                "plan",
+                (
+                    f"autolrs: job {self.job} got an invalid {kind} reply from the server ({exc}); the callback stops "
+                    f"tuning and training continues at the current LR ({self._lr():g})"
+                ),
+            )
             return None
         if kind == "hello":
             if reply.resumed:
@@ -268,36 +311,53 @@ class ServerLink:
         self.decisions += 1
         return reply
 
-    def _refused(self, kind: str, code: str, message: str, *, deadline: float, starting: bool,
-                 owner_may_load: bool = False) -> Any:
+    def _refused(
+        self, kind: str, code: str, message: str, *, deadline: float, starting: bool, owner_may_load: bool = False
+    ) -> Any:
         if kind == "hello" and starting and code == ErrorCode.JOB_CONFLICT and owner_may_load:
             # Maybe this is the job's own trainer, restarting: load_state_dict brings the credential.
-            self.conflict = (f"the server refused job {self.job!r} ({code}): {message}. A trainer that "
-                             "continues its job calls load_state_dict(state) before its first step")
+            self.conflict = (
+                f"the server refused job {self.job!r} ({code}): {message}. A trainer that "
+                "continues its job calls load_state_dict(state) before its first step"
+            )
             self.state = DETACHED
             return None
         if kind == "hello" and starting and code in CONFIG_ERRORS:
             raise AutoLRSConfigError(f"the server refused job {self.job!r} ({code}): {message}")
         if code == ErrorCode.UNKNOWN_JOB and kind == "report":
             # The server lost this job (restarted without its state): start it again from here.
-            log.warning("autolrs job %s: the server does not know this job any more; sending a new hello at "
-                        "step %d", self.job, self._step())
+            log.warning(
+                "autolrs job %s: the server does not know this job any more; sending a new hello at step %d",
+                self.job,
+                self._step(),
+            )
             self.registered = False
             return self.exchange("hello", self._hello_body(), deadline=deadline)
         if code == ErrorCode.INTERNAL:
             if self.require_server:
-                raise ServerError(code, f"the tuner server failed on a {kind} of job {self.job}: {message} "
-                                  "(require_server=True: not training on)")
-            self._warn("internal", (
-                f"autolrs: the tuner server failed on a {kind} of job {self.job} ({message}); training "
-                f"continues at the current LR and the request is retried every {self.retry_interval:g} s"))
+                raise ServerError(
+                    code,
+                    f"the tuner server failed on a {kind} of job {self.job}: {message} "
+                    "(require_server=True: not training on)",
+                )
+            self._warn(
+                "internal",
+                (
+                    f"autolrs: the tuner server failed on a {kind} of job {self.job} ({message}); training "
+                    f"continues at the current LR and the request is retried every {self.retry_interval:g} s"
+                ),
+            )
             self._deferred = self._last_request
             self.state = DEFERRED
             self._retry_at = time.monotonic() + self.retry_interval
             return None
         if code in (ErrorCode.JOB_CONFLICT, ErrorCode.JOB_FINISHED, ErrorCode.UNKNOWN_JOB):
             self.registered = False  # the job is not ours (any more): no goodbye either
-        self.detach("refused", (
-            f"autolrs: the tuner server refused a {kind} of job {self.job} ({code}: {message}); the "
-            f"callback stops tuning and training continues at the current LR ({self._lr():g})"))
+        self.detach(
+            "refused",
+            (
+                f"autolrs: the tuner server refused a {kind} of job {self.job} ({code}: {message}); the "
+                f"callback stops tuning and training continues at the current LR ({self._lr():g})"
+            ),
+        )
         return None

@@ -51,28 +51,67 @@ class LossDiffFinder(StandaloneTool):
     each restore, so dropout draws the same masks in every probe.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
-                 server: str = AUTO, device: str | torch.device | None = None, *,
-                 memory_cache: bool = True, cache_dir: str | None = None, job: str | None = None,
-                 timeout: float = 5.0, include_rng: bool = False):
-        super().__init__(model, optimizer, criterion, server, device, memory_cache=memory_cache, cache_dir=cache_dir,
-                         job=job, timeout=timeout, include_rng=include_rng)
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Any,
+        server: str = AUTO,
+        device: str | torch.device | None = None,
+        *,
+        memory_cache: bool = True,
+        cache_dir: str | None = None,
+        job: str | None = None,
+        timeout: float = 5.0,
+        include_rng: bool = False,
+    ):
+        super().__init__(
+            model,
+            optimizer,
+            criterion,
+            server,
+            device,
+            memory_cache=memory_cache,
+            cache_dir=cache_dir,
+            job=job,
+            timeout=timeout,
+            include_rng=include_rng,
+        )
         #: The tuner's summary after :meth:`tune`: ``lrs``, ``deltas``, ``before``, ``stats``,
         #: ``best`` (every rule), ``best_lr`` (``method``'s), ``done``.
         self.summary: dict | None = None
 
-    def tune(self, train_loader: Iterable, lr_min: float = 1e-6, lr_max: float = 1.0, num_evals: int = 30,
-             num_subsamples: int = 30, batch_size: int | None = None, *, spacing: str = "log",
-             alpha: float = 0.05, method: str = "mean", apply_best: bool = False,
-             non_blocking_transfer: bool = True, progress: bool = True) -> float | None:
+    def tune(
+        self,
+        train_loader: Iterable,
+        lr_min: float = 1e-6,
+        lr_max: float = 1.0,
+        num_evals: int = 30,
+        num_subsamples: int = 30,
+        batch_size: int | None = None,
+        *,
+        spacing: str = "log",
+        alpha: float = 0.05,
+        method: str = "mean",
+        apply_best: bool = False,
+        non_blocking_transfer: bool = True,
+        progress: bool = True,
+    ) -> float | None:
         """Probe ``num_evals`` LRs from ``lr_min`` to ``lr_max`` on ``num_subsamples`` subsamples
         and return the best LR of ``method`` (None when the rule finds none). A subsample is one
         batch of ``train_loader``, or with ``batch_size`` that many rows cut from its stream
         (batches of tensors only). ``progress=False`` hides the progress bar (tqdm, when
         installed; one tick per subsample)."""
-        config = {"lr_min": float(lr_min), "lr_max": float(lr_max), "num_evals": int(num_evals),
-                  "num_subsamples": int(num_subsamples), "spacing": spacing, "alpha": float(alpha),
-                  "method": method, "apply_best": bool(apply_best)}
+        config = {
+            "lr_min": float(lr_min),
+            "lr_max": float(lr_max),
+            "num_evals": int(num_evals),
+            "num_subsamples": int(num_subsamples),
+            "spacing": spacing,
+            "alpha": float(alpha),
+            "method": method,
+            "apply_best": bool(apply_best),
+        }
         subsamples = _Subsamples(train_loader, batch_size)
         current: dict[str, Any] = {}
 
@@ -83,9 +122,19 @@ class LossDiffFinder(StandaloneTool):
         self.model.to(self.device)
         self.model.train()
         job = self.job or f"loss-diff-{uuid.uuid4().hex[:12]}"
-        with AutoLRS(self.model, self.optimizer, tuner="loss_diff", config=config, server=self.server, job=job,
-                     probe_fn=probe_fn, include_rng=self.include_rng, checkpoint=self.storage,
-                     checkpoint_dir=self.cache_dir, timeout=self.timeout) as cb:
+        with AutoLRS(
+            self.model,
+            self.optimizer,
+            tuner="loss_diff",
+            config=config,
+            server=self.server,
+            job=job,
+            probe_fn=probe_fn,
+            include_rng=self.include_rng,
+            checkpoint=self.storage,
+            checkpoint_dir=self.cache_dir,
+            timeout=self.timeout,
+        ) as cb:
             calls = 0
             bar = progress_bar(progress, int(num_subsamples), "loss_diff")
             try:
@@ -105,12 +154,22 @@ class LossDiffFinder(StandaloneTool):
         summary = cb.summary
         if not finished or summary is None or summary.get("done") is None:
             self.reset()
-            warnings.warn(f"autolrs: the loss_diff tune of job {job} did not finish on the server; the model and "
-                          "optimizer were reset to their initial state", AutoLRSWarning, stacklevel=2)
+            warnings.warn(
+                f"autolrs: the loss_diff tune of job {job} did not finish on the server; the model and "
+                "optimizer were reset to their initial state",
+                AutoLRSWarning,
+                stacklevel=2,
+            )
             return None
         self.summary = summary
-        log.info("autolrs: loss_diff finished (%s, %d subsamples x %d LRs); best %s LR %s", summary["done"],
-                 summary["subsamples"], len(summary["lrs"]), method, summary["best_lr"])
+        log.info(
+            "autolrs: loss_diff finished (%s, %d subsamples x %d LRs); best %s LR %s",
+            summary["done"],
+            summary["subsamples"],
+            len(summary["lrs"]),
+            method,
+            summary["best_lr"],
+        )
         return summary["best_lr"]
 
     # --- results ------------------------------------------------------------------------
@@ -140,19 +199,46 @@ class LossDiffFinder(StandaloneTool):
             return s["stats"]
         return delta_stats.statistics(self.get_results(), alpha)
 
-    def plot(self, path: str | None = None, *, alpha: float | None = None, method: str | None = None,
-             ax: Any = None, trim: float = 0.05, xlim: tuple[float, float] | None = None):
+    def plot(
+        self,
+        path: str | None = None,
+        *,
+        alpha: float | None = None,
+        method: str | None = None,
+        ax: Any = None,
+        trim: float = 0.05,
+        xlim: tuple[float, float] | None = None,
+    ):
         """Mean loss differential against the LR with its t interval (see :func:`plot_deltas`)."""
         s = self._summary()
         method = method or s["method"]
-        return plot_deltas(s["lrs"], self.statistics(alpha), log_lr=s["spacing"] == "log",
-                           best=s["best"][method]["lr"], method=method, ax=ax, path=path, trim=trim, xlim=xlim,
-                           alpha=s["alpha"] if alpha is None else alpha)
+        return plot_deltas(
+            s["lrs"],
+            self.statistics(alpha),
+            log_lr=s["spacing"] == "log",
+            best=s["best"][method]["lr"],
+            method=method,
+            ax=ax,
+            path=path,
+            trim=trim,
+            xlim=xlim,
+            alpha=s["alpha"] if alpha is None else alpha,
+        )
 
 
-def plot_deltas(lrs: Any, stats: dict, *, log_lr: bool = True, best: float | None = None, method: str = "mean",
-                ax: Any = None, path: str | None = None, trim: float = 0.05,
-                xlim: tuple[float, float] | None = None, alpha: float = 0.05):
+def plot_deltas(
+    lrs: Any,
+    stats: dict,
+    *,
+    log_lr: bool = True,
+    best: float | None = None,
+    method: str = "mean",
+    ax: Any = None,
+    path: str | None = None,
+    trim: float = 0.05,
+    xlim: tuple[float, float] | None = None,
+    alpha: float = 0.05,
+):
     """autolrtuner's plot: the mean loss differential per LR with its t interval as a band, a
     dashed zero line and ``best`` marked. The y-range spans the ``trim`` and ``1 - trim``
     quantiles of the band's ends, its top capped at twice the depth of its bottom (losses after
@@ -202,8 +288,9 @@ class _Subsamples:
     re-cut from its stream (inputs and labels must then be tensors)."""
 
     def __init__(self, loader: Iterable, batch_size: int | None):
-        if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool)
-                                       or batch_size < 1):
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+        ):
             raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
         self.batches = Batches(loader)
         self.batch_size = batch_size
@@ -217,8 +304,10 @@ class _Subsamples:
         while self._rows < self.batch_size:
             x, y = self.batches.next()
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or len(x) != len(y) or not len(x):
-                raise ValueError("batch_size re-cuts the loader's batches, which must be (inputs, labels) tensors "
-                                 "with the same, non-zero number of rows")
+                raise ValueError(
+                    "batch_size re-cuts the loader's batches, which must be (inputs, labels) tensors "
+                    "with the same, non-zero number of rows"
+                )
             self._x.append(x)
             self._y.append(y)
             self._rows += len(x)

@@ -20,8 +20,9 @@ def scheduler_attached(optimizer: torch.optim.Optimizer) -> bool:
     """Whether a ``torch.optim.lr_scheduler`` scheduler was built on ``optimizer``: it wraps
     ``optimizer.step`` and leaves ``initial_lr`` in the param groups. (ReduceLROnPlateau does
     neither and is not seen.)"""
-    return bool(getattr(optimizer.step, "_wrapped_by_lr_sched", False)) or \
-        any("initial_lr" in group for group in optimizer.param_groups)
+    return bool(getattr(optimizer.step, "_wrapped_by_lr_sched", False)) or any(
+        "initial_lr" in group for group in optimizer.param_groups
+    )
 
 
 def lr_value(lr: Any) -> float:
@@ -72,10 +73,10 @@ class GroupLRs:
         lr = float(lr)
         self.base = lr
         groups, ratios = self.optimizer.param_groups, self._ratios
-        for g in groups[len(ratios):]:
+        for g in groups[len(ratios) :]:
             ratios.append(1.0 if lr == 0 else lr_value(g["lr"]) / lr)
         if lr == self.initial:
-            values = self._initial_lrs + [lr * r for r in ratios[len(self._initial_lrs):]]
+            values = self._initial_lrs + [lr * r for r in ratios[len(self._initial_lrs) :]]
         else:
             values = [lr * r for r in ratios]
         write_lrs(self.optimizer, values)
@@ -85,8 +86,12 @@ class GroupLRs:
         return [lr_value(g["lr"]) for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"base": self.base, "initial": self.initial, "initial_lrs": list(self._initial_lrs),
-                "ratios": list(self._ratios)}
+        return {
+            "base": self.base,
+            "initial": self.initial,
+            "initial_lrs": list(self._initial_lrs),
+            "ratios": list(self._ratios),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Take the base, initial and ratios of :meth:`state_dict` (the param groups' LRs are

@@ -36,8 +36,16 @@ from autolrs.callbacks.callback import AutoLRS
 from autolrs.callbacks.embedded import AUTO
 from autolrs.callbacks.errors import AutoLRSWarning
 from autolrs.callbacks.lr import scheduler_attached, write_lrs
-from autolrs.callbacks.standalone import (Batches, StandaloneTool, finish_axes, inputs_labels, model_device,
-                                          move_to_device, open_axes, progress_bar)
+from autolrs.callbacks.standalone import (
+    Batches,
+    StandaloneTool,
+    finish_axes,
+    inputs_labels,
+    model_device,
+    move_to_device,
+    open_axes,
+    progress_bar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +61,38 @@ class LRFinder(StandaloneTool):
     disk in a private temp folder under ``cache_dir``, removed by :meth:`close`.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any,
-                 server: str = AUTO, device: str | torch.device | None = None, *,
-                 memory_cache: bool = True, cache_dir: str | None = None, grad_scaler: Any = None,
-                 amp_config: dict | None = None, job: str | None = None, timeout: float = 5.0,
-                 include_rng: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Any,
+        server: str = AUTO,
+        device: str | torch.device | None = None,
+        *,
+        memory_cache: bool = True,
+        cache_dir: str | None = None,
+        grad_scaler: Any = None,
+        amp_config: dict | None = None,
+        job: str | None = None,
+        timeout: float = 5.0,
+        include_rng: bool = False,
+    ):
         _check_no_scheduler(optimizer)
         if grad_scaler is not None and amp_config is None:
             amp_config = {"device_type": model_device(model).type, "dtype": torch.float16}
-        super().__init__(model, optimizer, criterion, server, device, memory_cache=memory_cache, cache_dir=cache_dir,
-                         job=job, timeout=timeout, include_rng=include_rng, grad_scaler=grad_scaler)
+        super().__init__(
+            model,
+            optimizer,
+            criterion,
+            server,
+            device,
+            memory_cache=memory_cache,
+            cache_dir=cache_dir,
+            job=job,
+            timeout=timeout,
+            include_rng=include_rng,
+            grad_scaler=grad_scaler,
+        )
         self.grad_scaler = grad_scaler
         self.amp_config = amp_config
         self.history: dict[str, list[float]] = {"lr": [], "loss": []}
@@ -75,10 +105,23 @@ class LRFinder(StandaloneTool):
 
     # --- the test -----------------------------------------------------------------------
 
-    def range_test(self, train_loader: Iterable, val_loader: Iterable | None = None, start_lr: Any = None,
-                   end_lr: float = 10, num_iter: int = 100, step_mode: str = "exp", smooth_f: float = 0.05,
-                   diverge_th: float | None = 5, accumulation_steps: int = 1, non_blocking_transfer: bool = True,
-                   *, chunk: int = 10, method: str = lr_curve.DEFAULT_METHOD, progress: bool = True) -> None:
+    def range_test(
+        self,
+        train_loader: Iterable,
+        val_loader: Iterable | None = None,
+        start_lr: Any = None,
+        end_lr: float = 10,
+        num_iter: int = 100,
+        step_mode: str = "exp",
+        smooth_f: float = 0.05,
+        diverge_th: float | None = 5,
+        accumulation_steps: int = 1,
+        non_blocking_transfer: bool = True,
+        *,
+        chunk: int = 10,
+        method: str = lr_curve.DEFAULT_METHOD,
+        progress: bool = True,
+    ) -> None:
         """Sweep the LR from ``start_lr`` (default: each group's current LR) to ``end_lr`` over
         ``num_iter`` optimizer steps; with ``val_loader`` each point is a full validation pass.
         Fills :attr:`history` (``lr``, ``loss`` smoothed as in torch-lr-finder, ``raw_loss``).
@@ -99,15 +142,33 @@ class LRFinder(StandaloneTool):
         self.model.to(self.device)
         if start_lr:
             self._set_start_lrs(start_lr)
-        config = {"end_lr": float(end_lr), "num_iter": int(num_iter), "step_mode": str(step_mode).lower(),
-                  "smooth_f": float(smooth_f), "diverge_th": None if diverge_th is None else float(diverge_th),
-                  "val": val_loader is not None, "chunk": int(chunk), "method": method}
+        config = {
+            "end_lr": float(end_lr),
+            "num_iter": int(num_iter),
+            "step_mode": str(step_mode).lower(),
+            "smooth_f": float(smooth_f),
+            "diverge_th": None if diverge_th is None else float(diverge_th),
+            "val": val_loader is not None,
+            "chunk": int(chunk),
+            "method": method,
+        }
         val_fn = None if val_loader is None else (lambda: self._validate(val_loader, non_blocking_transfer))
         job = self.job or f"lr-finder-{uuid.uuid4().hex[:12]}"
         batches = Batches(train_loader)
-        with AutoLRS(self.model, self.optimizer, tuner="range_test", config=config, server=self.server, job=job,
-                     val_fn=val_fn, scaler=self.grad_scaler, include_rng=self.include_rng,
-                     checkpoint=self.storage, checkpoint_dir=self.cache_dir, timeout=self.timeout) as cb:
+        with AutoLRS(
+            self.model,
+            self.optimizer,
+            tuner="range_test",
+            config=config,
+            server=self.server,
+            job=job,
+            val_fn=val_fn,
+            scaler=self.grad_scaler,
+            include_rng=self.include_rng,
+            checkpoint=self.storage,
+            checkpoint_dir=self.cache_dir,
+            timeout=self.timeout,
+        ) as cb:
             calls = 0
             bar = progress_bar(progress, int(num_iter), "range test")
             try:
@@ -127,23 +188,34 @@ class LRFinder(StandaloneTool):
         if not finished or summary is None:
             # The server never closed the sweep (it stopped answering): put everything back.
             self.reset()
-            warnings.warn(f"autolrs: the range test of job {job} did not finish on the server; the model and "
-                          "optimizer were reset to their initial state", AutoLRSWarning, stacklevel=2)
+            warnings.warn(
+                f"autolrs: the range test of job {job} did not finish on the server; the model and "
+                "optimizer were reset to their initial state",
+                AutoLRSWarning,
+                stacklevel=2,
+            )
         if summary is not None:
             self.summary = summary
             hist = summary.get("history") or {}
-            self.history = {"lr": list(hist.get("lr", [])), "loss": list(hist.get("smoothed", [])),
-                            "raw_loss": list(hist.get("loss", []))}
+            self.history = {
+                "lr": list(hist.get("lr", [])),
+                "loss": list(hist.get("smoothed", [])),
+                "raw_loss": list(hist.get("loss", [])),
+            }
             self.best_loss = summary.get("best_loss")
-            log.info("autolrs: learning rate search finished (%s, %d points); see LRFinder.plot()",
-                     summary.get("done"), len(self.history["lr"]))
+            log.info(
+                "autolrs: learning rate search finished (%s, %d points); see LRFinder.plot()",
+                summary.get("done"),
+                len(self.history["lr"]),
+            )
 
     def _set_start_lrs(self, start_lr: Any) -> None:
         groups = self.optimizer.param_groups
         if isinstance(start_lr, (list, tuple)):
             if len(start_lr) != len(groups):
-                raise ValueError(f"length of `start_lr` ({len(start_lr)}) does not match the number of param "
-                                 f"groups ({len(groups)})")
+                raise ValueError(
+                    f"length of `start_lr` ({len(start_lr)}) does not match the number of param groups ({len(groups)})"
+                )
             values = [float(v) for v in start_lr]
         else:
             values = [float(start_lr)] * len(groups)
@@ -190,8 +262,14 @@ class LRFinder(StandaloneTool):
 
     # --- results ------------------------------------------------------------------------
 
-    def suggestion(self, method: str = lr_curve.DEFAULT_METHOD, skip_start: int | None = None, skip_end: int | None = None,
-                   curve: str = "debiased", **kwargs) -> float | None:
+    def suggestion(
+        self,
+        method: str = lr_curve.DEFAULT_METHOD,
+        skip_start: int | None = None,
+        skip_end: int | None = None,
+        curve: str = "debiased",
+        **kwargs,
+    ) -> float | None:
         """The suggested LR of ``method`` (default :data:`autolrs.lr_curve.DEFAULT_METHOD`;
         ``steepest``, ``valley``, ``minimum``), or None when the
         curve is too short (the reason is in ``last_suggestion``). ``curve="debiased"`` (default)
@@ -217,24 +295,55 @@ class LRFinder(StandaloneTool):
         AutoLRS search interval, or with a wider ``min_decades`` an Alrao interval."""
         return lr_curve.bounds_from_curve(self.history["lr"], self.history["raw_loss"], min_decades=min_decades)
 
-    def plot(self, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True, show_lr: float | None = None,
-             ax: Any = None, suggest_lr: bool = True, method: str = lr_curve.DEFAULT_METHOD, path: str | None = None):
+    def plot(
+        self,
+        skip_start: int = 10,
+        skip_end: int = 5,
+        log_lr: bool = True,
+        show_lr: float | None = None,
+        ax: Any = None,
+        suggest_lr: bool = True,
+        method: str = lr_curve.DEFAULT_METHOD,
+        path: str | None = None,
+    ):
         """Loss versus LR (see :func:`plot_curve`) of this finder's history; the suggestion is
         :meth:`suggestion`'s (on the bias-corrected curve), marked on the plotted curve."""
-        out = plot_curve(self.history["lr"], self.history["loss"], skip_start=skip_start, skip_end=skip_end,
-                         log_lr=log_lr, show_lr=show_lr, ax=ax, suggest_lr=suggest_lr, method=method, path=path,
-                         rule_losses=self._rule_curve("debiased"))
+        out = plot_curve(
+            self.history["lr"],
+            self.history["loss"],
+            skip_start=skip_start,
+            skip_end=skip_end,
+            log_lr=log_lr,
+            show_lr=show_lr,
+            ax=ax,
+            suggest_lr=suggest_lr,
+            method=method,
+            path=path,
+            rule_losses=self._rule_curve("debiased"),
+        )
         if suggest_lr:
             self.last_suggestion = out[2]
             return out[0], out[1]
         return out
 
+
 # --- helpers -------------------------------------------------------------------------------
 
 
-def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5, log_lr: bool = True,
-               show_lr: float | None = None, ax: Any = None, suggest_lr: bool = True, method: str = "steepest",
-               path: str | None = None, rule_losses: Any = None):
+def plot_curve(
+    lrs: Any,
+    losses: Any,
+    *,
+    skip_start: int = 10,
+    skip_end: int = 5,
+    log_lr: bool = True,
+    show_lr: float | None = None,
+    ax: Any = None,
+    suggest_lr: bool = True,
+    method: str = "steepest",
+    path: str | None = None,
+    rule_losses: Any = None,
+):
     """Loss versus LR (log x-axis by default) without the first ``skip_start`` and last
     ``skip_end`` points, the suggestion of ``method`` marked in red. ``path`` saves a PNG
     (with the Agg canvas when the figure is made here: nothing is shown). Returns
@@ -259,8 +368,9 @@ def plot_curve(lrs: Any, losses: Any, *, skip_start: int = 10, skip_end: int = 5
     ax.plot(shown_lrs, shown_losses)
     if suggested is not None:
         i = result["index"]
-        ax.scatter(all_lrs[i], all_losses[i], s=75, marker="o", color="red", zorder=3,
-                   label=f"{method}: {suggested:.2E}")
+        ax.scatter(
+            all_lrs[i], all_losses[i], s=75, marker="o", color="red", zorder=3, label=f"{method}: {suggested:.2E}"
+        )
         ax.legend()
     if log_lr:
         ax.set_xscale("log")

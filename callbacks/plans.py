@@ -63,16 +63,19 @@ class PlanExecution:
     _saved_at: dict
     _allow_scheduler: bool
     _hypergrad_args: dict
-    _opt_steps: int
     _should_stop: bool
     _probes: list
-    _polling: bool
-    _run_is_search: bool
-    # The outage state (see AutoLRS's class doc).
+    # Outages (see AutoLRS's class doc): the plan the last reply sent ahead (``next``), the one
+    # being carried out ahead of its reply, whether a step must look for that reply, whether
+    # the run is a search's, the search in progress ({"base": its first checkpoint slot, "lr":
+    # the LR before it}), and the state to go back to when the server answers a search run's
+    # report late. AutoLRS.__init__ starts them through _reset_outage.
     _after: list | None
     _prefetched: list | None
-    _provisional: dict | None
+    _polling: bool
+    _run_is_search: bool
     _search: dict | None
+    _provisional: dict | None
     _hypergrad: Any
 
     lr: Any  # AutoLRS's property
@@ -97,6 +100,7 @@ class PlanExecution:
     def _embedded_endpoint(self, options: LinkOptions, job: str) -> tuple[LinkOptions, str | None]:
         """``options`` pointed at the embedded server started for ``job`` (on rank 0 alone under
         DDP), and None; or, when it cannot start, a warning for a detached link."""
+
         def start() -> tuple[str, str | None, bool]:
             try:
                 return self.embedded_server.start(job), None, False
@@ -105,27 +109,39 @@ class PlanExecution:
 
         endpoint, problem, in_use = start() if self._dist is None else self._dist.leader_call(start)
         if in_use:  # a second live trainer on the job: its server holds the job's folder
-            raise AutoLRSConfigError(f"job {job!r} is run by another live trainer ({problem}); give this run "
-                                     "another job name (job=...)")
+            raise AutoLRSConfigError(
+                f"job {job!r} is run by another live trainer ({problem}); give this run another job name (job=...)"
+            )
         if problem is not None:
-            return (dataclasses.replace(options, server=NOT_STARTED),
-                    f"autolrs: {problem}; training continues untuned at the current LR ({self.lr:g})")
+            return (
+                dataclasses.replace(options, server=NOT_STARTED),
+                f"autolrs: {problem}; training continues untuned at the current LR ({self.lr:g})",
+            )
         # The server checks this job's own secret (the embedded one's, off rank 0 unused).
         return dataclasses.replace(options, server=endpoint, secret=self.embedded_server.secret), None
 
     # --- plans -------------------------------------------------------------------------
 
     def _hello_body(self) -> dict:
-        return messages.Hello(tuner=self.tuner, config=self.config, initial_lr=self.initial_lr,
-                              param_groups=len(self.optimizer.param_groups), step=self.global_step,
-                              max_steps=self.max_steps, has_val_fn=self.val_fn is not None,
-                              has_probe_fn=self.probe_fn is not None, seed=self.seed).to_body()
+        return messages.Hello(
+            tuner=self.tuner,
+            config=self.config,
+            initial_lr=self.initial_lr,
+            param_groups=len(self.optimizer.param_groups),
+            step=self.global_step,
+            max_steps=self.max_steps,
+            has_val_fn=self.val_fn is not None,
+            has_probe_fn=self.probe_fn is not None,
+            seed=self.seed,
+        ).to_body()
 
     def _start(self, reply: Any) -> None:
         """Carry out the answer to a hello sent at construction or by :meth:`load_state_dict`."""
         if reply is None and self._link.pending and self._link.require_server:
-            raise ServerUnavailable(f"the tuner server at {self.server} did not answer the hello of job {self.job} "
-                                    f"within {self.timeout:g} s (require_server=True)")
+            raise ServerUnavailable(
+                f"the tuner server at {self.server} did not answer the hello of job {self.job} "
+                f"within {self.timeout:g} s (require_server=True)"
+            )
         self._act(reply)
 
     def _act(self, reply: Any, *, on_time: bool = False, ahead: bool = False) -> None:
@@ -166,8 +182,12 @@ class PlanExecution:
             elif op == "stop":
                 self._should_stop = True
                 self._link.stop()
-                log.info("autolrs job %s: the tuner said stop (%s) at step %d", self.job,
-                         action.get("reason", ""), self.global_step)
+                log.info(
+                    "autolrs job %s: the tuner said stop (%s) at step %d",
+                    self.job,
+                    action.get("reason", ""),
+                    self.global_step,
+                )
             else:  # run: the plan's last action
                 if "hypergrad" in action:
                     self._hypergrad_begin(action["hypergrad"])
@@ -185,8 +205,14 @@ class PlanExecution:
         hypergrad_report = None
         if self._hypergrad is not None and self._hypergrad.method is not None:
             hypergrad_report = self._hypergrad.report()
-        observation = Observation(step=self.global_step, steps=segment.done, losses=losses, evals=evals,
-                                  hypergrad=hypergrad_report, probes=self._probes)
+        observation = Observation(
+            step=self.global_step,
+            steps=segment.done,
+            losses=losses,
+            evals=evals,
+            hypergrad=hypergrad_report,
+            probes=self._probes,
+        )
         self._probes = []
         self.reports += 1
         reply = self._link.exchange("report", messages.Report(observation, lr=self.lr).to_body())
@@ -206,8 +232,10 @@ class PlanExecution:
             self._prefetched, self._polling = plan, True
             return
         if self._link.require_server:
-            raise ServerUnavailable(f"the tuner server at {self.server} did not answer the report of job {self.job} "
-                                    f"within {self.timeout:g} s (require_server=True)")
+            raise ServerUnavailable(
+                f"the tuner server at {self.server} did not answer the report of job {self.job} "
+                f"within {self.timeout:g} s (require_server=True)"
+            )
         if self._run_is_search and self._search is not None:
             self._hold_search()
 
@@ -224,10 +252,14 @@ class PlanExecution:
             held["base"], held["base_saved"] = base, self._saved_at.get(base, 0)
         self.set_lr(lr)
         self._provisional = held
-        self._warn("outage-search", (
-            f"autolrs: job {self.job}: the server did not answer at the end of a search run; training goes on "
-            f"{'from where the search started' if held['base'] else 'from here'} at the LR from before the search "
-            f"({lr:g}) and these steps are undone when the server answers"))
+        self._warn(
+            "outage-search",
+            (
+                f"autolrs: job {self.job}: the server did not answer at the end of a search run; training goes on "
+                f"{'from where the search started' if held['base'] else 'from here'} at the LR from before the search "
+                f"({lr:g}) and these steps are undone when the server answers"
+            ),
+        )
 
     def _receive(self, reply: Any) -> None:
         """A reply that came in while its request was pending."""
@@ -260,7 +292,8 @@ class PlanExecution:
             raise AutoLRSConfigError(
                 "an LR scheduler (torch.optim.lr_scheduler) is attached to the optimizer: it would change the LR "
                 "behind the tuner's back. Remove it (the tuner sets the LR: tuner='cosine', 'step', ... replace "
-                "torch's schedulers), or pass allow_scheduler=True if it only changes other settings")
+                "torch's schedulers), or pass allow_scheduler=True if it only changes other settings"
+            )
 
     def _checkpoint(self, slot: str) -> None:
         try:
@@ -268,8 +301,13 @@ class PlanExecution:
             self._saved_at[slot] = self.global_step
         except (OSError, RuntimeError) as exc:
             self._checkpoints.discard(slot)
-            self._warn("checkpoint", (f"autolrs: job {self.job} could not save checkpoint {slot!r} ({exc}); a later "
-                                      "restore of it will be skipped"))
+            self._warn(
+                "checkpoint",
+                (
+                    f"autolrs: job {self.job} could not save checkpoint {slot!r} ({exc}); a later "
+                    "restore of it will be skipped"
+                ),
+            )
 
     def _restore(self, slot: str) -> None:
         if self._checkpoints.restore(slot):
@@ -280,39 +318,56 @@ class PlanExecution:
             # business (a set_lr follows a restore), so keep the current one.
             self.set_lr(self.lr)
         else:
-            self._warn("slot", (f"autolrs: job {self.job} was asked to restore checkpoint {slot!r}, which does "
-                                "not exist; training continues from the current state"))
+            self._warn(
+                "slot",
+                (
+                    f"autolrs: job {self.job} was asked to restore checkpoint {slot!r}, which does "
+                    "not exist; training continues from the current state"
+                ),
+            )
 
     def _evaluate(self) -> float:
         if self.val_fn is None:
-            self._warn("val_fn", (f"autolrs: the tuner of job {self.job} asked for an evaluation but the callback "
-                                  "has no val_fn; reporting NaN"))
+            self._warn(
+                "val_fn",
+                (
+                    f"autolrs: the tuner of job {self.job} asked for an evaluation but the callback "
+                    "has no val_fn; reporting NaN"
+                ),
+            )
             return math.nan
         return float(self.val_fn())
 
     def _probe(self, action: dict) -> None:
         if self.probe_fn is None:
-            self._warn("probe_fn", (f"autolrs: the tuner of job {self.job} asked for a probe but the callback has "
-                                    "no probe_fn; nothing is probed (pass probe_fn= to AutoLRS)"))
+            self._warn(
+                "probe_fn",
+                (
+                    f"autolrs: the tuner of job {self.job} asked for a probe but the callback has "
+                    "no probe_fn; nothing is probed (pass probe_fn= to AutoLRS)"
+                ),
+            )
             return
         results = run_probes(self._checkpoints, action["slot"], action["lrs"], self.probe_fn, self.set_lr)
         if results is None:
-            self._warn("probe_slot", (f"autolrs: job {self.job} was asked to probe from checkpoint "
-                                      f"{action['slot']!r}, which does not exist; nothing is probed"))
+            self._warn(
+                "probe_slot",
+                (
+                    f"autolrs: job {self.job} was asked to probe from checkpoint "
+                    f"{action['slot']!r}, which does not exist; nothing is probed"
+                ),
+            )
             return
         self._probes.extend(results)
 
     def _hypergrad_begin(self, spec: dict) -> None:
         try:
             if self._hypergrad is None:
-                self._hypergrad = hypergrad.engine_for(self.model, self.optimizer, self._lrs, self._warn,
-                                                       val_fn=self.val_fn, **self._hypergrad_args)
+                self._hypergrad = hypergrad.engine_for(
+                    self.model, self.optimizer, self._lrs, self._warn, val_fn=self.val_fn, **self._hypergrad_args
+                )
             self._hypergrad.configure(spec)
         except ValueError as exc:
             if self.global_step == 0:  # before any training: a setup that cannot work
                 raise AutoLRSConfigError(f"tuner {self.tuner!r}: {exc}") from None
             self._warn("hypergrad", f"autolrs: job {self.job}: {exc}; training continues at the current LR")
-
-    def _count_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._opt_steps += 1
-

@@ -27,8 +27,13 @@ from autolrs.callbacks.state import CheckpointStore
 __all__ = ["run_probes"]
 
 
-def run_probes(store: CheckpointStore, slot: str, lrs: Sequence[float], probe_fn: Callable[[], Any],
-               set_lr: Callable[[float], None]) -> list[list[float]] | None:
+def run_probes(
+    store: CheckpointStore,
+    slot: str,
+    lrs: Sequence[float],
+    probe_fn: Callable[[], Any],
+    set_lr: Callable[[float], None],
+) -> list[list[float]] | None:
     """``[loss_before, loss_after]`` per LR of ``lrs`` (see the module doc), or None when
     ``slot`` does not exist. ``set_lr`` sets the base LR (the callback's, keeping the param
     groups' ratios). The LRs in force before the call are put back exactly at the end, also
@@ -72,7 +77,12 @@ def run_probes(store: CheckpointStore, slot: str, lrs: Sequence[float], probe_fn
 
 def _check_loss(loss: Any) -> None:
     if not isinstance(loss, torch.Tensor) or not loss.requires_grad or loss.numel() != 1:
-        got = (type(loss).__name__ if not isinstance(loss, torch.Tensor)
-               else f"a tensor of shape {tuple(loss.shape)}, requires_grad={loss.requires_grad}")
-        raise TypeError("probe_fn must return the loss of the current batch: a one-element tensor with its graph "
-                        f"(requires_grad), got {got}")
+        got = (
+            type(loss).__name__
+            if not isinstance(loss, torch.Tensor)
+            else f"a tensor of shape {tuple(loss.shape)}, requires_grad={loss.requires_grad}"
+        )
+        raise TypeError(
+            "probe_fn must return the loss of the current batch: a one-element tensor with its graph "
+            f"(requires_grad), got {got}"
+        )

@@ -70,8 +70,13 @@ class Segment:
         elif lrs is not None and skip:
             lrs = lrs[skip:]
         if skip:
-            log.info("autolrs job %s: %d step(s) late for a segment starting at step %d; running %d", self.job,
-                     skip, action["start_step"], remaining)
+            log.info(
+                "autolrs job %s: %d step(s) late for a segment starting at step %d; running %d",
+                self.job,
+                skip,
+                action["start_step"],
+                remaining,
+            )
         self.length, self.done = remaining, 0
         self._lrs, self._lr_next = lrs, 0
         self._eval_every = action.get("eval_every", 0)

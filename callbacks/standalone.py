@@ -18,9 +18,21 @@ class StandaloneTool:
     optimizer (and GradScaler) taken at construction. ``memory_cache=False`` keeps the
     snapshots on disk in a private temp folder under ``cache_dir``, removed by :meth:`close`."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Any, server: str,
-                 device: str | torch.device | None, *, memory_cache: bool, cache_dir: str | None, job: str | None,
-                 timeout: float, include_rng: bool, grad_scaler: Any = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Any,
+        server: str,
+        device: str | torch.device | None,
+        *,
+        memory_cache: bool,
+        cache_dir: str | None,
+        job: str | None,
+        timeout: float,
+        include_rng: bool,
+        grad_scaler: Any = None,
+    ):
         self.model = model
         self.optimizer = optimizer
         self.criterion = criterion
@@ -32,8 +44,9 @@ class StandaloneTool:
         self.cache_dir = cache_dir if self.storage == "disk" else None  # torch-lr-finder: used on disk only
         self.model_device = model_device(model)
         self.device = torch.device(device) if device is not None else self.model_device
-        self._state = CheckpointStore(model, optimizer, scaler=grad_scaler, include_rng=include_rng,
-                                      storage=self.storage, directory=cache_dir)
+        self._state = CheckpointStore(
+            model, optimizer, scaler=grad_scaler, include_rng=include_rng, storage=self.storage, directory=cache_dir
+        )
         self._state.save("initial")
 
     def reset(self) -> None:
@@ -83,8 +96,10 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def inputs_labels(batch: Any) -> tuple[Any, Any]:
     if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-        raise ValueError("a batch must be a list or tuple whose first two elements are the inputs and the "
-                         f"labels, got {type(batch).__name__}")
+        raise ValueError(
+            "a batch must be a list or tuple whose first two elements are the inputs and the "
+            f"labels, got {type(batch).__name__}"
+        )
     return batch[0], batch[1]
 
 

@@ -4,11 +4,8 @@ A checkpoint is a real copy, never a reference: ``model.state_dict()`` and
 ``optimizer.state_dict()`` hand out the live tensors, which the next optimizer step changes in
 place. In memory each tensor is cloned and the optimizer state deep-copied; on disk each slot
 is one ``torch.save`` file in a private temporary directory. ``"cpu"`` keeps each slot in host
-memory: a CUDA tensor is copied into pinned memory with ``non_blocking=True`` (the copy runs on
-the stream while training goes on: no host sync), so a GPU holds no snapshot; a restore waits
-for that copy on the device (an event, not the host) and copies back the same way. Under FSDP2
-the state dicts hold DTensors: each rank keeps its own shards (the local tensors) and a restore
-rebuilds each DTensor on its mesh.
+memory, copied asynchronously from CUDA and shard by shard under FSDP2
+(:mod:`~autolrs.callbacks.host_slots`).
 
 Restoring deep-copies again before ``optimizer.load_state_dict``: that method keeps the tensors
 it is given whenever they already have the parameter's dtype and device (``.to()`` is then a
@@ -37,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from autolrs.callbacks.host_slots import from_host_slot, host_slot
 
 __all__ = ["CheckpointStore", "sweep_dead"]
 
@@ -98,8 +97,15 @@ class CheckpointStore:
     the next store made on this host (:func:`sweep_dead`).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None,
-                 include_rng: bool = False, storage: str = "memory", directory: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: Any = None,
+        include_rng: bool = False,
+        storage: str = "memory",
+        directory: str | os.PathLike | None = None,
+    ):
         if storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
         self.model = model
@@ -169,7 +175,7 @@ class CheckpointStore:
             saved = self._memory.get(slot)
             if saved is None:
                 return False
-            self._apply(_from_host(saved))
+            self._apply(from_host_slot(saved))
             return True
         path = self._files.get(slot)
         if path is None:
@@ -213,20 +219,13 @@ class CheckpointStore:
         return state
 
     def _capture_to_host(self) -> dict:
-        """The state with every tensor in host memory (see the module doc), and where each
-        tensor came from, so a restore puts it back there."""
         live = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-        state: dict[str, Any] = {k: _to_host(v) for k, v in live.items()}
-        devices = {k: _devices(v) for k, v in live.items()}
+        extra: dict[str, Any] = {}
         if self.scaler is not None:
-            state["scaler"] = copy.deepcopy(self.scaler.state_dict())
+            extra["scaler"] = copy.deepcopy(self.scaler.state_dict())
         if self.include_rng:
-            state["rng"] = _rng_state()
-        copied = None
-        if torch.cuda.is_available() and torch.cuda.is_initialized() and _any_cuda(devices):
-            copied = torch.cuda.Event()
-            copied.record()  # after the copies on the current stream
-        return {"state": state, "devices": devices, "copied": copied}
+            extra["rng"] = _rng_state()
+        return host_slot(live, extra)
 
     def _capture_for_disk(self) -> dict:
         # torch.save serialises the tensors as they are at this moment: no clone needed.
@@ -288,8 +287,13 @@ def _to_disk_rng(state: dict) -> dict:
     its key array as a tensor and rebuild the tuple on load."""
     kind, keys, pos, has_gauss, cached = state["numpy"]
     out = dict(state)
-    out["numpy"] = {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    out["numpy"] = {
+        "kind": kind,
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
     return out
 
 
@@ -297,101 +301,8 @@ def _from_disk(state: dict) -> dict:
     rng = state.get("rng")
     if rng is not None and isinstance(rng.get("numpy"), dict):
         n = rng["numpy"]
-        rng["numpy"] = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                        n["cached_gaussian"])
+        rng["numpy"] = (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
     return state
-
-
-# --- host placement ------------------------------------------------------------------------
-
-
-DTensor: Any
-try:  # FSDP2's sharded tensors (torch >= 2.4 with torch.distributed)
-    from torch.distributed.tensor import DTensor
-except ImportError:  # pragma: no cover - torch without distributed support
-    DTensor = None
-
-
-class _Shard:
-    """A DTensor in a host slot: this rank's shard (a plain tensor) and how to rebuild it."""
-
-    def __init__(self, t: Any, local: torch.Tensor):
-        self.local = local
-        self.mesh, self.placements, self.shape, self.stride = t.device_mesh, t.placements, t.shape, t.stride()
-
-
-def _map(obj: Any, fn: Any) -> Any:
-    """``obj`` with ``fn`` applied to each tensor in its dicts, lists and tuples; a DTensor's
-    (FSDP2) local shard is what ``fn`` gets, so each rank keeps its own shards."""
-    if DTensor is not None and isinstance(obj, DTensor):
-        return _Shard(obj, fn(obj.to_local()))
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map(v, fn) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map(v, fn) for v in obj)
-    return copy.deepcopy(obj)
-
-
-def _host_copy(t: torch.Tensor) -> torch.Tensor:
-    """A host copy of ``t``: pinned and asynchronous for a CUDA tensor, a clone otherwise."""
-    t = t.detach()
-    if t.device.type != "cuda":
-        return t.clone()
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-    host.copy_(t, non_blocking=True)
-    return host
-
-
-def _to_host(state: Any) -> Any:
-    return _map(state, _host_copy)
-
-
-def _devices(state: Any) -> Any:
-    """The same structure as ``state`` with each tensor's device in its place."""
-    return _map(state, lambda t: t.device)
-
-
-def _any_cuda(devices: Any) -> bool:
-    if isinstance(devices, _Shard):
-        return _any_cuda(devices.local)
-    if isinstance(devices, torch.device):
-        return devices.type == "cuda"
-    if isinstance(devices, dict):
-        return any(_any_cuda(v) for v in devices.values())
-    if isinstance(devices, (list, tuple)):
-        return any(_any_cuda(v) for v in devices)
-    return False
-
-
-def _back(saved: Any, devices: Any) -> Any:
-    """Fresh tensors from a host slot, each on the device it was saved from: a clone never
-    shared with the slot (load_state_dict may keep what it is given, see the module doc)."""
-    if isinstance(saved, _Shard):
-        return DTensor.from_local(_back(saved.local, devices.local), saved.mesh, saved.placements, run_check=False,
-                                  shape=saved.shape, stride=saved.stride)
-    if isinstance(saved, torch.Tensor):
-        if devices.type == "cuda":
-            return saved.to(devices, non_blocking=True)
-        return saved.clone()
-    if isinstance(saved, dict):
-        return {k: _back(v, devices[k]) for k, v in saved.items()}
-    if isinstance(saved, (list, tuple)):
-        return type(saved)(_back(v, d) for v, d in zip(saved, devices))
-    return copy.deepcopy(saved)
-
-
-def _from_host(slot: dict) -> dict:
-    """The state of a host slot, ready for ``_apply``: the copies into it waited for on the
-    device (not the host), its tensors back on their devices."""
-    if slot["copied"] is not None:
-        slot["copied"].wait()  # the current stream waits for the snapshot's copies
-    state = slot["state"]
-    out = {k: copy.deepcopy(v) for k, v in state.items() if k not in ("model", "optimizer")}
-    out["model"] = _back(state["model"], slot["devices"]["model"])
-    out["optimizer"] = _back(state["optimizer"], slot["devices"]["optimizer"])
-    return out
 
 
 def _remove(path: str) -> None:

@@ -25,8 +25,10 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> str:
     elif type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
         kind = "adam"
     else:
-        raise ValueError(f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam (and AdamW), "
-                         f"not {type(optimizer).__name__}")
+        raise ValueError(
+            f"the hypergradient tuners support torch.optim.SGD and torch.optim.Adam (and AdamW), "
+            f"not {type(optimizer).__name__}"
+        )
     for i, g in enumerate(optimizer.param_groups):
         if g.get("maximize"):
             raise ValueError(f"param group {i}: maximize=True is not supported by the hypergradient tuners")
@@ -47,8 +49,11 @@ def adam_direction(group: dict, st: dict) -> torch.Tensor | None:
         return None
     b1, b2 = group["betas"]
     bc1, bc2 = bias_corrections(st["step"], b1, b2)
-    denom = (st["exp_avg_sq"].sqrt() / bc2.sqrt() if isinstance(bc2, torch.Tensor)
-             else st["exp_avg_sq"].sqrt() / math.sqrt(bc2)).add_(group["eps"])
+    denom = (
+        st["exp_avg_sq"].sqrt() / bc2.sqrt()
+        if isinstance(bc2, torch.Tensor)
+        else st["exp_avg_sq"].sqrt() / math.sqrt(bc2)
+    ).add_(group["eps"])
     return st["exp_avg"] / bc1 / denom
 
 
@@ -72,8 +77,11 @@ def sgd_tangent(group, st, g, dg, s):
             new_y = dg * (1 - damp) if new_y is None else new_y.add_(dg, alpha=1 - damp)
     if nesterov:
         direction = g.add(new_buf, alpha=m)
-        ddir = None if dg is None and new_y is None else (
-            dg if new_y is None else (new_y * m if dg is None else dg.add(new_y, alpha=m)))
+        ddir = (
+            None
+            if dg is None and new_y is None
+            else (dg if new_y is None else (new_y * m if dg is None else dg.add(new_y, alpha=m)))
+        )
     else:
         direction, ddir = new_buf, new_y
     return direction, ddir, [new_y]
@@ -122,4 +130,4 @@ def bias_corrections(step: Any, b1: float, b2: float):
             step = float(step)  # a CPU scalar: no device sync
         else:
             return 1 - torch.pow(b1, step), 1 - torch.pow(b2, step)
-    return 1 - b1 ** step, 1 - b2 ** step
+    return 1 - b1**step, 1 - b2**step

@@ -63,8 +63,16 @@ class AutoLRSCallback(TrainerCallback):
     it too (``timeout``, ``checkpoint``, ``include_rng``, ``seed``, ...).
     """
 
-    def __init__(self, tuner: str = "auto", config: dict | None = None, *, server: str = AUTO,
-                 job: str | None = None, max_steps: int | None = None, **autolrs_options: Any):
+    def __init__(
+        self,
+        tuner: str = "auto",
+        config: dict | None = None,
+        *,
+        server: str = AUTO,
+        job: str | None = None,
+        max_steps: int | None = None,
+        **autolrs_options: Any,
+    ):
         self.tuner, self.config, self.server, self.job, self.max_steps = tuner, config, server, job, max_steps
         self.options = autolrs_options
         #: The :class:`AutoLRS` of the current ``train`` (None before it begins).
@@ -83,16 +91,32 @@ class AutoLRSCallback(TrainerCallback):
 
     # --- training -------------------------------------------------------------------------
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       lr_scheduler: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
+    ) -> None:
         _check_scheduler(args, lr_scheduler)
         self._scheduler = lr_scheduler
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch one
         budget = self.max_steps or (state.max_steps if state.max_steps and state.max_steps > 0 else None)
         # The Trainer's constant scheduler is checked above and kept at the tuner's LRs below.
         options = {"allow_scheduler": True, **self.options}
-        self.autolrs = AutoLRS(model, optimizer, tuner=self.tuner, config=self.config, server=self.server,
-                               job=self.job, max_steps=budget, **options)
+        self.autolrs = AutoLRS(
+            model,
+            optimizer,
+            tuner=self.tuner,
+            config=self.config,
+            server=self.server,
+            job=self.job,
+            max_steps=budget,
+            **options,
+        )
         self._scale = args.world_size if getattr(args, "average_tokens_across_devices", False) else 1
         self._hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)
         self._losses = []
@@ -127,9 +151,14 @@ class AutoLRSCallback(TrainerCallback):
     def _step_loss(self) -> torch.Tensor | None:
         losses, self._losses = self._losses, []
         if not losses:
-            self._warn("no_loss", ("autolrs: no loss reached AutoLRSCallback in this step: the model's outputs carry "
-                                   "none (no labels in the batch?) and compute_loss did not call "
-                                   "callback.record_loss(loss); the tuner gets no loss for such steps"))
+            self._warn(
+                "no_loss",
+                (
+                    "autolrs: no loss reached AutoLRSCallback in this step: the model's outputs carry "
+                    "none (no labels in the batch?) and compute_loss did not call "
+                    "callback.record_loss(loss); the tuner gets no loss for such steps"
+                ),
+            )
             return None
         total = torch.stack([loss.float().reshape(()) for loss in losses]).sum()
         return total * self._scale if self._shares else total / len(losses)
@@ -150,6 +179,8 @@ def _check_scheduler(args: Any, scheduler: Any) -> None:
     lambdas = getattr(scheduler, "lr_lambdas", None)
     constant = kind == "constant" and lambdas is not None and all(f(0) == 1 and f(10**6) == 1 for f in lambdas)
     if scheduler is not None and not constant:
-        raise ValueError(f"AutoLRSCallback sets the learning rate itself, and the Trainer's LR scheduler "
-                         f"(lr_scheduler_type={kind!r}, {type(scheduler).__name__}) would fight it: set "
-                         "TrainingArguments(lr_scheduler_type='constant') and do not pass a scheduler of your own")
+        raise ValueError(
+            f"AutoLRSCallback sets the learning rate itself, and the Trainer's LR scheduler "
+            f"(lr_scheduler_type={kind!r}, {type(scheduler).__name__}) would fight it: set "
+            "TrainingArguments(lr_scheduler_type='constant') and do not pass a scheduler of your own"
+        )

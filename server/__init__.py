@@ -14,7 +14,8 @@ if __name__ != "autolrs.server":
     raise ImportError(
         f"the autolrs server package must be imported as 'autolrs.server', not {__name__!r}; "
         "install the distribution (pip install -e .) and use 'import autolrs.server' "
-        "or 'python -m autolrs.server'")
+        "or 'python -m autolrs.server'"
+    )
 
 from autolrs.server.process import ServerProcess  # noqa: E402  (standard library only)
 

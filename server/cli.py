@@ -7,30 +7,28 @@ package stays importable (and testable) inside other programs without side effec
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
-import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
 import zmq
 
 import autolrs
-from autolrs.wire import auth, messages, protocol
+from autolrs.wire import auth, protocol
 
 from autolrs.errors import ConfigError
 from autolrs.server.config import load_config
 from autolrs.server.process import DASHBOARD_PREFIX
+from autolrs.server.queries import PROG, query, request
 from autolrs.server.security import admin_token_path
 from autolrs.server.sessions import StateDirLocked
 
-PROG = "autolrs-server"
+__all__ = ["COMMANDS", "PROG", "build_parser", "main", "request"]  # request: tests and benchmarks import it here
+
 COMMANDS = ("serve", "status", "ping", "keygen", "tuners", "dashboard", "dashboard-token")
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 
@@ -39,8 +37,9 @@ log = logging.getLogger("autolrs.server")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="The autolrs learning-rate tuning server.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {autolrs.__version__} "
-                   f"(protocol {protocol.PROTOCOL_VERSION})")
+    p.add_argument(
+        "--version", action="version", version=f"%(prog)s {autolrs.__version__} (protocol {protocol.PROTOCOL_VERSION})"
+    )
     sub = p.add_subparsers(dest="command", metavar="{serve,status,ping,keygen,tuners,dashboard,dashboard-token}")
 
     serve = sub.add_parser("serve", help="run the server (the default command)")
@@ -48,41 +47,74 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default from config: 5555)")
     serve.add_argument("--config", help="YAML file merged over the built-in defaults")
     serve.add_argument("--state-dir", help="where job state and decision logs are kept")
-    serve.add_argument("--secret-file", help="file holding the shared secret that requests must be signed with "
-                       "(default: $AUTOLRS_SECRET, else the file named by $AUTOLRS_SECRET_FILE, else none)")
-    serve.add_argument("--curve-secret-key-file", help="encrypt with ZeroMQ CURVE using this server key "
-                       "(the .key_secret file of `keygen`); clients need the public key")
-    serve.add_argument("--insecure", action="store_true",
-                       help="allow binding a non-loopback --host without a secret (logs a warning)")
-    serve.add_argument("--background-tuner-import", action="store_true",
-                       help="import the tuners' modules after the ready line, in a background thread, and start "
-                       "each tuner process at its first job (a start in a fraction of a second; a job's first "
-                       "hello may wait for its tuner's import)")
-    serve.add_argument("--stop-on-stdin-close", action="store_true",
-                       help="stop when standard input closes (a launcher's lifeline: the server ends with the "
-                       "process that started it)")
-    serve.add_argument("--http-port", type=int, help="serve the dashboard on this port (0 picks a free one; "
-                       "default from config: no dashboard)")
+    serve.add_argument(
+        "--secret-file",
+        help="file holding the shared secret that requests must be signed with "
+        "(default: $AUTOLRS_SECRET, else the file named by $AUTOLRS_SECRET_FILE, else none)",
+    )
+    serve.add_argument(
+        "--curve-secret-key-file",
+        help="encrypt with ZeroMQ CURVE using this server key "
+        "(the .key_secret file of `keygen`); clients need the public key",
+    )
+    serve.add_argument(
+        "--insecure", action="store_true", help="allow binding a non-loopback --host without a secret (logs a warning)"
+    )
+    serve.add_argument(
+        "--background-tuner-import",
+        action="store_true",
+        help="import the tuners' modules after the ready line, in a background thread, and start "
+        "each tuner process at its first job (a start in a fraction of a second; a job's first "
+        "hello may wait for its tuner's import)",
+    )
+    serve.add_argument(
+        "--stop-on-stdin-close",
+        action="store_true",
+        help="stop when standard input closes (a launcher's lifeline: the server ends with the "
+        "process that started it)",
+    )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        help="serve the dashboard on this port (0 picks a free one; default from config: no dashboard)",
+    )
     serve.add_argument("--http-host", help="the dashboard's address (default from config: 127.0.0.1)")
-    serve.add_argument("--processes", help="tuner processes, jobs pinned to one by their id: auto (one per core) "
-                       "or a number; 0 runs the tuners in the server process (default from config: auto)")
-    serve.add_argument("--log-level", default="INFO", type=str.upper,
-                       choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO)")
+    serve.add_argument(
+        "--processes",
+        help="tuner processes, jobs pinned to one by their id: auto (one per core) "
+        "or a number; 0 runs the tuners in the server process (default from config: auto)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="stderr log level (default INFO)",
+    )
 
     for name, text in (("status", "list the jobs of a running server"), ("ping", "check a server answers")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--server", default=os.environ.get("AUTOLRS_SERVER") or DEFAULT_SERVER,
-                       help=f"server endpoint (default: $AUTOLRS_SERVER, else {DEFAULT_SERVER})")
+        c.add_argument(
+            "--server",
+            default=os.environ.get("AUTOLRS_SERVER") or DEFAULT_SERVER,
+            help=f"server endpoint (default: $AUTOLRS_SERVER, else {DEFAULT_SERVER})",
+        )
         c.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
         c.add_argument("--json", action="store_true", help="print the raw reply as JSON")
-        c.add_argument("--secret-file", help="sign the request with this file's secret "
-                       "(default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE)")
-        c.add_argument("--server-key", help="the server's CURVE public key or its server.key file "
-                       "(default: $AUTOLRS_SERVER_KEY)")
+        c.add_argument(
+            "--secret-file",
+            help="sign the request with this file's secret (default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE)",
+        )
+        c.add_argument(
+            "--server-key", help="the server's CURVE public key or its server.key file (default: $AUTOLRS_SERVER_KEY)"
+        )
         if name == "status":
-            c.add_argument("--admin-token-file", help="the server's admin token (written at its start to "
-                           "<state_dir>/admin.token): shows every job's tuner, step, LR and summary; without "
-                           "it, each job's id and status")
+            c.add_argument(
+                "--admin-token-file",
+                help="the server's admin token (written at its start to "
+                "<state_dir>/admin.token): shows every job's tuner, step, LR and summary; without "
+                "it, each job's id and status",
+            )
     keygen = sub.add_parser("keygen", help="write a CURVE key pair (server.key, server.key_secret) into DIR")
     keygen.add_argument("dir", help="folder for the key files (created if missing)")
     tuners = sub.add_parser("tuners", help="list the tuners and their knobs (defaults and meaning)")
@@ -93,12 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--state-dir", required=True, help="the state folder of a server (finished or running)")
     dash.add_argument("--http-port", type=int, default=0, help="port (default 0: a free one)")
     dash.add_argument("--http-host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    dash.add_argument("--secret-file", help="require the dashboard token of this secret "
-                      "(default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE, else no token)")
-    dash.add_argument("--insecure", action="store_true",
-                      help="allow a non-loopback --http-host without a secret")
-    dash.add_argument("--log-level", default="INFO", type=str.upper,
-                      choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO)")
+    dash.add_argument(
+        "--secret-file",
+        help="require the dashboard token of this secret "
+        "(default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE, else no token)",
+    )
+    dash.add_argument("--insecure", action="store_true", help="allow a non-loopback --http-host without a secret")
+    dash.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="stderr log level (default INFO)",
+    )
     token = sub.add_parser("dashboard-token", help="print the dashboard token of a secret")
     token.add_argument("--secret-file", help="the secret's file (default: $AUTOLRS_SECRET / $AUTOLRS_SECRET_FILE)")
     return p
@@ -129,16 +168,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, Any] = {"server": {k: v for k, v in (("host", args.host), ("port", args.port),
-                                                              ("state_dir", args.state_dir),
-                                                              ("secret_file", args.secret_file),
-                                                              ("curve_secret_key_file", args.curve_secret_key_file),
-                                                              ("http_host", args.http_host),
-                                                              ("http_port", args.http_port),
-                                                              ("processes", args.processes))
-                                     if v is not None}}
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides: dict[str, Any] = {
+        "server": {
+            k: v
+            for k, v in (
+                ("host", args.host),
+                ("port", args.port),
+                ("state_dir", args.state_dir),
+                ("secret_file", args.secret_file),
+                ("curve_secret_key_file", args.curve_secret_key_file),
+                ("http_host", args.http_host),
+                ("http_port", args.http_port),
+                ("processes", args.processes),
+            )
+            if v is not None
+        }
+    }
     if args.insecure:
         overrides["server"]["allow_insecure"] = True
     try:
@@ -188,12 +236,16 @@ def serve(args: argparse.Namespace) -> int:
             print(f"{DASHBOARD_PREFIX}{dashboard.open_url}", flush=True)
         if args.background_tuner_import:
             threading.Thread(target=_import_tuners, name="autolrs-tuner-import", daemon=True).start()
-        log.info("serving %d job(s) from %s with %d worker thread(s) and %d tuner process(es)%s; requests %s",
-                 len(server.dispatcher.store), server.dispatcher.store.state_dir, answering_threads(config),
-                 config.processes, " started at their first job" if args.background_tuner_import else "",
-                 "must be signed" if server.verifier is not None else "are not authenticated")
-        log.info("the admin token (status shows every job in full with it) is in %s",
-                 admin_token_path(config))
+        log.info(
+            "serving %d job(s) from %s with %d worker thread(s) and %d tuner process(es)%s; requests %s",
+            len(server.dispatcher.store),
+            server.dispatcher.store.state_dir,
+            answering_threads(config),
+            config.processes,
+            " started at their first job" if args.background_tuner_import else "",
+            "must be signed" if server.verifier is not None else "are not authenticated",
+        )
+        log.info("the admin token (status shows every job in full with it) is in %s", admin_token_path(config))
         if server.public_key is not None:
             log.info("CURVE encryption on; clients need the server's public key %s", server.public_key.decode())
         server.serve_forever()
@@ -252,13 +304,15 @@ def _live_dashboard(config, server):
 
 def browse(args: argparse.Namespace) -> int:
     """``autolrs-server dashboard --state-dir DIR``: the dashboard over a state folder, until a signal."""
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from autolrs.server.dashboard import DashboardServer, StateDirSource, dashboard_token
     from autolrs.server.security import check_bind
 
-    overrides = {"server": {"http_host": args.http_host, "http_port": args.http_port,
-                            "allow_insecure": bool(args.insecure)}}
+    overrides = {
+        "server": {"http_host": args.http_host, "http_port": args.http_port, "allow_insecure": bool(args.insecure)}
+    }
     try:
         config = load_config(None, overrides)
         key = auth.resolve_secret(None, args.secret_file)
@@ -268,8 +322,9 @@ def browse(args: argparse.Namespace) -> int:
         print(f"{PROG} dashboard: {exc}", file=sys.stderr)
         return 2
     try:
-        dashboard = DashboardServer(source, config.http_host, config.http_port,
-                                    None if key is None else dashboard_token(key)).start()
+        dashboard = DashboardServer(
+            source, config.http_host, config.http_port, None if key is None else dashboard_token(key)
+        ).start()
     except OSError as exc:
         print(f"{PROG} dashboard: cannot bind {config.http_host}:{config.http_port}: {exc}", file=sys.stderr)
         return 1
@@ -296,14 +351,17 @@ def print_token(args: argparse.Namespace) -> int:
         print(f"{PROG} dashboard-token: {exc}", file=sys.stderr)
         return 2
     if key is None:
-        print(f"{PROG} dashboard-token: no secret (--secret-file, $AUTOLRS_SECRET or $AUTOLRS_SECRET_FILE): "
-              "a dashboard without one needs no token", file=sys.stderr)
+        print(
+            f"{PROG} dashboard-token: no secret (--secret-file, $AUTOLRS_SECRET or $AUTOLRS_SECRET_FILE): "
+            "a dashboard without one needs no token",
+            file=sys.stderr,
+        )
         return 2
     print(dashboard_token(key))
     return 0
 
 
-# --- status / ping -----------------------------------------------------------------------
+# --- keygen ------------------------------------------------------------------------------
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -320,122 +378,6 @@ def keygen(args: argparse.Namespace) -> int:
     print(f"server: --curve-secret-key-file {secret_file}")
     print(f"clients: AUTOLRS_SERVER_KEY={public_file}  (or the key itself: {public.decode()})")
     return 0
-
-
-def request(endpoint: str, kind: str, timeout: float, secret: bytes | None = None,
-            server_key: bytes | None = None, credential: str | None = None) -> dict:
-    """One request over a fresh REQ socket (signed with ``secret``, CURVE-encrypted to
-    ``server_key`` if given, carrying ``credential``: the admin token for ``status``); raises
-    TimeoutError, never blocks past ``timeout``."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    if server_key is not None:
-        sock.curve_serverkey = server_key
-        sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-    try:
-        sock.connect(endpoint)
-        body = messages.REQUESTS[kind]().to_body()
-        payload = protocol.dumps(protocol.request(kind, body, client_id=f"cli-{uuid.uuid4().hex[:12]}",
-                                                  credential=credential))
-        sock.send_multipart([payload] if secret is None else [payload, auth.sign(secret, payload)])
-        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-            raise TimeoutError(f"no answer from {endpoint} within {timeout:g} s (is the server running?)")
-        return protocol.loads(sock.recv())
-    finally:
-        sock.close(0)
-        ctx.term()
-
-
-def query(args: argparse.Namespace) -> int:
-    kind = args.command
-    admin = None
-    try:
-        protocol.check_endpoint(args.server)
-    except ValueError as exc:
-        print(f"{PROG} {kind}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        secret = auth.resolve_secret(None, args.secret_file)
-        server_key = auth.resolve_server_key(args.server_key)
-        if getattr(args, "admin_token_file", None):
-            admin = Path(args.admin_token_file).read_text(encoding="utf-8").strip()
-    except auth.SecretError as exc:
-        print(f"{PROG} {kind}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{PROG} {kind}: cannot read the admin token file: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    try:
-        reply = request(args.server, kind, args.timeout, secret, server_key, admin)
-    except TimeoutError as exc:
-        print(f"{PROG} {kind}: {exc}", file=sys.stderr)
-        return 1
-    except zmq.ZMQError as exc:
-        print(f"{PROG} {kind}: cannot reach {args.server}: {exc}", file=sys.stderr)
-        return 1
-    except protocol.ProtocolError as exc:
-        print(f"{PROG} {kind}: unreadable answer from {args.server}: {exc.message}", file=sys.stderr)
-        return 1
-    elapsed_ms = (time.monotonic() - started) * 1000
-    if args.json:
-        # Raw JSON, non-finite floats kept in the protocol's tagged form.
-        print(json.dumps(json.loads(protocol.dumps(reply)), indent=2))
-    if not isinstance(reply, dict) or reply.get("status") != "ok":
-        err = reply.get("error", {}) if isinstance(reply, dict) else {}
-        print(f"{PROG} {kind}: server replied with error {err.get('code')}: {err.get('message')}", file=sys.stderr)
-        return 1
-    if not args.json:
-        try:
-            body = messages.REPLIES[kind].from_body(reply.get("body", {}))
-        except messages.BodyError as exc:
-            print(f"{PROG} {kind}: unreadable answer from {args.server}: {exc}", file=sys.stderr)
-            return 1
-        if kind == "ping":
-            print(f"{args.server}: autolrs {body.version} protocol {body.protocol} ({elapsed_ms:.1f} ms)")
-        else:
-            print(format_status(body.to_body()))
-    return 0
-
-
-def format_status(body: dict) -> str:
-    """A readable table of a status reply's sessions."""
-    server = body.get("server", {})
-    lines = [f"autolrs {server.get('version')} protocol {server.get('protocol')}, "
-             f"up {_duration(server.get('uptime_s'))}, {server.get('sessions', 0)} job(s)"]
-    if server.get("admin", True):
-        rows: list[tuple[str, ...]] = [("JOB", "TUNER", "STATUS", "STEP", "LR", "REQUESTS", "UPDATED")]
-        for s in body.get("sessions", []):
-            rows.append((str(s.get("job_id")), str(s.get("tuner")), str(s.get("status")), str(s.get("step")),
-                         _lr(s.get("lr")), str(s.get("requests")), _when(s.get("updated"))))
-    else:
-        lines.append("(each job's id and status; --admin-token-file shows tuners, steps, LRs and summaries)")
-        rows = [("JOB", "STATUS")]
-        rows += [(str(s.get("job_id")), str(s.get("status"))) for s in body.get("sessions", [])]
-    if len(rows) > 1:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _lr(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-
-
-def _when(value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 if __name__ == "__main__":

@@ -100,8 +100,10 @@ def _merge(base: dict, layer: Mapping[str, Any], schema: Mapping[str, Any], sour
     for key, value in layer.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in schema:
-            raise ConfigError(f"{source}: unknown key '{where}'{did_you_mean(key, map(str, schema))}; "
-                              f"valid: {', '.join(sorted(map(str, schema)))}")
+            raise ConfigError(
+                f"{source}: unknown key '{where}'{did_you_mean(key, map(str, schema))}; "
+                f"valid: {', '.join(sorted(map(str, schema)))}"
+            )
         if key == "tuners" and not prefix:
             out[key] = _merge_tuners(out.get(key) or {}, value, source)
         elif isinstance(schema[key], dict):
@@ -119,8 +121,10 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
     out = {name: dict(knobs) for name, knobs in base.items()}
     for name, knobs in layer.items():
         if name not in TUNERS:
-            raise ConfigError(f"{source}: 'tuners.{name}' is not a registered tuner{did_you_mean(name, TUNERS)}; "
-                              f"registered: {', '.join(sorted(TUNERS))}")
+            raise ConfigError(
+                f"{source}: 'tuners.{name}' is not a registered tuner{did_you_mean(name, TUNERS)}; "
+                f"registered: {', '.join(sorted(TUNERS))}"
+            )
         knobs = {} if knobs is None else knobs
         if not isinstance(knobs, Mapping):
             raise ConfigError(f"{source}: 'tuners.{name}' must be a mapping of knobs")
@@ -128,14 +132,17 @@ def _merge_tuners(base: Mapping[str, Any], layer: Any, source: str) -> dict:
         for knob in knobs:
             if knob in JOB_KEYS:
                 # These come from each job's hello (the optimizer, the client's budget).
-                raise ConfigError(f"{source}: 'tuners.{name}.{knob}' is set per job by the client, "
-                                  "not in the server config")
+                raise ConfigError(
+                    f"{source}: 'tuners.{name}.{knob}' is set per job by the client, not in the server config"
+                )
             if knob in GUARD_KNOBS:  # the divergence guard's knobs go with every tuner
                 continue
             if knob not in cls.defaults and knob not in cls.aliases and knob not in cls.aliases.values():
                 valid = sorted(map(cls.public_name, cls.defaults))
-                raise ConfigError(f"{source}: unknown knob 'tuners.{name}.{knob}'{did_you_mean(knob, valid)}; "
-                                  f"valid: {', '.join(valid) or '(none)'}")
+                raise ConfigError(
+                    f"{source}: unknown knob 'tuners.{name}.{knob}'{did_you_mean(knob, valid)}; "
+                    f"valid: {', '.join(valid) or '(none)'}"
+                )
         try:
             knobs, notes = cls.canonical_config(knobs)
         except ConfigError as exc:
@@ -175,22 +182,28 @@ def _build(merged: Mapping[str, Any]) -> ServerConfig:
     allow_insecure = s["allow_insecure"]
     if not isinstance(allow_insecure, bool):
         raise ConfigError(f"server.allow_insecure must be true or false, got {allow_insecure!r}")
-    return ServerConfig(host=host, port=port, state_dir=str(state_dir), max_message_bytes=max_bytes,
-                        fsync=fsync, tuners=copy.deepcopy(dict(merged.get("tuners") or {})),
-                        workers=_int(s["workers"], "server.workers", 1, 256),
-                        processes=_processes(s["processes"]),
-                        tuner_timeout_s=_seconds(s["tuner_timeout_s"], "server.tuner_timeout_s"),
-                        max_sessions=_int(s["max_sessions"], "server.max_sessions", 1, 1_000_000),
-                        lease_s=_seconds(s["lease_s"], "server.lease_s"),
-                        secret_file=None if secret_file is None else str(secret_file),
-                        auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
-                        allow_insecure=allow_insecure,
-                        curve_secret_key_file=None if curve_file is None else str(curve_file),
-                        max_sessions_per_peer=_int(s["max_sessions_per_peer"], "server.max_sessions_per_peer", 1,
-                                                   1_000_000),
-                        max_backlog_bytes=_int(s["max_backlog_bytes"], "server.max_backlog_bytes", 1 << 20, 1 << 40),
-                        admin_token_file=None if admin_file is None else str(admin_file),
-                        http_host=http_host, http_port=http_port)
+    return ServerConfig(
+        host=host,
+        port=port,
+        state_dir=str(state_dir),
+        max_message_bytes=max_bytes,
+        fsync=fsync,
+        tuners=copy.deepcopy(dict(merged.get("tuners") or {})),
+        workers=_int(s["workers"], "server.workers", 1, 256),
+        processes=_processes(s["processes"]),
+        tuner_timeout_s=_seconds(s["tuner_timeout_s"], "server.tuner_timeout_s"),
+        max_sessions=_int(s["max_sessions"], "server.max_sessions", 1, 1_000_000),
+        lease_s=_seconds(s["lease_s"], "server.lease_s"),
+        secret_file=None if secret_file is None else str(secret_file),
+        auth_window_s=_seconds(s["auth_window_s"], "server.auth_window_s"),
+        allow_insecure=allow_insecure,
+        curve_secret_key_file=None if curve_file is None else str(curve_file),
+        max_sessions_per_peer=_int(s["max_sessions_per_peer"], "server.max_sessions_per_peer", 1, 1_000_000),
+        max_backlog_bytes=_int(s["max_backlog_bytes"], "server.max_backlog_bytes", 1 << 20, 1 << 40),
+        admin_token_file=None if admin_file is None else str(admin_file),
+        http_host=http_host,
+        http_port=http_port,
+    )
 
 
 def _processes(value: Any) -> int:
@@ -231,8 +244,9 @@ def _int(value: Any, key: str, lo: int, hi: int) -> int:
     return value
 
 
-def job_tuner_config(config: ServerConfig, tuner: str, hello_config: Mapping[str, Any] | None,
-                     job: Mapping[str, Any]) -> dict:
+def job_tuner_config(
+    config: ServerConfig, tuner: str, hello_config: Mapping[str, Any] | None, job: Mapping[str, Any]
+) -> dict:
     """The config a job's tuner is built with: server defaults < hello config < job keys.
 
     Job keys (``JOB_KEYS``: initial_lr, max_steps, has_val_fn) come from the hello body; a key

@@ -16,31 +16,14 @@ the server's memory does not grow with the jobs; a reader replays the file, and 
 survives a restart exactly as ``state.json`` does. A line cut short by a crash is skipped.
 Compaction runs on a background thread, off the path of the reply (it replays the journal,
 some milliseconds), under a per-job lock that the appends of that job also take.
-Numbers are kept to 7 significant digits (ample for a chart, half the bytes of full floats).
-
-The bounds (the downsampling rule):
-
-* **series**: one point per bucket of ``w`` consecutive steps, ``w`` the smallest power of two
-  with ``ceil(last_step / w) <= SERIES_POINTS`` (1,024). A point holds its bucket's last step,
-  the LR of that step, the mean of the bucket's finite losses and how many finite and
-  non-finite losses it had. Every step is kept while the job is under 1,024 steps; each time
-  its length doubles past that, neighbouring buckets merge (exact weighted means).
-* **evals** (validation losses) and **hypergradients**: the same rule with 512 buckets.
-* **AutoLRS stages**: the record of each stage (its trials' LRs, forecasts and statuses, the
-  winner), the last MAX_STAGES (1,000); each trial's loss window (AutoLRS's and ``auto``'s),
-  reduced to at most WINDOW_POINTS (32) means of equal slices, for the last WINDOW_STAGES (16)
-  stages.
-* **sweep**: the (LR, loss) points of the range test behind AutoLRS's automatic bounds or
-  ``auto``'s first phase, the first MAX_SWEEP (2,000) (the tuners drop that curve once they
-  have used it).
-
-So a job's file stays under its snapshot (a few hundred kB at most) plus JOURNAL_BYTES.
+What an entry holds, and the bounds (the downsampling rule) that keep a history small:
+:mod:`autolrs.server.history_entry`. So a job's file stays under its snapshot (a few hundred kB
+at most) plus JOURNAL_BYTES.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import threading
@@ -49,170 +32,43 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from autolrs.wire import protocol
 
+from autolrs.server.history_entry import (
+    EVAL_POINTS,
+    MAX_STAGES,
+    MAX_SWEEP,
+    SERIES_POINTS,
+    WINDOW_POINTS,
+    WINDOW_STAGES,
+    bucket_width,
+    column_at,
+    finite,
+    make_entry,
+    round7,
+)
 from autolrs.server.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "FILENAME",
+    "JOURNAL_BYTES",
+    "SERIES_POINTS",
+    "WINDOW_POINTS",
+    "WINDOW_STAGES",
+    "HistoryRecorder",
+    "JobHistory",
+    "apply_record",
+    "bucket_width",
+    "last_loss_of",
+    "load",
+    "make_entry",
+    "replay",
+]
+
 FILENAME = "history.jsonl"
 FORMAT = 1
-SERIES_POINTS = 1024
-EVAL_POINTS = 512
-WINDOW_POINTS = 32
-WINDOW_STAGES = 16
-MAX_STAGES = 1000
-MAX_SWEEP = 2000
 #: The journal is compacted into one snapshot line once it is larger than this.
 JOURNAL_BYTES = 512 * 1024
-#: Summary keys copied into an entry's context (which phase, stage and trial a segment was).
-CONTEXT_KEYS = ("phase", "stage", "trial", "mode")
-#: Phases whose segments are trials (AutoLRS's ``trial``, ``auto``'s ``trials``): their loss
-#: windows are kept; and phases that sweep the LR (AutoLRS's automatic bounds, ``auto``'s
-#: range test): their (LR, loss) points are kept.
-TRIAL_PHASES = ("trial", "trials")
-SWEEP_PHASES = ("bounds", "sweep")
-
-
-def bucket_width(last_step: int, points: int) -> int:
-    """The smallest power of two ``w`` with ``ceil(last_step / w) <= points``."""
-    w = 1
-    while (max(last_step, 1) - 1) // w + 1 > points:
-        w *= 2
-    return w
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _r(x: Any) -> float | None:
-    """``x`` to 7 significant digits; None when it is not a finite number."""
-    return float(f"{x:.7g}") if _finite(x) else None
-
-
-def _column(values: list) -> Any:
-    """A column as one value when every entry is equal (a constant LR, full buckets), else the list."""
-    return values[0] if values and all(v == values[0] for v in values) else values
-
-
-def _at(column: Any, i: int) -> Any:
-    return column[i] if isinstance(column, list) else column
-
-
-# --- building an entry from one report ---------------------------------------------------------
-
-
-def plan_lrs(plan: Sequence[Mapping] | None) -> tuple[list[float] | None, float | None]:
-    """(per-step LRs of the plan's run, the last set_lr before it) of the plan a report answers."""
-    per_step, constant = None, None
-    for action in plan or ():
-        if not isinstance(action, Mapping):
-            continue
-        if action.get("op") == "set_lr":
-            constant = action.get("lr")
-        elif action.get("op") == "run" and isinstance(action.get("lrs"), list):
-            per_step = action["lrs"]
-    return per_step, constant
-
-
-def make_entry(plan: Sequence[Mapping] | None, step: int, steps: int, losses: Sequence[float],
-               evals: Sequence[Sequence[float]], hypergrad: Mapping | None, reported_lr: Any,
-               before: Mapping | None, after: Mapping | None) -> dict:
-    """The journal entry of one applied report.
-
-    ``plan`` is the plan the client carried out (the reply before the report), ``step`` the
-    client's global step at the report, ``steps`` the segment's length, ``losses`` the last
-    losses of the segment (one per step, aligned to its end), ``evals`` ``[position, value]``
-    pairs, ``before``/``after`` the tuner's summary before and after the report.
-    """
-    end = int(step)
-    start = max(0, end - max(int(steps), len(losses)))
-    per_step, constant = plan_lrs(plan)
-    fallback = constant if _finite(constant) else (reported_lr if _finite(reported_lr) else None)
-
-    def lr_at(t: int) -> float | None:  # LR of global step t (1-based) of this segment
-        if per_step:
-            i = len(per_step) - 1 - (end - t)
-            if 0 <= i < len(per_step):
-                return per_step[i]
-        return fallback
-
-    loss_steps = [end - len(losses) + 1 + j for j in range(len(losses))]
-    entry: dict[str, Any] = {"s": start, "e": end, **_series_points(start, end, loss_steps, losses, lr_at)}
-    if losses:
-        entry["last"] = [end, _r(losses[-1])]
-    if evals:
-        entry["ev"] = [[start + int(p), _r(v)] for p, v in evals]
-    hs = list((hypergrad or {}).get("h") or [])
-    if hs:  # one per step (hd), aligned to the end, or one at the end (tangent methods)
-        entry["h"] = {"t": end - len(hs) + 1, "v": [_r(h) for h in hs]}
-    before = before or {}
-    ctx = {k: before[k] for k in CONTEXT_KEYS if isinstance(before.get(k), (str, int, float))}
-    if ctx:
-        entry["ctx"] = ctx
-    if ctx.get("phase") in TRIAL_PHASES:
-        # AutoLRS numbers its stages and trials; ``auto`` has one round of trials, counted.
-        stage, trial = before.get("stage", 0), before.get("trial", len(before.get("trials") or ()))
-        # A trial's LR: the one set for it, else the first of its per-step LRs (an annealed trial's peak).
-        lr = constant if _finite(constant) else (per_step[0] if per_step else fallback)
-        entry["win"] = _trial_window({**ctx, "stage": stage, "trial": trial}, end - start, losses, evals, lr)
-    if ctx.get("phase") in SWEEP_PHASES and losses:
-        pairs = [(lr_at(t), v) for t, v in zip(loss_steps, losses) if lr_at(t) is not None][:MAX_SWEEP]
-        entry["sweep"] = {"lr": [_r(lr) for lr, _ in pairs], "loss": [_r(v) for _, v in pairs]}
-    stage = (after or {}).get("last_stage")
-    if isinstance(stage, Mapping) and stage.get("stage") != (before.get("last_stage") or {}).get("stage"):
-        entry["stage"] = dict(stage)
-    return entry
-
-
-def _series_points(start: int, end: int, loss_steps: list[int], losses: Sequence[float], lr_at) -> dict:
-    """The segment's buckets at the width of its end step, as columns: ``w`` the width, ``b`` the
-    first bucket (the rest follow, one per bucket up to the end step), ``lr`` the LR of each
-    bucket's last step, ``m`` the mean of its finite losses (None without), ``n`` and ``x`` how
-    many finite and non-finite losses it had. Columns that are constant are one value."""
-    w = bucket_width(end, SERIES_POINTS)
-    first, last = (max(start + 1, 1) - 1) // w, (max(end, 1) - 1) // w
-    sums = [0.0] * (last - first + 1)
-    counts = [0] * len(sums)
-    bad = [0] * len(sums)
-    for t, v in zip(loss_steps, losses):
-        i = (max(t, 1) - 1) // w - first
-        if _finite(v):
-            sums[i] += v
-            counts[i] += 1
-        else:
-            bad[i] += 1
-    lrs = [_r(lr_at(min(end, (first + i + 1) * w))) for i in range(len(sums))]
-    return {"w": w, "b": first, "lr": _column(lrs), "m": [_r(t / n) if n else None for t, n in zip(sums, counts)],
-            "n": _column(counts), "x": _column(bad)}
-
-
-def _trial_window(ctx: Mapping, steps: int, losses: Sequence[float], evals: Sequence[Sequence[float]],
-                  lr: float | None) -> dict:
-    """An AutoLRS trial's loss window: positions are steps since the trial started (what the
-    forecaster fits; validation losses in validation mode), at most WINDOW_POINTS means."""
-    if ctx.get("mode") == "val" and any(p > 0 for p, _ in evals):
-        pts = [(float(p), v) for p, v in evals if p > 0]
-        kind = "val"
-    else:
-        pts = [(float(steps - len(losses) + j), v) for j, v in enumerate(losses)]
-        kind = "train"
-    points = _reduce(pts, WINDOW_POINTS)
-    return {"stage": ctx["stage"], "trial": ctx["trial"], "lr": lr, "kind": kind,
-            "points": [[_r(p), _r(v)] for p, v in points]}
-
-
-def _reduce(points: Sequence[tuple[float, float]], limit: int) -> list[tuple]:
-    """At most ``limit`` points: the mean position and mean finite value of equal slices
-    (a slice holding only non-finite values gives None: divergence shows as a gap)."""
-    n = len(points)
-    if n <= limit:
-        return [(p, v if _finite(v) else None) for p, v in points]
-    out = []
-    for i in range(limit):
-        chunk = points[i * n // limit:(i + 1) * n // limit]
-        vals = [v for _, v in chunk if _finite(v)]
-        out.append((sum(p for p, _ in chunk) / len(chunk), sum(vals) / len(vals) if vals else None))
-    return out
 
 
 # --- the history a journal replays to -----------------------------------------------------------
@@ -243,9 +99,10 @@ class JobHistory:
         self._rebucket()
         w, first = entry.get("w", 1), entry.get("b", 0)
         for i, mean in enumerate(entry.get("m", ())):
-            n = _at(entry["n"], i)
-            self._add_series(min(end, (first + i + 1) * w), _at(entry["lr"], i), (mean or 0.0) * n, n,
-                             _at(entry["x"], i))
+            n = column_at(entry["n"], i)
+            self._add_series(
+                min(end, (first + i + 1) * w), column_at(entry["lr"], i), (mean or 0.0) * n, n, column_at(entry["x"], i)
+            )
         if entry.get("last") is not None:
             self.last_loss = list(entry["last"])
         for step, value in entry.get("ev", ()):
@@ -261,7 +118,7 @@ class JobHistory:
             self._trim_windows()
         if "sweep" in entry and len(self.sweep) < MAX_SWEEP:
             pairs = [list(p) for p in zip(entry["sweep"]["lr"], entry["sweep"]["loss"])]
-            self.sweep.extend(pairs[:MAX_SWEEP - len(self.sweep)])
+            self.sweep.extend(pairs[: MAX_SWEEP - len(self.sweep)])
 
     def _rebucket(self) -> None:
         width = bucket_width(self.last_step, SERIES_POINTS)
@@ -291,7 +148,7 @@ class JobHistory:
         point[4] += bad
 
     def _add_mean(self, table: dict, step: int, value: Any) -> None:
-        if _finite(value):
+        if finite(value):
             self._merge_mean(table, step, value, 1)
 
     def _merge_mean(self, table: dict, step: int, total: float, n: int) -> None:
@@ -322,12 +179,22 @@ class JobHistory:
 
     def snapshot(self) -> dict:
         def rounded(table: dict) -> list:
-            return [[p[0], *(_r(x) if isinstance(x, float) else x for x in p[1:])] for _, p in sorted(table.items())]
+            return [
+                [p[0], *(round7(x) if isinstance(x, float) else x for x in p[1:])] for _, p in sorted(table.items())
+            ]
 
-        return {"format": FORMAT, "reports": self.reports, "last_step": self.last_step, "last_loss": self.last_loss,
-                "series": rounded(self.series), "evals": rounded(self.evals), "hyper": rounded(self.hyper),
-                "stages": [self.stages[s] for s in sorted(self.stages)],
-                "windows": [self.windows[k] for k in sorted(self.windows)], "sweep": self.sweep}
+        return {
+            "format": FORMAT,
+            "reports": self.reports,
+            "last_step": self.last_step,
+            "last_loss": self.last_loss,
+            "series": rounded(self.series),
+            "evals": rounded(self.evals),
+            "hyper": rounded(self.hyper),
+            "stages": [self.stages[s] for s in sorted(self.stages)],
+            "windows": [self.windows[k] for k in sorted(self.windows)],
+            "sweep": self.sweep,
+        }
 
     @classmethod
     def from_snapshot(cls, snap: Mapping) -> "JobHistory":
@@ -355,11 +222,17 @@ class JobHistory:
         evals = [self.evals[b] for b in sorted(self.evals)]
         hyper = [self.hyper[b] for b in sorted(self.hyper)]
         return {
-            "reports": self.reports, "last_step": self.last_step, "last_loss": self.last_loss,
-            "width": self.width, "eval_width": self.eval_width,
-            "series": {"step": [p[0] for p in series], "lr": [p[1] for p in series],
-                       "loss": [p[2] / p[3] if p[3] else None for p in series],
-                       "nonfinite": [p[4] for p in series]},
+            "reports": self.reports,
+            "last_step": self.last_step,
+            "last_loss": self.last_loss,
+            "width": self.width,
+            "eval_width": self.eval_width,
+            "series": {
+                "step": [p[0] for p in series],
+                "lr": [p[1] for p in series],
+                "loss": [p[2] / p[3] if p[3] else None for p in series],
+                "nonfinite": [p[4] for p in series],
+            },
             "evals": {"step": [p[0] for p in evals], "value": [p[1] / p[2] for p in evals]},
             "hypergrad": {"step": [p[0] for p in hyper], "value": [p[1] / p[2] for p in hyper]},
             "stages": [self.stages[s] for s in sorted(self.stages)],
@@ -397,8 +270,9 @@ class HistoryRecorder:
     lock held; never raises. Journals past ``journal_bytes`` are compacted on a background
     thread (``background=False``: at once, in the caller's thread)."""
 
-    def __init__(self, jobs_dir: str | Path, fsync: bool = False, journal_bytes: int = JOURNAL_BYTES,
-                 background: bool = True):
+    def __init__(
+        self, jobs_dir: str | Path, fsync: bool = False, journal_bytes: int = JOURNAL_BYTES, background: bool = True
+    ):
         self.jobs_dir = Path(jobs_dir)
         self.fsync = fsync
         self.journal_bytes = journal_bytes
@@ -422,12 +296,21 @@ class HistoryRecorder:
         except OSError:
             log.exception("could not remove the old history of job %s", job_id)
 
-    def record_report(self, job_id: str, plan: Sequence[Mapping] | None, body: Mapping, losses: Sequence[float],
-                      evals: Sequence[Sequence[float]], hypergrad: Mapping | None,
-                      before: Mapping | None, after: Mapping | None) -> None:
+    def record_report(
+        self,
+        job_id: str,
+        plan: Sequence[Mapping] | None,
+        body: Mapping,
+        losses: Sequence[float],
+        evals: Sequence[Sequence[float]],
+        hypergrad: Mapping | None,
+        before: Mapping | None,
+        after: Mapping | None,
+    ) -> None:
         try:
-            entry = make_entry(plan, body.get("step", 0), body.get("steps", 0), losses, evals, hypergrad,
-                               body.get("lr"), before, after)
+            entry = make_entry(
+                plan, body.get("step", 0), body.get("steps", 0), losses, evals, hypergrad, body.get("lr"), before, after
+            )
             self.append(job_id, entry)
         except Exception:  # noqa: BLE001 - the history is for people; the decision is saved
             log.exception("could not record the history of job %s", job_id)

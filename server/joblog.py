@@ -10,8 +10,9 @@ from typing import Any, Mapping, Sequence
 __all__ = ["describe_plan", "job_line"]
 
 
-def job_line(kind: str, job_id: str, step: int, plan: Sequence[Mapping[str, Any]] | None,
-             record: Mapping[str, Any]) -> str:
+def job_line(
+    kind: str, job_id: str, step: int, plan: Sequence[Mapping[str, Any]] | None, record: Mapping[str, Any]
+) -> str:
     """The log line of one applied request; ``record`` is what the decision log got besides."""
     if kind == "hello":
         if record.get("resumed"):
@@ -50,8 +51,11 @@ def _action(action: Mapping[str, Any]) -> str:
         text = f"run {action.get('steps')} steps"
         lrs = action.get("lrs")
         if lrs:
-            text += f" at LR {_lr(lrs[0])}" if len(lrs) == 1 or lrs[0] == lrs[-1] else \
-                f", LR {_lr(lrs[0])} -> {_lr(lrs[-1])}"
+            text += (
+                f" at LR {_lr(lrs[0])}"
+                if len(lrs) == 1 or lrs[0] == lrs[-1]
+                else f", LR {_lr(lrs[0])} -> {_lr(lrs[-1])}"
+            )
         if action.get("eval_every"):
             text += f", evaluating every {action['eval_every']}"
         if action.get("hypergrad"):

@@ -30,9 +30,15 @@ def describe_tuners(names: Sequence[str] = ()) -> list[dict]:
         knobs = []
         for key, (default, meaning) in cls.knobs.items():
             public = cls.public_name(key)
-            knobs.append({"name": public, "default": default, "meaning": meaning,
-                          "aliases": sorted(set(old_names.get(public, [])) | ({key} - {public})),
-                          "limit": cls.limits.get(key)})
+            knobs.append(
+                {
+                    "name": public,
+                    "default": default,
+                    "meaning": meaning,
+                    "aliases": sorted(set(old_names.get(public, [])) | ({key} - {public})),
+                    "limit": cls.limits.get(key),
+                }
+            )
         doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         out.append({"name": name, "doc": " ".join(doc.replace("``", "").split()), "knobs": knobs})
     return out
@@ -47,8 +53,9 @@ def format_tuners(tuners: list[dict]) -> str:
         dwidth = max((len(v) for v in shown), default=0)
         for knob, default in zip(tuner["knobs"], shown):
             alias = f" (formerly {', '.join(knob['aliases'])})" if knob["aliases"] else ""
-            lines.append(f"  {knob['name']:<{width}}  {default:<{dwidth}}  {knob['meaning']}{_limit(knob['limit'])}"
-                         f"{alias}")
+            lines.append(
+                f"  {knob['name']:<{width}}  {default:<{dwidth}}  {knob['meaning']}{_limit(knob['limit'])}{alias}"
+            )
         lines.append("")
     lines.append("Every tuner also takes the divergence guard's knobs (docs/guard.md):")
     width = max(map(len, GUARD_KNOBS))

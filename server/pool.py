@@ -44,8 +44,9 @@ class WorkerPool:
         #: Bytes of the requests submitted and not answered yet (the transport bounds it).
         self.queued_bytes = 0
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"autolrs-worker-{i}", daemon=True)
-                         for i in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"autolrs-worker-{i}", daemon=True) for i in range(workers)
+        ]
         for t in self._threads:
             t.start()
 

@@ -57,8 +57,9 @@ def curve_keys(config: ServerConfig) -> tuple[bytes, bytes] | None:
     return public, secret
 
 
-def check_bind(config: ServerConfig, key: bytes | None, host: str | None = None,
-               exposes: str = "create, drive and read jobs") -> None:
+def check_bind(
+    config: ServerConfig, key: bytes | None, host: str | None = None, exposes: str = "create, drive and read jobs"
+) -> None:
     """Refuse a non-loopback address (``host``, default ``config.host``) without a secret unless
     ``allow_insecure``; warn if allowed. ``exposes`` says what a stranger could do there."""
     host = config.host if host is None else host
@@ -68,9 +69,13 @@ def check_bind(config: ServerConfig, key: bytes | None, host: str | None = None,
         raise ConfigError(
             f"refusing to bind {host} without a shared secret: anyone who can reach it could {exposes}. "
             f"Set one (--secret-file FILE, ${auth.ENV_SECRET} or ${auth.ENV_SECRET_FILE}), bind "
-            "127.0.0.1, or pass --insecure (server.allow_insecure) if the network is trusted")
-    log.warning("serving on %s WITHOUT a shared secret (allow_insecure): any host that can reach this "
-                "port can %s", host, exposes)
+            "127.0.0.1, or pass --insecure (server.allow_insecure) if the network is trusted"
+        )
+    log.warning(
+        "serving on %s WITHOUT a shared secret (allow_insecure): any host that can reach this port can %s",
+        host,
+        exposes,
+    )
 
 
 # --- job credentials and the admin token ---------------------------------------------------------
@@ -109,8 +114,10 @@ def load_admin_token(path: str | os.PathLike) -> str:
     except FileExistsError:
         token = path.read_text(encoding="utf-8").strip()
         if len(token) < 16:
-            raise ConfigError(f"admin token file {path} holds {len(token)} characters; delete it to make a "
-                              "new one, or put a token of 16 characters at least") from None
+            raise ConfigError(
+                f"admin token file {path} holds {len(token)} characters; delete it to make a "
+                "new one, or put a token of 16 characters at least"
+            ) from None
         return token
     token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -70,14 +70,25 @@ class Session:
 
     def to_state(self) -> dict:
         return {
-            "format": STATE_FORMAT, "job_id": self.job_id, "tuner": self.tuner_name,
-            "config": self.config, "hello_config": self.hello_config, "seed": self.seed,
-            "status": self.status, "owner": self.owner, "credential": self.credential,
-            "creator": self.creator, "lr": self.lr,
-            "last": None if self.last_seq is None else
-            {"client_id": self.last_client_id, "seq": self.last_seq, "reply": self.last_reply},
-            "created": self.created, "updated": self.updated, "requests": self.requests,
-            "step": self.step, "tuner_state": self.tuner.state_dict(),
+            "format": STATE_FORMAT,
+            "job_id": self.job_id,
+            "tuner": self.tuner_name,
+            "config": self.config,
+            "hello_config": self.hello_config,
+            "seed": self.seed,
+            "status": self.status,
+            "owner": self.owner,
+            "credential": self.credential,
+            "creator": self.creator,
+            "lr": self.lr,
+            "last": None
+            if self.last_seq is None
+            else {"client_id": self.last_client_id, "seq": self.last_seq, "reply": self.last_reply},
+            "created": self.created,
+            "updated": self.updated,
+            "requests": self.requests,
+            "step": self.step,
+            "tuner_state": self.tuner.state_dict(),
         }
 
     @classmethod
@@ -91,13 +102,26 @@ class Session:
         status = state["status"]
         if status not in (ACTIVE, FINISHED):
             raise ValueError(f"unknown session status {status!r}")
-        return cls(job_id=state["job_id"], tuner_name=state["tuner"], config=dict(state["config"]),
-                   hello_config=dict(state["hello_config"]), seed=int(state["seed"]), tuner=tuner,
-                   status=status, owner=state["owner"], credential=str(state.get("credential", "")),
-                   creator=str(state.get("creator", "")), lr=_optional_float(state.get("lr")),
-                   last_client_id=last.get("client_id"),
-                   last_seq=last.get("seq"), last_reply=last.get("reply"), created=float(state["created"]),
-                   updated=float(state["updated"]), requests=int(state["requests"]), step=int(state["step"]))
+        return cls(
+            job_id=state["job_id"],
+            tuner_name=state["tuner"],
+            config=dict(state["config"]),
+            hello_config=dict(state["hello_config"]),
+            seed=int(state["seed"]),
+            tuner=tuner,
+            status=status,
+            owner=state["owner"],
+            credential=str(state.get("credential", "")),
+            creator=str(state.get("creator", "")),
+            lr=_optional_float(state.get("lr")),
+            last_client_id=last.get("client_id"),
+            last_seq=last.get("seq"),
+            last_reply=last.get("reply"),
+            created=float(state["created"]),
+            updated=float(state["updated"]),
+            requests=int(state["requests"]),
+            step=int(state["step"]),
+        )
 
     def snapshot(self) -> bytes:
         """A deep, serialised copy to roll back to (tuners may alias lists in state_dict)."""
@@ -229,8 +253,14 @@ class SessionStore:
                 raise ValueError(f"holds job {session.job_id!r}, not {directory.name!r}")
         except Exception as exc:  # noqa: BLE001 - any damage: keep the file, skip the job
             aside = path.with_name(f"state.json.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9}")
-            log.warning("cannot load %s (%s: %s); moved it to %s and continue without job %s",
-                        path, type(exc).__name__, exc, aside.name, directory.name)
+            log.warning(
+                "cannot load %s (%s: %s); moved it to %s and continue without job %s",
+                path,
+                type(exc).__name__,
+                exc,
+                aside.name,
+                directory.name,
+            )
             try:
                 os.replace(path, aside)
             except OSError as move_exc:
@@ -269,6 +299,10 @@ def _optional_float(value: Any) -> float | None:
 def observation_summary(losses: list[float], evals: list) -> dict:
     """A compact account of a report for the decisions log."""
     finite = [x for x in losses if math.isfinite(x)]
-    return {"n_losses": len(losses), "n_finite": len(finite),
-            "mean_loss": sum(finite) / len(finite) if finite else None,
-            "last_loss": losses[-1] if losses else None, "evals": [list(e) for e in evals]}
+    return {
+        "n_losses": len(losses),
+        "n_finite": len(finite),
+        "mean_loss": sum(finite) / len(finite) if finite else None,
+        "last_loss": losses[-1] if losses else None,
+        "evals": [list(e) for e in evals],
+    }

@@ -61,8 +61,15 @@ def _peer_address(frame: zmq.Frame) -> str | None:
 class Server:
     """A bound ROUTER socket plus its dispatcher. ``serve_forever()`` blocks until ``stop()``."""
 
-    def __init__(self, config: ServerConfig, dispatcher: Dispatcher, *, context: zmq.Context | None = None,
-                 verifier: auth.Verifier | None = None, curve: tuple[bytes, bytes] | None = None):
+    def __init__(
+        self,
+        config: ServerConfig,
+        dispatcher: Dispatcher,
+        *,
+        context: zmq.Context | None = None,
+        verifier: auth.Verifier | None = None,
+        curve: tuple[bytes, bytes] | None = None,
+    ):
         self.config = config
         self.dispatcher = dispatcher
         #: Checks request signatures; None: the server takes unsigned requests.
@@ -147,8 +154,7 @@ class Server:
         routing: list[bytes] | None = None
         try:
             if len(frames) < 2 or len(frames) > MAX_FRAMES:
-                log.warning("dropped a message of %d frames (expected routing frames then one payload)",
-                            len(frames))
+                log.warning("dropped a message of %d frames (expected routing frames then one payload)", len(frames))
                 return
             peer = _peer_address(frames[-1])
             routing, payload, signature = auth.split_frames([f.bytes for f in frames])
@@ -160,8 +166,12 @@ class Server:
                     self._send(routing + [self._refusal(ErrorCode.UNAUTHENTICATED, str(exc))])
                     return
             if self.pool.queued_bytes + len(payload) > self.config.max_backlog_bytes:
-                self._warn_limited("backlog", "dropped a request: %d bytes of requests wait for a worker "
-                                   "(max_backlog_bytes %d)", self.pool.queued_bytes, self.config.max_backlog_bytes)
+                self._warn_limited(
+                    "backlog",
+                    "dropped a request: %d bytes of requests wait for a worker (max_backlog_bytes %d)",
+                    self.pool.queued_bytes,
+                    self.config.max_backlog_bytes,
+                )
                 return
             parsed = self.dispatcher.parse(payload, peer)
             if parsed.error is not None:
@@ -237,8 +247,13 @@ def answering_threads(config: ServerConfig) -> int:
     return max(config.workers, 2 * config.processes)
 
 
-def make_server(config: ServerConfig, store: SessionStore | None = None, *,
-                secret: str | bytes | None = None, start_tuner_processes: bool = True) -> Server:
+def make_server(
+    config: ServerConfig,
+    store: SessionStore | None = None,
+    *,
+    secret: str | bytes | None = None,
+    start_tuner_processes: bool = True,
+) -> Server:
     """Load the sessions under ``config.state_dir``, start the tuner processes
     (``server.processes``; their imports go on in the background; with
     ``start_tuner_processes=False`` each starts when its first job needs it) and bind the

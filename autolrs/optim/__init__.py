@@ -17,6 +17,18 @@ from autolrs.optim.optimizers import AlraoAdam, AlraoSGD, alrao_step
 from autolrs.optim.sampling import classifier_lrs, log_uniform, sample_unit_lrs
 from autolrs.optim.switch import Switch
 
-__all__ = ["AlraoModel", "AlraoSGD", "AlraoAdam", "alrao_step", "Switch", "classifier_lrs", "log_uniform",
-           "sample_unit_lrs", "LinearClassifier", "LinearClassifierRNN", "LinearRegressor", "L2LossLog",
-           "L2LossAdditional"]
+__all__ = [
+    "AlraoModel",
+    "AlraoSGD",
+    "AlraoAdam",
+    "alrao_step",
+    "Switch",
+    "classifier_lrs",
+    "log_uniform",
+    "sample_unit_lrs",
+    "LinearClassifier",
+    "LinearClassifierRNN",
+    "LinearRegressor",
+    "L2LossLog",
+    "L2LossAdditional",
+]

@@ -70,6 +70,6 @@ class L2LossAdditional(nn.Module):
     def forward(self, output: tuple[torch.Tensor, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
         stacked, posterior = output
         nll = 0.5 * ((stacked - y.unsqueeze(-1)) ** 2 / self.sigma2 + math.log(2 * math.pi * self.sigma2))
-        per_model = -nll.reshape(nll.shape[0], -1, nll.shape[-1]).sum(1)          # (batch, N) log-lik
+        per_model = -nll.reshape(nll.shape[0], -1, nll.shape[-1]).sum(1)  # (batch, N) log-lik
         mixture = torch.logsumexp(per_model + posterior.log(), -1)
         return -mixture.mean()

@@ -33,9 +33,19 @@ class AlraoModel(nn.Module):
     Train with ``AlraoSGD``/``AlraoAdam`` and ``alrao_step`` (``autolrs.optim.optimizers``).
     """
 
-    def __init__(self, task: str, loss: Callable, preclassifier: nn.Module, n_classifiers: int,
-                 classifier_factory: Callable[..., nn.Module], *args, theta: float = 0.9999,
-                 likelihood: str = "mean", check_finite: bool = True, **kwargs):
+    def __init__(
+        self,
+        task: str,
+        loss: Callable,
+        preclassifier: nn.Module,
+        n_classifiers: int,
+        classifier_factory: Callable[..., nn.Module],
+        *args,
+        theta: float = 0.9999,
+        likelihood: str = "mean",
+        check_finite: bool = True,
+        **kwargs,
+    ):
         super().__init__()
         self.task = task
         self.loss = loss
@@ -58,8 +68,9 @@ class AlraoModel(nn.Module):
         if isinstance(x, tuple):
             x, extra = x[0], x[1:]
         if self.check_finite and not torch.isfinite(x).all():
-            raise ValueError("the pre-classifier produced non-finite features (lr_max too large for "
-                             "this architecture?)")
+            raise ValueError(
+                "the pre-classifier produced non-finite features (lr_max too large for this architecture?)"
+            )
         outputs = [c(x) for c in self.classifiers]
         self.last_x = x.detach()
         self.last_outputs = [o.detach() for o in outputs]

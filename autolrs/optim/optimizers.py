@@ -27,8 +27,17 @@ __all__ = ["AlraoSGD", "AlraoAdam", "alrao_step"]
 class _AlraoOptimizer(torch.optim.Optimizer):
     """Builds the param groups and samples the unit LRs; subclasses implement ``_update``."""
 
-    def __init__(self, model: nn.Module, lr_min: float, lr_max: float, defaults: dict, *, seed: int = 0,
-                 generator: torch.Generator | None = None, per: str = "unit"):
+    def __init__(
+        self,
+        model: nn.Module,
+        lr_min: float,
+        lr_max: float,
+        defaults: dict,
+        *,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+        per: str = "unit",
+    ):
         if isinstance(model, AlraoModel):
             pre, copies = model.preclassifier, list(model.classifiers)
         else:  # a bare network: per-unit LRs everywhere, no copies
@@ -123,17 +132,31 @@ class AlraoSGD(_AlraoOptimizer):
     so units with small LRs keep more momentum. Copies use the ordinary heavy ball either way.
     """
 
-    def __init__(self, model: nn.Module, lr_min: float, lr_max: float, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 momentum_style: str = "torch", **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        lr_min: float,
+        lr_max: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        momentum_style: str = "torch",
+        **kwargs,
+    ):
         if momentum < 0 or weight_decay < 0:
             raise ValueError("momentum and weight_decay must be >= 0")
         if momentum_style not in ("torch", "alrao"):
             raise ValueError(f"momentum_style must be 'torch' or 'alrao', got {momentum_style!r}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and zero dampening")
-        defaults = dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                        momentum_style=momentum_style)
+        defaults = dict(
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            momentum_style=momentum_style,
+        )
         super().__init__(model, lr_min, lr_max, defaults, **kwargs)
 
     def _update(self, p, grad, state, group, lr) -> None:
@@ -156,8 +179,16 @@ class AlraoAdam(_AlraoOptimizer):
     """Adam with Alrao LRs: ``p <- p - lr_p / (1 - β1^t) * m / (sqrt(v / (1 - β2^t)) + eps)``
     (torch.optim.Adam's formula with the LR per unit; L2 weight decay as in Adam)."""
 
-    def __init__(self, model: nn.Module, lr_min: float, lr_max: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        model: nn.Module,
+        lr_min: float,
+        lr_max: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        **kwargs,
+    ):
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or eps < 0 or weight_decay < 0:
             raise ValueError(f"invalid Adam hyper-parameters betas={betas}, eps={eps}, weight_decay={weight_decay}")
         super().__init__(model, lr_min, lr_max, dict(betas=tuple(betas), eps=eps, weight_decay=weight_decay), **kwargs)
@@ -174,7 +205,7 @@ class AlraoAdam(_AlraoOptimizer):
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(d, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-        bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
+        bias1, bias2 = 1 - beta1**t, 1 - beta2**t
         denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(group["eps"])
         if isinstance(lr, torch.Tensor):
             p.addcdiv_(exp_avg * lr, denom, value=-1 / bias1)
@@ -182,8 +213,14 @@ class AlraoAdam(_AlraoOptimizer):
             p.addcdiv_(exp_avg, denom, value=-lr / bias1)
 
 
-def alrao_step(model: AlraoModel, optimizer: _AlraoOptimizer, targets: torch.Tensor,
-               loss: Callable | None = None, catch_up: bool = False, skip_nonfinite: bool = True) -> torch.Tensor:
+def alrao_step(
+    model: AlraoModel,
+    optimizer: _AlraoOptimizer,
+    targets: torch.Tensor,
+    loss: Callable | None = None,
+    catch_up: bool = False,
+    skip_nonfinite: bool = True,
+) -> torch.Tensor:
     """The Alrao training step, after ``mixture_loss.backward()``:
 
     1. drop the copies' gradients from the mixture loss;

@@ -62,11 +62,12 @@ def unit_lr_kind(module: nn.Module, name: str) -> str:
 
 def _rnn_weight_for_bias(name: str) -> str:
     # bias_ih_l0_reverse -> weight_ih_l0_reverse: the bias of a gate row shares that row's LR.
-    return "weight_" + name[len("bias_"):]
+    return "weight_" + name[len("bias_") :]
 
 
-def sample_unit_lrs(module: nn.Module, lr_min: float, lr_max: float, generator: torch.Generator,
-                    per: str = "unit") -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
+def sample_unit_lrs(
+    module: nn.Module, lr_min: float, lr_max: float, generator: torch.Generator, per: str = "unit"
+) -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
     """Yield ``(parameter, lr)`` for every parameter of ``module`` in ``module.parameters()``
     order (shared parameters once), ``lr`` a float64 CPU tensor broadcastable to the parameter.
 
@@ -94,15 +95,19 @@ def sample_unit_lrs(module: nn.Module, lr_min: float, lr_max: float, generator: 
                     shared = row_lrs.get("weight")
                 elif name.startswith("bias_"):
                     shared = row_lrs.get(_rnn_weight_for_bias(name))
-                vec = shared if shared is not None and shared.numel() == p.shape[0] else \
-                    log_uniform(p.shape[0], lr_min, lr_max, generator)
+                vec = (
+                    shared
+                    if shared is not None and shared.numel() == p.shape[0]
+                    else log_uniform(p.shape[0], lr_min, lr_max, generator)
+                )
                 row_lrs[name] = vec
                 lr = vec.view((p.shape[0],) + (1,) * (p.dim() - 1))
             yield p, lr
 
 
-def sample_tensor_lrs(shape: torch.Size | tuple[int, ...], lr_min: float, lr_max: float, generator: torch.Generator,
-                      per: str = "unit") -> torch.Tensor:
+def sample_tensor_lrs(
+    shape: torch.Size | tuple[int, ...], lr_min: float, lr_max: float, generator: torch.Generator, per: str = "unit"
+) -> torch.Tensor:
     """LRs for a tensor known only by its shape (no module to say what a unit is): one per index
     of its first dimension, broadcastable (``(n, 1, ...)``), one for a 0-d tensor; ``per='weight'``:
     one per scalar."""

@@ -35,9 +35,14 @@ class Switch(nn.Module):
     """Posterior over N models, updated prequentially. Its state (``logw``, ``logposterior``,
     ``t``) are buffers, so it is saved and restored with the model's ``state_dict``."""
 
-    def __init__(self, n_models: int, theta: float = 0.9999, task: str = "classification",
-                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 likelihood: str = "mean"):
+    def __init__(
+        self,
+        n_models: int,
+        theta: float = 0.9999,
+        task: str = "classification",
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        likelihood: str = "mean",
+    ):
         super().__init__()
         if n_models < 1:
             raise ValueError(f"need at least one model, got {n_models}")
@@ -87,14 +92,14 @@ class Switch(nn.Module):
         if not torch.isfinite(ll).any():
             raise ValueError("every model's log-likelihood is non-finite")
         n, theta = self.n_models, self.theta
-        logw = self.logw + ll                                   # 1.
-        pi = 1.0 / (self.t.item() + 1.0)                        # 2.
+        logw = self.logw + ll  # 1.
+        pi = 1.0 / (self.t.item() + 1.0)  # 2.
         log_pool = math.log(pi) + torch.logsumexp(logw[0], 0)
         row0 = logw[0] + math.log1p(-pi)
-        row0 = torch.logaddexp(row0, math.log(theta / n) + log_pool)       # 3.
+        row0 = torch.logaddexp(row0, math.log(theta / n) + log_pool)  # 3.
         row1 = torch.logaddexp(logw[1], math.log((1 - theta) / n) + log_pool)
         logw = torch.stack([row0, row1])
-        logw -= torch.logsumexp(logw.reshape(-1), 0)            # 4.
+        logw -= torch.logsumexp(logw.reshape(-1), 0)  # 4.
         self.logw.copy_(logw)
         self.logposterior.copy_(torch.logaddexp(logw[0], logw[1]))
         self.t += 1

@@ -12,8 +12,10 @@ __all__ = ["assert_bitwise_equal", "snapshot"]
 
 def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any = None) -> dict:
     """Independent copies of the model's, the optimizer's (and a GradScaler's) state."""
-    snap = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict())}
+    snap = {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+    }
     if scaler is not None:
         snap["scaler"] = copy.deepcopy(scaler.state_dict())
     return snap

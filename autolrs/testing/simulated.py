@@ -21,8 +21,9 @@ class QuadraticBowl:
     """Loss that shrinks geometrically at a rate peaking at ``best_lr`` and blows up past
     ``diverge_lr``: ``L <- L * (1 - rate * q(lr))`` with ``q(r) = 2r / (1 + r^2)``, r = lr/best_lr."""
 
-    def __init__(self, best_lr: float = 0.1, rate: float = 0.01, floor: float = 0.1,
-                 diverge_lr: float = 5.0, noise: float = 0.01):
+    def __init__(
+        self, best_lr: float = 0.1, rate: float = 0.01, floor: float = 0.1, diverge_lr: float = 5.0, noise: float = 0.01
+    ):
         self.best_lr, self.rate, self.floor = best_lr, rate, floor
         self.diverge_lr, self.noise = diverge_lr, noise
 
@@ -53,8 +54,13 @@ class QuadraticBowl:
 class SimulatedClient:
     """Runs a tuner's plans against ``model`` until it says stop or ``max_reports`` is reached."""
 
-    def __init__(self, model: QuadraticBowl | None = None, seed: int = 0, initial_lr: float = 0.1,
-                 corrupt: Callable[[int, float], float] | None = None):
+    def __init__(
+        self,
+        model: QuadraticBowl | None = None,
+        seed: int = 0,
+        initial_lr: float = 0.1,
+        corrupt: Callable[[int, float], float] | None = None,
+    ):
         self.model = model or QuadraticBowl()
         self.rng = np.random.default_rng(seed)
         self.state = self.model.initial()
@@ -119,8 +125,7 @@ class SimulatedClient:
         hypergrad = None
         if spec is not None:
             hypergrad = {"h": hs, "vb": self.model.rate * self.state, "val_loss": self.model.val_loss(self.state)}
-        return Observation(step=self.step, steps=action["steps"], losses=losses, evals=evals,
-                           hypergrad=hypergrad)
+        return Observation(step=self.step, steps=action["steps"], losses=losses, evals=evals, hypergrad=hypergrad)
 
     def _probe(self, action: dict) -> list[tuple[float, float]]:
         """One subsample's loss before and after one step from the slot's state at each LR (the

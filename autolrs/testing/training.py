@@ -11,8 +11,15 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["DigitsBatches", "digits", "make_mlp", "torch_lr_finder_loop", "torch_scheduler_lrs", "train_step",
-           "val_loss"]
+__all__ = [
+    "DigitsBatches",
+    "digits",
+    "make_mlp",
+    "torch_lr_finder_loop",
+    "torch_scheduler_lrs",
+    "train_step",
+    "val_loss",
+]
 
 
 @lru_cache(maxsize=1)
@@ -53,13 +60,14 @@ class DigitsBatches:
         if self._pos + self.batch_size > len(self._order):
             self._order = torch.randperm(len(self.x), generator=self.gen)
             self._pos = 0
-        idx = self._order[self._pos:self._pos + self.batch_size]
+        idx = self._order[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         return self.x[idx], self.y[idx]
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: DigitsBatches,
-               scaler: Any = None) -> torch.Tensor:
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: DigitsBatches, scaler: Any = None
+) -> torch.Tensor:
     """One cross-entropy step on the next batch (through ``scaler`` if given); returns the loss."""
     model.train()
     x, y = batches.next()
@@ -98,9 +106,16 @@ def torch_scheduler_lrs(make_scheduler: Callable[[torch.optim.Optimizer], Any], 
     return lrs
 
 
-def torch_lr_finder_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, criterion: Callable[..., Any],
-                         batches: Any, end_lr: float, num_iter: int, smooth_f: float = 0.05,
-                         diverge_th: float = 5.0) -> dict[str, list[float]]:
+def torch_lr_finder_loop(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[..., Any],
+    batches: Any,
+    end_lr: float,
+    num_iter: int,
+    smooth_f: float = 0.05,
+    diverge_th: float = 5.0,
+) -> dict[str, list[float]]:
     """torch-lr-finder's ``range_test`` written out: its ExponentialLR (``base * (end / base) **
     (i / (num_iter - 1))``), one batch per step (``batches`` restarted when exhausted, as its
     loader is), the loss smoothed, stopped when it exceeds ``diverge_th`` times the best. The

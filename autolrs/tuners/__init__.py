@@ -90,8 +90,9 @@ def make_tuner(name: str, config: Mapping[str, Any] | None = None, seed: int = 0
     try:
         cls = TUNERS[name]
     except KeyError:
-        raise UnknownTunerError(f"unknown tuner {name!r}{did_you_mean(name, TUNERS)}; registered: "
-                                f"{', '.join(sorted(TUNERS))}") from None
+        raise UnknownTunerError(
+            f"unknown tuner {name!r}{did_you_mean(name, TUNERS)}; registered: {', '.join(sorted(TUNERS))}"
+        ) from None
     config = dict(config or {})
     if name in GUARD_OFF_BY_DEFAULT:
         config.setdefault("guard", False)
@@ -100,8 +101,9 @@ def make_tuner(name: str, config: Mapping[str, Any] | None = None, seed: int = 0
     inner = cls(rest, seed)
     if not knobs["guard"]:
         return inner
-    return guard.Guarded(inner, every=knobs["guard_every"], factor=knobs["guard_factor"],
-                         max_rollbacks=knobs["guard_max"])
+    return guard.Guarded(
+        inner, every=knobs["guard_every"], factor=knobs["guard_factor"], max_rollbacks=knobs["guard_max"]
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -112,5 +114,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BUILTIN", "TUNERS", "JOB_KEYS", "ConfigError", "Registry", "Tuner", "UnknownTunerError", "make_tuner",
-           "register"]
+__all__ = [
+    "BUILTIN",
+    "TUNERS",
+    "JOB_KEYS",
+    "ConfigError",
+    "Registry",
+    "Tuner",
+    "UnknownTunerError",
+    "make_tuner",
+    "register",
+]

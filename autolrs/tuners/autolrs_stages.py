@@ -7,14 +7,12 @@ A *stage* searches, then exploits:
 
 * ``k`` trials. Trial ``i`` trains ``tau'`` steps (``tau' = tau * trial_fraction``) from the
   stage checkpoint with candidate LR ``c_i``; its losses (or validation losses) are forecast
-  ``tau`` steps ahead (:mod:`autolrs.forecast`) and the forecast, plus ``pessimism`` standard
-  deviations, is told to a 1-D GP over log LR (:mod:`autolrs.gp`), which proposes ``c_{i+1}``.
-  ``c_0`` is a seeded log-uniform draw; no LR is tried twice in a stage.
-* The winner (:meth:`AutoLRSStages._pick_winner`) is chosen among the trials that may win
-  (finite, and healthy by :mod:`autolrs.trial_checks`): the lowest pessimistic forecast, or
-  with ``tie_break: lowest`` the lowest LR the forecasts cannot tell from it. Training goes on
-  from the stage checkpoint (or with ``keep_best`` from the best trial's end weights) for
-  ``tau`` steps.
+  ``tau`` steps ahead and the forecast, plus ``pessimism`` standard deviations, is told to a
+  1-D GP over log LR (:mod:`autolrs.gp`), which proposes ``c_{i+1}``. ``c_0`` is a seeded
+  log-uniform draw; no LR is tried twice in a stage.
+* The winner is chosen among the trials that may win. Training goes on from the stage
+  checkpoint (or with ``keep_best`` from the best trial's end weights) for ``tau`` steps. How
+  trials are forecast, compared and picked: :mod:`autolrs.tuners.autolrs_trials`.
 * Then ``tau`` and ``tau'`` double up to ``tau_max``. Trials are judged on validation loss
   (evaluated ``val_points`` times per trial, horizon in evaluation units) from stage 1 with
   ``val_from_start``, else once a stage with ``tau = tau_max`` has run (the paper).
@@ -30,9 +28,6 @@ message late). With ``keep_best`` the trial whose score is the best so far has i
 saved in slot ``"best"`` (``checkpoint("best")`` leads the next plan, before its restore) and
 exploitation continues from there (``[restore("best"), discard("best"), set_lr(best),
 run(tau)]``, or just ``set_lr`` when the winner was the last trial).
-
-A trial whose window holds NaN/inf (or nothing) gets the numeric ``penalty`` and ranks after
-every finite one (the original stored the string "nan" and crashed at ``min``).
 
 Budget (``max_steps`` known): :meth:`AutoLRSStages._stage_plan`. Stages run in full while they
 fit; a stage that would leave less than a first stage's cost adds the remainder to its
@@ -52,11 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from autolrs import actions, gp, trial_checks
+from autolrs import actions, gp
 from autolrs.actions import Observation
-from autolrs.forecast import fit_forecast
 from autolrs.space import LogSpace
 from autolrs.tuners.autolrs_records import Settings, Stage, Trial
+from autolrs.tuners.autolrs_trials import may_be_best, pick_winner, score, trial_record, unfit_reasons
 from autolrs.tuners.base import Tuner
 
 STATE_VERSION = 4  # the stage machine alone; its phases are the autolrs tuner's
@@ -129,7 +124,7 @@ class AutoLRSStages(Tuner):
         return None if self.s.max_steps is None else self.s.max_steps - self.step
 
     def _seed_seq(self, *keys: int) -> np.random.SeedSequence:
-        return np.random.SeedSequence([self.seed % (2 ** 63), *keys])
+        return np.random.SeedSequence([self.seed % (2**63), *keys])
 
     def _start_stage(self) -> None:
         remaining = self._remaining()
@@ -143,58 +138,35 @@ class AutoLRSStages(Tuner):
         self.stage += 1
         tp = plan["trial_steps"]
         first = self.space.sample(np.random.default_rng(self._seed_seq(self.stage, 0)))
-        self.current = Stage(stage=self.stage, tau=plan["tau"], trial_steps=tp, exploit_steps=plan["exploit_steps"],
-                             mode="val" if self.val_mode else "train",
-                             eval_every=max(1, tp // self.s.val_points) if self.val_mode else 0,
-                             start_step=self.step, next_lr=first)
+        self.current = Stage(
+            stage=self.stage,
+            tau=plan["tau"],
+            trial_steps=tp,
+            exploit_steps=plan["exploit_steps"],
+            mode="val" if self.val_mode else "train",
+            eval_every=max(1, tp // self.s.val_points) if self.val_mode else 0,
+            start_step=self.step,
+            next_lr=first,
+        )
         self.phase = "trial"
 
     # ------------------------------------------------------------------ trials and decisions
 
-    def _forecast(self, obs: Observation) -> dict:
-        """A trial's record from its report: forecast, its uncertainty, status, window health."""
-        cur = self.current
-        losses = list(obs.losses)
-        evals = [(p, v) for p, v in obs.evals if p > 0]
-        if cur.mode == "val" and evals:
-            if any(not math.isfinite(v) for v in losses):
-                return {"forecast": self.s.penalty, "std": 0.0, "status": "nonfinite", "failed": True}
-            by_pos = {int(p): float(v) for p, v in evals}
-            pos = sorted(by_pos)
-            window = [by_pos[p] for p in pos]
-            fit = fit_forecast(window, cur.exploit_steps / cur.eval_every, "val", x=[p / cur.eval_every for p in pos],
-                               penalty=self.s.penalty, floor=self.s.loss_floor)
-        else:
-            window = losses
-            fit = fit_forecast(window, cur.exploit_steps, "train", penalty=self.s.penalty, floor=self.s.loss_floor)
-        record = {"forecast": float(fit.value), "std": float(fit.std) if math.isfinite(fit.std) else 0.0,
-                  "status": fit.status, "failed": fit.failed}
-        if not fit.failed:
-            health = trial_checks.window_health(window)
-            record.update(sigma=health.sigma if math.isfinite(health.sigma) else None,
-                          rising=health.rising_tail, spikes=health.spikes)
-        return record
-
-    def _score(self, trial: Trial) -> float:
-        """What trials are compared on: the forecast plus ``pessimism`` standard deviations."""
-        return trial.forecast + self.s.pessimism * trial.std
-
-    def _reasons(self, trials: list[Trial]) -> list[list[str]]:
-        """Why each trial may not win (empty: it may); every finite trial may without checks."""
-        if not self.s.check_trials:
-            return [["failed"] if t.failed else [] for t in trials]
-        healths = [None if t.failed else trial_checks.WindowHealth(
-            t.rising, t.spikes, math.nan if t.sigma is None else t.sigma) for t in trials]
-        return trial_checks.unstable_reasons(healths)
-
     def _suggest(self) -> float:
         cur = self.current
         us = [t.u for t in cur.trials]
-        ys = [math.inf if t.failed else self._score(t) for t in cur.trials]
+        ys = [math.inf if t.failed else score(t, self.s) for t in cur.trials]
         seed = int(self._seed_seq(self.stage, len(cur.trials)).generate_state(1)[0])
         # Each fit starts from the stage's previous one: one more point moves the optimum little.
-        u, theta = gp.suggest_warm(us, ys, cur.gp_theta, acquisition=self.s.acquisition, kappa=self.s.kappa,
-                                   seed=seed, min_distance=self.min_distance)
+        u, theta = gp.suggest_warm(
+            us,
+            ys,
+            cur.gp_theta,
+            acquisition=self.s.acquisition,
+            kappa=self.s.kappa,
+            seed=seed,
+            min_distance=self.min_distance,
+        )
         if theta is not None:
             cur.gp_theta = [float(x) for x in theta]
         lr = self.space.from_unit(u)
@@ -202,37 +174,28 @@ class AutoLRSStages(Tuner):
             lr = self.space.from_unit(gp.largest_gap(us))
         return lr
 
-    def _pick_winner(self) -> int:
-        """Among trials that may win, the lowest score; with ``tie_break: lowest`` the lowest LR
-        among those whose optimistic forecast (forecast - pessimism * std) reaches that score.
-        With no healthy trial, the lowest finite LR; with no finite one, the lowest LR."""
-        trials = self.current.trials
-        reasons = self._reasons(trials)
-        finite = [i for i, t in enumerate(trials) if not t.failed]
-        if not finite:
-            return min(range(len(trials)), key=lambda i: (trials[i].lr, i))
-        pool = [i for i in finite if not reasons[i]]
-        if not pool:
-            return min(finite, key=lambda i: (trials[i].lr, i))
-        best = min(pool, key=lambda i: (self._score(trials[i]), i))
-        if self.s.tie_break == "best":
-            return best
-        bar = self._score(trials[best])
-        tied = [i for i in pool if trials[i].forecast - self.s.pessimism * trials[i].std <= bar]
-        return min(tied, key=lambda i: (trials[i].lr, i))
-
     def _end_search(self) -> None:
         cur = self.current
-        cur.winner = w = self._pick_winner()
-        reasons = self._reasons(cur.trials)
-        self.stages.append({
-            "stage": cur.stage, "start_step": cur.start_step, "mode": cur.mode, "tau": cur.tau,
-            "trial_steps": cur.trial_steps, "exploit_steps": cur.exploit_steps, "eval_every": cur.eval_every,
-            "trials": [{"lr": t.lr, "forecast": t.forecast, "std": t.std, "status": t.status, "unstable": r}
-                       for t, r in zip(cur.trials, reasons)],
-            "winner": cur.trials[w].lr, "winner_forecast": cur.trials[w].forecast,
-            "all_failed": all(t.failed for t in cur.trials),
-        })
+        cur.winner = w = pick_winner(cur.trials, self.s)
+        reasons = unfit_reasons(cur.trials, self.s)
+        self.stages.append(
+            {
+                "stage": cur.stage,
+                "start_step": cur.start_step,
+                "mode": cur.mode,
+                "tau": cur.tau,
+                "trial_steps": cur.trial_steps,
+                "exploit_steps": cur.exploit_steps,
+                "eval_every": cur.eval_every,
+                "trials": [
+                    {"lr": t.lr, "forecast": t.forecast, "std": t.std, "status": t.status, "unstable": r}
+                    for t, r in zip(cur.trials, reasons)
+                ],
+                "winner": cur.trials[w].lr,
+                "winner_forecast": cur.trials[w].forecast,
+                "all_failed": all(t.failed for t in cur.trials),
+            }
+        )
         self.phase = "exploit"
 
     def _end_stage(self) -> None:
@@ -296,7 +259,7 @@ class AutoLRSStages(Tuner):
             return
         cur = self.current
         if self.phase == "trial":
-            record = self._forecast(observation)
+            record = trial_record(observation, cur, self.s)
             trial = Trial(lr=cur.next_lr, u=self.space.to_unit(cur.next_lr), **record)
             i = len(cur.trials)
             cur.trials.append(trial)
@@ -304,10 +267,9 @@ class AutoLRSStages(Tuner):
             self.lr = trial.lr
             if cur.save_best:  # the plan just carried out saved the previous best
                 cur.save_best, cur.best_saved = False, True
-            unhealthy = self.s.check_trials and (trial.rising or trial.spikes >= trial_checks.MIN_SPIKES)
-            if self.s.keep_best and not trial.failed and not unhealthy:
+            if self.s.keep_best and may_be_best(trial, self.s):
                 b = cur.best_slot
-                if b is None or self._score(trial) < self._score(cur.trials[b]):
+                if b is None or score(trial, self.s) < score(cur.trials[b], self.s):
                     cur.best_slot = i
                     cur.save_best = i < self.s.k - 1
             if len(cur.trials) < self.s.k:
@@ -357,11 +319,21 @@ class AutoLRSStages(Tuner):
         return (min(self.s.lr_min, self.s.start_lr), max(self.s.lr_max, self.s.start_lr))
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "step": self.step, "lr": self.lr, "phase": self.phase,
-                "stage": self.stage, "tau": self.tau, "val_mode": self.val_mode,
-                "current": None if self.current is None else self.current.to_json(),
-                "stages": copy.deepcopy(self.stages), "search_steps": self.search_steps,
-                "train_steps": self.train_steps, "stop_reason": self.stop_reason, "lr_cap": self.lr_cap}
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "lr": self.lr,
+            "phase": self.phase,
+            "stage": self.stage,
+            "tau": self.tau,
+            "val_mode": self.val_mode,
+            "current": None if self.current is None else self.current.to_json(),
+            "stages": copy.deepcopy(self.stages),
+            "search_steps": self.search_steps,
+            "train_steps": self.train_steps,
+            "stop_reason": self.stop_reason,
+            "lr_cap": self.lr_cap,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -379,14 +351,28 @@ class AutoLRSStages(Tuner):
 
     def summary(self) -> dict:
         cur = self.current
-        out = {"stage": self.stage, "phase": self.phase, "lr": self.lr, "step": self.step,
-               "mode": "val" if self.val_mode else "train", "tau": self.tau,
-               "search_steps": self.search_steps, "train_steps": self.train_steps,
-               "lr_min": self.space.min_lr, "lr_max": self.space.max_lr}
+        out = {
+            "stage": self.stage,
+            "phase": self.phase,
+            "lr": self.lr,
+            "step": self.step,
+            "mode": "val" if self.val_mode else "train",
+            "tau": self.tau,
+            "search_steps": self.search_steps,
+            "train_steps": self.train_steps,
+            "lr_min": self.space.min_lr,
+            "lr_max": self.space.max_lr,
+        }
         if cur is not None:
-            out.update({"trial": len(cur.trials), "k": self.s.k, "trial_steps": cur.trial_steps,
-                        "exploit_steps": cur.exploit_steps,
-                        "trials": [[t.lr, t.forecast, t.std] for t in cur.trials]})
+            out.update(
+                {
+                    "trial": len(cur.trials),
+                    "k": self.s.k,
+                    "trial_steps": cur.trial_steps,
+                    "exploit_steps": cur.exploit_steps,
+                    "trials": [[t.lr, t.forecast, t.std] for t in cur.trials],
+                }
+            )
             if cur.winner is not None:
                 out["winner"] = cur.trials[cur.winner].lr
         if self.stages:

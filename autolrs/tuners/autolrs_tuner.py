@@ -44,8 +44,15 @@ PRESETS = ("default", "paper")
 #: minimum itself is on the edge of divergence (it collapsed a small CNN; bench/quality.py).
 AUTO_BELOW_MINIMUM = 3.0
 #: ``preset: paper``: the published method's choices for every knob the user does not set.
-PAPER = {"keep_best_trial": False, "final_decay": "none", "loss_floor": None, "pessimism": 0.0,
-         "tie_break": "best", "check_trials": False, "val_from": "tau_max"}
+PAPER = {
+    "keep_best_trial": False,
+    "final_decay": "none",
+    "loss_floor": None,
+    "pessimism": 0.0,
+    "tie_break": "best",
+    "check_trials": False,
+    "val_from": "tau_max",
+}
 
 
 def _finite(value: Any, key: str, minimum: float = -math.inf) -> float:
@@ -68,10 +75,14 @@ class AutoLRSTuner(Tuner):
     #: Documented as lr_min/lr_max like every tuner's bounds; the old spellings still work (deprecated).
     aliases: ClassVar[dict[str, str]] = {"min_lr": "lr_min", "max_lr": "lr_max"}
     knobs: ClassVar[dict[str, tuple[Any, str]]] = {
-        "lr_min": (None, "lower end of the search interval; None: initial_lr / 100, else 1e-3; "
-                   "'auto': from a range test"),
-        "lr_max": (None, "upper end of the search interval; None: initial_lr * 10, else 1.0; "
-                   "'auto': from a range test"),
+        "lr_min": (
+            None,
+            "lower end of the search interval; None: initial_lr / 100, else 1e-3; 'auto': from a range test",
+        ),
+        "lr_max": (
+            None,
+            "upper end of the search interval; None: initial_lr * 10, else 1.0; 'auto': from a range test",
+        ),
         "auto_start_lr": (1e-6, "first LR of the range test behind 'auto' bounds"),
         "auto_end_lr": (10.0, "last LR of that range test"),
         "auto_num_iter": (100, "steps of that range test"),
@@ -95,8 +106,14 @@ class AutoLRSTuner(Tuner):
         "check_trials": (True, "a trial with a rising tail, spikes or outsized noise cannot win"),
         "preset": ("default", "'paper': the published method (the knobs in PAPER), for comparison"),
     }
-    limits: ClassVar[dict[str, int]] = {"auto_num_iter": 1000, "tau": MAX_STEPS, "tau_max": MAX_STEPS, "k": 100,
-                                        "warmup_steps": MAX_STEPS, "val_points": 1000}
+    limits: ClassVar[dict[str, int]] = {
+        "auto_num_iter": 1000,
+        "tau": MAX_STEPS,
+        "tau_max": MAX_STEPS,
+        "k": 100,
+        "warmup_steps": MAX_STEPS,
+        "val_points": 1000,
+    }
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         config = dict(config or {})
@@ -107,8 +124,12 @@ class AutoLRSTuner(Tuner):
         super().__init__(config, seed)
         cfg = self.config
         initial = cfg["initial_lr"]
-        if not (isinstance(initial, (int, float)) and not isinstance(initial, bool)
-                and math.isfinite(initial) and initial > 0):
+        if not (
+            isinstance(initial, (int, float))
+            and not isinstance(initial, bool)
+            and math.isfinite(initial)
+            and initial > 0
+        ):
             initial = None  # unknown (or an optimizer LR of 0): nothing to derive from
         self.initial = initial
         self.max_steps = cfg["max_steps"]
@@ -131,7 +152,8 @@ class AutoLRSTuner(Tuner):
         if self.max_steps is None:
             self.notices.append(
                 "autolrs: no max_steps given, so the stages cannot be planned to the budget and the run is "
-                "not annealed at the end; pass max_steps= (the number of optimizer steps) to the callback")
+                "not annealed at the end; pass max_steps= (the number of optimizer steps) to the callback"
+            )
 
     # ------------------------------------------------------------------ knobs
 
@@ -150,15 +172,23 @@ class AutoLRSTuner(Tuner):
         for key in ("use_val", "keep_best_trial", "check_trials"):
             if not isinstance(cfg[key], bool):
                 raise ConfigError(f"option {key!r} must be true or false, got {cfg[key]!r}")
-        return {"tau": tau, "tau_max": tau_max, "k": require_int(cfg, "k", minimum=1), "trial_fraction": trial_fraction,
-                "acquisition": acquisition.lower(), "kappa": _finite(cfg["kappa"], "kappa", minimum=0.0),
-                "val_points": require_int(cfg, "val_points", minimum=1),
-                "use_val": cfg["use_val"] and bool(cfg["has_val_fn"]),
-                "val_from_start": _choice(cfg, "val_from", ("tau_max", "start")) == "start",
-                "keep_best": cfg["keep_best_trial"], "penalty": require_positive(cfg["loss_penalty"], "loss_penalty"),
-                "loss_floor": None if cfg["loss_floor"] is None else _finite(cfg["loss_floor"], "loss_floor"),
-                "pessimism": _finite(cfg["pessimism"], "pessimism", minimum=0.0),
-                "tie_break": _choice(cfg, "tie_break", TIE_BREAKS), "check_trials": cfg["check_trials"]}
+        return {
+            "tau": tau,
+            "tau_max": tau_max,
+            "k": require_int(cfg, "k", minimum=1),
+            "trial_fraction": trial_fraction,
+            "acquisition": acquisition.lower(),
+            "kappa": _finite(cfg["kappa"], "kappa", minimum=0.0),
+            "val_points": require_int(cfg, "val_points", minimum=1),
+            "use_val": cfg["use_val"] and bool(cfg["has_val_fn"]),
+            "val_from_start": _choice(cfg, "val_from", ("tau_max", "start")) == "start",
+            "keep_best": cfg["keep_best_trial"],
+            "penalty": require_positive(cfg["loss_penalty"], "loss_penalty"),
+            "loss_floor": None if cfg["loss_floor"] is None else _finite(cfg["loss_floor"], "loss_floor"),
+            "pessimism": _finite(cfg["pessimism"], "pessimism", minimum=0.0),
+            "tie_break": _choice(cfg, "tie_break", TIE_BREAKS),
+            "check_trials": cfg["check_trials"],
+        }
 
     def _range_test_config(self) -> dict:
         cfg = self.config
@@ -166,8 +196,13 @@ class AutoLRSTuner(Tuner):
         end = require_positive(cfg["auto_end_lr"], "auto_end_lr")
         if not start < end:
             raise ConfigError(f"autolrs: auto_start_lr ({start}) must be below auto_end_lr ({end})")
-        return {"start_lr": start, "end_lr": end, "num_iter": require_int(cfg, "auto_num_iter", minimum=3),
-                "initial_lr": self.initial, "max_steps": cfg["max_steps"]}
+        return {
+            "start_lr": start,
+            "end_lr": end,
+            "num_iter": require_int(cfg, "auto_num_iter", minimum=3),
+            "initial_lr": self.initial,
+            "max_steps": cfg["max_steps"],
+        }
 
     def _checked_interval(self, lr_min: Any, lr_max: Any) -> tuple[float, float]:
         """The search interval; ``None`` takes the default (from ``initial_lr``)."""
@@ -175,8 +210,10 @@ class AutoLRSTuner(Tuner):
         lo = require_positive(lr_min if lr_min is not None else (initial / 100 if initial else 1e-3), "lr_min")
         hi = require_positive(lr_max if lr_max is not None else (initial * 10 if initial else 1.0), "lr_max")
         if not lo < hi:
-            raise ConfigError(f"autolrs: lr_min ({lo}) must be below lr_max ({hi}); unset bounds come from "
-                              "initial_lr (/100 and *10), so set both")
+            raise ConfigError(
+                f"autolrs: lr_min ({lo}) must be below lr_max ({hi}); unset bounds come from "
+                "initial_lr (/100 and *10), so set both"
+            )
         return lo, hi
 
     def _interval_from(self, rt: Tuner) -> tuple[float, float]:
@@ -226,8 +263,9 @@ class AutoLRSTuner(Tuner):
 
     def _compose(self) -> Tuner:
         if self.range_test is not None:
-            core: Tuner = Sequence(self.range_test, lambda rt, step: self._after_bounds(self._interval_from(rt), step),
-                                   self._bounds())
+            core: Tuner = Sequence(
+                self.range_test, lambda rt, step: self._after_bounds(self._interval_from(rt), step), self._bounds()
+            )
         else:
             core = self._after_bounds(self._interval, 0)
         if self.final_decay != "none" and self.max_steps is not None:
@@ -239,8 +277,10 @@ class AutoLRSTuner(Tuner):
         lrs = []
         if self.range_test is not None:
             lrs += list(self.range_test.lr_bounds())
-        interval = self._checked_interval(None if self.auto["lr_min"] else self.config["lr_min"],
-                                          None if self.auto["lr_max"] else self.config["lr_max"])
+        interval = self._checked_interval(
+            None if self.auto["lr_min"] else self.config["lr_min"],
+            None if self.auto["lr_max"] else self.config["lr_max"],
+        )
         lrs += list(interval)
         if self.initial:
             lrs.append(self.initial)
@@ -275,8 +315,12 @@ class AutoLRSTuner(Tuner):
         return (0.0 if self.final_decay != "none" and self.max_steps is not None else lo, hi)
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "core": self.core.state_dict(), "bounds_source": self.bounds_source,
-                "bounds_steps": self.bounds_steps}
+        return {
+            "version": STATE_VERSION,
+            "core": self.core.state_dict(),
+            "bounds_source": self.bounds_source,
+            "bounds_steps": self.bounds_steps,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -323,9 +367,14 @@ class AutoLRSTuner(Tuner):
         elif self.range_test is not None and self.core_phase() == "bounds":
             out = {"phase": "bounds", "range_test_points": len(self.range_test.history["lr"])}
         total = search + self.bounds_steps + train
-        out.update(search_steps=search, train_steps=train, bounds_steps=self.bounds_steps,
-                   warmup_steps=0 if self.warmup is None else self.warmup.done,
-                   bounds_source=self.bounds_source, overhead=(search + self.bounds_steps) / total if total else 0.0)
+        out.update(
+            search_steps=search,
+            train_steps=train,
+            bounds_steps=self.bounds_steps,
+            warmup_steps=0 if self.warmup is None else self.warmup.done,
+            bounds_source=self.bounds_source,
+            overhead=(search + self.bounds_steps) / total if total else 0.0,
+        )
         if stages is None and self.range_test is None:
             out.update(lr_min=self._interval[0], lr_max=self._interval[1])
         return out

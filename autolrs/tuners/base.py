@@ -159,8 +159,9 @@ class Tuner(abc.ABC):
         return require_positive(lr, "lr")
 
 
-def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, Any],
-                   public_name: Callable[[str], str] = str) -> dict:
+def resolve_config(
+    name: str, defaults: Mapping[str, Any], config: Mapping[str, Any], public_name: Callable[[str], str] = str
+) -> dict:
     """Merge ``config`` over ``defaults``; reject unknown keys (listing the valid ones by their
     ``public_name``) and coerce numeric strings."""
     unknown = sorted(set(config) - set(defaults))
@@ -173,8 +174,9 @@ def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, 
     for key, value in config.items():
         default = defaults[key]
         # YAML 1.1 reads "1e-3" as a string; accept numeric strings for numeric knobs.
-        if isinstance(value, str) and (isinstance(default, (int, float)) and not isinstance(default, bool)
-                                       or default is None):
+        if isinstance(value, str) and (
+            isinstance(default, (int, float)) and not isinstance(default, bool) or default is None
+        ):
             try:
                 value = float(value) if not value.lstrip("-").isdigit() else int(value)
             except ValueError:
@@ -184,15 +186,18 @@ def resolve_config(name: str, defaults: Mapping[str, Any], config: Mapping[str, 
     return merged
 
 
-def check_limits(name: str, config: Mapping[str, Any], limits: Mapping[str, int],
-                 public_name: Callable[[str], str] = str) -> None:
+def check_limits(
+    name: str, config: Mapping[str, Any], limits: Mapping[str, int], public_name: Callable[[str], str] = str
+) -> None:
     """Refuse a knob above its limit (ConfigError naming it). Values of other types are left to
     the tuner's own checks, which say what the knob must be."""
     for key, cap in limits.items():
         value = config.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not value <= cap:
-            raise ConfigError(f"{name}: option {public_name(key)!r} is {value!r}; at most {cap} (a limit of the "
-                              "server: each job's memory and work are bounded)")
+            raise ConfigError(
+                f"{name}: option {public_name(key)!r} is {value!r}; at most {cap} (a limit of the "
+                "server: each job's memory and work are bounded)"
+            )
 
 
 def require_positive(value: Any, key: str) -> float:

@@ -4,8 +4,8 @@ down when its loss blows up (the rules, knobs, figures and limits: docs/guard.md
 :class:`Guarded` wraps a tuner the way ``torch.optim.lr_scheduler.ChainedScheduler`` wraps
 schedulers: it asks the inner tuner for its plans and edits them, with the verbs the wire
 already has. The inner tuner's training runs go out in segments of at most ``guard_every``
-steps (:func:`~autolrs.tuners.guard_knobs.default_every`), each judged by
-:func:`autolrs.divergence.judge_segment`; a checkpoint in slot ``"guard"`` is refreshed after
+steps (:func:`~autolrs.tuners.guard_knobs.default_every`), each judged against what the guard
+knows of the loss (:mod:`~autolrs.tuners.guard_watch`); a checkpoint in slot ``"guard"`` is refreshed after
 healthy stretches; a divergence restores it and cuts the LR by ``guard_factor``, and the inner
 tuner hears of it through :meth:`~autolrs.tuners.base.Tuner.on_rollback` before the observation
 of its run (without the undone segments). After ``guard_max`` rollbacks in a row a further
@@ -17,22 +17,20 @@ for each. The wrapper's ``state_dict()`` is the inner tuner's with one more key,
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from autolrs import actions, divergence
+from autolrs import actions
 from autolrs.actions import Observation
 from autolrs.tuners.base import Tuner
 from autolrs.tuners.guard_knobs import default_every
-from autolrs.tuners.guard_plans import copy_progress, first_lr, joined, last_lr, merged
+from autolrs.tuners.guard_plans import copy_progress, first_lr, joined, last_lr, merged, next_segment, rest_of_run
+from autolrs.tuners.guard_watch import LossWatch
 
 SLOT = "guard"
 STATE_VERSION = 1
 #: What the guard keeps of an inner run in flight (the run itself is the inner tuner's plan).
 PROGRESS = ("consumed", "started", "scale", "lr", "segments", "committed", "rollbacks")
-#: Healthy windows after which the run counts as under way even if its loss has not fallen.
-EARLY_WINDOWS = 10
 #: Guard events kept in the state and summary (the decision log keeps every one).
 EVENTS_KEPT = 50
 
@@ -70,14 +68,7 @@ class Guarded(Tuner):
         self._save_due = False  # the next plan refreshes the snapshot
         self._pending: dict | None = None  # the inner run in flight, when it is split
         self._owed: dict | None = None  # a rollback the next plan carries out: {"lr": cut LR or None}
-        self._window: list[float] = []  # healthy losses since the snapshot
-        self._window_steps = 0  # steps since the snapshot
-        self._tail: list[float] = []  # the last losses of the segment training went on from
-        self._ref: float | None = None  # lowest level of the healthy windows
-        self._noise: float | None = None  # robust std of the last healthy window
-        self._start: float | None = None  # the run's start level (median of its first losses)
-        self._underway = False  # the loss has fallen below its start level (see divergence.under_way)
-        self._early_windows = 0  # healthy windows before that
+        self._watch = LossWatch()  # the loss levels segments are judged against
         self._strikes = 0  # rollbacks since the last healthy window
         self._rollbacks = 0
         self._snapshots = 0
@@ -96,19 +87,37 @@ class Guarded(Tuner):
         if self._asked is None:  # the inner tuner changes only through this wrapper: ask it once a change
             self._asked = (self.inner.ask(), self.inner.in_search())
         (*prefix, last), search = self._asked
-        whole = last["op"] != "run" or search or (last.get("hypergrad") or {}).get("method") == "tangent" \
+        whole = (
+            last["op"] != "run"
+            or search
+            or (last.get("hypergrad") or {}).get("method") == "tangent"
             or last["steps"] <= self.every
+        )
         progress = self._pending
         if progress is None:
             lr = self._lr
             for action in prefix:
                 if action["op"] == "set_lr":
                     lr = action["lr"]
-            progress = {"consumed": 0, "started": False, "scale": 1.0, "lr": lr, "segments": [], "committed": 0,
-                        "rollbacks": []}
+            progress = {
+                "consumed": 0,
+                "started": False,
+                "scale": 1.0,
+                "lr": lr,
+                "segments": [],
+                "committed": 0,
+                "rollbacks": [],
+            }
         # Fresh lists: tell() edits them; the segments themselves are never edited.
-        return {"prefix": prefix, "last": last, "search": search, "whole": whole, **progress,
-                "segments": list(progress["segments"]), "rollbacks": list(progress["rollbacks"])}
+        return {
+            "prefix": prefix,
+            "last": last,
+            "search": search,
+            "whole": whole,
+            **progress,
+            "segments": list(progress["segments"]),
+            "rollbacks": list(progress["rollbacks"]),
+        }
 
     def _compose(self, p: dict) -> tuple[list[dict], dict]:
         """The plan for the next segment of ``p`` and what it does to the guard's slot."""
@@ -134,36 +143,12 @@ class Guarded(Tuner):
         if not self._slot or self._save_due or jumped:
             plan += [actions.discard(SLOT), actions.checkpoint(SLOT)]
             effects["checkpoint"] = True
-        if p["whole"]:
-            run = dict(last)
-        else:
-            run = self._segment(p)
+        run = dict(last) if p["whole"] else next_segment(p, self.every)
         if "loss" not in run.get("collect", ["loss"]):  # the guard judges every segment's losses
             run["collect"] = ["loss"] + list(run.get("collect", []))
         plan.append(run)
         effects["run"] = run
         return plan, effects
-
-    def _segment(self, p: dict) -> dict:
-        """The next segment of the split inner run: at most ``every`` steps, ending at an
-        evaluation that would otherwise fall across two segments."""
-        r, c = p["last"], p["consumed"]
-        n = min(self.every, r["steps"] - c)
-        every = r.get("eval_every", 0)
-        eval_every = 0
-        if every:
-            nxt = (c // every + 1) * every
-            if nxt <= c + n:
-                if c % every == 0 and n >= every:
-                    n, eval_every = (n // every) * every, every
-                else:
-                    n = eval_every = nxt - c
-        lrs = r.get("lrs")
-        if lrs is not None:
-            lrs = [lr * p["scale"] for lr in lrs[c:c + n]]
-        run = actions.run(n, r["start_step"] + c, lrs=lrs, eval_every=eval_every,
-                          collect=tuple(r.get("collect", ("loss",))), hypergrad=r.get("hypergrad"))
-        return run
 
     def ask(self) -> list[dict]:
         if self._stopped is not None:
@@ -194,27 +179,25 @@ class Guarded(Tuner):
         r = p["last"]
         ran = observation.step - r["start_step"]
         consumed = ran if ran > p["consumed"] else p["consumed"] + max(1, observation.steps)
-        segment = {"at": p["consumed"], "steps": consumed - p["consumed"], "losses": list(observation.losses),
-                   "evals": [[int(q), float(v)] for q, v in observation.evals],
-                   "hypergrad": copy.deepcopy(observation.hypergrad), "probes": [list(x) for x in observation.probes]}
+        segment = {
+            "at": p["consumed"],
+            "steps": consumed - p["consumed"],
+            "losses": list(observation.losses),
+            "evals": [[int(q), float(v)] for q, v in observation.evals],
+            "hypergrad": copy.deepcopy(observation.hypergrad),
+            "probes": [list(x) for x in observation.probes],
+        }
         p["consumed"] = consumed
-        if self._start is None and observation.losses:
-            level = divergence.start_level(observation.losses)
-            if math.isfinite(level):
-                self._start = level
-        # Until a healthy window gives a level (and a noise), the run's start is the reference.
-        ref = self._ref if self._ref is not None else self._start
-        verdict = divergence.judge_segment(observation.losses, ref, self._start, self._noise, before=self._tail,
-                                           early=not self._underway)
-        self._tail = [] if verdict.kind == "diverged" else list(observation.losses[-divergence.SPIKE_WINDOW:])
-        self._window_steps += max(0, segment["steps"])
+        verdict = self._watch.judge(observation.losses, segment["steps"])
         if verdict.kind == "diverged":
             self._rollback(p, verdict.reason)
         else:
             p["segments"].append(segment)
-            self._window += [x for x in observation.losses if math.isfinite(x)]
-            if verdict.kind == "ok" and self._window_steps >= self.every:
-                self._healthy_window(p)
+            if verdict.kind == "ok" and self._watch.window_steps >= self.every:
+                if self._watch.close_window():  # a healthy window of a run under way: save its state
+                    self._save_due = True
+                    self._strikes = 0
+                    p["committed"] = len(p["segments"])
             elif verdict.kind == "suspect":
                 self._event("suspect", verdict.reason)
         if self._stopped is not None:
@@ -240,51 +223,51 @@ class Guarded(Tuner):
         if effects["checkpoint"]:
             self._slot, self._good_step, self._save_due = True, start_step, False
             self._base_step = start_step
-            self._window, self._window_steps = [], 0
+            self._watch.new_window()
             self._snapshots += 1
         lr = last_lr(plan)
         if lr is not None:
             self._lr = lr
 
-    def _healthy_window(self, p: dict) -> None:
-        level = divergence.segment_level(self._window)
-        if math.isfinite(level):
-            self._ref = level if self._ref is None else min(self._ref, level)
-            self._noise = divergence.segment_noise(self._window)
-        if not self._underway:
-            # Until the run is learning, the snapshot stays the one it started from: a network
-            # that a too large LR killed at once looks no worse than at its start.
-            self._early_windows += 1
-            self._underway = divergence.under_way(level, self._start) or self._early_windows >= EARLY_WINDOWS
-            if not self._underway:
-                return
-        self._save_due = True
-        self._strikes = 0
-        p["committed"] = len(p["segments"])
-
     def _rollback(self, p: dict, reason: str) -> None:
         lost = self._step - self._base_step  # training steps the restore undoes
         lr_before = self._lr
         if self._strikes >= self.max_rollbacks:
-            self._stopped = (f"diverged after {self._strikes} rollback(s) in a row (LR cut to {self._scale:.3g}x): "
-                            f"{reason}")
+            self._stopped = (
+                f"diverged after {self._strikes} rollback(s) in a row (LR cut to {self._scale:.3g}x): {reason}"
+            )
             self._event("stop", reason, to_step=self._good_step, steps_back=lost, lr_before=lr_before)
             return
         self._strikes += 1
         self._rollbacks += 1
         self._steps_lost += lost
         self._scale *= self.factor
-        del p["segments"][p["committed"]:]  # their weights are undone
+        del p["segments"][p["committed"] :]  # their weights are undone
         p["scale"] *= self.factor
         lr_after = None if lr_before is None else lr_before * self.factor
         if not p["whole"] and p["last"].get("lrs") is None and p["lr"] is not None:
             lr_after = p["lr"] * p["scale"]  # the rest of the run, which sets no LR of its own
         self._owed = {"lr": lr_after}
-        self._window, self._window_steps, self._save_due = [], 0, False
-        info = {"step": self._step, "to_step": self._good_step, "steps_back": lost, "lr_before": lr_before,
-                "reason": reason, "rollbacks": self._rollbacks, "strikes": self._strikes}
-        self._event("rollback", reason, to_step=self._good_step, steps_back=lost, lr_before=lr_before,
-                    lr_after=lr_after, strike=self._strikes)
+        self._watch.new_window()
+        self._save_due = False
+        info = {
+            "step": self._step,
+            "to_step": self._good_step,
+            "steps_back": lost,
+            "lr_before": lr_before,
+            "reason": reason,
+            "rollbacks": self._rollbacks,
+            "strikes": self._strikes,
+        }
+        self._event(
+            "rollback",
+            reason,
+            to_step=self._good_step,
+            steps_back=lost,
+            lr_before=lr_before,
+            lr_after=lr_after,
+            strike=self._strikes,
+        )
         p["rollbacks"].append(info)
 
     def _event(self, kind: str, reason: str, **fields: Any) -> None:
@@ -316,12 +299,7 @@ class Guarded(Tuner):
                 return None
             after = self.inner.ask_next()
             return None if after is None else [a for a in after if a["op"] in ("set_lr", "run")]
-        lrs = last.get("lrs")
-        every = last.get("eval_every", 0)
-        rest = actions.run(last["steps"] - done, last["start_step"] + done,
-                           lrs=None if lrs is None else [lr * p["scale"] for lr in lrs[done:]],
-                           eval_every=every if every and done % every == 0 else 0,
-                           collect=tuple(run.get("collect", ("loss",))))
+        rest = rest_of_run(p, done, run.get("collect", ("loss",)))
         return [joined(rest, None if p["rollbacks"] else self.inner.ask_next())]
 
     def resume(self, step: int) -> None:
@@ -331,7 +309,8 @@ class Guarded(Tuner):
         self._asked = self._pending = self._owed = None
         self._slot, self._good_step, self._save_due = False, None, False
         self._step = self._base_step = max(0, int(step))
-        self._window, self._window_steps, self._tail = [], 0, []
+        self._watch.new_window()
+        self._watch.tail = []
 
     def lr_bounds(self) -> tuple[float, float]:
         """The inner tuner's, down to 0: rollbacks cut LRs below anything it would send."""
@@ -339,13 +318,22 @@ class Guarded(Tuner):
 
     def summary(self) -> dict:
         out = dict(self.inner.summary())
-        out["guard"] = {"every": self.every, "factor": self.factor, "max": self.max_rollbacks,
-                        "rollbacks": self._rollbacks, "strikes": self._strikes, "lr_scale": self._scale,
-                        "steps_rolled_back": self._steps_lost, "snapshots": self._snapshots,
-                        "last_good_step": self._good_step, "watching": not self.in_search(),
-                        "under_way": self._underway,
-                        "action": copy.deepcopy(self._action), "events": copy.deepcopy(self._events),
-                        "stopped": self._stopped}
+        out["guard"] = {
+            "every": self.every,
+            "factor": self.factor,
+            "max": self.max_rollbacks,
+            "rollbacks": self._rollbacks,
+            "strikes": self._strikes,
+            "lr_scale": self._scale,
+            "steps_rolled_back": self._steps_lost,
+            "snapshots": self._snapshots,
+            "last_good_step": self._good_step,
+            "watching": not self.in_search(),
+            "under_way": self._watch.underway,
+            "action": copy.deepcopy(self._action),
+            "events": copy.deepcopy(self._events),
+            "stopped": self._stopped,
+        }
         if self._stopped is not None:
             out["stop_reason"] = f"guard: {self._stopped}"
         return out
@@ -354,16 +342,29 @@ class Guarded(Tuner):
         state = self.inner.state_dict()
         if "guard" in state:
             raise RuntimeError(f"{self.name}: the tuner's state has a 'guard' key of its own")
-        return {**state, "guard": {
-            "version": STATE_VERSION, "step": self._step, "lr": self._lr, "slot": self._slot,
-            "good_step": self._good_step, "base_step": self._base_step, "save_due": self._save_due, "pending": copy_progress(self._pending),
-            "owed": copy.deepcopy(self._owed), "window": list(self._window), "window_steps": self._window_steps, "tail": list(self._tail),
-            "ref": self._ref, "noise": self._noise, "start": self._start,
-            "underway": self._underway, "early_windows": self._early_windows,
-            "strikes": self._strikes,
-            "rollbacks": self._rollbacks, "snapshots": self._snapshots, "steps_lost": self._steps_lost,
-            "scale": self._scale, "events": copy.deepcopy(self._events), "action": copy.deepcopy(self._action),
-            "stopped": self._stopped}}
+        return {
+            **state,
+            "guard": {
+                "version": STATE_VERSION,
+                "step": self._step,
+                "lr": self._lr,
+                "slot": self._slot,
+                "good_step": self._good_step,
+                "base_step": self._base_step,
+                "save_due": self._save_due,
+                "pending": copy_progress(self._pending),
+                "owed": copy.deepcopy(self._owed),
+                **self._watch.state_dict(),
+                "strikes": self._strikes,
+                "rollbacks": self._rollbacks,
+                "snapshots": self._snapshots,
+                "steps_lost": self._steps_lost,
+                "scale": self._scale,
+                "events": copy.deepcopy(self._events),
+                "action": copy.deepcopy(self._action),
+                "stopped": self._stopped,
+            },
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         state = dict(state)
@@ -379,11 +380,7 @@ class Guarded(Tuner):
         self._slot, self._good_step, self._save_due = bool(g["slot"]), g["good_step"], bool(g["save_due"])
         self._base_step = int(g["base_step"])
         self._pending, self._owed = copy_progress(g["pending"]), copy.deepcopy(g["owed"])
-        self._window, self._window_steps = [float(x) for x in g["window"]], int(g["window_steps"])
-        self._tail = [float(x) for x in g["tail"]]
-        self._ref, self._noise, self._start = g["ref"], g["noise"], g["start"]
-        self._underway = bool(g["underway"])
-        self._early_windows = int(g["early_windows"])
+        self._watch.load_state_dict(g)
         self._strikes, self._rollbacks = int(g["strikes"]), int(g["rollbacks"])
         self._snapshots, self._steps_lost, self._scale = int(g["snapshots"]), int(g["steps_lost"]), float(g["scale"])
         self._events, self._action = copy.deepcopy(g["events"]), copy.deepcopy(g["action"])

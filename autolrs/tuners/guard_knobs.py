@@ -13,8 +13,10 @@ __all__ = ["DEFAULTS", "KNOBS", "LIMITS", "check_knobs", "default_every", "split
 #: The guard's knobs, accepted by every tuner (:func:`autolrs.tuners.make_tuner` strips them):
 #: name -> (default, meaning), as a tuner's ``knobs``.
 KNOBS: dict[str, tuple[Any, str]] = {
-    "guard": (True, "watch training for divergence (false: the tuner alone, unwrapped; "
-                    "off by default for auto and record)"),
+    "guard": (
+        True,
+        "watch training for divergence (false: the tuner alone, unwrapped; off by default for auto and record)",
+    ),
     "guard_every": (None, "steps per segment at most and between two snapshots; null: 2% of max_steps, 10 to 100"),
     "guard_factor": (0.5, "LR factor of each rollback"),
     "guard_max": (5, "rollbacks in a row without a healthy window; one more divergence stops the job"),
@@ -43,8 +45,12 @@ def check_knobs(knobs: Mapping[str, Any]) -> dict:
     factor = require_positive(knobs["guard_factor"], "guard_factor")
     if factor >= 1:
         raise ConfigError(f"option 'guard_factor' must be below 1, got {factor}")
-    return {"guard": knobs["guard"], "guard_every": every, "guard_factor": factor,
-            "guard_max": require_int(knobs, "guard_max", minimum=0)}
+    return {
+        "guard": knobs["guard"],
+        "guard_every": every,
+        "guard_factor": factor,
+        "guard_max": require_int(knobs, "guard_max", minimum=0),
+    }
 
 
 def default_every(max_steps: int | None) -> int:

@@ -33,7 +33,15 @@ from typing import Any, ClassVar, Mapping
 
 from autolrs import actions
 from autolrs.actions import Observation
-from autolrs.tuners.base import MAX_CHUNK, MAX_STEPS, ConfigError, Tuner, require_int, require_nonnegative, require_positive
+from autolrs.tuners.base import (
+    MAX_CHUNK,
+    MAX_STEPS,
+    ConfigError,
+    Tuner,
+    require_int,
+    require_nonnegative,
+    require_positive,
+)
 
 
 #: ``lr_max`` when not set: this many times the initial LR.
@@ -47,8 +55,10 @@ class HypergradientTuner(Tuner):
         "lr": (None, "initial LR; null: the optimizer's"),
         "lr_min": (0.0, "the LR never goes below this"),
         "lr_max": (None, "the LR never goes above this; null: 100 x the initial LR"),
-        "beta": (None, "hyper-LR per training step; null: by the optimizer the client reports "
-                       "(SGD 1e-3, Adam/AdamW 1e-5)"),
+        "beta": (
+            None,
+            "hyper-LR per training step; null: by the optimizer the client reports (SGD 1e-3, Adam/AdamW 1e-5)",
+        ),
         "alpha": (0.0, "hyper-LR adaptation rate (0: beta fixed)"),
         "clip": (None, "|h| is clipped to this before a hyper step; null: no clipping"),
         "every": (10, "steps per report"),
@@ -69,15 +79,17 @@ class HypergradientTuner(Tuner):
         self.lr0 = lr0
         self.lr_max = LR_MAX_FACTOR * lr0 if c["lr_max"] is None else require_positive(c["lr_max"], "lr_max")
         if not self.lr_min <= lr0 <= self.lr_max:
-            raise ConfigError(f"{self.name}: the initial LR {lr0:g} is outside [lr_min, lr_max] = "
-                              f"[{self.lr_min:g}, {self.lr_max:g}]")
+            raise ConfigError(
+                f"{self.name}: the initial LR {lr0:g} is outside [lr_min, lr_max] = [{self.lr_min:g}, {self.lr_max:g}]"
+            )
         self.optimizer: str | None = None  # "sgd" or "adam", from the client's first report
         self.beta0 = self.default_beta["sgd"] if c["beta"] is None else require_nonnegative(c["beta"], "beta")
         self.alpha = require_nonnegative(c["alpha"], "alpha")
         self.clip = None if c["clip"] is None else require_positive(c["clip"], "clip")
         self.every = require_int(c, "every", minimum=1)
-        self.doubling_steps = None if c["doubling_steps"] is None else require_positive(c["doubling_steps"],
-                                                                                          "doubling_steps")
+        self.doubling_steps = (
+            None if c["doubling_steps"] is None else require_positive(c["doubling_steps"], "doubling_steps")
+        )
         self._validate()
         self.step = 0
         self.lr = lr0
@@ -106,8 +118,10 @@ class HypergradientTuner(Tuner):
         if max_steps is not None and self.step >= max_steps:
             return [actions.stop("max_steps")]
         n = self.every if max_steps is None else min(self.every, max_steps - self.step)
-        return [actions.set_lr(self.lr),
-                actions.run(n, self.step, collect=("loss", "hypergrad"), hypergrad=self._spec())]
+        return [
+            actions.set_lr(self.lr),
+            actions.run(n, self.step, collect=("loss", "hypergrad"), hypergrad=self._spec()),
+        ]
 
     def tell(self, observation: Observation) -> None:
         self.step = max(self.step, observation.step)
@@ -199,11 +213,24 @@ class HypergradientTuner(Tuner):
     # --- state ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "lr": self.lr, "beta": self.beta, "beta0": self.beta0, "h_prev": self.h_prev,
-                "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
-                "missing": self.missing, "limited": self.limited, "optimizer": self.optimizer,
-                "lr_min": self.lr_min, "lr_max": self.lr_max, "first_loss": self.first_loss,
-                "ceilings": self.ceilings, "skip_next": self.skip_next}
+        return {
+            "step": self.step,
+            "lr": self.lr,
+            "beta": self.beta,
+            "beta0": self.beta0,
+            "h_prev": self.h_prev,
+            "applied": self.applied,
+            "skipped": self.skipped,
+            "clipped": self.clipped,
+            "missing": self.missing,
+            "limited": self.limited,
+            "optimizer": self.optimizer,
+            "lr_min": self.lr_min,
+            "lr_max": self.lr_max,
+            "first_loss": self.first_loss,
+            "ceilings": self.ceilings,
+            "skip_next": self.skip_next,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.step = int(state["step"])
@@ -224,10 +251,20 @@ class HypergradientTuner(Tuner):
         return (self.lr_min, self.lr_max)
 
     def summary(self) -> dict:
-        return {"step": self.step, "lr": self.lr, "beta": self.beta, "optimizer": self.optimizer, "last_h": self.h_prev,
-                "applied": self.applied, "skipped": self.skipped, "clipped": self.clipped,
-                "missing": self.missing, "limited": self.limited, "lr_max": self.lr_max,
-                "ceilings": self.ceilings}
+        return {
+            "step": self.step,
+            "lr": self.lr,
+            "beta": self.beta,
+            "optimizer": self.optimizer,
+            "last_h": self.h_prev,
+            "applied": self.applied,
+            "skipped": self.skipped,
+            "clipped": self.clipped,
+            "missing": self.missing,
+            "limited": self.limited,
+            "lr_max": self.lr_max,
+            "ceilings": self.ceilings,
+        }
 
 
 class HDTuner(HypergradientTuner):
@@ -249,8 +286,10 @@ class MartheTuner(HypergradientTuner):
     """
 
     name = "marthe"
-    knobs = {**HypergradientTuner.knobs,
-             "mu": (-1.0, "discount of the tangent, <= 1; negative: adaptive (MARTHE's rule)")}
+    knobs = {
+        **HypergradientTuner.knobs,
+        "mu": (-1.0, "discount of the tangent, <= 1; negative: adaptive (MARTHE's rule)"),
+    }
 
     def _validate(self) -> None:
         mu = self.config["mu"]

@@ -55,8 +55,10 @@ class LossDiffTuner(Tuner):
         super().__init__(config, seed)
         c = self.config
         if not c["has_probe_fn"]:
-            raise ConfigError("loss_diff: the client cannot probe: pass probe_fn= to AutoLRS (a function "
-                              "returning the loss of the current batch), or use LossDiffTuner")
+            raise ConfigError(
+                "loss_diff: the client cannot probe: pass probe_fn= to AutoLRS (a function "
+                "returning the loss of the current batch), or use LossDiffTuner"
+            )
         self.initial_lr = None if c["initial_lr"] is None else require_positive(c["initial_lr"], "initial_lr")
         lr_min, lr_max = require_positive(c["lr_min"], "lr_min"), require_positive(c["lr_max"], "lr_max")
         num_evals = require_int(c, "num_evals", minimum=1)
@@ -147,8 +149,14 @@ class LossDiffTuner(Tuner):
         return min(lrs), max(lrs)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "started": self.started, "before": list(self.before),
-                "deltas": [list(row) for row in self.deltas], "failures": self.failures, "done": self.done}
+        return {
+            "step": self.step,
+            "started": self.started,
+            "before": list(self.before),
+            "deltas": [list(row) for row in self.deltas],
+            "failures": self.failures,
+            "done": self.done,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._reset()
@@ -163,10 +171,20 @@ class LossDiffTuner(Tuner):
 
     def summary(self) -> dict:
         best = None if self.results is None else self.results["best"][self.method]["lr"]
-        return {"step": self.step, "lr": self.final_lr() if self.done else self.initial_lr,
-                "phase": "done" if self.done else "probe", "done": self.done,
-                "subsamples": len(self.deltas), "num_subsamples": self.target, "lrs": list(self.lrs),
-                "spacing": self.config["spacing"], "alpha": self.alpha, "method": self.method, "best_lr": best,
-                "before": list(self.before), "deltas": [list(row) for row in self.deltas],
-                "stats": None if self.results is None else self.results["stats"],
-                "best": None if self.results is None else self.results["best"]}
+        return {
+            "step": self.step,
+            "lr": self.final_lr() if self.done else self.initial_lr,
+            "phase": "done" if self.done else "probe",
+            "done": self.done,
+            "subsamples": len(self.deltas),
+            "num_subsamples": self.target,
+            "lrs": list(self.lrs),
+            "spacing": self.config["spacing"],
+            "alpha": self.alpha,
+            "method": self.method,
+            "best_lr": best,
+            "before": list(self.before),
+            "deltas": [list(row) for row in self.deltas],
+            "stats": None if self.results is None else self.results["stats"],
+            "best": None if self.results is None else self.results["best"],
+        }

@@ -55,8 +55,14 @@ def _shift_plan(plan: list[dict], offset: int) -> list[dict]:
 
 
 def _shift_observation(obs: Observation, offset: int) -> Observation:
-    return Observation(step=obs.step - offset, steps=obs.steps, losses=obs.losses, evals=obs.evals,
-                       hypergrad=obs.hypergrad, probes=obs.probes)
+    return Observation(
+        step=obs.step - offset,
+        steps=obs.steps,
+        losses=obs.losses,
+        evals=obs.evals,
+        hypergrad=obs.hypergrad,
+        probes=obs.probes,
+    )
 
 
 class _Wrapper(Tuner):
@@ -130,9 +136,13 @@ class Sequence(_Wrapper):
         return self.bounds
 
     def state_dict(self) -> dict:
-        return {"first": self.first.state_dict(), "switched": self.second is not None, "offset": self.offset,
-                "carry": [dict(a) for a in self.carry],
-                "second": None if self.second is None else self.second.state_dict()}
+        return {
+            "first": self.first.state_dict(),
+            "switched": self.second is not None,
+            "offset": self.offset,
+            "carry": [dict(a) for a in self.carry],
+            "second": None if self.second is None else self.second.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.first.load_state_dict(state["first"])
@@ -247,9 +257,15 @@ class FinalAnneal(_Wrapper):
                 return
             _, lr, n = final
             last = self.inner.ask()[-1]
-            self.anneal = {"lr": lr, "n": n, "done": 0, "start": self.step, "losses": [], "evals": [],
-                           "extra": {"eval_every": last.get("eval_every", 0),
-                                     "collect": list(last.get("collect", ("loss",)))}}
+            self.anneal = {
+                "lr": lr,
+                "n": n,
+                "done": 0,
+                "start": self.step,
+                "losses": [],
+                "evals": [],
+                "extra": {"eval_every": last.get("eval_every", 0), "collect": list(last.get("collect", ("loss",)))},
+            }
         a = self.anneal
         a["losses"] += list(observation.losses)
         a["evals"] += [[a["done"] + int(p), v] for p, v in observation.evals]
@@ -257,8 +273,9 @@ class FinalAnneal(_Wrapper):
         self.step = max(0, int(observation.step))
         self.lr = annealed_lr(a["lr"], a["done"] - 1, a["n"], self.kind)
         if a["done"] >= a["n"] or self.step >= self.max_steps:
-            merged = Observation(step=self.step, steps=a["done"], losses=a["losses"],
-                                 evals=[(p, v) for p, v in a["evals"]])
+            merged = Observation(
+                step=self.step, steps=a["done"], losses=a["losses"], evals=[(p, v) for p, v in a["evals"]]
+            )
             self.anneal = None
             self.inner.tell(merged)
 
@@ -284,8 +301,9 @@ class FinalAnneal(_Wrapper):
                 self.lr = annealed_lr(a["lr"], a["done"] - 1, a["n"], self.kind)
             if a["done"] >= a["n"]:
                 self.anneal = None
-                self.inner.tell(Observation(step=step, steps=a["done"], losses=a["losses"],
-                                            evals=[(p, v) for p, v in a["evals"]]))
+                self.inner.tell(
+                    Observation(step=step, steps=a["done"], losses=a["losses"], evals=[(p, v) for p, v in a["evals"]])
+                )
             return
         self.anneal = None
         self.step = max(0, int(step))
@@ -300,8 +318,12 @@ class FinalAnneal(_Wrapper):
         return (0.0, self.inner.lr_bounds()[1])
 
     def state_dict(self) -> dict:
-        return {"inner": self.inner.state_dict(), "anneal": None if self.anneal is None else dict(self.anneal),
-                "step": self.step, "lr": self.lr}
+        return {
+            "inner": self.inner.state_dict(),
+            "anneal": None if self.anneal is None else dict(self.anneal),
+            "step": self.step,
+            "lr": self.lr,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.inner.load_state_dict(state["inner"])

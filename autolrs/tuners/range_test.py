@@ -43,12 +43,17 @@ class RangeTestTuner(Tuner):
         "num_iter": (100, "steps of the sweep"),
         "step_mode": ("exp", "LR spacing: exp (geometric) or linear"),
         "smooth_f": (0.05, "exponential smoothing factor of the loss curve"),
-        "diverge_th": (5.0, "stop once the smoothed loss exceeds this times the best; null: no ratio test "
-                            "(negative losses); NaN/inf still stop the sweep"),
+        "diverge_th": (
+            5.0,
+            "stop once the smoothed loss exceeds this times the best; null: no ratio test "
+            "(negative losses); NaN/inf still stop the sweep",
+        ),
         "val": (False, "record the validation loss after every step instead of the training loss"),
         "chunk": (10, "LRs per message; divergence is seen at chunk boundaries"),
-        "method": (lr_curve.DEFAULT_METHOD, "the suggestion reported as suggested_lr (and applied): "
-                                            + ", ".join(lr_curve.METHODS)),
+        "method": (
+            lr_curve.DEFAULT_METHOD,
+            "the suggestion reported as suggested_lr (and applied): " + ", ".join(lr_curve.METHODS),
+        ),
         "apply_suggestion": (False, "after the restore set the suggested LR instead of the initial one"),
         "skip_start": (None, "points the suggestion skips at the start; null: the method's default"),
         "skip_end": (None, "points the suggestion skips at the end; null: the method's default"),
@@ -113,8 +118,7 @@ class RangeTestTuner(Tuner):
             return actions.undo_and_stop(SLOT, self.final_lr(), f"range_test {self.done}")
         n = min(self.chunk, self.total - self.pos)
         lrs = [self.lr_at(self.pos + i) for i in range(n)]
-        run = actions.run(n, self.step, lrs=lrs, eval_every=1 if self.val else 0,
-                          collect=() if self.val else ("loss",))
+        run = actions.run(n, self.step, lrs=lrs, eval_every=1 if self.val else 0, collect=() if self.val else ("loss",))
         return [actions.checkpoint(SLOT), run] if self.pos == 0 else [run]
 
     def tell(self, observation: Observation) -> None:
@@ -175,8 +179,14 @@ class RangeTestTuner(Tuner):
         return lo, hi
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "pos": self.pos, "history": {k: list(v) for k, v in self.history.items()},
-                "smoother": self.smoother.state_dict(), "done": self.done, "suggestions": self.suggestions}
+        return {
+            "step": self.step,
+            "pos": self.pos,
+            "history": {k: list(v) for k, v in self.history.items()},
+            "smoother": self.smoother.state_dict(),
+            "done": self.done,
+            "suggestions": self.suggestions,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._reset()
@@ -190,7 +200,16 @@ class RangeTestTuner(Tuner):
     def summary(self) -> dict:
         last_lr = self.history["lr"][-1] if self.history["lr"] else None
         suggested = None if self.suggestions is None else self.suggestions[self.method]["lr"]
-        return {"step": self.step, "lr": last_lr, "phase": "done" if self.done else "sweep", "done": self.done,
-                "points": len(self.history["lr"]), "num_iter": self.num_iter, "best_loss": self.smoother.best,
-                "method": self.method, "suggested_lr": suggested, "suggestions": self.suggestions,
-                "history": {k: list(v) for k, v in self.history.items()}}
+        return {
+            "step": self.step,
+            "lr": last_lr,
+            "phase": "done" if self.done else "sweep",
+            "done": self.done,
+            "points": len(self.history["lr"]),
+            "num_iter": self.num_iter,
+            "best_loss": self.smoother.best,
+            "method": self.method,
+            "suggested_lr": suggested,
+            "suggestions": self.suggestions,
+            "history": {k: list(v) for k, v in self.history.items()},
+        }

@@ -101,6 +101,12 @@ class RecordTuner(Tuner):
         c = self.config
         last_loss = self.trace["loss"][-1][1] if self.trace["loss"] else None
         vals = [v for _, v in self.trace["val"] if math.isfinite(v)]
-        return {"step": self.step, "lr_min": c["lr_min"], "lr_max": c["lr_max"],
-                "interval_source": c["interval_source"], "last_mean_loss": last_loss,
-                "best_val": min(vals) if vals else None, "trace": {k: list(v) for k, v in self.trace.items()}}
+        return {
+            "step": self.step,
+            "lr_min": c["lr_min"],
+            "lr_max": c["lr_max"],
+            "interval_source": c["interval_source"],
+            "last_mean_loss": last_loss,
+            "best_val": min(vals) if vals else None,
+            "trace": {k: list(v) for k, v in self.trace.items()},
+        }

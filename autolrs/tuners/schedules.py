@@ -25,8 +25,15 @@ from typing import Any, Mapping
 
 from autolrs import actions
 from autolrs.actions import Observation
-from autolrs.tuners.base import (MAX_CHUNK, MAX_STEPS, ConfigError, Tuner, require_int, require_nonnegative,
-                                 require_positive)
+from autolrs.tuners.base import (
+    MAX_CHUNK,
+    MAX_STEPS,
+    ConfigError,
+    Tuner,
+    require_int,
+    require_nonnegative,
+    require_positive,
+)
 
 #: Steps a report may move a schedule by recurrence; further, :meth:`ScheduleTuner._at` jumps.
 REPLAY_LIMIT = 100_000
@@ -35,8 +42,10 @@ REPLAY_LIMIT = 100_000
 class ScheduleTuner(Tuner):
     """A schedule as a recurrence: ``_initial()`` gives step 0's variables, ``_next`` the next."""
 
-    knobs = {"lr": (None, "the LR the schedule starts from; null: the optimizer's"),
-             "chunk": (500, "steps whose LRs one reply carries")}
+    knobs = {
+        "lr": (None, "the LR the schedule starts from; null: the optimizer's"),
+        "chunk": (500, "steps whose LRs one reply carries"),
+    }
     limits = {"chunk": MAX_CHUNK}
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
@@ -151,8 +160,11 @@ class StepTuner(ScheduleTuner):
     """Staircase decay, as ``StepLR``: multiply by ``gamma`` every ``step_size`` steps."""
 
     name = "step"
-    knobs = {**ScheduleTuner.knobs, "step_size": (1000, "steps between two decays"),
-             "gamma": (0.1, "LR factor of each decay")}
+    knobs = {
+        **ScheduleTuner.knobs,
+        "step_size": (1000, "steps between two decays"),
+        "gamma": (0.1, "LR factor of each decay"),
+    }
     limits = {**ScheduleTuner.limits, "step_size": MAX_STEPS}
 
     def _validate(self) -> None:
@@ -205,9 +217,12 @@ class CosineTuner(ScheduleTuner):
     annealing from ``lr`` down towards ``eta_min``."""
 
     name = "cosine"
-    knobs = {**ScheduleTuner.knobs, "T_0": (1000, "steps of the first cycle"),
-             "T_mult": (1, "each cycle is this many times longer than the one before"),
-             "eta_min": (0.0, "the LR each cycle anneals towards")}
+    knobs = {
+        **ScheduleTuner.knobs,
+        "T_0": (1000, "steps of the first cycle"),
+        "T_mult": (1, "each cycle is this many times longer than the one before"),
+        "eta_min": (0.0, "the LR each cycle anneals towards"),
+    }
     limits = {**ScheduleTuner.limits, "T_0": MAX_STEPS, "T_mult": 1000}
 
     def _validate(self) -> None:
@@ -245,6 +260,6 @@ class CosineTuner(ScheduleTuner):
 def _power(base: float, exponent: int) -> float:
     """``base ** exponent`` that saturates at inf instead of raising OverflowError."""
     try:
-        return base ** exponent
+        return base**exponent
     except OverflowError:
         return math.inf

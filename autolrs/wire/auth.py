@@ -52,8 +52,11 @@ class SecretError(ValueError):
     """A secret that cannot be used (unreadable file, too short)."""
 
 
-def resolve_secret(secret: str | bytes | None = None, secret_file: str | os.PathLike | None = None,
-                   env: Mapping[str, str] | None = None) -> bytes | None:
+def resolve_secret(
+    secret: str | bytes | None = None,
+    secret_file: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+) -> bytes | None:
     """The shared secret: ``secret``, else the file ``secret_file``, else ``$AUTOLRS_SECRET``,
     else the file named by ``$AUTOLRS_SECRET_FILE``; None when none is set (no signing).
 
@@ -78,13 +81,16 @@ def resolve_secret(secret: str | bytes | None = None, secret_file: str | os.Path
         return None
     key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
     if len(key) < MIN_SECRET_BYTES:
-        raise SecretError(f"{source} is {len(key)} bytes; a secret needs at least {MIN_SECRET_BYTES} "
-                          "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
+        raise SecretError(
+            f"{source} is {len(key)} bytes; a secret needs at least {MIN_SECRET_BYTES} "
+            "(e.g. python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
     return key
 
 
-def resolve_server_key(key: str | bytes | os.PathLike | None = None,
-                       env: Mapping[str, str] | None = None) -> bytes | None:
+def resolve_server_key(
+    key: str | bytes | os.PathLike | None = None, env: Mapping[str, str] | None = None
+) -> bytes | None:
     """The server's CURVE public key (40 Z85 characters) from ``key``, else ``$AUTOLRS_SERVER_KEY``;
     each is the key itself or the path of a certificate file (``autolrs-server keygen`` writes
     ``server.key``). None: no encryption. Raises :class:`SecretError` for anything else."""
@@ -100,8 +106,9 @@ def resolve_server_key(key: str | bytes | os.PathLike | None = None,
 
         public, _ = zmq.auth.load_certificate(text)
     except (OSError, ValueError) as exc:
-        raise SecretError(f"server key {text!r} is neither a 40-character Z85 key nor a readable "
-                          f"certificate file: {exc}") from None
+        raise SecretError(
+            f"server key {text!r} is neither a 40-character Z85 key nor a readable certificate file: {exc}"
+        ) from None
     if not public:
         raise SecretError(f"certificate file {text} holds no public key")
     return public
@@ -151,8 +158,10 @@ class Verifier:
         """Return if ``auth`` is a valid, fresh signature of ``payload``; raise AuthError if not
         (and nothing else, whatever the frame holds)."""
         if auth is None:
-            raise AuthError("this server requires signed requests (a shared secret: AUTOLRS_SECRET or a "
-                            "secret file); the request carried no signature")
+            raise AuthError(
+                "this server requires signed requests (a shared secret: AUTOLRS_SECRET or a "
+                "secret file); the request carried no signature"
+            )
         match = _FRAME.fullmatch(auth)
         if match is None:
             raise AuthError("malformed auth frame (expected 'autolrs-hmac1 <ts_ms> <nonce: 32 hex> <mac: 64 hex>')")
@@ -162,8 +171,10 @@ class Verifier:
         now = time.time() if now is None else now
         skew = int(ts_ms) / 1000.0 - now  # at most 16 digits: a float, never an overflow
         if abs(skew) > self.window:
-            raise AuthError(f"request timestamp is {skew:+.0f} s from the server's clock (allowed: "
-                            f"{self.window:g} s); a replay, or clocks out of sync")
+            raise AuthError(
+                f"request timestamp is {skew:+.0f} s from the server's clock (allowed: "
+                f"{self.window:g} s); a replay, or clocks out of sync"
+            )
         nonce_text = nonce.decode("ascii")
         with self._lock:
             self._forget(now)

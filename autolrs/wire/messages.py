@@ -2,8 +2,8 @@
 
 The envelope (:mod:`autolrs.wire.protocol`) carries ``body``; this module says what is in it.
 Each body is a small frozen dataclass: the sender builds it and calls ``to_body()``, the
-receiver calls ``from_body(body)``, which checks every field it knows and raises
-:class:`BodyError` naming the first bad one. As in Jupyter's messaging, unknown fields are
+receiver calls ``from_body(body)``, which checks every field it knows
+(:mod:`autolrs.wire.fields`) and raises :class:`BodyError` naming the first bad one. As in Jupyter's messaging, unknown fields are
 ignored (a newer peer may send more) and missing optional ones take their defaults; optional
 fields are left out of ``to_body()`` at their default where older peers never sent them, so
 the frames stay those of the golden files.
@@ -26,80 +26,36 @@ ping       :class:`Ping` (empty)    :class:`PingReply`: protocol and server vers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar
 
-from autolrs import actions
 from autolrs.actions import Observation
+from autolrs.wire.fields import (
+    BodyError,
+    bool_field,
+    dict_field,
+    int_field,
+    is_int,
+    is_number,
+    next_plan_field,
+    plan_field,
+    strings_field,
+)
 
-__all__ = ["BodyError", "Goodbye", "GoodbyeReply", "Hello", "HelloReply", "Ping", "PingReply", "REPLIES",
-           "REQUESTS", "Report", "ReportReply", "Status", "StatusReply"]
-
-
-class BodyError(ValueError):
-    """A body whose field is missing or has the wrong type; the message names the field."""
-
-
-# --- field checks ------------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _int(body: dict, key: str, default: Any, *, minimum: int = 0, nullable: bool = False) -> Any:
-    value = body.get(key, default)
-    if value is None and nullable:
-        return None
-    if not _is_int(value) or value < minimum:
-        raise BodyError(f"'{key}' must be an integer >= {minimum}{' or null' if nullable else ''}")
-    return value
-
-
-def _bool(body: dict, key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if not isinstance(value, bool):
-        raise BodyError(f"'{key}' must be true or false")
-    return value
-
-
-def _dict(body: dict, key: str, *, nullable: bool = True) -> dict | None:
-    value = body.get(key)
-    if value is None and nullable:
-        return None
-    if not isinstance(value, dict):
-        raise BodyError(f"'{key}' must be an object{' or null' if nullable else ''}")
-    return value
-
-
-def _plan(body: dict) -> list[dict]:
-    try:
-        return actions.validate_plan(body.get("plan"))
-    except ValueError as exc:
-        raise BodyError(f"invalid plan: {exc}") from None
-
-
-def _next(body: dict) -> list[dict] | None:
-    """The optional prefetched plan of a hello or report reply."""
-    if body.get("next") is None:
-        return None
-    try:
-        plan = actions.validate_plan(body["next"])
-    except ValueError as exc:
-        raise BodyError(f"invalid next plan: {exc}") from None
-    if plan[-1]["op"] != "run":
-        raise BodyError("invalid next plan: it must end with 'run'")
-    return plan
-
-
-def _strings(body: dict, key: str) -> tuple[str, ...]:
-    value = body.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-        raise BodyError(f"'{key}' must be a list of strings")
-    return tuple(value)
+__all__ = [
+    "BodyError",
+    "Goodbye",
+    "GoodbyeReply",
+    "Hello",
+    "HelloReply",
+    "Ping",
+    "PingReply",
+    "REPLIES",
+    "REQUESTS",
+    "Report",
+    "ReportReply",
+    "Status",
+    "StatusReply",
+]
 
 
 # --- hello ---------------------------------------------------------------------------------------
@@ -125,9 +81,16 @@ class Hello:
     seed: int | None = None
 
     def to_body(self) -> dict:
-        body = {"tuner": self.tuner, "config": self.config, "initial_lr": self.initial_lr,
-                "param_groups": self.param_groups, "step": self.step, "max_steps": self.max_steps,
-                "has_val_fn": self.has_val_fn, "seed": self.seed}
+        body = {
+            "tuner": self.tuner,
+            "config": self.config,
+            "initial_lr": self.initial_lr,
+            "param_groups": self.param_groups,
+            "step": self.step,
+            "max_steps": self.max_steps,
+            "has_val_fn": self.has_val_fn,
+            "seed": self.seed,
+        }
         if self.has_probe_fn:  # only then: other hellos stay as older clients sent them
             body["has_probe_fn"] = True
         return body
@@ -137,20 +100,27 @@ class Hello:
         tuner = body.get("tuner")
         if not isinstance(tuner, str) or not tuner:
             raise BodyError("'tuner' must be a non-empty string")
-        config = _dict(body, "config")
+        config = dict_field(body, "config")
         initial_lr = body.get("initial_lr")
-        if initial_lr is not None and not _is_number(initial_lr):
+        if initial_lr is not None and not is_number(initial_lr):
             raise BodyError("'initial_lr' must be a number or null")
         max_steps = body.get("max_steps")
-        if max_steps is not None and not _is_int(max_steps):
+        if max_steps is not None and not is_int(max_steps):
             raise BodyError("'max_steps' must be an integer or null")
         seed = body.get("seed")
-        if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
+        if seed is not None and (not is_int(seed) or not 0 <= seed < 2**63):
             raise BodyError("'seed' must be an integer in [0, 2**63) or null")
-        return cls(tuner=tuner, config={} if config is None else config, initial_lr=initial_lr,
-                   param_groups=_int(body, "param_groups", 1, minimum=1), step=_int(body, "step", 0),
-                   max_steps=max_steps, has_val_fn=_bool(body, "has_val_fn", False),
-                   has_probe_fn=_bool(body, "has_probe_fn", False), seed=seed)
+        return cls(
+            tuner=tuner,
+            config={} if config is None else config,
+            initial_lr=initial_lr,
+            param_groups=int_field(body, "param_groups", 1, minimum=1),
+            step=int_field(body, "step", 0),
+            max_steps=max_steps,
+            has_val_fn=bool_field(body, "has_val_fn", False),
+            has_probe_fn=bool_field(body, "has_probe_fn", False),
+            seed=seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -187,14 +157,20 @@ class HelloReply:
     @classmethod
     def from_body(cls, body: dict) -> "HelloReply":
         seed = body.get("seed")
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             raise BodyError("'seed' must be an integer or null")
         credential = body.get("credential")
         if credential is not None and (not isinstance(credential, str) or not credential):
             raise BodyError("'credential' must be a non-empty string or null")
-        return cls(plan=_plan(body), resumed=_bool(body, "resumed", False), seed=seed, credential=credential,
-                   notices=_strings(body, "notices"), deprecations=_strings(body, "deprecations"),
-                   next=_next(body))
+        return cls(
+            plan=plan_field(body),
+            resumed=bool_field(body, "resumed", False),
+            seed=seed,
+            credential=credential,
+            notices=strings_field(body, "notices"),
+            deprecations=strings_field(body, "deprecations"),
+            next=next_plan_field(body),
+        )
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -225,7 +201,7 @@ class Report:
         except ValueError as exc:
             raise BodyError(str(exc)) from None
         lr = body.get("lr")
-        if lr is not None and not _is_number(lr):
+        if lr is not None and not is_number(lr):
             raise BodyError("'lr' must be a number or null")
         return cls(observation=observation, lr=None if lr is None else float(lr))
 
@@ -248,7 +224,7 @@ class ReportReply:
 
     @classmethod
     def from_body(cls, body: dict) -> "ReportReply":
-        return cls(plan=_plan(body), next=_next(body))
+        return cls(plan=plan_field(body), next=next_plan_field(body))
 
 
 # --- goodbye -------------------------------------------------------------------------------------
@@ -278,9 +254,11 @@ class Goodbye:
         if not isinstance(reason, str):
             raise BodyError("'reason' must be a string")
         lr = body.get("lr")
-        if lr is not None and not _is_number(lr):
+        if lr is not None and not is_number(lr):
             raise BodyError("'lr' must be a number or null")
-        return cls(step=_int(body, "step", None, nullable=True), reason=reason, lr=None if lr is None else float(lr))
+        return cls(
+            step=int_field(body, "step", None, nullable=True), reason=reason, lr=None if lr is None else float(lr)
+        )
 
 
 @dataclass(frozen=True)
@@ -296,7 +274,7 @@ class GoodbyeReply:
 
     @classmethod
     def from_body(cls, body: dict) -> "GoodbyeReply":
-        return cls(summary=_dict(body, "summary"))
+        return cls(summary=dict_field(body, "summary"))
 
 
 # --- status and ping -----------------------------------------------------------------------------
@@ -335,7 +313,7 @@ class StatusReply:
 
     @classmethod
     def from_body(cls, body: dict) -> "StatusReply":
-        server = _dict(body, "server", nullable=False)
+        server = dict_field(body, "server", nullable=False)
         assert server is not None  # nullable=False raised otherwise
         sessions = body.get("sessions")
         if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
@@ -370,7 +348,7 @@ class PingReply:
     @classmethod
     def from_body(cls, body: dict) -> "PingReply":
         protocol, version = body.get("protocol"), body.get("version")
-        if not _is_int(protocol):
+        if not is_int(protocol):
             raise BodyError("'protocol' must be an integer")
         if not isinstance(version, str):
             raise BodyError("'version' must be a string")
@@ -379,5 +357,10 @@ class PingReply:
 
 #: Request kind -> its body class, and the body class of its reply.
 REQUESTS: dict[str, Any] = {cls.KIND: cls for cls in (Hello, Report, Goodbye, Status, Ping)}
-REPLIES: dict[str, Any] = {"hello": HelloReply, "report": ReportReply, "goodbye": GoodbyeReply,
-                            "status": StatusReply, "ping": PingReply}
+REPLIES: dict[str, Any] = {
+    "hello": HelloReply,
+    "report": ReportReply,
+    "goodbye": GoodbyeReply,
+    "status": StatusReply,
+    "ping": PingReply,
+}

@@ -100,7 +100,7 @@ def _untag_nonfinite(obj: dict) -> Any:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"bare {name} is not valid protocol JSON; use {{\"{_FLOAT_TAG}\": ...}}")
+    raise ValueError(f'bare {name} is not valid protocol JSON; use {{"{_FLOAT_TAG}": ...}}')
 
 
 def dumps(obj: Any) -> bytes:
@@ -111,16 +111,18 @@ def dumps(obj: Any) -> bytes:
 def _parse_int(text: str) -> int:
     # Checked on the digits first: converting a 4,000-digit number is itself slow.
     if len(text.lstrip("-")) > 19 or abs(value := int(text)) > MAX_INT:
-        raise ValueError(f"integer {text[:24]}{'...' if len(text) > 24 else ''} is out of range "
-                         f"(at most {MAX_INT} in magnitude)")
+        raise ValueError(
+            f"integer {text[:24]}{'...' if len(text) > 24 else ''} is out of range (at most {MAX_INT} in magnitude)"
+        )
     return value
 
 
 def _parse_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e999: standard JSON would give inf silently
-        raise ValueError(f"number {text[:24]} is out of the float range; non-finite values travel as "
-                         f"{{\"{_FLOAT_TAG}\": ...}}")
+        raise ValueError(
+            f'number {text[:24]} is out of the float range; non-finite values travel as {{"{_FLOAT_TAG}": ...}}'
+        )
     return value
 
 
@@ -129,8 +131,13 @@ def loads(frame: bytes) -> Any:
     including integers beyond :data:`MAX_INT` and numbers beyond the float range."""
     try:
         text = frame.decode("utf-8")
-        return json.loads(text, object_hook=_untag_nonfinite, parse_constant=_reject_constant,
-                          parse_int=_parse_int, parse_float=_parse_float)
+        return json.loads(
+            text,
+            object_hook=_untag_nonfinite,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"frame is not valid protocol JSON: {exc}") from None
 
@@ -138,8 +145,15 @@ def loads(frame: bytes) -> Any:
 # --- envelopes -------------------------------------------------------------------------
 
 
-def request(kind: str, body: dict | None = None, *, job_id: str | None = None,
-            client_id: str | None = None, seq: int | None = None, credential: str | None = None) -> dict:
+def request(
+    kind: str,
+    body: dict | None = None,
+    *,
+    job_id: str | None = None,
+    client_id: str | None = None,
+    seq: int | None = None,
+    credential: str | None = None,
+) -> dict:
     """Build a request envelope (a dict; ``dumps`` it to send). ``credential``: the job's
     credential (job requests) or the server's admin token (``status``)."""
     if kind not in REQUEST_KINDS:
@@ -165,8 +179,11 @@ def error_reply(req: dict | None, code: str, message: str) -> dict:
     """An error reply; ``req`` may be None or partial when the request could not be parsed."""
     req = req if isinstance(req, dict) else {}
     kind = req.get("type")
-    name = f"{kind[: -len('_request')]}_reply" if isinstance(kind, str) and kind.endswith("_request") \
-        and kind[: -len("_request")] in REQUEST_KINDS else "error_reply"
+    name = (
+        f"{kind[: -len('_request')]}_reply"
+        if isinstance(kind, str) and kind.endswith("_request") and kind[: -len("_request")] in REQUEST_KINDS
+        else "error_reply"
+    )
     return _reply(name, req, status="error", error={"code": code, "message": message})
 
 
@@ -186,8 +203,9 @@ def validate_request(msg: Any) -> tuple[str, dict]:
     if not isinstance(msg, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "a message must be a JSON object")
     if type(msg.get("v")) is not int or msg["v"] != PROTOCOL_VERSION:  # True == 1 in Python
-        raise ProtocolError(ErrorCode.VERSION,
-                            f"protocol version {msg.get('v')!r} not supported; this side speaks {PROTOCOL_VERSION}")
+        raise ProtocolError(
+            ErrorCode.VERSION, f"protocol version {msg.get('v')!r} not supported; this side speaks {PROTOCOL_VERSION}"
+        )
     kind_field = msg.get("type")
     if not isinstance(kind_field, str) or not kind_field.endswith("_request"):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'type' must be '<kind>_request'")
@@ -199,20 +217,23 @@ def validate_request(msg: Any) -> tuple[str, dict]:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'body' must be an object")
     credential = msg.get("credential")
     if credential is not None and (not isinstance(credential, str) or not 0 < len(credential) <= MAX_CREDENTIAL_CHARS):
-        raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"field 'credential' must be a string of 1-{MAX_CREDENTIAL_CHARS} characters")
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"field 'credential' must be a string of 1-{MAX_CREDENTIAL_CHARS} characters"
+        )
     if kind in JOB_KINDS:
         job_id = msg.get("job_id")
         if not is_valid_job_id(job_id):
-            raise ProtocolError(ErrorCode.BAD_REQUEST,
-                                "field 'job_id' must be 1-128 characters of letters, digits, '.', '_' or '-'")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, "field 'job_id' must be 1-128 characters of letters, digits, '.', '_' or '-'"
+            )
         seq = msg.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'seq' must be a non-negative integer")
         client_id = msg.get("client_id")
         if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID_CHARS:
-            raise ProtocolError(ErrorCode.BAD_REQUEST,
-                                f"field 'client_id' must be a string of 1-{MAX_ID_CHARS} characters")
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST, f"field 'client_id' must be a string of 1-{MAX_ID_CHARS} characters"
+            )
     return kind, body
 
 
@@ -224,8 +245,9 @@ def check_endpoint(endpoint: Any) -> str:
     IPv6 one; PORT 1-65535), else ValueError saying what is expected."""
     match = _ENDPOINT.fullmatch(endpoint) if isinstance(endpoint, str) else None
     if match is None or not 0 < int(match.group(2)) < 65536:
-        raise ValueError(f"server address {endpoint!r} is not valid: expected tcp://HOST:PORT, e.g. "
-                         "tcp://127.0.0.1:5555")
+        raise ValueError(
+            f"server address {endpoint!r} is not valid: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+        )
     return endpoint
 
 

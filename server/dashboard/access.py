@@ -34,7 +34,7 @@ def presented_token(headers, query: str) -> str | None:
     """The token a request carries: ``Authorization: Bearer``, ``?token=`` or the cookie."""
     auth = headers.get("Authorization") or ""
     if auth.startswith("Bearer "):
-        return auth[len("Bearer "):].strip()
+        return auth[len("Bearer ") :].strip()
     tokens = parse_qs(query).get("token")
     if tokens:
         return tokens[0]
@@ -63,7 +63,7 @@ def host_allowed(bind_host: str, host_header: str | None) -> bool:
         return False
     host = host_header.strip()
     if host.startswith("["):  # [::1]:port
-        name = host[1:host.find("]")] if "]" in host else host
+        name = host[1 : host.find("]")] if "]" in host else host
     else:
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     return name.lower() in LOOPBACK_NAMES or is_loopback(name)

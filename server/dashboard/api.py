@@ -48,8 +48,10 @@ def search_train_steps(row: dict) -> tuple[int | None, int | None]:
     """Steps spent searching and training, where the tuner's summary tells them apart."""
     summary = row.get("summary") or {}
     if "search_steps" in summary and "train_steps" in summary:
-        return (int(summary["search_steps"]) + int(summary.get("bounds_steps") or 0),
-                int(summary["train_steps"]) + int(summary.get("warmup_steps") or 0))
+        return (
+            int(summary["search_steps"]) + int(summary.get("bounds_steps") or 0),
+            int(summary["train_steps"]) + int(summary.get("warmup_steps") or 0),
+        )
     if row.get("tuner") in MEASURING_TUNERS and isinstance(row.get("step"), int):
         return row["step"], 0
     return None, None
@@ -62,10 +64,16 @@ class DashboardAPI:
         self.source = source
         self.jobs_dir = Path(source.jobs_dir)
         self._histories = Follower(history.JobHistory, history.apply_record, cache_files=32)
-        self._last_losses = Follower(lambda: None, history.last_loss_of, tail_bytes=LAST_LOSS_TAIL_BYTES,
-                                     empty=lambda last: last is None, cache_files=1_000_000)
-        self._decisions = Follower(lambda: deque(maxlen=DECISIONS_SHOWN), _add_decision,
-                                   tail_bytes=DECISIONS_TAIL_BYTES, cache_files=32)
+        self._last_losses = Follower(
+            lambda: None,
+            history.last_loss_of,
+            tail_bytes=LAST_LOSS_TAIL_BYTES,
+            empty=lambda last: last is None,
+            cache_files=1_000_000,
+        )
+        self._decisions = Follower(
+            lambda: deque(maxlen=DECISIONS_SHOWN), _add_decision, tail_bytes=DECISIONS_TAIL_BYTES, cache_files=32
+        )
 
     def jobs(self) -> dict:
         rows = self.source.rows()
@@ -88,20 +96,36 @@ class DashboardAPI:
         job = self._compact(row, view["last_loss"])
         job["summary"] = row.get("summary") or {}
         decisions = self._decisions.get(directory / "decisions.jsonl", lambda records: list(reversed(records)))
-        return {"server": self.source.server_info(), "time": time.time(), "job": job,
-                "config": self.source.job_config(job_id), "history": view, "decisions": decisions}
+        return {
+            "server": self.source.server_info(),
+            "time": time.time(),
+            "job": job,
+            "config": self.source.job_config(job_id),
+            "history": view,
+            "decisions": decisions,
+        }
 
     @staticmethod
     def _compact(row: dict, last_loss: list | None) -> dict:
         summary = row.get("summary") or {}
         search, train = search_train_steps(row)
-        return {"job_id": row["job_id"], "tuner": row.get("tuner"), "status": row.get("status"),
-                "step": row.get("step"), "lr": row.get("lr"),
-                "last_loss": None if last_loss is None else last_loss[1],
-                "last_loss_step": None if last_loss is None else last_loss[0],
-                "lease_left_s": row.get("lease_left_s"), "search_steps": search, "train_steps": train,
-                "phase": summary.get("phase"), "stage": summary.get("stage"),
-                "created": row.get("created"), "updated": row.get("updated"), "requests": row.get("requests")}
+        return {
+            "job_id": row["job_id"],
+            "tuner": row.get("tuner"),
+            "status": row.get("status"),
+            "step": row.get("step"),
+            "lr": row.get("lr"),
+            "last_loss": None if last_loss is None else last_loss[1],
+            "last_loss_step": None if last_loss is None else last_loss[0],
+            "lease_left_s": row.get("lease_left_s"),
+            "search_steps": search,
+            "train_steps": train,
+            "phase": summary.get("phase"),
+            "stage": summary.get("stage"),
+            "created": row.get("created"),
+            "updated": row.get("updated"),
+            "requests": row.get("requests"),
+        }
 
 
 # --- the decision log -----------------------------------------------------------------------------
@@ -125,12 +149,22 @@ def compact_decision(record: dict) -> dict:
         notes.append(f"reason: {record['reason']}")
     if record.get("client_step") is not None:
         notes.append(f"client at step {record['client_step']}")
-    return {"time": record.get("time"), "seq": record.get("seq"), "kind": record.get("kind"),
-            "step": record.get("step"), "plan": describe_plan(record.get("plan")),
-            "losses": obs.get("n_losses"), "mean_loss": obs.get("mean_loss"), "last_loss": obs.get("last_loss"),
-            "nonfinite": (obs["n_losses"] - obs["n_finite"]) if "n_losses" in obs and "n_finite" in obs else None,
-            "evals": len(obs.get("evals") or []), "phase": summary.get("phase"), "stage": summary.get("stage"),
-            "lr": summary.get("lr"), "note": "; ".join(notes)}
+    return {
+        "time": record.get("time"),
+        "seq": record.get("seq"),
+        "kind": record.get("kind"),
+        "step": record.get("step"),
+        "plan": describe_plan(record.get("plan")),
+        "losses": obs.get("n_losses"),
+        "mean_loss": obs.get("mean_loss"),
+        "last_loss": obs.get("last_loss"),
+        "nonfinite": (obs["n_losses"] - obs["n_finite"]) if "n_losses" in obs and "n_finite" in obs else None,
+        "evals": len(obs.get("evals") or []),
+        "phase": summary.get("phase"),
+        "stage": summary.get("stage"),
+        "lr": summary.get("lr"),
+        "note": "; ".join(notes),
+    }
 
 
 def describe_plan(plan: Any) -> str:

@@ -32,9 +32,15 @@ class Follower:
     ``empty(state)``, the whole file is read. None: always from the start.
     """
 
-    def __init__(self, initial: Callable[[], Any], fold: Callable[[Any, Any], Any], *,
-                 tail_bytes: int | None = None, empty: Callable[[Any], bool] = lambda state: False,
-                 cache_files: int = 64):
+    def __init__(
+        self,
+        initial: Callable[[], Any],
+        fold: Callable[[Any, Any], Any],
+        *,
+        tail_bytes: int | None = None,
+        empty: Callable[[Any], bool] = lambda state: False,
+        cache_files: int = 64,
+    ):
         self.initial, self.fold, self.tail_bytes, self.empty = initial, fold, tail_bytes, empty
         self.cache_files = cache_files
         # path -> (identity, offset read, state, stat key when last read)

@@ -29,10 +29,16 @@ from autolrs.server.dashboard.api import DashboardAPI, encode
 log = logging.getLogger(__name__)
 
 PAGES = {"index": "index.html", "job": "job.html"}
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".css": "text/css; charset=utf-8",
-                 ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def _static_files() -> dict[str, bytes]:
@@ -45,8 +51,7 @@ class DashboardServer:
     """Serve ``source``'s jobs on ``host:port`` (0: a free port). ``start()`` runs it in a
     daemon thread; ``close()`` stops it. ``token``: required by the API when not None."""
 
-    def __init__(self, source, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 cache_s: float = 1.0):
+    def __init__(self, source, host: str = "127.0.0.1", port: int = 0, token: str | None = None, cache_s: float = 1.0):
         self.api = DashboardAPI(source)
         self.token = token
         self.bind_host = host
@@ -71,8 +76,9 @@ class DashboardServer:
         return self.url if self.token is None else f"{self.url}?token={self.token}"
 
     def start(self) -> "DashboardServer":
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="autolrs-dashboard", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="autolrs-dashboard", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -120,8 +126,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _refuse_method(self) -> None:
         self.close_connection = True  # its body (if any) is not read: do not reuse the connection
-        self._send(405, b'{"error": "the dashboard is read-only: GET and HEAD only"}', "application/json",
-                   extra={"Allow": "GET, HEAD"})
+        self._send(
+            405,
+            b'{"error": "the dashboard is read-only: GET and HEAD only"}',
+            "application/json",
+            extra={"Allow": "GET, HEAD"},
+        )
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method  # noqa: N815
 
@@ -142,18 +152,21 @@ class _Handler(BaseHTTPRequestHandler):
             elif path.startswith("/jobs/"):
                 self._page("job", url.query)
             elif path.startswith("/static/"):
-                self._static(path[len("/static/"):])
+                self._static(path[len("/static/") :])
             elif path == "/favicon.ico":
                 self._static("favicon.svg")
             elif path == "/api/jobs" or path.startswith("/api/jobs/"):
                 if not access.token_matches(app.token, access.presented_token(self.headers, url.query)):
-                    self._json_error(401, "this dashboard needs its token: open the URL the server printed "
-                                          "(?token=...), or see `autolrs-server dashboard-token`")
+                    self._json_error(
+                        401,
+                        "this dashboard needs its token: open the URL the server printed "
+                        "(?token=...), or see `autolrs-server dashboard-token`",
+                    )
                     return
                 if path == "/api/jobs":
                     self._send(200, app.jobs_json(), "application/json")
                 else:
-                    job_id = unquote(path[len("/api/jobs/"):])
+                    job_id = unquote(path[len("/api/jobs/") :])
                     payload = app.api.job(job_id)
                     if payload is None:
                         self._json_error(404, f"no job {job_id!r}")
@@ -183,9 +196,10 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None or "/" in name:
             self._json_error(404, f"no file {name!r}")
             return
-        suffix = name[name.rfind("."):]
-        self._send(200, body, CONTENT_TYPES.get(suffix, "application/octet-stream"),
-                   extra={"Cache-Control": "no-cache"})
+        suffix = name[name.rfind(".") :]
+        self._send(
+            200, body, CONTENT_TYPES.get(suffix, "application/octet-stream"), extra={"Cache-Control": "no-cache"}
+        )
 
     def _json_error(self, status: int, message: str) -> None:
         self._send(status, encode({"error": message}), "application/json")

@@ -41,8 +41,11 @@ class LiveSource:
         leases = self.dispatcher.leases
         for row in rows:
             session = sessions.get(row["job_id"])
-            row["lease_left_s"] = (leases.lease_s - (now - leases.last_activity(session))
-                                   if session is not None and row["status"] == ACTIVE else None)
+            row["lease_left_s"] = (
+                leases.lease_s - (now - leases.last_activity(session))
+                if session is not None and row["status"] == ACTIVE
+                else None
+            )
         return rows
 
     def job_config(self, job_id: str) -> dict | None:
@@ -54,9 +57,13 @@ class LiveSource:
         return None if state is None else _config_of(state)
 
     def server_info(self) -> dict:
-        return {"mode": self.mode, "version": autolrs.__version__, "state_dir": str(self.state_dir),
-                "uptime_s": round(time.monotonic() - self.dispatcher.started, 3),
-                "lease_s": self.dispatcher.leases.lease_s}
+        return {
+            "mode": self.mode,
+            "version": autolrs.__version__,
+            "state_dir": str(self.state_dir),
+            "uptime_s": round(time.monotonic() - self.dispatcher.started, 3),
+            "lease_s": self.dispatcher.leases.lease_s,
+        }
 
 
 class StateDirSource:
@@ -107,24 +114,47 @@ class StateDirSource:
         return None if cached is None else cached[2]
 
     def server_info(self) -> dict:
-        return {"mode": self.mode, "version": autolrs.__version__, "state_dir": str(self.state_dir),
-                "uptime_s": None, "lease_s": None}
+        return {
+            "mode": self.mode,
+            "version": autolrs.__version__,
+            "state_dir": str(self.state_dir),
+            "uptime_s": None,
+            "lease_s": None,
+        }
 
     @staticmethod
     def _load(directory: Path) -> tuple[dict, dict | None]:
         state = _read_state(directory / "state.json")
         if state is None:
-            return {"job_id": directory.name, "tuner": None, "status": "unreadable", "step": None, "lr": None,
-                    "created": None, "updated": None, "requests": None, "summary": {}, "lease_left_s": None}, None
+            return {
+                "job_id": directory.name,
+                "tuner": None,
+                "status": "unreadable",
+                "step": None,
+                "lr": None,
+                "created": None,
+                "updated": None,
+                "requests": None,
+                "summary": {},
+                "lease_left_s": None,
+            }, None
         try:
             summary = Session.from_state(state).tuner.summary()
         except Exception as exc:  # noqa: BLE001 - show the job without its summary
             log.warning("cannot rebuild the tuner of job %s: %s", directory.name, exc)
             summary = {}
-        row = {"job_id": state.get("job_id", directory.name), "tuner": state.get("tuner"),
-               "status": state.get("status"), "step": state.get("step"), "lr": summary.get("lr"),
-               "created": state.get("created"), "updated": state.get("updated"),
-               "requests": state.get("requests"), "summary": summary, "lease_left_s": None}
+        row = {
+            "job_id": state.get("job_id", directory.name),
+            "tuner": state.get("tuner"),
+            "status": state.get("status"),
+            "step": state.get("step"),
+            "lr": summary.get("lr"),
+            "created": state.get("created"),
+            "updated": state.get("updated"),
+            "requests": state.get("requests"),
+            "summary": summary,
+            "lease_left_s": None,
+        }
         return row, _config_of(state)
 
 

@@ -11,6 +11,7 @@ from server_testlib import DispatcherHarness, hello_body, report_body
 
 import autolrs
 from autolrs import actions
+from autolrs.server.dispatcher import Dispatcher
 from autolrs.wire import messages, protocol
 from autolrs.wire.protocol import ErrorCode
 
@@ -499,7 +500,8 @@ def test_status_rows_and_the_lr_the_trainer_is_at(harness):
 def test_sessions_per_peer(tmp_path):
     h = DispatcherHarness(tmp_path / "s")
     try:
-        h.config = h.dispatcher.config = dataclasses_replace(h.config, max_sessions_per_peer=2)
+        h.config = dataclasses_replace(h.config, max_sessions_per_peer=2)
+        h.dispatcher = Dispatcher(h.config, h.store)
         for i in range(2):
             ok(h.call("hello", hello_body(), job_id=f"a-{i}", peer="10.0.0.1"))
         msg = err(h.call("hello", hello_body(), job_id="a-2", peer="10.0.0.1"), ErrorCode.TOO_MANY_SESSIONS)
