@@ -26,6 +26,7 @@ overfitting. Phases, all within ``max_steps`` (required):
 Search share: ``sweep_fraction + (candidates - 1) * trial_fraction`` at most (11 % by
 default). Memory: two extra copies of model and optimizer during the trials, one after.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,8 @@ from typing import Any
 
 from autolrs import actions, divergence, lr_curve
 from autolrs.actions import Observation
-from autolrs.tuners.base import MAX_CHUNK, ConfigError, Tuner, require_int, require_positive
+from autolrs.tuners.auto_knobs import KNOBS, LIMITS, read_settings
+from autolrs.tuners.base import Tuner
 from autolrs.tuners.phases import warmup_cosine
 from autolrs.tuners.range_test import SLOT as SWEEP_SLOT
 from autolrs.tuners.range_test import RangeTestTuner
@@ -49,74 +51,35 @@ class AutoTuner(Tuner):
     """Range test, a few annealed trials, then an annealed run that rolls back on trouble."""
 
     name = "auto"
-    knobs = {
-        "sweep_min": (None, "the sweep's first LR; None: initial_lr / 1e4"),
-        "sweep_max": (None, "the sweep's last LR; None: initial_lr * 1000"),
-        "sweep_fraction": (0.05, "share of max_steps the range test takes (30 to 100 steps; at most a tenth of "
-                                 "a small budget)"),
-        "rule": ("minimum", "range-test rule giving the candidates' centre"),
-        "candidates": (3, "LRs tried, spaced by `spacing` around the rule's LR"),
-        "spacing": (2.0, "factor between neighbouring candidates' LRs"),
-        "trial_fraction": (0.03, "share of max_steps each trial takes (at least 5 steps)"),
-        "warmup_fraction": (0.02, "share of max_steps: the linear ramp to the peak"),
-        "check_fraction": (0.05, "share of max_steps between two reports (and val_fn calls)"),
-        "cut": (0.5, "LR factor after a rollback"),
-        "max_cuts": (5, "rollbacks before a divergence stops the job"),
-        "use_val": (True, "score trials and watch overfitting on val_fn when there is one"),
-    }
-    limits = {"candidates": 20, "max_cuts": 100}
+    knobs = KNOBS
+    limits = LIMITS
 
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
-        c = self.config
-        self.max_steps = c["max_steps"]
-        if self.max_steps is None:
-            raise ConfigError("auto: needs max_steps (the number of optimizer steps the job will take); pass "
-                              "max_steps= to the callback")
-        initial = c["initial_lr"]
-        if c["sweep_min"] is None or c["sweep_max"] is None:
-            if initial is None or not (isinstance(initial, (int, float)) and initial > 0 and math.isfinite(initial)):
-                raise ConfigError("auto: set sweep_min and sweep_max, or start the job with an optimizer LR")
-        self.sweep_min = require_positive(c["sweep_min"] if c["sweep_min"] is not None else initial / 1e4, "sweep_min")
-        self.sweep_max = require_positive(c["sweep_max"] if c["sweep_max"] is not None else initial * 1000, "sweep_max")
-        if not self.sweep_min < self.sweep_max:
-            raise ConfigError(f"auto: sweep_min ({self.sweep_min}) must be below sweep_max ({self.sweep_max})")
-        for key in ("sweep_fraction", "trial_fraction", "warmup_fraction", "check_fraction"):
-            value = c[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-                raise ConfigError(f"auto: {key} must be in [0, 1), got {value!r}")
-        if c["rule"] not in lr_curve.METHODS:
-            raise ConfigError(f"auto: rule must be one of {', '.join(lr_curve.METHODS)}, got {c['rule']!r}")
-        self.rule = c["rule"]
-        self.n_candidates = require_int(c, "candidates", minimum=1)
-        self.spacing = require_positive(c["spacing"], "spacing")
-        self.cut = require_positive(c["cut"], "cut")
-        if self.cut >= 1:
-            raise ConfigError(f"auto: cut must be below 1, got {self.cut}")
-        self.max_cuts = require_int(c, "max_cuts", minimum=0)
-        if not isinstance(c["use_val"], bool):
-            raise ConfigError(f"auto: use_val must be true or false, got {c['use_val']!r}")
-        self.use_val = c["use_val"] and bool(c["has_val_fn"])
-        n = self.max_steps
-        # At least 30 points (fewer only when that is over a tenth of a small budget), at most 100.
-        self.sweep_steps = min(100, max(round(c["sweep_fraction"] * n), min(30, round(0.1 * n)), 5))
-        self.trial_steps = max(5, round(c["trial_fraction"] * n))
-        self.check_steps = max(10, round(c["check_fraction"] * n))
-        self.warmup_frac = float(c["warmup_fraction"])
-        for key, steps in (("trial_fraction", self.trial_steps), ("check_fraction", self.check_steps)):
-            if steps > MAX_CHUNK:  # those runs carry an LR per step
-                raise ConfigError(f"auto: {key} of max_steps is {steps} steps per report; at most {MAX_CHUNK}: "
-                                  f"lower {key}")
-        self.initial_lr = float(initial) if initial else self.sweep_min
+        s = read_settings(self.config)
+        self.max_steps = s.max_steps
+        self.sweep_min, self.sweep_max, self.rule = s.sweep_min, s.sweep_max, s.rule
+        self.n_candidates, self.spacing = s.n_candidates, s.spacing
+        self.cut, self.max_cuts, self.use_val = s.cut, s.max_cuts, s.use_val
+        self.sweep_steps, self.trial_steps, self.check_steps = s.sweep_steps, s.trial_steps, s.check_steps
+        self.warmup_frac, self.initial_lr = s.warmup_fraction, s.initial_lr
         self._init_state()
 
     def _init_state(self) -> None:
         self.step = 0
         self.lr = self.initial_lr
         self.phase = "sweep"
-        self.sweep = RangeTestTuner({"start_lr": self.sweep_min, "end_lr": self.sweep_max,
-                                     "num_iter": self.sweep_steps, "method": self.rule,
-                                     "initial_lr": self.initial_lr, "max_steps": self.max_steps}, self.seed)
+        self.sweep = RangeTestTuner(
+            {
+                "start_lr": self.sweep_min,
+                "end_lr": self.sweep_max,
+                "num_iter": self.sweep_steps,
+                "method": self.rule,
+                "initial_lr": self.initial_lr,
+                "max_steps": self.max_steps,
+            },
+            self.seed,
+        )
         self.sweep_result: dict = {}
         self.search_steps = 0
         self.candidates: list[float] = []
@@ -147,8 +110,7 @@ class AutoTuner(Tuner):
         centre = min(max(centre, self.sweep_min), self.sweep_max)
         k = self.n_candidates
         self.candidates = [centre * self.spacing ** (j - (k - 1) / 2) for j in range(k)]
-        self.sweep_result = {"centre": centre, "source": source, "done": rt.done,
-                             "points": len(rt.history["lr"])}
+        self.sweep_result = {"centre": centre, "source": source, "done": rt.done, "points": len(rt.history["lr"])}
         self.prefix = [actions.restore(SWEEP_SLOT), actions.discard(SWEEP_SLOT)]
         self.phase = "trials"
 
@@ -177,7 +139,7 @@ class AutoTuner(Tuner):
             vals = [v for p, v in obs.evals if p > 0]
             if vals:
                 return float(vals[-1]) if math.isfinite(vals[-1]) else math.inf
-        tail = losses[-max(1, len(losses) // 5):]
+        tail = losses[-max(1, len(losses) // 5) :]
         return sum(tail) / len(tail) if tail else math.inf
 
     def _end_trials(self) -> None:
@@ -199,10 +161,20 @@ class AutoTuner(Tuner):
         spent = sum(t["steps"] for t in self.trials)
         self.search_steps += spent - (self.trials[winner]["steps"] if winner is not None else 0)
         self.prefix = plan
-        self.train = {"peak": peak, "winner": winner, "start": self.step,
-                      "warmup": round(self.warmup_frac * self.max_steps), "piece_lr": peak,
-                      "piece_start": self.step, "cuts": 0, "good_step": None,
-                      "best_val": None, "val_bad": 0, "medians": [], "last_lr": peak}
+        self.train = {
+            "peak": peak,
+            "winner": winner,
+            "start": self.step,
+            "warmup": round(self.warmup_frac * self.max_steps),
+            "piece_lr": peak,
+            "piece_start": self.step,
+            "cuts": 0,
+            "good_step": None,
+            "best_val": None,
+            "val_bad": 0,
+            "medians": [],
+            "last_lr": peak,
+        }
         self.phase = "train"
 
     # ------------------------------------------------------------------ training
@@ -259,8 +231,10 @@ class AutoTuner(Tuner):
         if value > t["best_val"] * (1 + divergence.VAL_TOLERANCE):
             t["val_bad"] += 1
             if t["val_bad"] >= 2:
-                return (f"validation loss {value:.4g} above its best {t['best_val']:.4g} for "
-                        f"{t['val_bad']} reports (overfitting)")
+                return (
+                    f"validation loss {value:.4g} above its best {t['best_val']:.4g} for "
+                    f"{t['val_bad']} reports (overfitting)"
+                )
         return None
 
     def _rollback(self, reason: str) -> None:
@@ -278,8 +252,16 @@ class AutoTuner(Tuner):
         t["piece_lr"], t["piece_start"] = new_lr, self.step
         t["val_bad"] = 0
         t["medians"] = [m for m in t["medians"]][:1]  # keep the first level as the reference
-        self.events.append({"step": self.step, "action": "rollback", "reason": reason,
-                            "to_step": t["good_step"], "lr_before": lr_before, "lr_after": new_lr})
+        self.events.append(
+            {
+                "step": self.step,
+                "action": "rollback",
+                "reason": reason,
+                "to_step": t["good_step"],
+                "lr_before": lr_before,
+                "lr_after": new_lr,
+            }
+        )
         self.prefix = [actions.restore(GOOD)]
         self._maybe_finish()
 
@@ -333,13 +315,24 @@ class AutoTuner(Tuner):
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "step": self.step, "lr": self.lr, "phase": self.phase,
-                "sweep": self.sweep.state_dict(), "sweep_result": dict(self.sweep_result),
-                "search_steps": self.search_steps, "candidates": list(self.candidates),
-                "trials": [dict(t) for t in self.trials], "best": self.best, "save_best": self.save_best,
-                "best_saved": self.best_saved,
-                "prefix": [dict(a) for a in self.prefix], "train": _copy(self.train),
-                "events": [dict(e) for e in self.events], "stop_reason": self.stop_reason}
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "lr": self.lr,
+            "phase": self.phase,
+            "sweep": self.sweep.state_dict(),
+            "sweep_result": dict(self.sweep_result),
+            "search_steps": self.search_steps,
+            "candidates": list(self.candidates),
+            "trials": [dict(t) for t in self.trials],
+            "best": self.best,
+            "save_best": self.save_best,
+            "best_saved": self.best_saved,
+            "prefix": [dict(a) for a in self.prefix],
+            "train": _copy(self.train),
+            "events": [dict(e) for e in self.events],
+            "stop_reason": self.stop_reason,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -381,16 +374,22 @@ class AutoTuner(Tuner):
     def lr_bounds(self) -> tuple[float, float]:
         lo = min(self.sweep_min, self.initial_lr)
         hi = max(self.sweep_max, self.initial_lr)
-        return (0.0, hi * self.spacing ** self.n_candidates) if lo > 0 else (0.0, hi)
+        return (0.0, hi * self.spacing**self.n_candidates) if lo > 0 else (0.0, hi)
 
     def summary(self) -> dict:
         t = self.train
-        out = {"phase": self.phase, "step": self.step, "search_steps": self.search_steps,
-               "train_steps": max(0, self.step - self.search_steps) if self.phase in ("train", "done") else 0,
-               "overhead": self.search_steps / self.step if self.step else 0.0,
-               "sweep": dict(self.sweep_result), "candidates": list(self.candidates),
-               "trials": [[x["lr"], x["score"]] for x in self.trials], "events": [dict(e) for e in self.events],
-               "stop_reason": self.stop_reason}
+        out = {
+            "phase": self.phase,
+            "step": self.step,
+            "search_steps": self.search_steps,
+            "train_steps": max(0, self.step - self.search_steps) if self.phase in ("train", "done") else 0,
+            "overhead": self.search_steps / self.step if self.step else 0.0,
+            "sweep": dict(self.sweep_result),
+            "candidates": list(self.candidates),
+            "trials": [[x["lr"], x["score"]] for x in self.trials],
+            "events": [dict(e) for e in self.events],
+            "stop_reason": self.stop_reason,
+        }
         if t:
             out.update(peak=t["peak"], cuts=t["cuts"], lr=t["last_lr"])
         return out
