@@ -345,7 +345,7 @@ def main(argv=None) -> dict:
           f"each; work dir {work}", flush=True)
     rows: list[dict] = []
     try:
-        with ServerProcess(work / "state", log_path=work / "server.log") as server:
+        with ServerProcess(work / "state", log_path=work / "server.log", lifeline=True) as server:
             def task(run):
                 row = run_one(run, args, server.endpoint, work)
                 print(f"  done {row['name']:<22} seed {row['seed']}  test acc {row['final_test_accuracy']:.4f}  "

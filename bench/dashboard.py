@@ -87,7 +87,7 @@ def fetch_s(url: str) -> tuple[float, int]:
 def list_load(jobs: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="autolrs-dash-") as tmp:
         server = ServerProcess(Path(tmp) / "state", "--http-port", "0", "--log-level", "WARNING",
-                               "--config", _config(tmp, max_sessions=max(1000, jobs)))
+                               "--config", _config(tmp, max_sessions=max(1000, jobs)), lifeline=True)
         try:
             t0 = time.perf_counter()
             fill(server.endpoint, jobs)

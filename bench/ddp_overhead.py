@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
 
     importlib.import_module("torch._dynamo")  # DDP imports it on first use: once, before forking
     ctx = multiprocessing.get_context("fork")
-    with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "state") as server:
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "state", lifeline=True) as server:
         result = Path(tmp) / "rows.json"
         port = free_port()
         procs = [ctx.Process(target=rank_main, args=(r, port, server.endpoint, args, str(result))) for r in range(WORLD)]

@@ -264,7 +264,7 @@ def main() -> int:
     report["baseline_ms_per_step"] = baseline(args, device, data) * 1000
     print(f"no callback: {report['baseline_ms_per_step']:.2f} ms per step", flush=True)
     runs = []
-    with ServerProcess() as server:
+    with ServerProcess(lifeline=True) as server:
         for tuner, config in (("cosine", {"T_0": 10 * args.steps}), ("autolrs", AUTOLRS_CONFIG)):
             r = with_callback(args, device, data, server.endpoint, tuner, config)
             r["overhead_ms_per_step"] = r["wall_ms_per_step"] - report["baseline_ms_per_step"]

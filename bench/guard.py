@@ -199,7 +199,7 @@ def run_matrix(runs: list[dict], jobs: int, work: Path, guard_every: int | None)
     from autolrs.server.process import ServerProcess
 
     rows, started = [], time.time()
-    with ServerProcess(work / "state", log_path=work / "server.log") as server:
+    with ServerProcess(work / "state", log_path=work / "server.log", lifeline=True) as server:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(jobs, initializer=_init, initargs=(server.endpoint, str(work / "state"), guard_every)) as pool:
             for i, row in enumerate(pool.imap_unordered(_execute, runs), 1):
@@ -220,7 +220,7 @@ def measure_cost(tasks: list[str], budget: str, work: Path, guard_every: int | N
 
     torch.set_num_threads(1)
     out = []
-    with ServerProcess(work / "cost-state", log_path=work / "cost-server.log") as server:
+    with ServerProcess(work / "cost-state", log_path=work / "cost-server.log", lifeline=True) as server:
         for name in tasks:
             task = TASKS[name]
             steps = task.steps(budget)

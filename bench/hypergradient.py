@@ -219,7 +219,7 @@ def main(argv=None) -> dict:
     starts = [args.good_lr / 10, args.good_lr * 10]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "state") as server:
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "state", lifeline=True) as server:
         round_trip = round_trip_cost(server, args)
         for name, c in round_trip.items():
             print(f"{'tiny MLP, ' + name:>26}: {c['step_s'] * 1e3:7.3f} ms/step  (+{c['extra_ms']:.3f} ms)", flush=True)

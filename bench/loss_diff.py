@@ -112,7 +112,7 @@ def main() -> None:
     batches = make_batches(args.num_subsamples + 1, args.batch_size)
     range_batches = make_batches(args.range_num_iter, args.batch_size, seed=1)
     state_dir = tempfile.TemporaryDirectory(prefix="autolrs-bench-")
-    server = ServerProcess(state_dir.name, port=0)
+    server = ServerProcess(state_dir.name, port=0, lifeline=True)
     try:
         model, optimizer = make_model_and_optimizer()
         tuner = LossDiffFinder(model, optimizer, torch.nn.functional.cross_entropy, server=server.endpoint,

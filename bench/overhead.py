@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "state") as server:
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(Path(tmp) / "state", lifeline=True) as server:
         for mode in MODES:
             m = measure(mode, server.endpoint, args.batch, args.hidden, args.blocks, args.block)
             rows.append({"tuner": mode, **m, "ratio": m["callback_ms"] / m["bare_ms"]})

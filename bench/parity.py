@@ -812,7 +812,7 @@ def main(argv=None) -> dict:
     from autolrs.server import ServerProcess
 
     with tempfile.TemporaryDirectory(prefix="autolrs-parity-") as tmp:
-        with ServerProcess(Path(tmp) / "state", log_path=Path(tmp) / "server.log") as server:
+        with ServerProcess(Path(tmp) / "state", log_path=Path(tmp) / "server.log", lifeline=True) as server:
             rows = run_jobs(_order(first), args.jobs, server.endpoint, str(Path(tmp) / "state")) if first else []
             if args.grid_from:
                 rows += [r for r in json.loads(Path(args.grid_from).read_text())["rows"]

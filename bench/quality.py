@@ -273,7 +273,7 @@ def run_matrix(runs: list[dict], jobs: int, work: Path) -> list[dict]:
 
     rows = []
     started = time.time()
-    with ServerProcess(work / "state", log_path=work / "server.log") as server:
+    with ServerProcess(work / "state", log_path=work / "server.log", lifeline=True) as server:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(jobs, initializer=_init_worker, initargs=(server.endpoint,)) as pool:
             for i, row in enumerate(pool.imap_unordered(_execute, runs), 1):

@@ -86,7 +86,7 @@ def main() -> None:
     plain_times, server_times = [], []
     plain_hist = server_hist = finder = None
     state_dir = tempfile.TemporaryDirectory(prefix="autolrs-bench-")
-    server = ServerProcess(state_dir.name, port=0)
+    server = ServerProcess(state_dir.name, port=0, lifeline=True)
     try:
         for rep in range(args.repeats):
             # Alternate which goes first, so a slow phase of a shared machine hits both alike.

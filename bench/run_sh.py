@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     results = reused(args.reuse, steps, args.seeds) if args.reuse else []
     from autolrs.server import ServerProcess
 
-    with tempfile.TemporaryDirectory(prefix="autolrs-run-sh-") as tmp, ServerProcess(Path(tmp) / "state") as server:
+    with tempfile.TemporaryDirectory(prefix="autolrs-run-sh-") as tmp, ServerProcess(Path(tmp) / "state", lifeline=True) as server:
         for seed in args.seeds:
             for row in rows:
                 if any(r["row"] == row and r["seed"] == seed for r in results):

@@ -249,7 +249,7 @@ def measure(n: int, seconds: float, step_ms: float, processes: int, server_args:
     step_s = step_ms / 1000
     stagger = JOB_CONFIG["tau"] * JOB_CONFIG["trial_fraction"] * step_s  # one trial
     with tempfile.TemporaryDirectory(prefix="autolrs-load-") as tmp, contextlib.ExitStack() as stack:
-        server = ServerProcess(Path(tmp) / "state", "--log-level", "WARNING", *server_args)
+        server = ServerProcess(Path(tmp) / "state", "--log-level", "WARNING", *server_args, lifeline=True)
         try:
             tuner_processes = len(wait_for_tuner_processes(server.endpoint))
             if during is not None:
