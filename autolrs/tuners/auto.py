@@ -9,12 +9,13 @@ overfitting. Phases, all within ``max_steps`` (required):
    (``minimum``: the lowest loss's LR / 10, :mod:`autolrs.lr_curve`) on the lag-free curve
    (:func:`autolrs.lr_curve.centred`; no tail skipped when the sweep never diverged) gives the
    centre ``p``; a sweep whose loss never fell 2 % is no evidence: ``p`` is the optimizer's LR.
-2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (``p/2, p, 2p``), each
-   trained ``trial_fraction`` of the budget from the same checkpoint with the LR annealed
+2. **trials**: ``candidates`` LRs ``p * spacing ** j`` around ``p`` (``2p, p, p/2``), largest
+   first, each trained ``trial_fraction`` of the budget from one checkpoint with the LR annealed
    linearly to 0 (an annealed short run ranks LRs far better than a constant one: a large
    constant LR looks best early and worst late), scored by its final validation loss (with a
-   ``val_fn``) or the mean training loss of its last fifth. Training continues from the best
-   one's end weights, so only the losers' steps are spent.
+   ``val_fn``) or the mean training loss of its last fifth. A trial worse than the best so far
+   ends them (the score is taken as unimodal in the LR; the largest LR wins most often). The
+   run continues from the best one's end weights: only the losers' steps are spent.
 3. **train**: a linear warm-up over ``warmup_fraction`` of the budget to the winner's LR, then
    cosine to 0 at the last step. Every ``check_fraction`` of the budget the client reports
    (with one ``val_fn`` call), and the tuner checks the segment (:mod:`autolrs.divergence`): a
@@ -23,8 +24,8 @@ overfitting. Phases, all within ``max_steps`` (required):
    validation point with a ``val_fn``) and anneals the remaining steps from ``cut`` times the LR
    there. After ``max_cuts`` cuts a further divergence stops the job, the reason in its summary.
 
-Search share: ``sweep_fraction + (candidates - 1) * trial_fraction`` at most (11 % by
-default). Memory: two extra copies of model and optimizer during the trials, one after.
+Search share: ``sweep_fraction + (candidates - 1) * trial_fraction`` at most (11 % by default,
+8 % when the largest LR wins). Memory: two extra copies of model and optimizer in the trials.
 """
 
 from __future__ import annotations
@@ -57,12 +58,11 @@ class AutoTuner(Tuner):
     def __init__(self, config: Mapping[str, Any] | None = None, seed: int = 0):
         super().__init__(config, seed)
         s = read_settings(self.config)
-        self.max_steps = s.max_steps
+        self.max_steps, self.initial_lr, self.use_val = s.max_steps, s.initial_lr, s.use_val
         self.sweep_min, self.sweep_max, self.rule = s.sweep_min, s.sweep_max, s.rule
-        self.n_candidates, self.spacing = s.n_candidates, s.spacing
-        self.cut, self.max_cuts, self.use_val = s.cut, s.max_cuts, s.use_val
+        self.n_candidates, self.spacing, self.cut, self.max_cuts = s.n_candidates, s.spacing, s.cut, s.max_cuts
         self.sweep_steps, self.trial_steps, self.check_steps = s.sweep_steps, s.trial_steps, s.check_steps
-        self.warmup_frac, self.initial_lr = s.warmup_fraction, s.initial_lr
+        self.warmup_frac = s.warmup_fraction
         self._init_state()
 
     def _init_state(self) -> None:
@@ -109,7 +109,7 @@ class AutoTuner(Tuner):
             centre, source = self.initial_lr, f"optimizer LR (no {self.rule} suggestion: {reason})"
         centre = min(max(centre, self.sweep_min), self.sweep_max)
         k = self.n_candidates
-        self.candidates = [centre * self.spacing ** (j - (k - 1) / 2) for j in range(k)]
+        self.candidates = [centre * self.spacing ** ((k - 1) / 2 - j) for j in range(k)]  # largest first
         self.sweep_result = {"centre": centre, "source": source, "done": rt.done, "points": len(rt.history["lr"])}
         self.prefix = [actions.restore(SWEEP_SLOT), actions.discard(SWEEP_SLOT)]
         self.phase = "trials"
@@ -154,7 +154,7 @@ class AutoTuner(Tuner):
         else:  # every trial diverged: from the start, below the smallest LR tried
             winner = None
             plan.append(actions.restore(BASE))
-            peak = self.candidates[0] / self.spacing
+            peak = min(self.candidates) / self.spacing
         plan.append(actions.discard(BASE))
         if self.best_saved:
             plan.append(actions.discard(BEST))
@@ -307,7 +307,8 @@ class AutoTuner(Tuner):
             if math.isfinite(score) and (self.best is None or score < self.trials[self.best]["score"]):
                 self.best = i
                 self.save_best = i < len(self.candidates) - 1
-            if len(self.trials) >= len(self.candidates) or self.step >= self.max_steps:
+            passed = self.best is not None and self.best != i  # worse than a trial before it
+            if passed or len(self.trials) >= len(self.candidates) or self.step >= self.max_steps:
                 self._end_trials()
             return
         self._tell_train(observation)

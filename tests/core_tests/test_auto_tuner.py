@@ -60,14 +60,17 @@ def test_phases_sweep_trials_then_annealed_run_within_the_budget():
     assert ops(plans[first_trial])[:2] == [("restore", "range_test"), ("discard", "range_test")]
     s = tuner.summary()
     assert s["phase"] == "done" and sim.step == 2000 and sim.stopped
-    assert len(s["trials"]) == 3
+    # Largest LR first; here it wins, so the second trial (worse) ends the trials.
     lrs = [t[0] for t in s["trials"]]
-    assert lrs[1] / lrs[0] == pytest.approx(2.0) and lrs[2] / lrs[1] == pytest.approx(2.0)
+    assert lrs == pytest.approx(s["candidates"][: len(lrs)]) and len(s["candidates"]) == 3
+    assert s["candidates"][0] / s["candidates"][1] == pytest.approx(2.0)
+    assert s["candidates"][1] / s["candidates"][2] == pytest.approx(2.0)
+    assert len(lrs) == 2 and s["trials"][1][1] > s["trials"][0][1] and s["peak"] == lrs[0]
     # The search share (sweep + losing trials) stays under 15 % of the budget.
     assert s["search_steps"] / 2000 <= 0.15
-    assert s["search_steps"] == tuner.sweep.pos + 2 * 60 and tuner.sweep.pos <= 100  # the sweep stops at divergence
+    assert s["search_steps"] == tuner.sweep.pos + 60 and tuner.sweep.pos <= 100  # the sweep stops at divergence
     # Every trial anneals to 0; the run ends annealed.
-    for plan in plans[first_trial:first_trial + 3]:
+    for plan in plans[first_trial : first_trial + len(lrs)]:
         lrs_run = plan[-1]["lrs"]
         assert lrs_run[-1] < lrs_run[0] / 30
     assert sim.lr_history[-1] < 1e-3 * s["peak"]
@@ -81,10 +84,20 @@ def test_the_winner_continues_from_its_own_weights():
     winner = int(np.argmin(scores))
     assert s["peak"] == s["trials"][winner][0]
     end_of_trials = next(p for p in sim.plans if ("discard", BASE) in ops(p))
-    if winner != 2:
+    if winner != len(scores) - 1:
         assert ("restore", BEST) in ops(end_of_trials)
     else:
         assert ("restore", BEST) not in ops(end_of_trials) and ("restore", BASE) not in ops(end_of_trials)
+
+
+def test_trials_go_on_down_while_each_beats_the_last():
+    # A bowl whose best LR lies below every candidate: each trial improves on the one before.
+    tuner, sim = drive(best_lr=0.02)
+    s = tuner.summary()
+    scores = [t[1] for t in s["trials"]]
+    assert [t[0] for t in s["trials"]] == pytest.approx(s["candidates"])  # all three tried, largest first
+    assert scores[0] > scores[1] > scores[2] and s["peak"] == s["candidates"][2]
+    assert s["search_steps"] == tuner.sweep.pos + 2 * 60
 
 
 def test_a_nan_rolls_back_to_the_last_good_point_with_half_the_lr():

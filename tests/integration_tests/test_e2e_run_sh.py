@@ -67,7 +67,7 @@ def test_run_sh_defaults_to_the_auto_tuner_and_reports_its_account(tmp_path):
     summary = json.loads(text)
     assert summary["tuner"] == "auto" and summary["steps"] == 80
     account = summary["tuner_summary"]
-    assert account["search_steps"] > 0 and len(account["trials"]) == 3
+    assert account["search_steps"] > 0 and 2 <= len(account["trials"]) <= 3  # the first worse trial ends them
     # The range test and the losing trials were undone: the callback says which steps.
     assert summary["discarded"] and summary["discarded"][0][0] == 0
     assert "steps searching" in result.stdout and "peak LR" in result.stdout
