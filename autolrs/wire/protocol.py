@@ -105,7 +105,11 @@ def _reject_constant(name: str) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Encode a message; raises ValueError/TypeError for values JSON cannot carry."""
-    return json.dumps(_tag_nonfinite(obj), allow_nan=False, separators=(",", ":")).encode("utf-8")
+    try:  # most messages hold no NaN or infinity: the C encoder alone, no walk in Python
+        text = json.dumps(obj, allow_nan=False, separators=(",", ":"))
+    except (ValueError, TypeError):  # a non-finite float, or a key JSON does not take: tag first
+        text = json.dumps(_tag_nonfinite(obj), allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8")
 
 
 def _parse_int(text: str) -> int:

@@ -197,3 +197,16 @@ def test_search_runs_and_starting_lrs():
     assert A.starting_lr([A.restore("s"), A.stop("done")]) is None
     with pytest.raises(ValueError, match="at most 10000"):
         A.validate_plan([A.run(10_001, 0, lrs=[0.1] * 10_001)])
+
+
+def test_dumps_gives_the_same_bytes_with_and_without_non_finite_values():
+    # Messages without NaN or infinity skip the tagging walk; the bytes must not depend on it.
+    finite = {"plan": [{"op": "run", "lrs": [0.1, 0.05], "n": 2}], "k": (1, 2), "nested": {"x": -0.0}}
+    assert P.dumps(finite) == json.dumps(finite, separators=(",", ":")).encode()
+    assert P.loads(P.dumps(finite)) == {**finite, "k": [1, 2]}
+    mixed = {"losses": [1.0, math.nan, math.inf], "deep": {"v": -math.inf}, 3: "int key"}
+    assert P.dumps(mixed) == (
+        b'{"losses":[1.0,{"$float":"nan"},{"$float":"inf"}],"deep":{"v":{"$float":"-inf"}},"3":"int key"}'
+    )
+    back = P.loads(P.dumps(mixed))
+    assert math.isnan(back["losses"][1]) and back["losses"][2] == math.inf and back["deep"]["v"] == -math.inf
